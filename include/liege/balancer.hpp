@@ -1,0 +1,71 @@
+// Choosing a backend for a request: least outstanding requests or round robin, skipping backends
+// that passive health checks marked down.
+//
+// Backend figures are shared by all router threads, so they are atomics; a thread reads a
+// snapshot that may be a request stale, which only makes the balance approximately exact.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "liege/address.hpp"
+
+namespace liege {
+
+enum class LbPolicy { LeastConn, RoundRobin };
+
+LbPolicy parse_lb_policy(std::string_view text); // throws std::invalid_argument
+
+struct Backend {
+    explicit Backend(Address a) : address(std::move(a)), name(address.str()) {}
+
+    Address address;
+    std::string name;
+    std::atomic<int> in_flight{0};          // requests assigned and not finished
+    std::atomic<int64_t> down_until_ms{0};  // steady-clock ms; 0 = up
+    std::atomic<int> consecutive_failures{0};
+    std::atomic<uint64_t> requests{0};
+    std::atomic<uint64_t> failures{0};
+
+    bool is_up(int64_t now_ms) const {
+        return down_until_ms.load(std::memory_order_relaxed) <= now_ms;
+    }
+    // A connect failure or reset: down for 1 s, doubling per consecutive failure, up to 30 s.
+    // Returns the cool-off applied in ms.
+    int64_t mark_failed(int64_t now_ms);
+    void mark_ok() {
+        if (consecutive_failures.load(std::memory_order_relaxed) != 0) {
+            consecutive_failures.store(0, std::memory_order_relaxed);
+            down_until_ms.store(0, std::memory_order_relaxed);
+        }
+    }
+};
+
+int64_t steady_now_ms();
+
+class Balancer {
+public:
+    Balancer(LbPolicy policy, std::vector<std::shared_ptr<Backend>> backends)
+        : policy_(policy), backends_(std::move(backends)) {}
+
+    // Picks a backend that is up and not in `exclude` (indices already tried for this request,
+    // as a bit mask over the first 64 backends). Returns its index, or -1 when no backend is
+    // both up and untried. Ties in least_conn go to the first candidate after a rotating start,
+    // so equal backends share the load instead of the first one taking it all.
+    int pick(uint64_t exclude, int64_t now_ms);
+
+    const std::vector<std::shared_ptr<Backend>>& backends() const { return backends_; }
+    LbPolicy policy() const { return policy_; }
+
+private:
+    LbPolicy policy_;
+    std::vector<std::shared_ptr<Backend>> backends_;
+    std::atomic<uint64_t> cursor_{0};
+};
+
+} // namespace liege

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages liege needs to build and test, and nothing when all are there.
+# Usage: scripts/deps.sh [--bench]   (--bench adds wrk, nginx and haproxy for bench/)
+set -euo pipefail
+packages=(build-essential cmake pkg-config python3 libuv1-dev node-llhttp libtomlplusplus-dev
+          libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev)
+if [[ "${1:-}" == "--bench" ]]; then
+    packages+=(wrk nginx-light haproxy procps util-linux)
+fi
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "installing: ${missing[*]}" >&2
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,86 @@
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "liege/balancer.hpp"
+
+using namespace liege;
+
+namespace {
+
+std::vector<std::shared_ptr<Backend>> make_backends(int n) {
+    std::vector<std::shared_ptr<Backend>> v;
+    for (int i = 0; i < n; ++i) {
+        v.push_back(std::make_shared<Backend>(parse_address("127.0.0.1:" + std::to_string(9000 + i))));
+    }
+    return v;
+}
+
+} // namespace
+
+TEST(Balancer, RoundRobinCyclesThroughAll) {
+    Balancer b(LbPolicy::RoundRobin, make_backends(3));
+    std::map<int, int> seen;
+    for (int i = 0; i < 30; ++i) {
+        seen[b.pick(0, 0)]++;
+    }
+    EXPECT_EQ(seen.size(), 3u);
+    for (auto& [idx, count] : seen) {
+        EXPECT_EQ(count, 10) << idx;
+    }
+}
+
+TEST(Balancer, LeastConnPicksFewestInFlight) {
+    auto backends = make_backends(3);
+    backends[0]->in_flight = 5;
+    backends[1]->in_flight = 1;
+    backends[2]->in_flight = 3;
+    Balancer b(LbPolicy::LeastConn, backends);
+    for (int i = 0; i < 10; ++i) {
+        EXPECT_EQ(b.pick(0, 0), 1);
+    }
+}
+
+TEST(Balancer, LeastConnSpreadsTies) {
+    Balancer b(LbPolicy::LeastConn, make_backends(4));
+    std::map<int, int> seen;
+    for (int i = 0; i < 40; ++i) {
+        seen[b.pick(0, 0)]++;
+    }
+    EXPECT_EQ(seen.size(), 4u) << "ties must not always go to the first backend";
+}
+
+TEST(Balancer, SkipsDownAndExcludedBackends) {
+    auto backends = make_backends(3);
+    const int64_t now = 1'000'000;
+    backends[0]->mark_failed(now);
+    Balancer b(LbPolicy::RoundRobin, backends);
+    for (int i = 0; i < 10; ++i) {
+        int picked = b.pick(/*exclude=*/1u << 2, now);
+        EXPECT_EQ(picked, 1);
+    }
+    EXPECT_EQ(b.pick((1u << 1) | (1u << 2), now), -1);
+}
+
+TEST(Balancer, AllDownGivesNone) {
+    auto backends = make_backends(2);
+    const int64_t now = 5000;
+    backends[0]->mark_failed(now);
+    backends[1]->mark_failed(now);
+    Balancer b(LbPolicy::LeastConn, backends);
+    EXPECT_EQ(b.pick(0, now), -1);
+    EXPECT_GE(b.pick(0, now + 1000), 0) << "back up once the cool-off has passed";
+}
+
+TEST(Backend, CoolOffGrowsAndResets) {
+    Backend be(parse_address("127.0.0.1:1"));
+    EXPECT_EQ(be.mark_failed(0), 1000);
+    EXPECT_EQ(be.mark_failed(0), 2000);
+    EXPECT_EQ(be.mark_failed(0), 4000);
+    for (int i = 0; i < 10; ++i) {
+        EXPECT_LE(be.mark_failed(0), 30'000);
+    }
+    be.mark_ok();
+    EXPECT_TRUE(be.is_up(0));
+    EXPECT_EQ(be.mark_failed(0), 1000);
+}

@@ -1,0 +1,1058 @@
+// Vassal files: TOML → validated Vassal, with every problem reported as FILE:LINE:COL.
+//
+// toml++ stops at the first syntax error, so a file with a syntax error yields exactly that one
+// diagnostic. Once the document parses, validation never stops early: every key is checked and
+// every problem collected, so a user fixes a file in one round trip. Validation errors point at
+// the offending value (or key, for unknown keys); a placeholder error inside a string points at
+// its "${" when the string is written on one line without escapes before it, else at the string.
+#include "liege/vassal.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <tuple>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <toml++/toml.h>
+
+namespace liege {
+
+namespace fs = std::filesystem;
+
+std::string Diagnostic::str() const {
+    return file + ":" + std::to_string(at.line) + ":" + std::to_string(at.column) +
+           ": error: " + message;
+}
+
+EnvLookup process_env() {
+    return [](const std::string& name) -> std::optional<std::string> {
+        if (const char* value = std::getenv(name.c_str())) {
+            return std::string(value);
+        }
+        return std::nullopt;
+    };
+}
+
+std::string_view to_string(SocketKind kind) {
+    switch (kind) {
+    case SocketKind::Tcp:
+        return "tcp";
+    case SocketKind::Unix:
+        return "unix";
+    case SocketKind::Inherit:
+        return "inherit";
+    }
+    return "?";
+}
+
+std::string_view to_string(ReloadStrategy strategy) {
+    return strategy == ReloadStrategy::Rolling ? "rolling" : "bluegreen";
+}
+
+namespace {
+
+struct SignalName {
+    std::string_view name;
+    int signo;
+};
+
+constexpr std::array kSignals = {
+    SignalName{"SIGTERM", SIGTERM}, SignalName{"SIGINT", SIGINT},
+    SignalName{"SIGQUIT", SIGQUIT}, SignalName{"SIGHUP", SIGHUP},
+    SignalName{"SIGUSR1", SIGUSR1}, SignalName{"SIGUSR2", SIGUSR2},
+    SignalName{"SIGKILL", SIGKILL}, SignalName{"SIGWINCH", SIGWINCH},
+    SignalName{"SIGABRT", SIGABRT}, SignalName{"SIGALRM", SIGALRM},
+};
+
+} // namespace
+
+std::string signal_name(int signo) {
+    for (const auto& s : kSignals) {
+        if (s.signo == signo) {
+            return std::string(s.name);
+        }
+    }
+    return std::to_string(signo);
+}
+
+uint64_t content_hash(std::string_view bytes) {
+    uint64_t hash = 14695981039346656037ull;
+    for (unsigned char c : bytes) {
+        hash ^= c;
+        hash *= 1099511628211ull;
+    }
+    return hash;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Placeholders
+
+namespace {
+
+enum class PlaceholderKind { Port, Socket, Name, Worker, Env, Unknown };
+
+struct Placeholder {
+    PlaceholderKind kind = PlaceholderKind::Unknown;
+    std::string_view var;                     // for Env
+    std::optional<std::string_view> fallback; // for Env with ":-"
+};
+
+Placeholder classify(std::string_view inner) {
+    if (inner == "PORT") {
+        return {PlaceholderKind::Port, {}, {}};
+    }
+    if (inner == "SOCKET") {
+        return {PlaceholderKind::Socket, {}, {}};
+    }
+    if (inner == "NAME") {
+        return {PlaceholderKind::Name, {}, {}};
+    }
+    if (inner == "WORKER") {
+        return {PlaceholderKind::Worker, {}, {}};
+    }
+    if (inner.starts_with("env:")) {
+        std::string_view rest = inner.substr(4);
+        Placeholder p{PlaceholderKind::Env, rest, {}};
+        if (auto sep = rest.find(":-"); sep != std::string_view::npos) {
+            p.var = rest.substr(0, sep);
+            p.fallback = rest.substr(sep + 2);
+        }
+        return p;
+    }
+    return {};
+}
+
+// Walks `text`, handing plain text to on_literal, each "${...}" to on_placeholder(offset of
+// "${", inner text) and an unterminated "${" to on_unterminated(offset). "$${" is a literal "${".
+template <typename Literal, typename Found, typename Unterminated>
+void walk_placeholders(std::string_view text, Literal on_literal, Found on_placeholder,
+                       Unterminated on_unterminated) {
+    size_t i = 0;
+    while (i < text.size()) {
+        size_t dollar = text.find('$', i);
+        if (dollar == std::string_view::npos) {
+            on_literal(text.substr(i));
+            return;
+        }
+        on_literal(text.substr(i, dollar - i));
+        if (text.substr(dollar, 3) == "$${") {
+            on_literal("${");
+            i = dollar + 3;
+            continue;
+        }
+        if (text.substr(dollar, 2) != "${") {
+            on_literal("$");
+            i = dollar + 1;
+            continue;
+        }
+        size_t close = text.find('}', dollar + 2);
+        if (close == std::string_view::npos) {
+            on_unterminated(dollar);
+            return;
+        }
+        on_placeholder(dollar, text.substr(dollar + 2, close - dollar - 2));
+        i = close + 1;
+    }
+}
+
+bool is_env_name(std::string_view name) {
+    if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0]))) {
+        return false;
+    }
+    return std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+    });
+}
+
+std::optional<std::string> lookup_env(const EnvLookup& env, std::string_view var) {
+    std::string name(var);
+    if (env) {
+        return env(name);
+    }
+    return process_env()(name);
+}
+
+} // namespace
+
+std::string expand(std::string_view text, const PlaceholderValues& values) {
+    std::string out;
+    out.reserve(text.size() + 16);
+    walk_placeholders(
+        text, [&](std::string_view literal) { out.append(literal); },
+        [&](size_t offset, std::string_view inner) {
+            Placeholder p = classify(inner);
+            switch (p.kind) {
+            case PlaceholderKind::Port:
+                out.append(std::to_string(values.port));
+                return;
+            case PlaceholderKind::Socket:
+                out.append(values.socket);
+                return;
+            case PlaceholderKind::Name:
+                out.append(values.name);
+                return;
+            case PlaceholderKind::Worker:
+                out.append(std::to_string(values.worker));
+                return;
+            case PlaceholderKind::Env:
+                if (auto value = lookup_env(values.env, p.var)) {
+                    out.append(*value);
+                } else if (p.fallback) {
+                    out.append(*p.fallback);
+                }
+                return;
+            case PlaceholderKind::Unknown:
+                break;
+            }
+            out.append(text.substr(offset, inner.size() + 3));
+        },
+        [&](size_t offset) { out.append(text.substr(offset)); });
+    return out;
+}
+
+fs::path Vassal::working_dir(const PlaceholderValues& values) const {
+    fs::path p = expand(cwd, values);
+    if (p.is_relative()) {
+        p = dir / p;
+    }
+    p = p.lexically_normal();
+    if (!p.has_filename() && p.has_relative_path()) {
+        p = p.parent_path(); // "dir/." normalises to "dir/"; keep the plain "dir"
+    }
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+namespace {
+
+constexpr std::array<std::string_view, 10> kTopKeys = {
+    "command", "workers", "hosts", "path", "cwd", "env", "socket", "health", "reload", "stop"};
+constexpr std::array<std::string_view, 4> kHealthKeys = {"path", "interval", "timeout",
+                                                         "start_timeout"};
+constexpr std::array<std::string_view, 2> kReloadKeys = {"strategy", "drain_timeout"};
+constexpr std::array<std::string_view, 2> kStopKeys = {"signal", "timeout"};
+constexpr std::array<std::string_view, 4> kPlaceholderNames = {"PORT", "SOCKET", "NAME", "WORKER"};
+// Set by the emperor for every worker; a vassal cannot override them.
+constexpr std::array<std::string_view, 6> kReservedEnv = {
+    "PORT", "LIEGE_VASSAL", "LIEGE_WORKER", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"};
+constexpr int kMaxWorkers = 1024;
+
+// Optimal string alignment distance, ignoring case: insertions, deletions, substitutions and
+// swaps of neighbours ("PROT" → "PORT") each cost one.
+size_t edit_distance(std::string_view a, std::string_view b) {
+    auto same = [](char x, char y) {
+        return std::tolower(static_cast<unsigned char>(x)) ==
+               std::tolower(static_cast<unsigned char>(y));
+    };
+    std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+    for (size_t i = 0; i <= a.size(); ++i) {
+        d[i][0] = i;
+    }
+    for (size_t j = 0; j <= b.size(); ++j) {
+        d[0][j] = j;
+    }
+    for (size_t i = 1; i <= a.size(); ++i) {
+        for (size_t j = 1; j <= b.size(); ++j) {
+            size_t cost = same(a[i - 1], b[j - 1]) ? 0 : 1;
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+            if (i > 1 && j > 1 && same(a[i - 1], b[j - 2]) && same(a[i - 2], b[j - 1])) {
+                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    return d[a.size()][b.size()];
+}
+
+// The candidate closest to `word` if it is close enough to be a likely typo.
+template <typename Range>
+std::optional<std::string_view> closest(std::string_view word, const Range& candidates) {
+    std::optional<std::string_view> best;
+    size_t best_distance = 0;
+    for (std::string_view candidate : candidates) {
+        size_t d = edit_distance(word, candidate);
+        size_t limit = std::clamp<size_t>(candidate.size() / 3, 1, 3);
+        if (d <= limit && (!best || d < best_distance)) {
+            best = candidate;
+            best_distance = d;
+        }
+    }
+    return best;
+}
+
+template <typename Range> std::string join(const Range& items, std::string_view sep) {
+    std::string out;
+    for (std::string_view item : items) {
+        if (!out.empty()) {
+            out.append(sep);
+        }
+        out.append(item);
+    }
+    return out;
+}
+
+std::string_view type_name(const toml::node& node) {
+    switch (node.type()) {
+    case toml::node_type::table:
+        return "table";
+    case toml::node_type::array:
+        return "array";
+    case toml::node_type::string:
+        return "string";
+    case toml::node_type::integer:
+        return "integer";
+    case toml::node_type::floating_point:
+        return "float";
+    case toml::node_type::boolean:
+        return "boolean";
+    case toml::node_type::date:
+        return "date";
+    case toml::node_type::time:
+        return "time";
+    case toml::node_type::date_time:
+        return "date-time";
+    case toml::node_type::none:
+        break;
+    }
+    return "nothing";
+}
+
+SourcePosition position_of(const toml::source_region& region) {
+    if (region.begin.line == 0) {
+        return {};
+    }
+    return {region.begin.line, region.begin.column};
+}
+
+size_t count_chars(std::string_view utf8) {
+    return static_cast<size_t>(std::count_if(utf8.begin(), utf8.end(), [](char c) {
+        return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    }));
+}
+
+std::string in_quotes(std::string_view s) {
+    return "\"" + std::string(s) + "\"";
+}
+
+class Validator {
+public:
+    Validator(std::string file, std::string_view text, const EnvLookup& env)
+        : file_(std::move(file)), text_(text), env_(env) {}
+
+    std::vector<Diagnostic> take_errors() {
+        std::stable_sort(errors_.begin(), errors_.end(), [](const auto& a, const auto& b) {
+            return std::tie(a.at.line, a.at.column) < std::tie(b.at.line, b.at.column);
+        });
+        return std::move(errors_);
+    }
+
+    void error(SourcePosition at, std::string message) {
+        errors_.push_back({file_, at, std::move(message)});
+    }
+    void error(const toml::node& node, std::string message) {
+        error(position_of(node.source()), std::move(message));
+    }
+
+    void validate(const toml::table& root, Vassal& v) {
+        check_keys(root, "", kTopKeys);
+
+        // `socket` first: it decides which placeholders the other keys may use.
+        if (auto* node = root.get("socket")) {
+            if (auto s = enum_value(*node, "socket",
+                                    std::array<std::string_view, 3>{"tcp", "unix", "inherit"})) {
+                v.socket = *s == "tcp" ? SocketKind::Tcp
+                                       : (*s == "unix" ? SocketKind::Unix : SocketKind::Inherit);
+            }
+        }
+        socket_ = v.socket;
+
+        if (auto* node = root.get("command")) {
+            command(*node, v);
+        } else {
+            error(SourcePosition{}, "missing required key 'command': expected an array of "
+                                    "strings, like [\"python3\", \"app.py\", \"${PORT}\"]");
+        }
+        if (auto* node = root.get("workers")) {
+            workers(*node, v);
+        }
+        if (auto* node = root.get("hosts")) {
+            v.hosts_at = position_of(node->source());
+            hosts(*node, v);
+        }
+        if (auto* node = root.get("path")) {
+            v.path_at = position_of(node->source());
+            if (auto p = url_path(*node, "path")) {
+                while (p->size() > 1 && p->back() == '/') {
+                    p->pop_back();
+                }
+                v.path = *p;
+            }
+        }
+        if (auto* node = root.get("cwd")) {
+            cwd(*node, v);
+        }
+        if (auto* node = root.get("env")) {
+            env(*node, v);
+        }
+        if (auto* table = section(root, "health", kHealthKeys)) {
+            if (auto* node = table->get("path")) {
+                if (auto p = url_path(*node, "health.path")) {
+                    v.health.path = *p;
+                }
+            }
+            duration(*table, "health.interval", "interval", v.health.interval, false);
+            duration(*table, "health.timeout", "timeout", v.health.timeout, false);
+            duration(*table, "health.start_timeout", "start_timeout", v.health.start_timeout,
+                     false);
+        }
+        if (auto* table = section(root, "reload", kReloadKeys)) {
+            if (auto* node = table->get("strategy")) {
+                if (auto s = enum_value(*node, "reload.strategy",
+                                        std::array<std::string_view, 2>{"rolling", "bluegreen"})) {
+                    v.reload.strategy =
+                        *s == "rolling" ? ReloadStrategy::Rolling : ReloadStrategy::BlueGreen;
+                }
+            }
+            duration(*table, "reload.drain_timeout", "drain_timeout", v.reload.drain_timeout, true);
+        }
+        if (auto* table = section(root, "stop", kStopKeys)) {
+            if (auto* node = table->get("signal")) {
+                stop_signal(*node, v);
+            }
+            duration(*table, "stop.timeout", "timeout", v.stop.timeout, true);
+        }
+    }
+
+private:
+    template <size_t N>
+    void check_keys(const toml::table& table, std::string_view section,
+                    const std::array<std::string_view, N>& known) {
+        for (auto&& [key, node] : table) {
+            std::string_view k = key.str();
+            if (std::find(known.begin(), known.end(), k) != known.end()) {
+                continue;
+            }
+            std::string message = "unknown key '" + std::string(k) + "'";
+            if (!section.empty()) {
+                message += " in [" + std::string(section) + "]";
+            }
+            if (auto near = closest(k, known)) {
+                message += "; did you mean '" + std::string(*near) + "'?";
+            } else if (auto home = section_of(k); section.empty() && home) {
+                message +=
+                    "; did you mean '" + std::string(k) + "' in [" + std::string(*home) + "]?";
+            } else {
+                message += "; expected one of " + join(known, ", ");
+            }
+            error(position_of(key.source()), std::move(message));
+        }
+    }
+
+    // The section a misplaced top-level key belongs to ("interval" → "health").
+    static std::optional<std::string_view> section_of(std::string_view key) {
+        auto in = [&](const auto& keys) {
+            return std::find(keys.begin(), keys.end(), key) != keys.end();
+        };
+        if (in(kHealthKeys)) {
+            return "health";
+        }
+        if (in(kReloadKeys)) {
+            return "reload";
+        }
+        if (in(kStopKeys)) {
+            return "stop";
+        }
+        return std::nullopt;
+    }
+
+    template <size_t N>
+    const toml::table* section(const toml::table& root, std::string_view name,
+                               const std::array<std::string_view, N>& known) {
+        const toml::node* node = root.get(name);
+        if (!node) {
+            return nullptr;
+        }
+        const toml::table* table = node->as_table();
+        if (!table) {
+            error(*node, std::string(name) + ": expected a table ([" + std::string(name) +
+                             "] with " + join(known, ", ") + "), got " +
+                             std::string(type_name(*node)));
+            return nullptr;
+        }
+        check_keys(*table, name, known);
+        return table;
+    }
+
+    std::optional<std::string> string_value(const toml::node& node, std::string_view key,
+                                            std::string_view expected) {
+        if (auto* s = node.as_string()) {
+            return s->get();
+        }
+        error(node, std::string(key) + ": expected " + std::string(expected) + ", got " +
+                        std::string(type_name(node)));
+        return std::nullopt;
+    }
+
+    template <size_t N>
+    std::optional<std::string_view> enum_value(const toml::node& node, std::string_view key,
+                                               const std::array<std::string_view, N>& choices) {
+        std::string expected;
+        for (size_t i = 0; i < N; ++i) {
+            expected += (i == 0 ? "" : (i + 1 == N ? " or " : ", ")) + in_quotes(choices[i]);
+        }
+        auto s = string_value(node, key, expected);
+        if (!s) {
+            return std::nullopt;
+        }
+        for (std::string_view choice : choices) {
+            if (*s == choice) {
+                return choice;
+            }
+        }
+        std::string message =
+            std::string(key) + ": expected " + expected + ", got " + in_quotes(*s);
+        if (auto near = closest(*s, choices)) {
+            message += "; did you mean " + in_quotes(*near) + "?";
+        }
+        error(node, std::move(message));
+        return std::nullopt;
+    }
+
+    void duration(const toml::table& table, std::string_view key, std::string_view local,
+                  Millis& out, bool zero_ok) {
+        const toml::node* node = table.get(local);
+        if (!node) {
+            return;
+        }
+        auto s = string_value(*node, key, "a duration like \"2s\" or \"500ms\"");
+        if (!s) {
+            return;
+        }
+        try {
+            Millis d = parse_duration(*s);
+            if (d.count() == 0 && !zero_ok) {
+                error(*node,
+                      std::string(key) + ": expected a duration above zero, got " + in_quotes(*s));
+                return;
+            }
+            out = d;
+        } catch (const std::invalid_argument& e) {
+            error(*node, std::string(key) + ": " + e.what());
+        }
+    }
+
+    void command(const toml::node& node, Vassal& v) {
+        const toml::array* array = node.as_array();
+        if (!array) {
+            error(node, "command: expected an array of strings, like [\"python3\", \"app.py\"], "
+                        "got " +
+                            std::string(type_name(node)));
+            return;
+        }
+        if (array->empty()) {
+            error(node, "command: expected at least the program to run, got an empty array");
+            return;
+        }
+        bool all_strings = true;
+        for (size_t i = 0; i < array->size(); ++i) {
+            const toml::node& item = *array->get(i);
+            std::string key = "command[" + std::to_string(i) + "]";
+            auto s = string_value(item, key, "a string");
+            if (!s) {
+                all_strings = false;
+                continue;
+            }
+            if (i == 0 && s->empty()) {
+                error(item, key + ": expected the program to run, got an empty string");
+            }
+            placeholders(item, key, *s);
+            v.command.push_back(std::move(*s));
+        }
+        if (!all_strings) {
+            v.command.clear();
+        }
+    }
+
+    void workers(const toml::node& node, Vassal& v) {
+        const auto* n = node.as_integer();
+        if (!n) {
+            error(node, "workers: expected an integer ≥ 1, got " + std::string(type_name(node)));
+            return;
+        }
+        int64_t count = n->get();
+        if (count < 1) {
+            error(node, "workers: expected an integer ≥ 1, got " + std::to_string(count));
+        } else if (count > kMaxWorkers) {
+            error(node, "workers: expected at most " + std::to_string(kMaxWorkers) +
+                            " workers, got " + std::to_string(count));
+        } else {
+            v.workers = static_cast<int>(count);
+        }
+    }
+
+    // A host pattern as written → lower-cased pattern, or an explanation of what is wrong.
+    static std::string check_host(std::string& host) {
+        std::transform(host.begin(), host.end(), host.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        if (host.size() > 1 && host.back() == '.') {
+            host.pop_back(); // "example.com." is the same name
+        }
+        if (host == "*") {
+            return {};
+        }
+        if (host.find("://") != std::string::npos || host.find('/') != std::string::npos) {
+            return "expected a host name, not a URL";
+        }
+        if (host.front() == '[') {
+            bool ok = host.back() == ']' && host.size() > 2 &&
+                      std::all_of(host.begin() + 1, host.end() - 1, [](unsigned char c) {
+                          return std::isxdigit(c) || c == ':' || c == '.';
+                      });
+            return ok ? std::string() : "expected a bracketed IPv6 address like \"[::1]\"";
+        }
+        if (host.find(':') != std::string::npos) {
+            return "a host pattern has no port (the port in the Host header is ignored)";
+        }
+        std::string_view name = host;
+        if (name.starts_with("*.")) {
+            name.remove_prefix(2);
+        }
+        if (name.find('*') != std::string_view::npos) {
+            return "'*' is allowed only as \"*\" or as the first label, as in \"*.example.com\"";
+        }
+        if (name.empty() || name.size() > 253) {
+            return "expected a host name of 1 to 253 characters";
+        }
+        size_t start = 0;
+        while (start <= name.size()) {
+            size_t dot = name.find('.', start);
+            std::string_view label = name.substr(
+                start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+            if (label.empty() || label.size() > 63) {
+                return "expected dot-separated labels of 1 to 63 characters";
+            }
+            for (unsigned char c : label) {
+                if (!std::isalnum(c) && c != '-' && c != '_') {
+                    return std::string("invalid character '") + static_cast<char>(c) +
+                           "'; expected letters, digits, '-', '_' and '.'";
+                }
+            }
+            if (dot == std::string_view::npos) {
+                break;
+            }
+            start = dot + 1;
+        }
+        return {};
+    }
+
+    void hosts(const toml::node& node, Vassal& v) {
+        const toml::array* array = node.as_array();
+        if (!array) {
+            error(node, "hosts: expected an array of host patterns, like [\"app.example.com\", "
+                        "\"*.example.com\", \"*\"], got " +
+                            std::string(type_name(node)));
+            return;
+        }
+        if (array->empty()) {
+            error(node, "hosts: expected at least one host pattern (leave 'hosts' out to serve "
+                        "any host)");
+            return;
+        }
+        std::vector<std::string> out;
+        bool ok = true;
+        for (size_t i = 0; i < array->size(); ++i) {
+            const toml::node& item = *array->get(i);
+            std::string key = "hosts[" + std::to_string(i) + "]";
+            auto s = string_value(item, key, "a host pattern string");
+            if (!s) {
+                ok = false;
+                continue;
+            }
+            if (s->empty()) {
+                error(item, key + ": expected a host pattern, got an empty string");
+                ok = false;
+                continue;
+            }
+            std::string written = *s;
+            if (std::string problem = check_host(*s); !problem.empty()) {
+                error(item, key + ": invalid host pattern " + in_quotes(written) + ": " + problem);
+                ok = false;
+                continue;
+            }
+            if (std::find(out.begin(), out.end(), *s) != out.end()) {
+                error(item, key + ": " + in_quotes(*s) + " is listed twice");
+                ok = false;
+                continue;
+            }
+            out.push_back(std::move(*s));
+        }
+        if (ok) {
+            v.hosts = std::move(out);
+        }
+    }
+
+    std::optional<std::string> url_path(const toml::node& node, std::string_view key) {
+        auto s = string_value(node, key, "a path starting with \"/\"");
+        if (!s) {
+            return std::nullopt;
+        }
+        if (s->empty() || s->front() != '/') {
+            error(node,
+                  std::string(key) + ": expected a path starting with \"/\", got " + in_quotes(*s));
+            return std::nullopt;
+        }
+        for (unsigned char c : *s) {
+            if (c <= ' ' || c == 0x7f || c == '#' || (key == "path" && c == '?')) {
+                std::string shown = c == ' ' ? "a space" : "'" + std::string(1, c) + "'";
+                if (c < ' ' || c == 0x7f) {
+                    shown = "a control character";
+                }
+                error(node, std::string(key) + ": " + in_quotes(*s) + " contains " + shown +
+                                "; expected a URL path");
+                return std::nullopt;
+            }
+        }
+        return s;
+    }
+
+    void cwd(const toml::node& node, Vassal& v) {
+        auto s = string_value(node, "cwd", "a directory path");
+        if (!s) {
+            return;
+        }
+        if (s->empty()) {
+            error(node, "cwd: expected a directory path, got an empty string");
+            return;
+        }
+        if (!placeholders(node, "cwd", *s)) {
+            return;
+        }
+        v.cwd = *s;
+        check_directory(position_of(node.source()), v);
+    }
+
+    // A working directory that does not depend on the worker must exist now; one that uses
+    // ${PORT}, ${SOCKET} or ${WORKER} can only be checked at spawn time.
+    void check_directory(SourcePosition at, const Vassal& v) {
+        bool per_worker = false;
+        walk_placeholders(
+            v.cwd, [](std::string_view) {},
+            [&](size_t, std::string_view inner) {
+                auto kind = classify(inner).kind;
+                per_worker = per_worker || kind == PlaceholderKind::Port ||
+                             kind == PlaceholderKind::Socket || kind == PlaceholderKind::Worker;
+            },
+            [](size_t) {});
+        if (per_worker) {
+            return;
+        }
+        PlaceholderValues values;
+        values.name = v.name;
+        values.env = env_;
+        fs::path dir = v.working_dir(values);
+        std::error_code ec;
+        if (!fs::is_directory(dir, ec)) {
+            std::string why = fs::exists(dir, ec) ? "is not a directory" : "does not exist";
+            error(at, "cwd: " + in_quotes(dir.string()) + " " + why);
+        }
+    }
+
+    void env(const toml::node& node, Vassal& v) {
+        const toml::table* table = node.as_table();
+        if (!table) {
+            error(node, "env: expected a table of strings, like { GREETING = \"hi\" }, got " +
+                            std::string(type_name(node)));
+            return;
+        }
+        for (auto&& [key, value] : *table) {
+            std::string name(key.str());
+            std::string where = "env." + name;
+            bool name_ok = true;
+            if (name.empty() || name.find('=') != std::string::npos ||
+                name.find('\0') != std::string::npos) {
+                error(position_of(key.source()),
+                      where + ": invalid environment variable name " + in_quotes(name));
+                name_ok = false;
+            } else if (std::find(kReservedEnv.begin(), kReservedEnv.end(), name) !=
+                           kReservedEnv.end() ||
+                       name.starts_with("LIEGE_")) {
+                error(position_of(key.source()),
+                      where + ": " + name + " is set by liege for every worker");
+                name_ok = false;
+            }
+            const auto* s = value.as_string();
+            if (!s) {
+                std::string message =
+                    where + ": expected a string, got " + std::string(type_name(value));
+                if (value.is_integer() || value.is_floating_point() || value.is_boolean()) {
+                    message += " (environment values are text: quote it)";
+                }
+                error(value, std::move(message));
+                continue;
+            }
+            if (placeholders(value, where, s->get()) && name_ok) {
+                v.env.emplace_back(std::move(name), s->get());
+            }
+        }
+    }
+
+    void stop_signal(const toml::node& node, Vassal& v) {
+        auto s = string_value(node, "stop.signal", "a signal name like \"SIGTERM\"");
+        if (!s) {
+            return;
+        }
+        std::string name = *s;
+        std::transform(name.begin(), name.end(), name.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+        if (!name.starts_with("SIG")) {
+            name = "SIG" + name;
+        }
+        std::vector<std::string_view> names;
+        for (const auto& sig : kSignals) {
+            if (sig.name == name) {
+                v.stop.signal = sig.signo;
+                return;
+            }
+            names.push_back(sig.name);
+        }
+        std::string message =
+            "stop.signal: expected a signal name (" + join(names, ", ") + "), got " + in_quotes(*s);
+        if (auto near = closest(name, names)) {
+            message = "stop.signal: unknown signal " + in_quotes(*s) + "; did you mean " +
+                      in_quotes(*near) + "?";
+        }
+        error(node, std::move(message));
+    }
+
+    // Where byte `offset` of the string value `value` of `node` is in the file: exact when the
+    // string is written on one line and its raw text up to there equals the value (no escape
+    // sequences before it), otherwise the start of the string.
+    SourcePosition position_in_string(const toml::node& node, std::string_view value,
+                                      size_t offset) {
+        SourcePosition start = position_of(node.source());
+        size_t line_start = 0;
+        for (uint32_t line = 1; line < start.line; ++line) {
+            line_start = text_.find('\n', line_start);
+            if (line_start == std::string_view::npos) {
+                return start;
+            }
+            ++line_start;
+        }
+        std::string_view line = text_.substr(line_start);
+        line = line.substr(0, line.find('\n'));
+        size_t byte = 0;
+        for (uint32_t col = 1; col < start.column && byte < line.size(); ++col) {
+            ++byte;
+            while (byte < line.size() && (static_cast<unsigned char>(line[byte]) & 0xC0) == 0x80) {
+                ++byte;
+            }
+        }
+        std::string_view raw = line.substr(byte);
+        if (raw.empty() || (raw[0] != '"' && raw[0] != '\'') || raw.starts_with("\"\"\"") ||
+            raw.starts_with("'''")) {
+            return start;
+        }
+        raw.remove_prefix(1);
+        std::string_view before = value.substr(0, offset);
+        if (!raw.starts_with(before)) {
+            return start;
+        }
+        return {start.line, start.column + 1 + static_cast<uint32_t>(count_chars(before))};
+    }
+
+    // Checks the placeholders of a string value; returns whether all were fine.
+    bool placeholders(const toml::node& node, std::string_view key, std::string_view value) {
+        bool ok = true;
+        auto fail = [&](size_t offset, std::string message) {
+            error(position_in_string(node, value, offset), std::string(key) + ": " + message);
+            ok = false;
+        };
+        walk_placeholders(
+            value, [](std::string_view) {},
+            [&](size_t offset, std::string_view inner) {
+                std::string written = "'${" + std::string(inner) + "}'";
+                Placeholder p = classify(inner);
+                switch (p.kind) {
+                case PlaceholderKind::Port:
+                    if (socket_ == SocketKind::Unix) {
+                        fail(offset, "${PORT} is not set with socket = \"unix\"; use ${SOCKET}");
+                    }
+                    return;
+                case PlaceholderKind::Socket:
+                    if (socket_ != SocketKind::Unix) {
+                        fail(offset, "${SOCKET} is set only with socket = \"unix\"; use ${PORT} "
+                                     "or set socket = \"unix\"");
+                    }
+                    return;
+                case PlaceholderKind::Name:
+                case PlaceholderKind::Worker:
+                    return;
+                case PlaceholderKind::Env:
+                    if (!is_env_name(p.var)) {
+                        fail(offset, "invalid environment variable name " + in_quotes(p.var) +
+                                         " in " + written);
+                    } else if (p.fallback && p.fallback->find("${") != std::string_view::npos) {
+                        fail(offset, "placeholders do not nest: the default in " + written +
+                                         " cannot hold another placeholder");
+                    } else if (!p.fallback && !lookup_env(env_, p.var)) {
+                        fail(offset, "environment variable " + std::string(p.var) +
+                                         " is not set; set it or give a default: '${env:" +
+                                         std::string(p.var) + ":-value}'");
+                    }
+                    return;
+                case PlaceholderKind::Unknown:
+                    break;
+                }
+                std::string message = "unknown placeholder " + written +
+                                      "; expected ${PORT}, ${SOCKET}, ${NAME}, ${WORKER}, "
+                                      "${env:VAR} or ${env:VAR:-default}";
+                if (auto near = closest(inner, kPlaceholderNames)) {
+                    message += "; did you mean '${" + std::string(*near) + "}'?";
+                } else if (is_env_name(inner)) {
+                    message += "; did you mean '${env:" + std::string(inner) +
+                               "}'? (write $${ for a literal ${)";
+                }
+                fail(offset, std::move(message));
+            },
+            [&](size_t offset) {
+                fail(offset, "unterminated placeholder: '${' without a closing '}' (write $${ "
+                             "for a literal ${)");
+            });
+        return ok;
+    }
+
+    std::string file_;
+    std::string_view text_;
+    const EnvLookup& env_;
+    SocketKind socket_ = SocketKind::Tcp;
+    std::vector<Diagnostic> errors_;
+};
+
+bool is_vassal_name(std::string_view name) {
+    return !name.empty() && std::all_of(name.begin(), name.end(), [](unsigned char c) {
+        return std::isalnum(c) || c == '.' || c == '_' || c == '-';
+    });
+}
+
+} // namespace
+
+VassalLoad parse_vassal(std::string_view text, const fs::path& file, const EnvLookup& env) {
+    VassalLoad out;
+    out.file = file;
+    out.readable = true;
+    out.content_hash = content_hash(text);
+
+    std::string file_str = file.string();
+    Validator validator(file_str, text, env);
+
+    Vassal v;
+    v.file = file;
+    v.content_hash = out.content_hash;
+    std::string stem = file.filename().string();
+    if (stem.ends_with(".toml")) {
+        stem.resize(stem.size() - 5);
+    }
+    v.name = stem;
+    std::error_code ec;
+    fs::path absolute = fs::absolute(file, ec);
+    v.dir = (ec ? file : absolute).parent_path().lexically_normal();
+    if (!is_vassal_name(v.name)) {
+        validator.error(SourcePosition{},
+                        "vassal name " + in_quotes(v.name) +
+                            " (the file name without .toml) may contain only letters, digits, "
+                            "'.', '_' and '-'");
+    }
+
+    try {
+        toml::table root = toml::parse(text, std::string_view(file_str));
+        validator.validate(root, v);
+    } catch (const toml::parse_error& e) {
+        validator.error(position_of(e.source()), std::string(e.description()));
+    }
+
+    out.errors = validator.take_errors();
+    if (out.errors.empty()) {
+        std::sort(v.env.begin(), v.env.end());
+        out.vassal = std::move(v);
+    }
+    return out;
+}
+
+VassalLoad load_vassal_file(const fs::path& file, const EnvLookup& env) {
+    std::string bytes;
+    int err = 0;
+    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err = errno;
+    } else {
+        char buf[16384];
+        for (;;) {
+            ssize_t n = ::read(fd, buf, sizeof buf);
+            if (n > 0) {
+                bytes.append(buf, static_cast<size_t>(n));
+            } else if (n == 0) {
+                break;
+            } else if (errno != EINTR) {
+                err = errno;
+                break;
+            }
+        }
+        ::close(fd);
+    }
+    if (err != 0) {
+        VassalLoad out;
+        out.file = file;
+        out.errors.push_back(
+            {file.string(), SourcePosition{}, "cannot read file: " + std::string(strerror(err))});
+        return out;
+    }
+    return parse_vassal(bytes, file, env);
+}
+
+bool is_vassal_file_name(std::string_view name) {
+    if (name.empty() || name.front() == '.' || name.front() == '_' || name.back() == '~' ||
+        name.ends_with(".swp")) {
+        return false;
+    }
+    return name.size() > 5 && name.ends_with(".toml");
+}
+
+std::vector<fs::path> list_vassal_files(const fs::path& dir, std::error_code& ec) {
+    std::vector<fs::path> files;
+    ec.clear();
+    fs::directory_iterator it(dir, ec);
+    if (ec) {
+        return files;
+    }
+    for (const fs::directory_iterator end; it != end; it.increment(ec)) {
+        if (ec) {
+            return files;
+        }
+        std::string name = it->path().filename().string();
+        std::error_code type_ec;
+        if (is_vassal_file_name(name) && it->is_regular_file(type_ec)) {
+            files.push_back(dir / name);
+        }
+    }
+    std::sort(files.begin(), files.end());
+    return files;
+}
+
+std::vector<VassalLoad> load_vassal_dir(const fs::path& dir, std::error_code& ec,
+                                        const EnvLookup& env) {
+    std::vector<VassalLoad> loads;
+    for (const fs::path& file : list_vassal_files(dir, ec)) {
+        loads.push_back(load_vassal_file(file, env));
+    }
+    return loads;
+}
+
+} // namespace liege

@@ -18,7 +18,8 @@
 //   /bytes?n=N          200, Content-Length N of pattern bytes (see pattern.hpp)
 //   /chunked?n=N&size=S 200, N pattern bytes in chunks of S
 //   /close-delimited?n=N[&version=1.0]  N pattern bytes, no length, connection closed at the end
-//   /sink               200, body = the number of body bytes received, in decimal
+//   /sink[?stall_ms=M]  200, body = the number of body bytes received, in decimal; with
+//                       stall_ms, waits M ms before it starts reading the body
 //   /status?code=C      status C
 //   /slow?ms=M          waits M ms, then 200
 //   /hang               reads the request and never answers
@@ -676,6 +677,8 @@ bool handle(Conn& conn, const Request& req) {
         return handle_echo(conn, req, body);
     }
     if (p == "/sink") {
+        // A stalled reader makes a proxy without backpressure buffer the body it receives.
+        std::this_thread::sleep_for(std::chrono::milliseconds(req.param("stall_ms", 0)));
         int64_t n = body.drain();
         return n >= 0 && respond(conn, req, 200, std::to_string(n));
     }

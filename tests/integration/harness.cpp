@@ -1,0 +1,859 @@
+#include "harness.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace liege::test {
+
+namespace {
+
+std::string errno_text(const char* what) {
+    return std::string(what) + ": " + std::strerror(errno);
+}
+
+int remaining_ms(Clock::time_point deadline) {
+    auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
+    return static_cast<int>(std::clamp<long long>(left, 0, 60'000));
+}
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    std::transform(out.begin(), out.end(), out.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return out;
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
+        s.remove_prefix(1);
+    }
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) {
+        s.remove_suffix(1);
+    }
+    return s;
+}
+
+sockaddr_in loopback(uint16_t port) {
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return sin;
+}
+
+// Starts a non-blocking connect to 127.0.0.1:port and waits for it. Returns the fd, or -errno.
+int connect_loopback(uint16_t port, Millis timeout) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        return -errno;
+    }
+    sockaddr_in sin = loopback(port);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) != 0) {
+        if (errno != EINPROGRESS) {
+            int err = errno;
+            ::close(fd);
+            return -err;
+        }
+        pollfd p{fd, POLLOUT, 0};
+        int rc = ::poll(&p, 1, static_cast<int>(timeout.count()));
+        if (rc <= 0) {
+            ::close(fd);
+            return -ETIMEDOUT;
+        }
+        int err = 0;
+        socklen_t len = sizeof(err);
+        ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0) {
+            ::close(fd);
+            return -err;
+        }
+    }
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+} // namespace
+
+bool poll_until(const std::function<bool()>& condition, Millis timeout, Millis interval) {
+    auto deadline = Clock::now() + timeout;
+    for (;;) {
+        if (condition()) {
+            return true;
+        }
+        if (Clock::now() >= deadline) {
+            return condition();
+        }
+        std::this_thread::sleep_for(std::min<Clock::duration>(interval, deadline - Clock::now()));
+    }
+}
+
+// ---- OutputBuffer ----
+
+void OutputBuffer::append(std::string_view data) {
+    {
+        std::lock_guard lock(mutex_);
+        data_.append(data);
+    }
+    changed_.notify_all();
+}
+
+void OutputBuffer::close() {
+    {
+        std::lock_guard lock(mutex_);
+        closed_ = true;
+    }
+    changed_.notify_all();
+}
+
+bool OutputBuffer::closed() const {
+    std::lock_guard lock(mutex_);
+    return closed_;
+}
+
+std::string OutputBuffer::text() const {
+    std::lock_guard lock(mutex_);
+    return data_;
+}
+
+std::vector<std::string> OutputBuffer::lines() const {
+    std::lock_guard lock(mutex_);
+    std::vector<std::string> out;
+    std::size_t pos = 0;
+    for (;;) {
+        auto eol = data_.find('\n', pos);
+        if (eol == std::string::npos) {
+            return out;
+        }
+        out.push_back(data_.substr(pos, eol - pos));
+        pos = eol + 1;
+    }
+}
+
+std::optional<std::vector<std::string>> OutputBuffer::wait_for_line(const std::regex& pattern,
+                                                                    Millis timeout,
+                                                                    std::size_t first_line) const {
+    auto deadline = Clock::now() + timeout;
+    std::unique_lock lock(mutex_);
+    std::size_t pos = 0;
+    std::size_t index = 0;
+    for (;;) {
+        for (;;) {
+            auto eol = data_.find('\n', pos);
+            if (eol == std::string::npos) {
+                break;
+            }
+            std::string line = data_.substr(pos, eol - pos);
+            pos = eol + 1;
+            std::smatch m;
+            if (index++ >= first_line && std::regex_search(line, m, pattern)) {
+                std::vector<std::string> groups;
+                for (const auto& g : m) {
+                    groups.push_back(g.str());
+                }
+                return groups;
+            }
+        }
+        if (closed_ || Clock::now() >= deadline) {
+            return std::nullopt;
+        }
+        changed_.wait_until(lock, deadline);
+    }
+}
+
+// ---- Process ----
+
+Process::Process(std::vector<std::string> argv) : argv_(std::move(argv)) {
+    if (argv_.empty()) {
+        throw std::runtime_error("Process: empty command line");
+    }
+    std::vector<char*> args;
+    for (auto& a : argv_) {
+        args.push_back(a.data());
+    }
+    args.push_back(nullptr);
+
+    int out_pipe[2];
+    int err_pipe[2];
+    if (::pipe2(out_pipe, O_CLOEXEC) != 0) {
+        throw std::runtime_error(errno_text("pipe2"));
+    }
+    if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+        ::close(out_pipe[0]);
+        ::close(out_pipe[1]);
+        throw std::runtime_error(errno_text("pipe2"));
+    }
+    int dev_null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    const pid_t parent = ::getpid();
+
+    pid_t pid = ::fork();
+    if (pid < 0) {
+        throw std::runtime_error(errno_text("fork"));
+    }
+    if (pid == 0) {
+        // Child: only async-signal-safe calls until exec.
+        ::setpgid(0, 0);
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) {
+            ::_exit(127);
+        }
+        ::dup2(dev_null, 0);
+        ::dup2(out_pipe[1], 1);
+        ::dup2(err_pipe[1], 2);
+        ::execv(args[0], args.data());
+        const char msg[] = "Process: exec failed\n";
+        ssize_t ignored = ::write(2, msg, sizeof(msg) - 1);
+        (void)ignored;
+        ::_exit(127);
+    }
+    ::setpgid(pid, pid); // also here, so the group exists before we might signal it
+    pid_ = pid;
+    ::close(dev_null);
+    ::close(out_pipe[1]);
+    ::close(err_pipe[1]);
+    out_fd_ = out_pipe[0];
+    err_fd_ = err_pipe[0];
+
+    reader_ = std::thread([this] {
+        pollfd fds[2] = {{out_fd_, POLLIN, 0}, {err_fd_, POLLIN, 0}};
+        OutputBuffer* buffers[2] = {&out_, &err_};
+        int open_count = 2;
+        char buf[65536];
+        while (open_count > 0) {
+            if (::poll(fds, 2, -1) < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                break;
+            }
+            for (int i = 0; i < 2; ++i) {
+                if (fds[i].fd < 0 || fds[i].revents == 0) {
+                    continue;
+                }
+                ssize_t n = ::read(fds[i].fd, buf, sizeof(buf));
+                if (n > 0) {
+                    buffers[i]->append(std::string_view(buf, static_cast<std::size_t>(n)));
+                } else if (n == 0 || errno != EINTR) {
+                    buffers[i]->close();
+                    fds[i].fd = -1;
+                    --open_count;
+                }
+            }
+        }
+        out_.close();
+        err_.close();
+    });
+}
+
+Process::~Process() {
+    kill();
+    // Every process of the group is gone once no signal can reach the group.
+    bool group_gone = poll_until([this] { return ::kill(-pid_, 0) != 0 && errno == ESRCH; }, kWait);
+    if (!group_gone) {
+        ADD_FAILURE() << "processes of group " << pid_ << " (" << argv_[0]
+                      << ") are still running after SIGKILL";
+        ::kill(-pid_, SIGKILL);
+    }
+    // The pipes reach EOF when the last process holding them has gone.
+    if (reader_.joinable()) {
+        reader_.join();
+    }
+    ::close(out_fd_);
+    ::close(err_fd_);
+}
+
+void Process::reap(bool block) {
+    if (status_) {
+        return;
+    }
+    int status = 0;
+    pid_t r;
+    do {
+        r = ::waitpid(pid_, &status, block ? 0 : WNOHANG);
+    } while (r < 0 && errno == EINTR);
+    if (r == pid_) {
+        status_ = status;
+    }
+}
+
+bool Process::running() {
+    reap(false);
+    return !status_.has_value();
+}
+
+void Process::signal(int sig) {
+    if (running()) {
+        ::kill(pid_, sig);
+    }
+}
+
+std::optional<int> Process::wait_exit(Millis timeout) {
+    poll_until([this] { return !running(); }, timeout, 5ms);
+    return status_;
+}
+
+void Process::kill() {
+    if (::kill(-pid_, 0) == 0) {
+        ::kill(-pid_, SIGKILL);
+    }
+    reap(true);
+}
+
+std::string describe_status(int status) {
+    if (WIFEXITED(status)) {
+        return "exited " + std::to_string(WEXITSTATUS(status));
+    }
+    if (WIFSIGNALED(status)) {
+        return std::string("killed by signal ") + std::to_string(WTERMSIG(status)) + " (" +
+               ::strsignal(WTERMSIG(status)) + ")";
+    }
+    return "status " + std::to_string(status);
+}
+
+std::string Process::describe(std::size_t tail_lines) const {
+    std::ostringstream s;
+    s << "command:";
+    for (const auto& a : argv_) {
+        s << ' ' << a;
+    }
+    s << "\nstate: " << (status_ ? describe_status(*status_) : std::string("running")) << '\n';
+    auto tail = [&](const char* name, const OutputBuffer& buf) {
+        auto lines = buf.lines();
+        std::size_t start = lines.size() > tail_lines ? lines.size() - tail_lines : 0;
+        s << "--- " << name << " (last " << lines.size() - start << " of " << lines.size()
+          << " lines) ---\n";
+        for (std::size_t i = start; i < lines.size(); ++i) {
+            s << lines[i] << '\n';
+        }
+    };
+    tail("stdout", out_);
+    tail("stderr", err_);
+    return s.str();
+}
+
+// ---- small helpers ----
+
+long rss_kib(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with("VmRSS:")) {
+            return std::strtol(line.c_str() + 6, nullptr, 10);
+        }
+    }
+    return -1;
+}
+
+std::optional<uint16_t> wait_for_port(const OutputBuffer& out, Millis timeout) {
+    static const std::regex kListening(R"(listening on 127\.0\.0\.1:(\d+))");
+    auto m = out.wait_for_line(kListening, timeout);
+    if (!m) {
+        return std::nullopt;
+    }
+    return static_cast<uint16_t>(std::stoul((*m)[1]));
+}
+
+uint16_t closed_port() {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sin = loopback(0);
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) != 0) {
+        throw std::runtime_error(errno_text("closed_port: bind"));
+    }
+    socklen_t len = sizeof(sin);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
+    ::close(fd);
+    return ntohs(sin.sin_port);
+}
+
+bool connect_refused(uint16_t port) {
+    int fd = connect_loopback(port, 2s);
+    if (fd >= 0) {
+        ::close(fd);
+        return false;
+    }
+    return fd == -ECONNREFUSED;
+}
+
+// ---- Response ----
+
+std::optional<std::string> Response::header(std::string_view name) const {
+    auto want = lower(name);
+    for (const auto& [n, v] : headers) {
+        if (lower(n) == want) {
+            return v;
+        }
+    }
+    return std::nullopt;
+}
+
+std::vector<std::string> Response::headers_named(std::string_view name) const {
+    auto want = lower(name);
+    std::vector<std::string> out;
+    for (const auto& [n, v] : headers) {
+        if (lower(n) == want) {
+            out.push_back(v);
+        }
+    }
+    return out;
+}
+
+// ---- HttpClient ----
+
+HttpClient::HttpClient(uint16_t port, Millis timeout) {
+    fd_ = connect_loopback(port, timeout);
+    if (fd_ < 0) {
+        int err = -fd_;
+        throw HttpError("connect to 127.0.0.1:" + std::to_string(port) +
+                        " failed: " + std::strerror(err));
+    }
+}
+
+HttpClient::HttpClient(HttpClient&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), buffer_(std::move(other.buffer_)) {}
+
+HttpClient::~HttpClient() {
+    if (fd_ >= 0) {
+        ::close(fd_);
+    }
+}
+
+void HttpClient::send(std::string_view data, Millis timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (!data.empty()) {
+        ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            data.remove_prefix(static_cast<std::size_t>(n));
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            pollfd p{fd_, POLLOUT, 0};
+            if (::poll(&p, 1, remaining_ms(deadline)) == 0 && Clock::now() >= deadline) {
+                throw HttpError("send: timed out with " + std::to_string(data.size()) +
+                                " bytes unsent (peer not reading)");
+            }
+            continue;
+        }
+        if (errno == EPIPE || errno == ECONNRESET) {
+            throw HttpClosed(errno_text("send"));
+        }
+        throw HttpError(errno_text("send"));
+    }
+}
+
+bool HttpClient::fill(Clock::time_point deadline) {
+    char buf[65536];
+    for (;;) {
+        ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+        if (n > 0) {
+            buffer_.append(buf, static_cast<std::size_t>(n));
+            return true;
+        }
+        if (n == 0) {
+            return false;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            pollfd p{fd_, POLLIN, 0};
+            if (::poll(&p, 1, remaining_ms(deadline)) == 0 && Clock::now() >= deadline) {
+                throw HttpError("recv: timed out waiting for data");
+            }
+            continue;
+        }
+        if (errno == ECONNRESET) {
+            throw HttpClosed("recv: connection reset by peer");
+        }
+        throw HttpError(errno_text("recv"));
+    }
+}
+
+bool HttpClient::read_line(std::string& line, Clock::time_point deadline) {
+    for (;;) {
+        auto eol = buffer_.find('\n');
+        if (eol != std::string::npos) {
+            line = buffer_.substr(0, eol);
+            if (!line.empty() && line.back() == '\r') {
+                line.pop_back();
+            }
+            buffer_.erase(0, eol + 1);
+            return true;
+        }
+        if (!fill(deadline)) {
+            return false;
+        }
+    }
+}
+
+std::string HttpClient::read_some(std::size_t max, Millis timeout) {
+    if (buffer_.empty() && !fill(Clock::now() + timeout)) {
+        return {};
+    }
+    std::size_t n = std::min(max, buffer_.size());
+    std::string out = buffer_.substr(0, n);
+    buffer_.erase(0, n);
+    return out;
+}
+
+std::string HttpClient::read_exact(std::size_t n, Millis timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (buffer_.size() < n) {
+        if (!fill(deadline)) {
+            throw HttpClosed("connection closed after " + std::to_string(buffer_.size()) + " of " +
+                             std::to_string(n) + " bytes");
+        }
+    }
+    std::string out = buffer_.substr(0, n);
+    buffer_.erase(0, n);
+    return out;
+}
+
+Response HttpClient::read_response(Millis timeout, bool head_request, const BodySink& sink) {
+    auto deadline = Clock::now() + timeout;
+    Response r;
+    std::string line;
+    if (!read_line(line, deadline)) {
+        throw HttpClosed(buffer_.empty() ? "connection closed before a response"
+                                         : "connection closed inside a status line: " + buffer_);
+    }
+    r.head = line + "\r\n";
+    // "HTTP/1.1 200 OK"
+    auto sp1 = line.find(' ');
+    if (!line.starts_with("HTTP/") || sp1 == std::string::npos) {
+        throw HttpError("malformed status line: '" + line + "'");
+    }
+    r.version = line.substr(0, sp1);
+    auto sp2 = line.find(' ', sp1 + 1);
+    auto code = line.substr(sp1 + 1, sp2 == std::string::npos ? std::string::npos : sp2 - sp1 - 1);
+    auto [end, ec] = std::from_chars(code.data(), code.data() + code.size(), r.status);
+    if (ec != std::errc{} || end != code.data() + code.size()) {
+        throw HttpError("malformed status line: '" + line + "'");
+    }
+    r.reason = sp2 == std::string::npos ? "" : line.substr(sp2 + 1);
+
+    for (;;) {
+        if (!read_line(line, deadline)) {
+            throw HttpClosed("connection closed inside response headers:\n" + r.head);
+        }
+        r.head += line + "\r\n";
+        if (line.empty()) {
+            break;
+        }
+        auto colon = line.find(':');
+        if (colon == std::string::npos) {
+            throw HttpError("malformed header line: '" + line + "'");
+        }
+        r.headers.emplace_back(line.substr(0, colon), std::string(trim(line.substr(colon + 1))));
+    }
+
+    auto deliver = [&](std::string_view data) {
+        r.body_bytes += data.size();
+        if (sink) {
+            sink(data);
+        } else {
+            r.body.append(data);
+        }
+    };
+    auto take = [&](uint64_t n) { // delivers n body bytes from the stream
+        while (n > 0) {
+            if (buffer_.empty() && !fill(deadline)) {
+                throw HttpClosed("connection closed with " + std::to_string(n) +
+                                 " body bytes still due; head was:\n" + r.head);
+            }
+            std::size_t k = static_cast<std::size_t>(std::min<uint64_t>(n, buffer_.size()));
+            deliver(std::string_view(buffer_).substr(0, k));
+            buffer_.erase(0, k);
+            n -= k;
+        }
+    };
+
+    if (r.status < 200 || r.status == 204 || r.status == 304 || head_request) {
+        return r;
+    }
+    auto te = r.header("transfer-encoding");
+    if (te && lower(*te).find("chunked") != std::string::npos) {
+        r.chunked = true;
+        for (;;) {
+            if (!read_line(line, deadline)) {
+                throw HttpClosed("connection closed inside a chunked body; head was:\n" + r.head);
+            }
+            std::string_view size = trim(std::string_view(line).substr(0, line.find(';')));
+            uint64_t n = 0;
+            auto [e, err] = std::from_chars(size.data(), size.data() + size.size(), n, 16);
+            if (size.empty() || err != std::errc{} || e != size.data() + size.size()) {
+                throw HttpError("bad chunk size line: '" + line + "'");
+            }
+            if (n == 0) {
+                do { // trailers
+                    if (!read_line(line, deadline)) {
+                        throw HttpClosed("connection closed inside chunked trailers");
+                    }
+                } while (!line.empty());
+                return r;
+            }
+            take(n);
+            if (!read_line(line, deadline) || !line.empty()) {
+                throw HttpError("missing CRLF after a chunk");
+            }
+        }
+    }
+    if (auto cl = r.header("content-length")) {
+        uint64_t n = 0;
+        auto [e, err] = std::from_chars(cl->data(), cl->data() + cl->size(), n);
+        if (err != std::errc{} || e != cl->data() + cl->size()) {
+            throw HttpError("bad Content-Length: '" + *cl + "'");
+        }
+        take(n);
+        return r;
+    }
+    r.close_delimited = true;
+    for (;;) {
+        if (!buffer_.empty()) {
+            deliver(buffer_);
+            buffer_.clear();
+        }
+        if (!fill(deadline)) {
+            return r;
+        }
+    }
+}
+
+std::optional<Response> HttpClient::try_read_response(Millis timeout, bool head_request) {
+    try {
+        return read_response(timeout, head_request);
+    } catch (const HttpClosed&) {
+        return std::nullopt;
+    }
+}
+
+Response HttpClient::request(std::string_view method, std::string_view target,
+                             const std::vector<std::pair<std::string, std::string>>& headers,
+                             std::string_view body, Millis timeout) {
+    send(build_request(method, target, headers, body), timeout);
+    for (;;) {
+        Response r = read_response(timeout, method == "HEAD");
+        if (r.status >= 200 || r.status == 101) {
+            return r;
+        }
+    }
+}
+
+bool HttpClient::wait_closed(Millis timeout) {
+    auto deadline = Clock::now() + timeout;
+    buffer_.clear();
+    try {
+        while (fill(deadline)) {
+            buffer_.clear();
+        }
+        return true;
+    } catch (const HttpClosed&) {
+        return true;
+    } catch (const HttpError&) {
+        return false;
+    }
+}
+
+bool HttpClient::peer_closed() {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 0) <= 0) {
+        return false;
+    }
+    char c;
+    ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+// ---- request and frame builders ----
+
+std::string build_request(std::string_view method, std::string_view target,
+                          const std::vector<std::pair<std::string, std::string>>& headers,
+                          std::string_view body) {
+    std::string out;
+    out.append(method).append(" ").append(target).append(" HTTP/1.1\r\n");
+    bool has_host = false;
+    bool has_framing = false;
+    for (const auto& [name, value] : headers) {
+        auto n = lower(name);
+        has_host = has_host || n == "host";
+        has_framing = has_framing || n == "content-length" || n == "transfer-encoding";
+    }
+    if (!has_host) {
+        out += "Host: 127.0.0.1\r\n";
+    }
+    for (const auto& [name, value] : headers) {
+        out.append(name).append(": ").append(value).append("\r\n");
+    }
+    if (!body.empty() && !has_framing) {
+        out += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    }
+    out += "\r\n";
+    out.append(body);
+    return out;
+}
+
+std::string chunk(std::string_view data) {
+    char size[32];
+    int n = std::snprintf(size, sizeof(size), "%zx\r\n", data.size());
+    std::string out(size, static_cast<std::size_t>(n));
+    out.append(data).append("\r\n");
+    return out;
+}
+
+std::string websocket_frame(int opcode, std::string_view payload) {
+    static constexpr unsigned char kMask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    std::string out;
+    out += static_cast<char>(0x80 | opcode);
+    const uint64_t len = payload.size();
+    if (len < 126) {
+        out += static_cast<char>(0x80 | len);
+    } else if (len <= 0xffff) {
+        out += static_cast<char>(0x80 | 126);
+        out += static_cast<char>(len >> 8);
+        out += static_cast<char>(len & 0xff);
+    } else {
+        out += static_cast<char>(0x80 | 127);
+        for (int i = 7; i >= 0; --i) {
+            out += static_cast<char>((len >> (i * 8)) & 0xff);
+        }
+    }
+    out.append(reinterpret_cast<const char*>(kMask), 4);
+    for (std::size_t i = 0; i < payload.size(); ++i) {
+        out += static_cast<char>(payload[i] ^ kMask[i % 4]);
+    }
+    return out;
+}
+
+WebSocketFrame read_websocket_frame(HttpClient& client, Millis timeout) {
+    auto deadline = Clock::now() + timeout;
+    auto left = [&] { return std::chrono::duration_cast<Millis>(deadline - Clock::now()); };
+    WebSocketFrame f;
+    std::string h = client.read_exact(2, left());
+    f.fin = (h[0] & 0x80) != 0;
+    f.opcode = h[0] & 0x0f;
+    f.masked = (h[1] & 0x80) != 0;
+    uint64_t len = static_cast<unsigned char>(h[1]) & 0x7f;
+    if (len == 126 || len == 127) {
+        std::string ext = client.read_exact(len == 126 ? 2 : 8, left());
+        len = 0;
+        for (char c : ext) {
+            len = (len << 8) | static_cast<unsigned char>(c);
+        }
+    }
+    std::string mask = f.masked ? client.read_exact(4, left()) : std::string(4, '\0');
+    f.payload = client.read_exact(static_cast<std::size_t>(len), left());
+    for (std::size_t i = 0; i < f.payload.size(); ++i) {
+        f.payload[i] = static_cast<char>(f.payload[i] ^ mask[i % 4]);
+    }
+    return f;
+}
+
+// ---- TestBackend ----
+
+TestBackend::TestBackend(std::string name) : name_(std::move(name)) {
+    process_ = std::make_unique<Process>(std::vector<std::string>{
+        LIEGE_TEST_BACKEND, "--listen", "127.0.0.1:0", "--name", name_, "--log-requests"});
+    auto port = wait_for_port(process_->out());
+    if (!port) {
+        throw std::runtime_error("test backend did not start:\n" + process_->describe());
+    }
+    port_ = *port;
+}
+
+TestBackend::Counts TestBackend::counts() {
+    HttpClient c(port_);
+    ++probes_;
+    Response r = c.request("GET", "/count", {{"Connection", "close"}});
+    Counts counts;
+    unsigned long long req = 0;
+    unsigned long long conn = 0;
+    long long open = 0;
+    if (r.status != 200 || std::sscanf(r.body.c_str(), "requests=%llu connections=%llu open=%lld",
+                                       &req, &conn, &open) != 3) {
+        throw HttpError("unexpected /count answer: " + r.head + r.body);
+    }
+    counts.requests = req - probes_;
+    counts.connections = conn - probes_;
+    counts.open = open - 1;
+    return counts;
+}
+
+std::vector<std::string> TestBackend::requests_seen() const {
+    std::vector<std::string> out;
+    for (auto& line : process_->out().lines()) {
+        if (line.starts_with("request ")) {
+            out.push_back(line.substr(8));
+        }
+    }
+    // The helper's own /count queries are not the test's business.
+    std::erase(out, std::string("GET /count"));
+    return out;
+}
+
+bool TestBackend::wait_for_request(std::string_view request, Millis timeout) const {
+    std::string pattern = "^request ";
+    for (char c : request) {
+        if (std::strchr(R"(\^$.|?*+()[]{})", c) != nullptr) {
+            pattern += '\\';
+        }
+        pattern += c;
+    }
+    pattern += '$';
+    return process_->out().wait_for_line(std::regex(pattern), timeout).has_value();
+}
+
+void TestBackend::kill() {
+    process_->kill();
+    if (!poll_until([this] { return connect_refused(port_); })) {
+        throw std::runtime_error("backend port still open after kill");
+    }
+}
+
+// ---- RssSampler ----
+
+RssSampler::RssSampler(pid_t pid) : pid_(pid) {
+    thread_ = std::thread([this] {
+        while (!stop_.load()) {
+            long rss = rss_kib(pid_);
+            long peak = peak_.load();
+            if (rss > peak) {
+                peak_.store(rss);
+            }
+            // A sampling period, not a wait for a condition.
+            std::this_thread::sleep_for(5ms);
+        }
+    });
+}
+
+RssSampler::~RssSampler() {
+    stop();
+}
+
+long RssSampler::stop() {
+    stop_.store(true);
+    if (thread_.joinable()) {
+        thread_.join();
+    }
+    return peak_.load();
+}
+
+} // namespace liege::test

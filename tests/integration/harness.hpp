@@ -1,0 +1,283 @@
+// Helpers for integration tests that run real processes on loopback.
+//
+// Every wait here is bounded and polls for a condition; nothing sleeps blindly. Processes are
+// started in their own process group and are killed and reaped when their `Process` object
+// goes away, so a failing test leaves nothing behind.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <regex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace liege::test {
+
+using Clock = std::chrono::steady_clock;
+using Millis = std::chrono::milliseconds;
+using namespace std::chrono_literals;
+
+// Bound for every wait in the integration tests: generous, since the box may be loaded.
+inline constexpr Millis kWait = 10s;
+
+// Polls `condition` every `interval` until it is true (returns true) or `timeout` passes
+// (returns false after one last check).
+bool poll_until(const std::function<bool()>& condition, Millis timeout = kWait,
+                Millis interval = 10ms);
+
+// Text a child process writes to one stream, collected by a reader thread; safe to read while
+// it grows.
+class OutputBuffer {
+public:
+    void append(std::string_view data);
+    void close(); // the stream reached EOF
+    bool closed() const;
+    std::string text() const;
+    std::vector<std::string> lines() const; // complete lines only
+
+    // Waits until a complete line (at index `first_line` or later) matches `pattern` (searched
+    // anywhere in the line). Returns the match and its groups, or nullopt on timeout or on EOF
+    // without a match.
+    std::optional<std::vector<std::string>> wait_for_line(const std::regex& pattern,
+                                                          Millis timeout = kWait,
+                                                          std::size_t first_line = 0) const;
+
+private:
+    mutable std::mutex mutex_;
+    mutable std::condition_variable changed_;
+    std::string data_;
+    bool closed_ = false;
+};
+
+// A child process with its own process group, stdout and stderr captured.
+class Process {
+public:
+    // Starts argv[0] with the given arguments. Throws std::runtime_error if it cannot.
+    explicit Process(std::vector<std::string> argv);
+    Process(const Process&) = delete;
+    Process& operator=(const Process&) = delete;
+    // Kills the process group (SIGKILL), reaps the child and records a test failure if any
+    // process of the group is still there afterwards.
+    ~Process();
+
+    pid_t pid() const { return pid_; }
+    const OutputBuffer& out() const { return out_; }
+    const OutputBuffer& err() const { return err_; }
+    const std::vector<std::string>& argv() const { return argv_; }
+
+    // True while the child has not exited (reaps it if it has).
+    bool running();
+    void signal(int sig);
+    // Waits for the child to exit; returns its wait status (see WIFEXITED etc.), or nullopt
+    // if it is still running after `timeout`.
+    std::optional<int> wait_exit(Millis timeout = kWait);
+    // The wait status once the child has been reaped.
+    std::optional<int> exit_status() const { return status_; }
+    // Kills the whole process group and reaps the child.
+    void kill();
+
+    // The command line, exit status and the tails of both streams, for failure messages.
+    std::string describe(std::size_t tail_lines = 40) const;
+
+private:
+    void reap(bool block);
+
+    std::vector<std::string> argv_;
+    pid_t pid_ = -1;
+    std::optional<int> status_;
+    OutputBuffer out_;
+    OutputBuffer err_;
+    int out_fd_ = -1;
+    int err_fd_ = -1;
+    std::thread reader_;
+};
+
+// "exited 0", "killed by SIGTERM", ...
+std::string describe_status(int status);
+
+// Resident set size of a process in KiB (VmRSS from /proc/PID/status), or -1.
+long rss_kib(pid_t pid);
+
+// Waits for a `listening on 127.0.0.1:PORT` line in a process's output and returns PORT.
+std::optional<uint16_t> wait_for_port(const OutputBuffer& out, Millis timeout = kWait);
+
+// A TCP port on 127.0.0.1 nothing listens on (bound once, then released).
+uint16_t closed_port();
+
+// True if a TCP connect to 127.0.0.1:port is refused right now.
+bool connect_refused(uint16_t port);
+
+struct Response {
+    std::string version; // "HTTP/1.1"
+    int status = 0;
+    std::string reason;
+    std::vector<std::pair<std::string, std::string>> headers; // as received
+    std::string head;                                         // raw status line + headers
+    std::string body;        // decoded (empty if a body sink was used)
+    uint64_t body_bytes = 0; // decoded body length
+    bool chunked = false;
+    bool close_delimited = false;
+
+    // The first header with this name (case-insensitive).
+    std::optional<std::string> header(std::string_view name) const;
+    // Every header with this name.
+    std::vector<std::string> headers_named(std::string_view name) const;
+};
+
+// A client call failed: timeout, I/O error or a malformed response.
+struct HttpError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The peer closed or reset the connection before a complete response.
+struct HttpClosed : HttpError {
+    using HttpError::HttpError;
+};
+
+// A blocking HTTP/1.1 client over one TCP connection. Every call is bounded by a deadline;
+// failures throw HttpError with what happened. Bytes received past one response are kept for
+// the next (pipelining and keep-alive).
+class HttpClient {
+public:
+    // Receives a decoded body piece; used to stream large bodies without keeping them.
+    using BodySink = std::function<void(std::string_view)>;
+
+    // Connects to 127.0.0.1:port.
+    explicit HttpClient(uint16_t port, Millis timeout = kWait);
+    HttpClient(const HttpClient&) = delete;
+    HttpClient& operator=(const HttpClient&) = delete;
+    HttpClient(HttpClient&& other) noexcept;
+    ~HttpClient();
+
+    int fd() const { return fd_; }
+
+    // Sends all bytes.
+    void send(std::string_view data, Millis timeout = kWait);
+
+    // Reads the next response, including 1xx interim ones. `head_request`: the response to a
+    // HEAD has no body whatever its headers say.
+    Response read_response(Millis timeout = kWait, bool head_request = false,
+                           const BodySink& sink = {});
+    // As read_response, but nullopt if the connection closes or resets before a full response.
+    std::optional<Response> try_read_response(Millis timeout = kWait, bool head_request = false);
+
+    // Sends a request and reads its final response (skipping 100 Continue). Adds Host and,
+    // if there is a body and no framing header in `headers`, Content-Length.
+    Response request(std::string_view method, std::string_view target,
+                     const std::vector<std::pair<std::string, std::string>>& headers = {},
+                     std::string_view body = {}, Millis timeout = kWait);
+    Response get(std::string_view target, Millis timeout = kWait) {
+        return request("GET", target, {}, {}, timeout);
+    }
+
+    // Reads whatever arrives (at least one byte, up to `max`) until the deadline. Returns an
+    // empty string on EOF; throws on timeout or error.
+    std::string read_some(std::size_t max = 65536, Millis timeout = kWait);
+    // Reads exactly `n` bytes.
+    std::string read_exact(std::size_t n, Millis timeout = kWait);
+
+    // Waits until the peer closes (EOF or reset), discarding any bytes that arrive. True if it
+    // closed within `timeout`.
+    bool wait_closed(Millis timeout = kWait);
+    // True if the peer has closed the connection already (non-blocking check).
+    bool peer_closed();
+
+    // Bytes already received but not consumed by a read.
+    const std::string& pending() const { return buffer_; }
+
+private:
+    // Reads more into buffer_; false on EOF. Throws on error or when `deadline` passes.
+    bool fill(Clock::time_point deadline);
+    bool read_line(std::string& line, Clock::time_point deadline); // false on EOF
+
+    int fd_ = -1;
+    std::string buffer_;
+};
+
+// Builds a request: "METHOD TARGET HTTP/1.1", Host (unless given), the headers, the body.
+std::string build_request(std::string_view method, std::string_view target,
+                          const std::vector<std::pair<std::string, std::string>>& headers = {},
+                          std::string_view body = {});
+
+// Encodes `data` as one chunk ("size CRLF data CRLF").
+std::string chunk(std::string_view data);
+
+// A WebSocket frame as a client sends it (FIN set, masked).
+std::string websocket_frame(int opcode, std::string_view payload);
+
+struct WebSocketFrame {
+    int opcode = 0;
+    bool fin = false;
+    bool masked = false;
+    std::string payload;
+};
+
+// Reads one frame from the client's connection.
+WebSocketFrame read_websocket_frame(HttpClient& client, Millis timeout = kWait);
+
+// A liege-test-backend process on an ephemeral loopback port, started with --log-requests.
+class TestBackend {
+public:
+    // Starts the backend and waits for its port. Throws std::runtime_error if it does not come
+    // up.
+    explicit TestBackend(std::string name);
+
+    const std::string& name() const { return name_; }
+    uint16_t port() const { return port_; }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+    Process& process() { return *process_; }
+
+    struct Counts {
+        uint64_t requests = 0;    // requests read, not counting this helper's own queries
+        uint64_t connections = 0; // connections accepted, not counting this helper's own
+        int64_t open = 0;         // connections open now, not counting the query's own
+    };
+    // Asks the backend directly (GET /count, not through any proxy).
+    Counts counts();
+
+    // The "METHOD TARGET" of every request the backend has read so far, in order.
+    std::vector<std::string> requests_seen() const;
+    // Waits until the backend has read a request whose "METHOD TARGET" equals `request`.
+    bool wait_for_request(std::string_view request, Millis timeout = kWait) const;
+
+    // Kills the backend (SIGKILL) and waits until its port refuses connections.
+    void kill();
+
+private:
+    std::string name_;
+    std::unique_ptr<Process> process_;
+    uint16_t port_ = 0;
+    uint64_t probes_ = 0;
+};
+
+// Samples a process's VmRSS on a background thread (every 5 ms) until stopped; reports the
+// largest value seen.
+class RssSampler {
+public:
+    explicit RssSampler(pid_t pid);
+    RssSampler(const RssSampler&) = delete;
+    RssSampler& operator=(const RssSampler&) = delete;
+    ~RssSampler();
+    long stop(); // returns the peak in KiB
+    long peak_kib() const { return peak_.load(); }
+
+private:
+    pid_t pid_;
+    std::atomic<bool> stop_{false};
+    std::atomic<long> peak_{-1};
+    std::thread thread_;
+};
+
+} // namespace liege::test

@@ -30,15 +30,19 @@ struct RouterArgs {
 
 void add_router_command(CLI::App& app, int& exit_code) {
     auto args = std::make_shared<RouterArgs>();
-    auto* cmd = app.add_subcommand("router", "Run the HTTP reverse proxy in front of static backends");
-    cmd->add_option("--listen", args->listen, "Address to accept clients on (HOST:PORT, [IPv6]:PORT, unix:PATH)")
+    auto* cmd =
+        app.add_subcommand("router", "Run the HTTP reverse proxy in front of static backends");
+    cmd->add_option("--listen", args->listen,
+                    "Address to accept clients on (HOST:PORT, [IPv6]:PORT, unix:PATH)")
         ->required();
     cmd->add_option("--backend", args->backends, "Backend address; repeat for several");
-    cmd->add_option("--threads", args->options.threads, "Worker threads (default: number of cores)");
+    cmd->add_option("--threads", args->options.threads,
+                    "Worker threads (default: number of cores)");
     cmd->add_option("--lb", args->lb, "Balancing policy")
         ->check(CLI::IsMember({"least_conn", "round_robin"}))
         ->capture_default_str();
-    cmd->add_option("--header-timeout", args->header_timeout, "Time a client has to send its request headers")
+    cmd->add_option("--header-timeout", args->header_timeout,
+                    "Time a client has to send its request headers")
         ->capture_default_str();
     cmd->add_option("--keepalive-timeout", args->keepalive_timeout, "Idle client keep-alive time")
         ->capture_default_str();
@@ -53,14 +57,17 @@ void add_router_command(CLI::App& app, int& exit_code) {
     cmd->add_option("--shutdown-timeout", args->shutdown_timeout,
                     "On SIGTERM/SIGINT, time allowed for requests in flight")
         ->capture_default_str();
-    cmd->add_option("--max-header-size", args->max_header_size, "Largest request header block (then 431)")
+    cmd->add_option("--max-header-size", args->max_header_size,
+                    "Largest request header block (then 431)")
         ->capture_default_str();
-    cmd->add_option("--max-body-size", args->max_body_size, "Largest request body, 0 for no limit (then 413)")
+    cmd->add_option("--max-body-size", args->max_body_size,
+                    "Largest request body, 0 for no limit (then 413)")
         ->capture_default_str();
     cmd->add_option("--max-tries", args->options.max_tries,
                     "Attempts for a request that never reached a backend")
         ->capture_default_str();
-    cmd->add_option("--access-log", args->options.access_log, "Access log: - for stderr, off, or a file")
+    cmd->add_option("--access-log", args->options.access_log,
+                    "Access log: - for stderr, off, or a file")
         ->capture_default_str();
     cmd->add_option("--log-level", args->log_level, "trace, debug, info, warn, error")
         ->capture_default_str();

@@ -1,12 +1,219 @@
+// `liege router`: listening sockets, threads, signals and the graceful drain.
+//
+// Each thread runs its own libuv loop and accepts on its own SO_REUSEPORT socket, so the kernel
+// spreads connections across threads without a shared accept lock. Unix sockets and sockets
+// inherited from a parent cannot be multiplied that way; each thread polls a dup of the one fd.
 #include "liege/router.hpp"
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "connection.hpp"
 #include "liege/log.hpp"
+#include "worker.hpp"
 
 namespace liege {
 
-int run_router(const RouterOptions&) {
-    spdlog::error("router: not built yet");
-    return 1;
+namespace {
+
+// Returns a listening socket or -errno.
+int bind_listener(const Address& addr, bool reuseport) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    int rc = to_sockaddr(addr, ss, len);
+    if (rc != 0) {
+        return rc;
+    }
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return -errno;
+    }
+    int one = 1;
+    if (ss.ss_family != AF_UNIX) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (reuseport) {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+        }
+        if (ss.ss_family == AF_INET6) {
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        }
+    } else {
+        // A stale socket file from an earlier run would make bind fail; only remove sockets.
+        struct stat st {};
+        if (::stat(addr.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+            ::unlink(addr.path.c_str());
+        }
+    }
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 4096) != 0) {
+        int err = -errno;
+        ::close(fd);
+        return err;
+    }
+    return fd;
+}
+
+std::atomic<int> g_signal_count{0};
+
+} // namespace
+
+int run_router(const RouterOptions& options) {
+    using router::Shared;
+    using router::Worker;
+
+    if (options.listen.empty() && options.inherited_fds.empty()) {
+        spdlog::error("router: nothing to listen on");
+        return 2;
+    }
+    auto shared = std::make_unique<Shared>();
+    shared->options = options;
+    unsigned threads =
+        options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+    shared->options.threads = threads;
+
+    std::vector<std::shared_ptr<Backend>> backends;
+    for (const auto& b : options.backends) {
+        backends.push_back(std::make_shared<Backend>(b));
+        sockaddr_storage ss{};
+        socklen_t len = 0;
+        if (int rc = to_sockaddr(b, ss, len); rc != 0) {
+            spdlog::error("router: cannot resolve backend {}", b.str());
+            return 2;
+        }
+        shared->backend_addrs.push_back(ss);
+        shared->backend_addr_lens.push_back(len);
+    }
+    if (backends.empty()) {
+        spdlog::warn("router: no backends; every request will get 503");
+    }
+    shared->balancer = std::make_unique<Balancer>(options.lb, std::move(backends));
+
+    int log_fd = -1;
+    if (options.access_log == "-") {
+        log_fd = STDERR_FILENO;
+    } else if (options.access_log != "off" && !options.access_log.empty()) {
+        log_fd =
+            ::open(options.access_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (log_fd < 0) {
+            spdlog::error("router: cannot open access log {}: {}", options.access_log,
+                          std::strerror(errno));
+            return 2;
+        }
+    }
+
+    std::signal(SIGPIPE, SIG_IGN);
+
+    std::vector<std::unique_ptr<Worker>> workers;
+    for (unsigned i = 0; i < threads; ++i) {
+        workers.push_back(std::make_unique<Worker>(i, *shared, log_fd));
+    }
+
+    // Listening sockets: one per thread with SO_REUSEPORT for TCP; shared otherwise.
+    for (const Address& addr : options.listen) {
+        Address bound = addr;
+        if (addr.is_unix()) {
+            int fd = bind_listener(addr, false);
+            if (fd < 0) {
+                spdlog::error("router: cannot listen on {}: {}", addr.str(), std::strerror(-fd));
+                return 1;
+            }
+            for (unsigned i = 0; i < threads; ++i) {
+                workers[i]->add_listener(i == 0 ? fd : ::fcntl(fd, F_DUPFD_CLOEXEC, 0), true, true);
+            }
+        } else {
+            for (unsigned i = 0; i < threads; ++i) {
+                int fd = bind_listener(bound, true);
+                if (fd < 0) {
+                    spdlog::error("router: cannot listen on {}: {}", bound.str(),
+                                  std::strerror(-fd));
+                    return 1;
+                }
+                if (i == 0) {
+                    bound = address_of_socket(fd); // port 0 becomes the chosen port for all
+                }
+                workers[i]->add_listener(fd, true, false);
+            }
+        }
+        spdlog::info("listening on {}", bound.str());
+    }
+    for (int fd : options.inherited_fds) {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof(ss);
+        getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+        bool is_unix = ss.ss_family == AF_UNIX;
+        for (unsigned i = 0; i < threads; ++i) {
+            workers[i]->add_listener(::fcntl(fd, F_DUPFD_CLOEXEC, 0), true, is_unix);
+        }
+        spdlog::info("listening on {} (inherited)", address_of_socket(fd).str());
+    }
+
+    std::string names;
+    for (const auto& b : shared->balancer->backends()) {
+        names += (names.empty() ? "" : ", ") + b->name;
+    }
+    spdlog::info("router: {} thread(s), {} balancing over {} backend(s){}{}", threads,
+                 options.lb == LbPolicy::LeastConn ? "least_conn" : "round_robin",
+                 shared->balancer->backends().size(), names.empty() ? "" : ": ", names);
+
+    // The main thread only waits for signals; the workers do all the proxying.
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    uv_signal_t sigterm, sigint;
+    struct Ctx {
+        std::vector<std::unique_ptr<Worker>>* workers;
+        uv_signal_t* sigs[2];
+    } ctx{&workers, {&sigterm, &sigint}};
+    auto on_signal = [](uv_signal_t* s, int signum) {
+        auto* c = static_cast<Ctx*>(s->data);
+        int n = ++g_signal_count;
+        spdlog::info("router: {} received, {}", strsignal(signum),
+                     n == 1 ? "finishing requests in flight" : "closing every connection now");
+        for (auto& w : *c->workers) {
+            w->request_shutdown(n > 1);
+        }
+    };
+    for (auto* s : ctx.sigs) {
+        uv_signal_init(&loop, s);
+        s->data = &ctx;
+    }
+    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    uv_signal_start(&sigint, on_signal, SIGINT);
+    for (auto& w : workers) {
+        w->start();
+    }
+    // Wait for the workers on a helper thread so the signal loop stays responsive.
+    uv_async_t all_done;
+    uv_async_init(&loop, &all_done, [](uv_async_t* a) {
+        auto* c = static_cast<Ctx*>(a->data);
+        for (auto* s : c->sigs) {
+            uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+        }
+        uv_close(reinterpret_cast<uv_handle_t*>(a), nullptr);
+    });
+    all_done.data = &ctx;
+    std::thread joiner([&] {
+        for (auto& w : workers) {
+            w->join();
+        }
+        uv_async_send(&all_done);
+    });
+    uv_run(&loop, UV_RUN_DEFAULT);
+    joiner.join();
+    uv_loop_close(&loop);
+    workers.clear();
+    if (log_fd > STDERR_FILENO) {
+        ::close(log_fd);
+    }
+    spdlog::info("router: stopped after {} request(s)", shared->requests.load());
+    return 0;
 }
 
 } // namespace liege

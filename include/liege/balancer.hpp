@@ -26,8 +26,8 @@ struct Backend {
 
     Address address;
     std::string name;
-    std::atomic<int> in_flight{0};          // requests assigned and not finished
-    std::atomic<int64_t> down_until_ms{0};  // steady-clock ms; 0 = up
+    std::atomic<int> in_flight{0};         // requests assigned and not finished
+    std::atomic<int64_t> down_until_ms{0}; // steady-clock ms; 0 = up
     std::atomic<int> consecutive_failures{0};
     std::atomic<uint64_t> requests{0};
     std::atomic<uint64_t> failures{0};

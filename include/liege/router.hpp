@@ -12,23 +12,23 @@
 namespace liege {
 
 struct RouterOptions {
-    std::vector<Address> listen;   // sockets the router binds (SO_REUSEPORT, one per thread)
+    std::vector<Address> listen;    // sockets the router binds (SO_REUSEPORT, one per thread)
     std::vector<int> inherited_fds; // listening sockets inherited from a parent (shared by threads)
     std::vector<Address> backends;
     unsigned threads = 0; // 0 = number of cores
     LbPolicy lb = LbPolicy::LeastConn;
 
-    Millis header_timeout{10'000};         // client must send a whole header block in this time
-    Millis keepalive_timeout{75'000};      // idle client connection between requests
-    Millis connect_timeout{5'000};         // upstream connect
-    Millis upstream_timeout{60'000};       // upstream silent for this long while a response is due
-    Millis upstream_idle_timeout{30'000};  // pooled idle upstream connection
-    Millis shutdown_timeout{30'000};       // graceful shutdown: wait this long for requests in flight
-    uint64_t max_header_size = 32 * 1024;  // request header block; larger gets 431
-    uint64_t max_body_size = 0;            // 0 = unlimited; larger gets 413
-    unsigned max_tries = 3;                // attempts for a request that never reached a backend
-    unsigned max_idle_upstream = 64;       // idle pooled connections per backend and thread
-    std::string access_log = "-";          // "-" (stderr), "off", or a file path
+    Millis header_timeout{10'000};        // client must send a whole header block in this time
+    Millis keepalive_timeout{75'000};     // idle client connection between requests
+    Millis connect_timeout{5'000};        // upstream connect
+    Millis upstream_timeout{60'000};      // upstream silent for this long while a response is due
+    Millis upstream_idle_timeout{30'000}; // pooled idle upstream connection
+    Millis shutdown_timeout{30'000}; // graceful shutdown: wait this long for requests in flight
+    uint64_t max_header_size = 32 * 1024; // request header block; larger gets 431
+    uint64_t max_body_size = 0;           // 0 = unlimited; larger gets 413
+    unsigned max_tries = 3;               // attempts for a request that never reached a backend
+    unsigned max_idle_upstream = 64;      // idle pooled connections per backend and thread
+    std::string access_log = "-";         // "-" (stderr), "off", or a file path
 };
 
 // Runs the router until SIGTERM/SIGINT and the graceful drain; returns the process exit code.

@@ -1,0 +1,92 @@
+// HTTP message heads as the router sees them: collected from llhttp's callbacks, then rewritten
+// for the other side of the proxy.
+//
+// What crosses the proxy: every end-to-end header, in order. What does not: hop-by-hop headers
+// (Connection and every header it names, Keep-Alive, TE, Trailer, Proxy-*, and Upgrade unless
+// the request is being tunnelled), and incoming X-Forwarded-Proto/Host, which the router sets
+// itself. X-Forwarded-For is appended to, so a chain of proxies keeps the whole path. Host is kept.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace liege::http {
+
+// Case-insensitive ASCII comparison for header names and tokens.
+bool iequals(std::string_view a, std::string_view b);
+
+class HeadCollector {
+public:
+    // Forgets the previous head but keeps the storage, so steady-state parsing allocates nothing.
+    void reset();
+
+    // llhttp may split any token over several callbacks; pieces are appended contiguously.
+    void add_method(std::string_view piece) { append(method_, piece); }
+    void add_url(std::string_view piece) { append(url_, piece); }
+    void add_reason(std::string_view piece) { append(reason_, piece); }
+    void add_field(std::string_view piece);
+    void add_value(std::string_view piece);
+
+    // Bytes of head seen so far (the limit for 431 is checked against this).
+    size_t size() const { return bytes_.size(); }
+
+    std::string_view method() const { return view(method_); }
+    std::string_view url() const { return view(url_); }
+    std::string_view reason() const { return view(reason_); }
+    size_t header_count() const { return headers_.size(); }
+    std::string_view name(size_t i) const { return view(headers_[i].name); }
+    std::string_view value(size_t i) const { return view(headers_[i].value); }
+    // The first header with this name, or an empty view with found=false.
+    std::string_view find(std::string_view name, bool* found = nullptr) const;
+
+private:
+    struct Span {
+        uint32_t off = 0;
+        uint32_t len = 0;
+    };
+    struct Header {
+        Span name;
+        Span value;
+    };
+    void append(Span& span, std::string_view piece);
+    std::string_view view(Span s) const { return {bytes_.data() + s.off, s.len}; }
+
+    std::string bytes_;
+    std::vector<Header> headers_;
+    Span method_, url_, reason_;
+    bool in_value_ = false;
+};
+
+struct RequestForward {
+    std::string_view client_ip; // appended to X-Forwarded-For
+    std::string_view proto = "http";
+    bool upgrade = false; // keep Upgrade and send "Connection: upgrade"
+};
+
+// Writes the request head for the upstream ("METHOD URL HTTP/1.1" and the rewritten headers)
+// into out[0..cap). Returns the number of bytes written, or 0 when it does not fit.
+size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, char* out,
+                          size_t cap);
+
+struct ResponseForward {
+    int status = 200;
+    bool add_chunked = false;   // body was close-delimited upstream; the router re-frames it
+    bool close = false;         // the client connection closes after this response
+    bool keep_alive_10 = false; // HTTP/1.0 client that asked for keep-alive
+    bool upgrade = false;       // 101: keep Upgrade, send "Connection: upgrade"
+};
+
+// Writes the response head for the client. Returns bytes written, or 0 when it does not fit.
+size_t write_response_head(const HeadCollector& head, const ResponseForward& fwd, char* out,
+                           size_t cap);
+
+// The standard reason phrase of a status code ("Bad Gateway"), or "Unknown".
+std::string_view reason_phrase(int status);
+
+// True for methods a proxy may resend after a failure (RFC 9110 9.2.2).
+bool is_idempotent(std::string_view method);
+
+} // namespace liege::http

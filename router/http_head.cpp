@@ -1,0 +1,331 @@
+#include "liege/http_head.hpp"
+
+#include <cstring>
+
+namespace liege::http {
+
+namespace {
+
+char lower(char c) {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
+
+bool istarts_with(std::string_view s, std::string_view prefix) {
+    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
+        s.remove_prefix(1);
+    }
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) {
+        s.remove_suffix(1);
+    }
+    return s;
+}
+
+// Calls fn(token) for each comma-separated token of a list header value.
+template <typename Fn> void for_each_token(std::string_view value, Fn&& fn) {
+    while (!value.empty()) {
+        size_t comma = value.find(',');
+        std::string_view token = trim(value.substr(0, comma));
+        if (!token.empty()) {
+            fn(token);
+        }
+        if (comma == std::string_view::npos) {
+            break;
+        }
+        value.remove_prefix(comma + 1);
+    }
+}
+
+// Does some Connection header of `head` name `field`?
+bool named_by_connection(const HeadCollector& head, std::string_view field) {
+    for (size_t i = 0; i < head.header_count(); ++i) {
+        if (!iequals(head.name(i), "connection")) {
+            continue;
+        }
+        bool hit = false;
+        for_each_token(head.value(i), [&](std::string_view t) { hit = hit || iequals(t, field); });
+        if (hit) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool is_hop_by_hop(const HeadCollector& head, std::string_view name, bool keep_upgrade) {
+    if (iequals(name, "connection") || iequals(name, "keep-alive") || iequals(name, "te") ||
+        iequals(name, "trailer") || istarts_with(name, "proxy-")) {
+        return true;
+    }
+    if (iequals(name, "upgrade")) {
+        return !keep_upgrade;
+    }
+    if (iequals(name, "transfer-encoding") || iequals(name, "content-length") ||
+        iequals(name, "host")) {
+        return false; // framing and routing headers are never dropped, whatever Connection says
+    }
+    return named_by_connection(head, name);
+}
+
+class Writer {
+public:
+    Writer(char* out, size_t cap) : out_(out), cap_(cap) {}
+    Writer& operator<<(std::string_view s) {
+        if (ok_ && len_ + s.size() <= cap_) {
+            std::memcpy(out_ + len_, s.data(), s.size());
+            len_ += s.size();
+        } else {
+            ok_ = false;
+        }
+        return *this;
+    }
+    Writer& operator<<(int n) {
+        char buf[16];
+        int k = 0;
+        unsigned v = n < 0 ? 0u : static_cast<unsigned>(n);
+        do {
+            buf[k++] = static_cast<char>('0' + v % 10);
+            v /= 10;
+        } while (v != 0 && k < 16);
+        char rev[16];
+        for (int i = 0; i < k; ++i) {
+            rev[i] = buf[k - 1 - i];
+        }
+        return *this << std::string_view(rev, static_cast<size_t>(k));
+    }
+    Writer& header(std::string_view name, std::string_view value) {
+        return *this << name << ": " << value << "\r\n";
+    }
+    size_t result() const { return ok_ ? len_ : 0; }
+
+private:
+    char* out_;
+    size_t cap_;
+    size_t len_ = 0;
+    bool ok_ = true;
+};
+
+} // namespace
+
+bool iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) {
+        return false;
+    }
+    for (size_t i = 0; i < a.size(); ++i) {
+        if (lower(a[i]) != lower(b[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+void HeadCollector::reset() {
+    bytes_.clear();
+    headers_.clear();
+    method_ = url_ = reason_ = Span{};
+    in_value_ = false;
+}
+
+void HeadCollector::append(Span& span, std::string_view piece) {
+    if (span.len == 0) {
+        span.off = static_cast<uint32_t>(bytes_.size());
+    }
+    bytes_.append(piece);
+    span.len += static_cast<uint32_t>(piece.size());
+}
+
+void HeadCollector::add_field(std::string_view piece) {
+    if (headers_.empty() || in_value_) {
+        headers_.emplace_back();
+        in_value_ = false;
+    }
+    append(headers_.back().name, piece);
+}
+
+void HeadCollector::add_value(std::string_view piece) {
+    if (headers_.empty()) {
+        return; // llhttp never sends a value before a field
+    }
+    in_value_ = true;
+    append(headers_.back().value, piece);
+}
+
+std::string_view HeadCollector::find(std::string_view wanted, bool* found) const {
+    for (size_t i = 0; i < headers_.size(); ++i) {
+        if (iequals(name(i), wanted)) {
+            if (found != nullptr) {
+                *found = true;
+            }
+            return value(i);
+        }
+    }
+    if (found != nullptr) {
+        *found = false;
+    }
+    return {};
+}
+
+size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, char* out,
+                          size_t cap) {
+    Writer w(out, cap);
+    w << head.method() << " " << head.url() << " HTTP/1.1\r\n";
+    bool has_host = false;
+    bool wrote_xff = false;
+    std::string_view host;
+    for (size_t i = 0; i < head.header_count(); ++i) {
+        std::string_view name = head.name(i);
+        if (is_hop_by_hop(head, name, fwd.upgrade) || iequals(name, "x-forwarded-proto") ||
+            iequals(name, "x-forwarded-host")) {
+            continue;
+        }
+        if (iequals(name, "x-forwarded-for")) {
+            // All incoming X-Forwarded-For headers become one list, with the client appended.
+            if (wrote_xff) {
+                continue;
+            }
+            wrote_xff = true;
+            w << "X-Forwarded-For: ";
+            bool first = true;
+            for (size_t j = i; j < head.header_count(); ++j) {
+                if (iequals(head.name(j), "x-forwarded-for") && !trim(head.value(j)).empty()) {
+                    w << (first ? "" : ", ") << trim(head.value(j));
+                    first = false;
+                }
+            }
+            w << (first ? "" : ", ") << fwd.client_ip << "\r\n";
+            continue;
+        }
+        if (iequals(name, "host")) {
+            if (has_host) {
+                continue; // llhttp accepts duplicates; one Host must reach the app
+            }
+            has_host = true;
+            host = head.value(i);
+        }
+        w.header(name, head.value(i));
+    }
+    if (!has_host) {
+        w << "Host: \r\n"; // HTTP/1.1 requires the header; empty when the client gave none
+    }
+    if (!wrote_xff) {
+        w.header("X-Forwarded-For", fwd.client_ip);
+    }
+    w.header("X-Forwarded-Proto", fwd.proto);
+    if (has_host) {
+        w.header("X-Forwarded-Host", host);
+    }
+    if (fwd.upgrade) {
+        w << "Connection: upgrade\r\n";
+    }
+    w << "\r\n";
+    return w.result();
+}
+
+size_t write_response_head(const HeadCollector& head, const ResponseForward& fwd, char* out,
+                           size_t cap) {
+    Writer w(out, cap);
+    std::string_view reason = head.reason().empty() ? reason_phrase(fwd.status) : head.reason();
+    w << "HTTP/1.1 " << fwd.status << " " << reason << "\r\n";
+    for (size_t i = 0; i < head.header_count(); ++i) {
+        std::string_view name = head.name(i);
+        if (is_hop_by_hop(head, name, fwd.upgrade)) {
+            continue;
+        }
+        if (fwd.add_chunked && iequals(name, "transfer-encoding")) {
+            continue;
+        }
+        w.header(name, head.value(i));
+    }
+    if (fwd.add_chunked) {
+        w << "Transfer-Encoding: chunked\r\n";
+    }
+    if (fwd.upgrade) {
+        w << "Connection: upgrade\r\n";
+    } else if (fwd.close) {
+        w << "Connection: close\r\n";
+    } else if (fwd.keep_alive_10) {
+        w << "Connection: keep-alive\r\n";
+    }
+    w << "\r\n";
+    return w.result();
+}
+
+std::string_view reason_phrase(int status) {
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
+    }
+}
+
+bool is_idempotent(std::string_view method) {
+    return method == "GET" || method == "HEAD" || method == "OPTIONS" || method == "TRACE" ||
+           method == "PUT" || method == "DELETE";
+}
+
+} // namespace liege::http

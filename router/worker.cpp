@@ -1,0 +1,297 @@
+#include "worker.hpp"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+
+#include "connection.hpp"
+#include "liege/log.hpp"
+
+namespace liege::router {
+
+namespace {
+constexpr uint64_t kHousekeepingMs = 200;
+constexpr int64_t kAcceptPauseMs = 100;
+} // namespace
+
+void AccessLog::flush() {
+    size_t off = 0;
+    while (off < buf_.size()) {
+        ssize_t n = ::write(fd_, buf_.data() + off, buf_.size() - off);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            break; // a full disk or closed stderr must not stop the proxy
+        }
+        off += static_cast<size_t>(n);
+    }
+    buf_.clear();
+}
+
+std::string_view AccessLog::timestamp() {
+    time_t now = ::time(nullptr);
+    if (now != stamp_second_) {
+        stamp_second_ = now;
+        tm t{};
+        gmtime_r(&now, &t);
+        stamp_len_ = strftime(stamp_, sizeof(stamp_), "[%d/%b/%Y:%H:%M:%S +0000]", &t);
+    }
+    return {stamp_, stamp_len_};
+}
+
+Worker::Worker(unsigned index, Shared& shared, int access_log_fd)
+    : index_(index), shared_(shared), access_log_(access_log_fd) {
+    uv_loop_init(&loop_);
+    uv_async_init(&loop_, &wake_, [](uv_async_t* a) { static_cast<Worker*>(a->data)->on_wake(); });
+    wake_.data = this;
+    uv_timer_init(&loop_, &housekeeping_);
+    housekeeping_.data = this;
+    uv_timer_init(&loop_, &shutdown_timer_);
+    shutdown_timer_.data = this;
+    idle_.resize(shared.balancer->backends().size());
+}
+
+Worker::~Worker() {
+    for (auto* h : free_heads_) {
+        delete h;
+    }
+    uv_loop_close(&loop_);
+}
+
+void Worker::add_listener(int fd, bool owns_fd, bool is_unix) {
+    auto l = std::make_unique<Listener>();
+    l->worker = this;
+    l->fd = fd;
+    l->owns_fd = owns_fd;
+    l->is_unix = is_unix;
+    uv_poll_init_socket(&loop_, &l->poll, fd);
+    l->poll.data = l.get();
+    listeners_.push_back(std::move(l));
+}
+
+void Worker::start() {
+    for (auto& l : listeners_) {
+        uv_poll_start(&l->poll, UV_READABLE, on_accept);
+    }
+    uv_timer_start(
+        &housekeeping_,
+        [](uv_timer_t* t) {
+            auto* w = static_cast<Worker*>(t->data);
+            if (w->access_log_.enabled() && !w->access_log_.buffer().empty()) {
+                w->access_log_.flush();
+            }
+            if (w->accepting_paused_ && !w->shutting_down_ &&
+                uv_now(&w->loop_) - static_cast<uint64_t>(w->paused_at_) >= kAcceptPauseMs) {
+                w->accepting_paused_ = false;
+                for (auto& l : w->listeners_) {
+                    uv_poll_start(&l->poll, UV_READABLE, on_accept);
+                }
+            }
+        },
+        kHousekeepingMs, kHousekeepingMs);
+    thread_ = std::thread([this] { run(); });
+}
+
+void Worker::run() {
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    if (access_log_.enabled()) {
+        access_log_.flush();
+    }
+}
+
+void Worker::join() {
+    if (thread_.joinable()) {
+        thread_.join();
+    }
+}
+
+void Worker::request_shutdown(bool immediate) {
+    int want = immediate ? 2 : 1;
+    int cur = shutdown_request_.load();
+    while (cur < want && !shutdown_request_.compare_exchange_weak(cur, want)) {
+    }
+    uv_async_send(&wake_);
+}
+
+void Worker::on_wake() {
+    int req = shutdown_request_.load();
+    if (req >= 1 && !shutting_down_) {
+        begin_shutdown();
+    }
+    if (req >= 2) {
+        force_close_all();
+    }
+}
+
+void Worker::begin_shutdown() {
+    shutting_down_ = true;
+    for (auto& l : listeners_) {
+        uv_poll_stop(&l->poll);
+        uv_close(reinterpret_cast<uv_handle_t*>(&l->poll), nullptr);
+    }
+    // Idle clients go now; the others after their response (which says Connection: close).
+    for (ListNode* n = clients_.next; n != &clients_;) {
+        ListNode* next = n->next;
+        ClientConn::from_node(n)->drain();
+        n = next;
+    }
+    for (auto& list : idle_) {
+        while (!list.empty()) {
+            list.back()->close(); // close() removes it from the list
+        }
+    }
+    uv_timer_start(
+        &shutdown_timer_,
+        [](uv_timer_t* t) {
+            auto* w = static_cast<Worker*>(t->data);
+            spdlog::warn("router thread {}: shutdown timeout, closing connections still open",
+                         w->index_);
+            w->force_close_all();
+        },
+        static_cast<uint64_t>(shared_.options.shutdown_timeout.count()), 0);
+    maybe_finish();
+}
+
+void Worker::force_close_all() {
+    for (ListNode* n = clients_.next; n != &clients_;) {
+        ListNode* next = n->next;
+        ClientConn::from_node(n)->close_now();
+        n = next;
+    }
+    maybe_finish();
+}
+
+void Worker::maybe_finish() {
+    if (!shutting_down_ || finished_ || !clients_.empty()) {
+        return;
+    }
+    for (auto& list : idle_) {
+        while (!list.empty()) {
+            list.back()->close();
+        }
+    }
+    finished_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&housekeeping_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
+    for (auto& l : listeners_) {
+        if (l->owns_fd && l->fd >= 0) {
+            ::close(l->fd);
+            l->fd = -1;
+        }
+    }
+}
+
+void Worker::on_accept(uv_poll_t* handle, int status, int) {
+    auto* l = static_cast<Listener*>(handle->data);
+    Worker* w = l->worker;
+    if (status < 0 || w->shutting_down_) {
+        return;
+    }
+    for (int i = 0; i < 64; ++i) {
+        int fd = ::accept4(l->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            ClientConn::accept(w, fd, l->is_unix);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED) {
+            continue;
+        }
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            // The kernel keeps the connection queued; try again shortly or when one closes.
+            static std::atomic<int64_t> last_warn{0};
+            int64_t now = steady_now_ms();
+            if (now - last_warn.load() > 5000) {
+                last_warn = now;
+                spdlog::warn("accept: {}; pausing accepts", std::strerror(errno));
+            }
+            w->pause_accepting();
+        }
+        return; // EAGAIN, or paused
+    }
+}
+
+void Worker::pause_accepting() {
+    if (accepting_paused_) {
+        return;
+    }
+    accepting_paused_ = true;
+    paused_at_ = static_cast<int64_t>(uv_now(&loop_));
+    for (auto& l : listeners_) {
+        uv_poll_stop(&l->poll);
+    }
+}
+
+http::HeadCollector* Worker::take_head() {
+    if (free_heads_.empty()) {
+        return new http::HeadCollector();
+    }
+    auto* h = free_heads_.back();
+    free_heads_.pop_back();
+    return h;
+}
+
+void Worker::return_head(http::HeadCollector* h) {
+    h->reset();
+    if (free_heads_.size() >= 256) {
+        delete h;
+        return;
+    }
+    free_heads_.push_back(h);
+}
+
+Upstream* Worker::take_idle(size_t backend) {
+    if (backend >= idle_.size() || idle_[backend].empty()) {
+        return nullptr;
+    }
+    Upstream* up = idle_[backend].back();
+    idle_[backend].pop_back();
+    return up;
+}
+
+void Worker::park_idle(Upstream* up) {
+    auto& list = idle_[up->backend()];
+    if (list.size() >= shared_.options.max_idle_upstream) {
+        Upstream* oldest = list.front();
+        list.erase(list.begin());
+        oldest->state_ = UpstreamState::Active; // no longer in the list
+        oldest->close();
+    }
+    list.push_back(up);
+}
+
+void Worker::forget_idle(Upstream* up) {
+    auto& list = idle_[up->backend()];
+    for (size_t i = 0; i < list.size(); ++i) {
+        if (list[i] == up) {
+            list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
+            return;
+        }
+    }
+}
+
+void Worker::client_opened(ClientConn* c) {
+    clients_.push_back(&c->node);
+    shared_.connections.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Worker::client_closed(ClientConn* c) {
+    c->node.unlink();
+    shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+    if (accepting_paused_ && !shutting_down_) {
+        accepting_paused_ = false;
+        for (auto& l : listeners_) {
+            uv_poll_start(&l->poll, UV_READABLE, on_accept);
+        }
+    }
+    maybe_finish();
+}
+
+void Worker::upstream_closed() {
+    upstreams_open_--;
+}
+
+} // namespace liege::router

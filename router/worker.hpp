@@ -1,0 +1,162 @@
+// One router thread: a libuv loop, its listeners, its client connections and its upstream
+// connection pools. Nothing here is shared with other threads except the Backend figures
+// (atomics) and the immutable options.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "buffers.hpp"
+#include "liege/balancer.hpp"
+#include "liege/http_head.hpp"
+#include "liege/router.hpp"
+
+namespace liege::router {
+
+class ClientConn;
+class Upstream;
+class Worker;
+
+// State every thread reads: options and the backends with their shared figures.
+struct Shared {
+    RouterOptions options;
+    std::unique_ptr<Balancer> balancer;
+    std::vector<sockaddr_storage> backend_addrs; // indexed like balancer->backends()
+    std::vector<socklen_t> backend_addr_lens;
+    std::atomic<uint64_t> requests{0};
+    std::atomic<int64_t> connections{0};
+};
+
+// A listening socket as one thread sees it: the fd is polled for readability and accepted by
+// hand, so that running out of descriptors pauses accepting instead of dropping connections.
+struct Listener {
+    Worker* worker = nullptr;
+    int fd = -1;
+    bool owns_fd = true;
+    bool is_unix = false;
+    uv_poll_t poll;
+};
+
+// Intrusive doubly linked list membership, so "close every idle client" is a list walk.
+struct ListNode {
+    explicit ListNode(void* o = nullptr) : owner(o) {}
+    ListNode(const ListNode&) = delete;
+    ListNode& operator=(const ListNode&) = delete;
+    void* owner;
+    ListNode* prev = this;
+    ListNode* next = this;
+    void unlink() {
+        prev->next = next;
+        next->prev = prev;
+        prev = next = this;
+    }
+    void push_back(ListNode* n) {
+        n->prev = prev;
+        n->next = this;
+        prev->next = n;
+        prev = n;
+    }
+    bool empty() const { return next == this; }
+};
+
+class AccessLog {
+public:
+    // fd < 0 disables the log.
+    explicit AccessLog(int fd) : fd_(fd) {}
+    bool enabled() const { return fd_ >= 0; }
+    std::string& buffer() { return buf_; }
+    void maybe_flush() {
+        if (buf_.size() >= 16 * 1024) {
+            flush();
+        }
+    }
+    void flush();
+    // "[25/Nov/2026:12:00:00 +0000]" for the current second, cached.
+    std::string_view timestamp();
+
+private:
+    int fd_;
+    std::string buf_;
+    int64_t stamp_second_ = -1;
+    char stamp_[40] = {};
+    size_t stamp_len_ = 0;
+};
+
+class Worker {
+public:
+    Worker(unsigned index, Shared& shared, int access_log_fd);
+    ~Worker();
+    Worker(const Worker&) = delete;
+    Worker& operator=(const Worker&) = delete;
+
+    // Sets up the loop's handles; listeners are added before start().
+    void add_listener(int fd, bool owns_fd, bool is_unix);
+    void start();
+    void join();
+    // Thread-safe: asks the thread to drain (graceful) or to close everything now.
+    void request_shutdown(bool immediate);
+
+    uv_loop_t* loop() { return &loop_; }
+    Shared& shared() { return shared_; }
+    const RouterOptions& options() const { return shared_.options; }
+    ChunkPool& chunks() { return chunks_; }
+    WriteOpPool& ops() { return ops_; }
+    AccessLog& access_log() { return access_log_; }
+    bool shutting_down() const { return shutting_down_; }
+    unsigned index() const { return index_; }
+
+    http::HeadCollector* take_head();
+    void return_head(http::HeadCollector* h);
+
+    // Upstream pool: an idle connection to backend `b`, or nullptr.
+    Upstream* take_idle(size_t backend);
+    void park_idle(Upstream* up);
+    void forget_idle(Upstream* up);
+
+    void client_opened(ClientConn* c);
+    void client_closed(ClientConn* c);
+    void upstream_closed();
+
+    // Descriptor exhaustion: stop accepting for a moment instead of failing.
+    void pause_accepting();
+
+private:
+    void run();
+    void on_wake();
+    void begin_shutdown();
+    void force_close_all();
+    void maybe_finish();
+    static void on_accept(uv_poll_t* handle, int status, int events);
+
+    unsigned index_;
+    Shared& shared_;
+    uv_loop_t loop_;
+    uv_async_t wake_;
+    uv_timer_t housekeeping_; // access-log flush, accept resume
+    uv_timer_t shutdown_timer_;
+    std::thread thread_;
+    std::vector<std::unique_ptr<Listener>> listeners_;
+    ChunkPool chunks_;
+    WriteOpPool ops_;
+    std::vector<http::HeadCollector*> free_heads_;
+    std::vector<std::vector<Upstream*>> idle_; // per backend index
+    ListNode clients_;
+    AccessLog access_log_;
+    std::atomic<int> shutdown_request_{0}; // 1 graceful, 2 immediate
+    bool shutting_down_ = false;
+    bool accepting_paused_ = false;
+    bool finished_ = false;
+    int64_t upstreams_open_ = 0;
+    int64_t paused_at_ = 0;
+
+    friend class ClientConn;
+    friend class Upstream;
+};
+
+} // namespace liege::router

@@ -18,8 +18,8 @@ Millis parse_duration(std::string_view text) {
     std::string_view rest = text;
     while (!rest.empty()) {
         size_t digits = 0;
-        while (digits < rest.size() && (std::isdigit(static_cast<unsigned char>(rest[digits])) ||
-                                        rest[digits] == '.')) {
+        while (digits < rest.size() &&
+               (std::isdigit(static_cast<unsigned char>(rest[digits])) || rest[digits] == '.')) {
             ++digits;
         }
         if (digits == 0) {

@@ -2,7 +2,8 @@
 //
 // libuv forbids freeing a handle's memory before its close callback has run, so the owner below
 // never deletes directly: destruction (or reset()) calls uv_close() and the storage is freed in
-// the close callback. A handle that was never initialised (type UV_UNKNOWN_HANDLE) is freed at once.
+// the close callback. A handle that was never initialised (type UV_UNKNOWN_HANDLE) is freed at
+// once.
 #pragma once
 
 #include <uv.h>

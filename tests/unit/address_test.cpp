@@ -36,8 +36,9 @@ TEST(Address, ParsesHostName) {
 }
 
 TEST(Address, RejectsMalformed) {
-    for (const char* bad : {"", "8080", ":80", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536",
-                            "127.0.0.1:8o", "::1:80", "[::1]80", "[::1]", "[nothost]:80", "unix:"}) {
+    for (const char* bad :
+         {"", "8080", ":80", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:8o", "::1:80",
+          "[::1]80", "[::1]", "[nothost]:80", "unix:"}) {
         EXPECT_THROW(parse_address(bad), std::invalid_argument) << bad;
     }
 }

@@ -11,7 +11,8 @@ namespace {
 std::vector<std::shared_ptr<Backend>> make_backends(int n) {
     std::vector<std::shared_ptr<Backend>> v;
     for (int i = 0; i < n; ++i) {
-        v.push_back(std::make_shared<Backend>(parse_address("127.0.0.1:" + std::to_string(9000 + i))));
+        v.push_back(
+            std::make_shared<Backend>(parse_address("127.0.0.1:" + std::to_string(9000 + i))));
     }
     return v;
 }

@@ -1,0 +1,183 @@
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "liege/http_head.hpp"
+
+using namespace liege::http;
+
+namespace {
+
+HeadCollector request(std::string_view method, std::string_view url,
+                      std::initializer_list<std::pair<std::string_view, std::string_view>> hs) {
+    HeadCollector h;
+    h.add_method(method);
+    h.add_url(url);
+    for (auto& [n, v] : hs) {
+        h.add_field(n);
+        h.add_value(v);
+    }
+    return h;
+}
+
+std::string rewrite(const HeadCollector& h, RequestForward fwd = {.client_ip = "10.0.0.9"}) {
+    char buf[4096];
+    size_t n = write_request_head(h, fwd, buf, sizeof(buf));
+    return std::string(buf, n);
+}
+
+} // namespace
+
+TEST(HeadCollector, JoinsPiecesSplitAcrossReads) {
+    HeadCollector h;
+    h.add_method("GE");
+    h.add_method("T");
+    h.add_url("/a");
+    h.add_url("/b");
+    h.add_field("Ho");
+    h.add_field("st");
+    h.add_value("exa");
+    h.add_value("mple.com");
+    h.add_field("Accept");
+    h.add_value("*/*");
+    EXPECT_EQ(h.method(), "GET");
+    EXPECT_EQ(h.url(), "/a/b");
+    ASSERT_EQ(h.header_count(), 2u);
+    EXPECT_EQ(h.name(0), "Host");
+    EXPECT_EQ(h.value(0), "example.com");
+    EXPECT_EQ(h.find("host"), "example.com");
+    EXPECT_EQ(h.find("ACCEPT"), "*/*");
+    bool found = true;
+    h.find("missing", &found);
+    EXPECT_FALSE(found);
+}
+
+TEST(HeadCollector, ResetKeepsNothingOfThePreviousHead) {
+    HeadCollector h = request("GET", "/", {{"Host", "a"}});
+    h.reset();
+    EXPECT_EQ(h.size(), 0u);
+    EXPECT_EQ(h.header_count(), 0u);
+    EXPECT_EQ(h.url(), "");
+}
+
+TEST(RequestHead, AddsForwardedHeadersAndKeepsHost) {
+    auto out = rewrite(request("GET", "/x?y=1", {{"Host", "app.test:8080"}, {"Accept", "*/*"}}));
+    EXPECT_EQ(out, "GET /x?y=1 HTTP/1.1\r\n"
+                   "Host: app.test:8080\r\n"
+                   "Accept: */*\r\n"
+                   "X-Forwarded-For: 10.0.0.9\r\n"
+                   "X-Forwarded-Proto: http\r\n"
+                   "X-Forwarded-Host: app.test:8080\r\n"
+                   "\r\n");
+}
+
+TEST(RequestHead, AppendsToExistingForwardedFor) {
+    auto out = rewrite(request(
+        "GET", "/",
+        {{"Host", "a"}, {"X-Forwarded-For", "1.1.1.1"}, {"X-Forwarded-For", "2.2.2.2, 3.3.3.3"}}));
+    EXPECT_NE(out.find("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9\r\n"),
+              std::string::npos);
+    EXPECT_EQ(out.find("X-Forwarded-For", out.find("X-Forwarded-For") + 1), std::string::npos)
+        << "one combined header";
+}
+
+TEST(RequestHead, ReplacesClientSuppliedProtoAndHost) {
+    auto out = rewrite(request(
+        "GET", "/", {{"Host", "a"}, {"X-Forwarded-Proto", "https"}, {"X-Forwarded-Host", "evil"}}));
+    EXPECT_EQ(out.find("https"), std::string::npos);
+    EXPECT_EQ(out.find("evil"), std::string::npos);
+    EXPECT_NE(out.find("X-Forwarded-Proto: http\r\n"), std::string::npos);
+}
+
+TEST(RequestHead, StripsHopByHopHeaders) {
+    auto out = rewrite(request("GET", "/",
+                               {{"Host", "a"},
+                                {"Connection", "keep-alive, X-Secret"},
+                                {"X-Secret", "1"},
+                                {"Keep-Alive", "timeout=5"},
+                                {"TE", "trailers"},
+                                {"Trailer", "X-T"},
+                                {"Proxy-Authorization", "Basic x"},
+                                {"Proxy-Connection", "keep-alive"},
+                                {"Upgrade", "h2c"},
+                                {"X-Kept", "yes"}}));
+    for (const char* gone :
+         {"Connection", "X-Secret", "Keep-Alive", "TE:", "Trailer", "Proxy-", "Upgrade"}) {
+        EXPECT_EQ(out.find(gone), std::string::npos) << gone << " in\n" << out;
+    }
+    EXPECT_NE(out.find("X-Kept: yes\r\n"), std::string::npos);
+}
+
+TEST(RequestHead, ConnectionCannotStripFramingOrHost) {
+    auto out = rewrite(
+        request("POST", "/",
+                {{"Host", "a"}, {"Connection", "Content-Length, Host"}, {"Content-Length", "3"}}));
+    EXPECT_NE(out.find("Content-Length: 3\r\n"), std::string::npos);
+    EXPECT_NE(out.find("Host: a\r\n"), std::string::npos);
+}
+
+TEST(RequestHead, KeepsUpgradeWhenTunnelling) {
+    RequestForward fwd{.client_ip = "10.0.0.9", .upgrade = true};
+    auto out = rewrite(
+        request("GET", "/ws", {{"Host", "a"}, {"Connection", "Upgrade"}, {"Upgrade", "websocket"}}),
+        fwd);
+    EXPECT_NE(out.find("Upgrade: websocket\r\n"), std::string::npos);
+    EXPECT_NE(out.find("Connection: upgrade\r\n"), std::string::npos);
+}
+
+TEST(RequestHead, AddsEmptyHostWhenMissing) {
+    auto out = rewrite(request("GET", "/", {}));
+    EXPECT_NE(out.find("Host: \r\n"), std::string::npos);
+    EXPECT_EQ(out.find("X-Forwarded-Host"), std::string::npos);
+}
+
+TEST(RequestHead, ReportsOverflowAsZero) {
+    HeadCollector h = request("GET", "/", {{"Host", "a"}, {"X-Big", std::string(200, 'x')}});
+    char buf[64];
+    EXPECT_EQ(write_request_head(h, {.client_ip = "1.2.3.4"}, buf, sizeof(buf)), 0u);
+}
+
+TEST(ResponseHead, StripsHopByHopAndSetsConnection) {
+    HeadCollector h;
+    h.add_reason("OK");
+    for (auto [n, v] : {std::pair{"Content-Length", "2"},
+                        {"Connection", "keep-alive"},
+                        {"Keep-Alive", "timeout=5"},
+                        {"Server", "app"}}) {
+        h.add_field(n);
+        h.add_value(v);
+    }
+    char buf[1024];
+    ResponseForward fwd{.status = 200, .close = true};
+    std::string out(buf, write_response_head(h, fwd, buf, sizeof(buf)));
+    EXPECT_EQ(out,
+              "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nServer: app\r\nConnection: close\r\n\r\n");
+}
+
+TEST(ResponseHead, ReframesCloseDelimitedBodyAsChunked) {
+    HeadCollector h;
+    h.add_field("Content-Type");
+    h.add_value("text/plain");
+    char buf[1024];
+    ResponseForward fwd{.status = 404, .add_chunked = true};
+    std::string out(buf, write_response_head(h, fwd, buf, sizeof(buf)));
+    EXPECT_EQ(out, "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n");
+}
+
+TEST(ResponseHead, KeepAliveForHttp10Client) {
+    HeadCollector h;
+    char buf[256];
+    ResponseForward fwd{.status = 204, .keep_alive_10 = true};
+    std::string out(buf, write_response_head(h, fwd, buf, sizeof(buf)));
+    EXPECT_NE(out.find("Connection: keep-alive\r\n"), std::string::npos);
+}
+
+TEST(Methods, IdempotentOnesMayBeRetried) {
+    for (auto m : {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}) {
+        EXPECT_TRUE(is_idempotent(m)) << m;
+    }
+    for (auto m : {"POST", "PATCH", "CONNECT"}) {
+        EXPECT_FALSE(is_idempotent(m)) << m;
+    }
+}

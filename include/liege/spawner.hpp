@@ -1,0 +1,78 @@
+// Starting and stopping worker processes (and the router child) for the emperor.
+//
+// Each child runs in its own process group, so a stop signal reaches everything the app forked.
+// Between fork and exec the child (async-signal-safe calls only) joins its new process group,
+// sets PR_SET_PDEATHSIG to SIGKILL and then checks getppid() against the emperor's pid, so no
+// child outlives an emperor that dies, even by SIGKILL; it moves the inherited socket to fd 3
+// with LISTEN_FDS=1 and LISTEN_PID=<its own pid>; it changes to the working directory and execs.
+// Its stdout and stderr are pipes read by the emperor's loop and delivered line by line.
+#pragma once
+
+#include <uv.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace liege {
+
+struct SpawnSpec {
+    std::vector<std::string> argv;                        // argv[0] is looked up in PATH
+    std::vector<std::pair<std::string, std::string>> env; // added to / overriding the emperor's
+    std::string cwd;                                      // empty = the emperor's
+    int listen_fd = -1; // socket activation: becomes fd 3 with LISTEN_FDS=1, LISTEN_PID=pid
+    std::vector<int> extra_fds; // passed on as fds 3.. (after listen_fd if any), not CLOEXEC
+    std::string tag;            // prefix for output lines, e.g. "hello/1"
+};
+
+struct ExitStatus {
+    int exit_code = -1; // when it exited
+    int term_signal = 0; // when a signal killed it
+    bool signalled() const { return term_signal != 0; }
+    std::string str() const; // "exit code 3", "killed by SIGKILL"
+};
+
+// One child process. Destroying the object does not stop the process; call stop() first.
+class Child {
+public:
+    using LineFn = std::function<void(std::string_view line, bool is_stderr)>;
+    using ExitFn = std::function<void(ExitStatus)>;
+
+    virtual ~Child() = default;
+    virtual int pid() const = 0;
+    virtual bool running() const = 0;
+    // Sends `signo` to the process group, then SIGKILL to the group after `timeout` if it has
+    // not exited. The exit callback runs once it has.
+    virtual void stop(int signo, std::chrono::milliseconds timeout) = 0;
+    // Sends a signal to the process group now.
+    virtual void signal(int signo) = 0;
+    // The last lines the child printed (both streams, at most 20), for failure reports.
+    virtual std::vector<std::string> last_lines() const = 0;
+};
+
+// Spawns a child on `loop`. on_line gets each output line (without newline; a partial last line
+// is delivered when the pipe closes; a very long line is cut at 8 KiB); on_exit runs once, after
+// the process is reaped and its output pipes are drained. Returns nullptr and sets *err (negative
+// errno, e.g. -ENOENT for a missing program) when the spawn fails; an exec failure in the child
+// is reported as such too, not as an exit with a mystery code.
+std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child::LineFn on_line,
+                                   Child::ExitFn on_exit, int* err);
+
+// Must be called once on the emperor's loop before any spawn: installs the SIGCHLD handler that
+// reaps children (waitpid) and dispatches their exits. Returns the handle owner; closing it
+// (reset) stops reaping.
+class Reaper {
+public:
+    virtual ~Reaper() = default;
+};
+std::unique_ptr<Reaper> install_reaper(uv_loop_t* loop);
+
+// A loopback TCP port that is free right now (bind 127.0.0.1:0, read the port, close).
+uint16_t pick_free_port();
+// A bound, listening loopback TCP socket (CLOEXEC) and its port, for socket activation.
+int bind_loopback_listener(uint16_t* port_out);
+
+} // namespace liege

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Turn a bench/run.sh result directory into a markdown report (stdout).
+
+Reads DIR/meta.txt (key=value lines), DIR/samples.tsv (one wrk run per line)
+and DIR/idle.tsv (one idle-connections test per line). Every figure is the
+median across rounds; req/s also shows the min-max spread, since the box is
+shared and noisy.
+"""
+
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+MIB = 1024.0
+
+
+def read_tsv(path):
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def split_config(config):
+    """'nginx:2' -> ('nginx', '2'); 'direct' -> ('direct', '-')."""
+    name, _, threads = config.partition(":")
+    return name, threads or "-"
+
+
+def fmt(v, digits=0):
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def main():
+    out = Path(sys.argv[1])
+    meta = {}
+    for line in (out / "meta.txt").read_text().splitlines():
+        key, _, value = line.partition("=")
+        meta[key] = value
+    samples = read_tsv(out / "samples.tsv")
+    idle = read_tsv(out / "idle.tsv")
+
+    configs = []
+    for s in samples:
+        if s["config"] not in configs:
+            configs.append(s["config"])
+    order = {"direct": 0, "liege": 1, "nginx": 2, "haproxy": 3}
+    configs.sort(key=lambda c: (split_config(c)[1], order.get(split_config(c)[0], 9)))
+
+    med = {}
+    p = print
+    p(f"# liege router benchmark, {meta.get('date', '?')}")
+    p()
+    p(f"- liege commit `{meta.get('commit', '?')}`; nginx {meta.get('nginx', '?')}; "
+      f"HAProxy {meta.get('haproxy', '?')}")
+    p(f"- {meta.get('cpu', '?')} CPUs, Linux {meta.get('kernel', '?')}")
+    p(f"- load: `{meta.get('wrk', '?')}` on 127.0.0.1, {meta.get('rounds', '?')} interleaved rounds "
+      f"(warm-up {meta.get('warmup', '?')} per configuration)")
+    p(f"- pinning: {meta.get('pinning', '?')}")
+    busy = [int(s["busy_before_pct"]) for s in samples if s.get("busy_before_pct", "").isdigit()]
+    busy_text = (f"; in the second before each run: median {statistics.median(busy):.0f}%, "
+                 f"max {max(busy)}%" if busy else "")
+    p(f"- CPUs busy with other work (tenants, builds) before the load: "
+      f"{meta.get('busy_before', '?')}%{busy_text}; load average after: "
+      f"{meta.get('loadavg_after', '?')}")
+    if meta.get("unfinished"):
+        p(f"- **not measured (did not serve): {meta['unfinished']}**")
+    p()
+    p("## Throughput and latency (median across rounds)")
+    p()
+    p("| target | threads | req/s | req/s min-max | p50 ms | p99 ms | RSS after load MiB | errors |")
+    p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for c in configs:
+        rows = [s for s in samples if s["config"] == c]
+        rps = [float(s["rps"]) for s in rows]
+        m = {
+            "rps": statistics.median(rps),
+            "p50": statistics.median(float(s["p50_ms"]) for s in rows),
+            "p99": statistics.median(float(s["p99_ms"]) for s in rows),
+            "rss": statistics.median(float(s["rss_kib"]) for s in rows) / MIB,
+            "errors": sum(int(s["errors"]) for s in rows),
+        }
+        med[c] = m
+        name, threads = split_config(c)
+        label = "backends directly" if name == "direct" else name
+        p(f"| {label} | {threads} | {fmt(m['rps'])} | {fmt(min(rps))}-{fmt(max(rps))} | "
+          f"{m['p50']:.2f} | {m['p99']:.2f} | {m['rss']:.1f} | {m['errors']} |")
+    p()
+    p("RSS is VmRSS sampled right after each run (nginx: its worker processes summed; "
+      "the backends' row is the backend nginx worker). Errors are wrk's non-2xx responses "
+      "plus socket errors, summed over all rounds.")
+
+    threads_seen = sorted({split_config(c)[1] for c in configs if c != "direct"}, key=int)
+    if any(f"liege:{t}" in med for t in threads_seen):
+        p()
+        p("## liege against nginx and HAProxy")
+        p()
+        p("| threads | liege/nginx req/s | liege/HAProxy req/s | liege p99 / better p99 of the two |")
+        p("| ---: | ---: | ---: | ---: |")
+        for t in threads_seen:
+            lg = med.get(f"liege:{t}")
+            ng = med.get(f"nginx:{t}")
+            hp = med.get(f"haproxy:{t}")
+            if lg is None:
+                continue
+            others = [x["p99"] for x in (ng, hp) if x is not None]
+            best = min(others) if others else None
+            p(f"| {t} | {fmt(ratio(lg['rps'], ng and ng['rps']), 2)} | "
+              f"{fmt(ratio(lg['rps'], hp and hp['rps']), 2)} | {fmt(ratio(lg['p99'], best), 2)} |")
+        p()
+        p("Targets (issue 2): req/s ratios >= 1.30; p99 ratio <= 1.00.")
+
+    if idle:
+        p()
+        p(f"## {int(idle[0]['conns']):,} idle keep-alive client connections")
+        p()
+        p("| proxy | threads | held | pending | failed | closed by proxy | RSS before MiB | "
+          "RSS holding them MiB |")
+        p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for row in sorted(idle, key=lambda r: (split_config(r["config"])[1],
+                                                order.get(split_config(r["config"])[0], 9))):
+            name, threads = split_config(row["config"])
+            p(f"| {name} | {threads} | {int(row['held'] or 0):,} | {row['pending']} | {row['failed']} | "
+              f"{row['closed_by_peer']} | {float(row['rss_before_kib']) / MIB:.1f} | "
+              f"{float(row['rss_held_kib']) / MIB:.1f} |")
+        p()
+        p("Each connection sent one request, got its response, and stayed open; RSS was sampled "
+          "with all of them open. Every proxy runs with a 20,000 fd limit; HAProxy reserves two "
+          "fds per client connection, so it accepts at most ~9,993 and the rest stay pending. "
+          "Target (issue 2): liege under 40 MiB.")
+
+
+if __name__ == "__main__":
+    main()

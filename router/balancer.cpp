@@ -16,6 +16,10 @@ LbPolicy parse_lb_policy(std::string_view text) {
                                 "': expected least_conn or round_robin");
 }
 
+Backend::Backend(Address a) : address(std::move(a)), name(address.str()) {
+    resolved = to_sockaddr(address, sockaddr, sockaddr_len) == 0;
+}
+
 int64_t steady_now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::steady_clock::now().time_since_epoch())
@@ -45,7 +49,7 @@ int Balancer::pick(uint64_t exclude, int64_t now_ms) {
             continue;
         }
         const Backend& b = *backends_[i];
-        if (!b.is_up(now_ms)) {
+        if (!b.is_up(now_ms) || b.draining.load(std::memory_order_relaxed)) {
             continue;
         }
         if (policy_ == LbPolicy::RoundRobin) {

@@ -349,7 +349,9 @@ void ClientConn::after_parse_error(llhttp_errno_t err) {
         return;
     }
     (void)err;
-    respond_error(status, reason != nullptr ? reason : "malformed request");
+    respond_error(status, !error_body_.empty() ? std::string_view(error_body_)
+                          : reason != nullptr  ? std::string_view(reason)
+                                               : std::string_view("malformed request"));
 }
 
 int ClientConn::check_head_size(size_t more) {
@@ -419,10 +421,26 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     if (c->head_ == nullptr) {
         c->head_ = w->take_head();
     }
+    if (p->http_major != 1) {
+        // HTTP/0.9 has no headers to route or frame by; HTTP/2+ does not start like this.
+        c->error_status_ = p->http_major == 0 ? 400 : 505;
+        return -1;
+    }
     if (p->method == HTTP_CONNECT) {
         c->error_status_ = 405;
         return -1;
     }
+    // Route first: a request nobody serves is answered without building anything.
+    c->snap_ = w->routes();
+    std::string_view host = c->head_->find("host");
+    const RouteEntry* route = c->snap_->table.match(host, c->head_->url());
+    if (route == nullptr) {
+        c->error_status_ = 404;
+        c->error_body_.assign("no app serves host '").append(host).append("'");
+        return -1;
+    }
+    c->pool_ = c->snap_->pools[route->index].get();
+    c->pool_->stats->in_flight.fetch_add(1, std::memory_order_relaxed);
     c->req_chunked_ = (p->flags & F_CHUNKED) != 0;
     c->req_has_body_ = c->req_chunked_ || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
     if (o.max_body_size != 0 && (p->flags & F_CONTENT_LENGTH) &&
@@ -502,7 +520,28 @@ int ClientConn::on_message_complete(llhttp_t* p) {
     return HPE_PAUSED;
 }
 
+void ClientConn::leave_pool() {
+    if (pool_ != nullptr) {
+        pool_->stats->in_flight.fetch_sub(1, std::memory_order_relaxed);
+        pool_ = nullptr;
+    }
+    snap_.reset();
+}
+
+void ClientConn::record_response(bool router_error) {
+    w_->requests_.fetch_add(1, std::memory_order_relaxed);
+    w_->shared().requests.fetch_add(1, std::memory_order_relaxed);
+    if (pool_ != nullptr) {
+        pool_->stats->record(status_, static_cast<double>(uv_hrtime() - start_ns_) / 1e6);
+        if (router_error) {
+            pool_->stats->router_errors.fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+}
+
 void ClientConn::reset_request() {
+    leave_pool();
+    error_body_.clear();
     if (req_head_ != nullptr) {
         w_->chunks().unref(req_head_);
         req_head_ = nullptr;
@@ -525,7 +564,7 @@ void ClientConn::reset_request() {
 
 void ClientConn::start_upstream() {
     Worker* w = w_;
-    Balancer& bal = *w->shared().balancer;
+    Balancer& bal = const_cast<Pool*>(pool_)->balancer;
     const unsigned max_tries = w->options().max_tries;
     while (!closed_) {
         if (tries_ >= max_tries) {
@@ -543,13 +582,15 @@ void ClientConn::start_upstream() {
         }
         tried_ |= (idx < 64 ? (1ull << idx) : 0);
         ++tries_;
-        Backend& be = *bal.backends()[static_cast<size_t>(idx)];
-        backend_ = idx;
+        const std::shared_ptr<Backend>& bep = bal.backends()[static_cast<size_t>(idx)];
+        Backend& be = *bep;
+        be_ = &be;
+        be_idx_ = idx;
         be.in_flight.fetch_add(1, std::memory_order_relaxed);
         be.requests.fetch_add(1, std::memory_order_relaxed);
         last_backend_ = be.name;
         up_start_ns_ = uv_hrtime();
-        if (Upstream* idle = w->take_idle(static_cast<size_t>(idx))) {
+        if (Upstream* idle = w->take_idle(&be)) {
             up_ = idle;
             idle->attach(this);
             write_pending_upstream();
@@ -559,12 +600,13 @@ void ClientConn::start_upstream() {
             return;
         }
         int err = 0;
-        up_ = Upstream::connect(w, static_cast<size_t>(idx), this, &err);
+        up_ = Upstream::connect(w, bep, this, &err);
         if (up_ != nullptr) {
             return;
         }
-        be.in_flight.fetch_sub(1, std::memory_order_relaxed);
-        backend_ = -1;
+        w->shared().release_backend(be);
+        be_ = nullptr;
+        be_idx_ = -1;
         int64_t cool = be.mark_failed(steady_now_ms());
         spdlog::warn("backend {} connect failed: {}; down for {} ms", be.name, uv_strerror(err),
                      cool);
@@ -626,19 +668,19 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
         return;
     }
     Upstream* up = up_;
-    const int failed_idx = backend_;
+    const int failed_idx = be_idx_;
     const bool fresh = up != nullptr && !up->reused();
     const bool connect_phase =
         why == UpstreamFailure::Connect || why == UpstreamFailure::ConnectTimeout;
-    Balancer& bal = *w_->shared().balancer;
-    if (backend_ >= 0) {
-        Backend& be = *bal.backends()[static_cast<size_t>(backend_)];
-        be.in_flight.fetch_sub(1, std::memory_order_relaxed);
+    if (be_ != nullptr) {
+        Backend& be = *be_;
+        w_->shared().release_backend(be);
         if (connect_phase || (why == UpstreamFailure::Reset && fresh)) {
             int64_t cool = be.mark_failed(steady_now_ms());
             spdlog::warn("backend {} {}; down for {} ms", be.name, failure_text(why), cool);
         }
-        backend_ = -1;
+        be_ = nullptr;
+        be_idx_ = -1;
     }
     up_ = nullptr;
     if (up != nullptr) {
@@ -704,8 +746,11 @@ int ClientConn::response_headers(Upstream* up) {
         w_->chunks().unref(out);
         return 0;
     }
-    if (backend_ >= 0) {
-        w_->shared().balancer->backends()[static_cast<size_t>(backend_)]->mark_ok();
+    if (be_ != nullptr) {
+        be_->mark_ok();
+        if (status >= 100 && status < 600) {
+            be_->responses[status / 100].fetch_add(1, std::memory_order_relaxed);
+        }
     }
     up_time_ns_ = uv_hrtime() - up_start_ns_;
     status_ = status;
@@ -824,7 +869,7 @@ void ClientConn::on_write(uv_write_t* req, int status) {
 void ClientConn::finish_exchange() {
     const bool reusable = up_ != nullptr && up_->reusable() && req_done_;
     release_upstream(reusable);
-    w_->shared().requests.fetch_add(1, std::memory_order_relaxed);
+    record_response(false);
     log_access();
     const bool close = resp_close_;
     if (head_ != nullptr) {
@@ -846,10 +891,10 @@ void ClientConn::finish_exchange() {
 }
 
 void ClientConn::release_upstream(bool reusable) {
-    if (backend_ >= 0) {
-        w_->shared().balancer->backends()[static_cast<size_t>(backend_)]->in_flight.fetch_sub(
-            1, std::memory_order_relaxed);
-        backend_ = -1;
+    if (be_ != nullptr) {
+        w_->shared().release_backend(*be_);
+        be_ = nullptr;
+        be_idx_ = -1;
     }
     Upstream* up = up_;
     up_ = nullptr;
@@ -892,7 +937,7 @@ void ClientConn::respond_error(int status, std::string_view detail) {
     if (closed_) {
         return;
     }
-    if (up_ != nullptr || backend_ >= 0) {
+    if (up_ != nullptr || be_ != nullptr) {
         release_upstream(false);
     }
     // Anything queued for an upstream is moot now.
@@ -912,11 +957,14 @@ void ClientConn::respond_error(int status, std::string_view detail) {
     status_ = status;
     std::string_view reason = http::reason_phrase(status);
     Chunk* c = w_->chunks().get();
+    const std::string_view extra = error_body_;
+    const size_t body_len = 3 + 1 + reason.size() + 1 + (extra.empty() ? 0 : extra.size() + 1);
     int n = std::snprintf(c->data, Chunk::kSize,
                           "HTTP/1.1 %d %.*s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                          "Content-Length: %zu\r\nConnection: close\r\n\r\n%d %.*s\n",
-                          status, static_cast<int>(reason.size()), reason.data(), reason.size() + 5,
-                          status, static_cast<int>(reason.size()), reason.data());
+                          "Content-Length: %zu\r\nConnection: close\r\n\r\n%d %.*s\n%.*s%s",
+                          status, static_cast<int>(reason.size()), reason.data(), body_len, status,
+                          static_cast<int>(reason.size()), reason.data(),
+                          static_cast<int>(extra.size()), extra.data(), extra.empty() ? "" : "\n");
     c->len = static_cast<uint32_t>(n);
     out_client_.add(c, c->data, c->len);
     w_->chunks().unref(c);
@@ -928,7 +976,7 @@ void ClientConn::respond_error(int status, std::string_view detail) {
         return;
     }
     resp_started_ = true;
-    w_->shared().requests.fetch_add(1, std::memory_order_relaxed);
+    record_response(status == 502 || status == 503 || status == 504);
     log_access();
     close_after_writes();
 }
@@ -937,7 +985,7 @@ void ClientConn::close_after_writes() {
     if (closed_ || shutting_down_) {
         return;
     }
-    if (up_ != nullptr || backend_ >= 0) {
+    if (up_ != nullptr || be_ != nullptr) {
         release_upstream(false);
     }
     set_phase(ClientPhase::Closing);
@@ -1064,7 +1112,7 @@ void ClientConn::close_now() {
         return;
     }
     closed_ = true;
-    if (up_ != nullptr || backend_ >= 0) {
+    if (up_ != nullptr || be_ != nullptr) {
         const bool reusable = up_ != nullptr && up_->reusable() && resp_done_ && req_done_;
         release_upstream(reusable);
     }
@@ -1094,6 +1142,7 @@ void ClientConn::close_now() {
         w_->return_head(head_);
         head_ = nullptr;
     }
+    leave_pool();
     uv_timer_stop(&timer_);
     if (!uv_is_closing(&sock_.handle)) {
         uv_close(&sock_.handle, on_close);
@@ -1133,10 +1182,10 @@ const llhttp_settings_t* Upstream::settings() {
     return &s;
 }
 
-Upstream* Upstream::connect(Worker* w, size_t index, ClientConn* client, int* err) {
-    Shared& sh = w->shared();
-    const Backend& be = *sh.balancer->backends()[index];
-    auto* up = new Upstream(w, index);
+Upstream* Upstream::connect(Worker* w, const std::shared_ptr<Backend>& backend, ClientConn* client,
+                            int* err) {
+    const Backend& be = *backend;
+    auto* up = new Upstream(w, backend);
     up->is_unix_ = be.address.is_unix();
     up->client_ = client;
     int rc = up->is_unix_ ? uv_pipe_init(w->loop(), &up->sock_.pipe, 0)
@@ -1157,9 +1206,8 @@ Upstream* Upstream::connect(Worker* w, size_t index, ClientConn* client, int* er
         uv_pipe_connect(&up->connect_req_, &up->sock_.pipe, be.address.path.c_str(), on_connect);
     } else {
         uv_tcp_nodelay(&up->sock_.tcp, 1);
-        rc =
-            uv_tcp_connect(&up->connect_req_, &up->sock_.tcp,
-                           reinterpret_cast<const sockaddr*>(&sh.backend_addrs[index]), on_connect);
+        rc = uv_tcp_connect(&up->connect_req_, &up->sock_.tcp,
+                            reinterpret_cast<const sockaddr*>(&be.sockaddr), on_connect);
         if (rc != 0) {
             up->client_ = nullptr;
             up->close();
@@ -1181,9 +1229,7 @@ void Upstream::on_connect(uv_connect_t* req, int status) {
     }
     ClientConn* c = up->client_;
     if (status < 0) {
-        spdlog::debug("backend {}: connect: {}",
-                      up->w_->shared().balancer->backends()[up->backend_]->name,
-                      uv_strerror(status));
+        spdlog::debug("backend {}: connect: {}", up->be_->name, uv_strerror(status));
         if (c != nullptr) {
             c->upstream_failed(UpstreamFailure::Connect);
         } else {
@@ -1444,8 +1490,7 @@ void Upstream::process(Chunk* chunk, const char* data, size_t len) {
         c->upstream_data_done(this, nullptr, 0, false);
         return;
     }
-    spdlog::warn("backend {}: malformed response: {}",
-                 w_->shared().balancer->backends()[backend_]->name,
+    spdlog::warn("backend {}: malformed response: {}", be_->name,
                  llhttp_get_error_reason(&parser_));
     c->upstream_failed(UpstreamFailure::BadResponse);
 }

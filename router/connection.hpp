@@ -34,6 +34,7 @@
 #include <string>
 
 #include "buffers.hpp"
+#include "route_snapshot.hpp"
 #include "worker.hpp"
 
 namespace liege::router {
@@ -93,6 +94,8 @@ private:
     void close_after_writes();
     void log_access();
     void reset_request();
+    void leave_pool();
+    void record_response(bool router_error);
     void start_tunnel(const char* rest, size_t rest_len);
 
     static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
@@ -157,10 +160,14 @@ private:
     bool body_sent_ = false;
     bool need_upstream_ = false;
     int error_status_ = 0;
+    std::string error_body_; // a line for the error response's body, e.g. the unknown host
     uint64_t tried_ = 0;
     unsigned tries_ = 0;
     Upstream* up_ = nullptr;
-    int backend_ = -1; // counted in that backend's in_flight
+    Backend* be_ = nullptr;                     // counted in that backend's in_flight
+    int be_idx_ = -1;                           // its index in pool_, for the tried_ mask
+    std::shared_ptr<const RouteSnapshot> snap_; // keeps pool_ alive for the request
+    const Pool* pool_ = nullptr;
 
     // The response in progress.
     bool resp_started_ = false; // a byte of it has been queued to the client
@@ -181,10 +188,11 @@ private:
 
 class Upstream {
 public:
-    // Starts a connection to backend `index`; nullptr when it fails at once (then *err is set).
-    static Upstream* connect(Worker* w, size_t index, ClientConn* client, int* err);
+    // Starts a connection to `backend`; nullptr when it fails at once (then *err is set).
+    static Upstream* connect(Worker* w, const std::shared_ptr<Backend>& backend, ClientConn* client,
+                             int* err);
 
-    size_t backend() const { return backend_; }
+    Backend* backend() const { return be_.get(); }
     bool connected() const { return state_ != UpstreamState::Connecting; }
     bool reused() const { return reused_; }
     bool got_response_bytes() const { return got_bytes_; }
@@ -202,7 +210,7 @@ public:
     void shutdown_write();
 
 private:
-    Upstream(Worker* w, size_t index) : w_(w), backend_(index) {}
+    Upstream(Worker* w, std::shared_ptr<Backend> b) : w_(w), be_(std::move(b)) {}
     void arm_timer(uint64_t ms);
     void process(Chunk* c, const char* data, size_t len);
 
@@ -227,7 +235,7 @@ private:
     friend class Worker;
 
     Worker* w_;
-    size_t backend_;
+    std::shared_ptr<Backend> be_;
     StreamHandle sock_{};
     uv_timer_t timer_{};
     uv_connect_t connect_req_{};

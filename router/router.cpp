@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "connection.hpp"
+#include "control_channel.hpp"
 #include "liege/log.hpp"
 #include "worker.hpp"
 
@@ -79,22 +80,23 @@ int run_router(const RouterOptions& options) {
         options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
     shared->options.threads = threads;
 
-    std::vector<std::shared_ptr<Backend>> backends;
-    for (const auto& b : options.backends) {
-        backends.push_back(std::make_shared<Backend>(b));
-        sockaddr_storage ss{};
-        socklen_t len = 0;
-        if (int rc = to_sockaddr(b, ss, len); rc != 0) {
-            spdlog::error("router: cannot resolve backend {}", b.str());
-            return 2;
+    // Without an emperor, the command line's backends serve every host and path.
+    control::RoutesMessage static_routes;
+    if (options.control_fd < 0) {
+        control::RouteSpec all;
+        all.vassal = "default";
+        for (const auto& b : options.backends) {
+            if (!Backend(b).resolved) {
+                spdlog::error("router: cannot resolve backend {}", b.str());
+                return 2;
+            }
+            all.backends.push_back({b.str(), 0, false});
         }
-        shared->backend_addrs.push_back(ss);
-        shared->backend_addr_lens.push_back(len);
+        if (all.backends.empty()) {
+            spdlog::warn("router: no backends; every request will get 503");
+        }
+        static_routes.routes.push_back(std::move(all));
     }
-    if (backends.empty()) {
-        spdlog::warn("router: no backends; every request will get 503");
-    }
-    shared->balancer = std::make_unique<Balancer>(options.lb, std::move(backends));
 
     int log_fd = -1;
     if (options.access_log == "-") {
@@ -114,6 +116,14 @@ int run_router(const RouterOptions& options) {
     std::vector<std::unique_ptr<Worker>> workers;
     for (unsigned i = 0; i < threads; ++i) {
         workers.push_back(std::make_unique<Worker>(i, *shared, log_fd));
+    }
+    router::RouteBuilder static_builder(options.lb);
+    {
+        std::vector<std::string> unused;
+        auto snaps = static_builder.build(static_routes, threads, unused);
+        for (unsigned i = 0; i < threads; ++i) {
+            workers[i]->set_routes(std::move(snaps[i]));
+        }
     }
 
     // Listening sockets: one per thread with SO_REUSEPORT for TCP; shared otherwise.
@@ -156,12 +166,16 @@ int run_router(const RouterOptions& options) {
     }
 
     std::string names;
-    for (const auto& b : shared->balancer->backends()) {
-        names += (names.empty() ? "" : ", ") + b->name;
+    for (const auto& b : options.backends) {
+        names += (names.empty() ? "" : ", ") + b.str();
     }
-    spdlog::info("router: {} thread(s), {} balancing over {} backend(s){}{}", threads,
-                 options.lb == LbPolicy::LeastConn ? "least_conn" : "round_robin",
-                 shared->balancer->backends().size(), names.empty() ? "" : ": ", names);
+    if (options.control_fd < 0) {
+        spdlog::info("router: {} thread(s), {} balancing over {} backend(s){}{}", threads,
+                     options.lb == LbPolicy::LeastConn ? "least_conn" : "round_robin",
+                     options.backends.size(), names.empty() ? "" : ": ", names);
+    } else {
+        spdlog::info("router: {} thread(s), routes from the emperor", threads);
+    }
 
     // The main thread only waits for signals; the workers do all the proxying.
     uv_loop_t loop;
@@ -170,6 +184,7 @@ int run_router(const RouterOptions& options) {
     struct Ctx {
         std::vector<std::unique_ptr<Worker>>* workers;
         uv_signal_t* sigs[2];
+        std::unique_ptr<router::ControlChannel>* channel = nullptr;
     } ctx{&workers, {&sigterm, &sigint}};
     auto on_signal = [](uv_signal_t* s, int signum) {
         auto* c = static_cast<Ctx*>(s->data);
@@ -186,6 +201,15 @@ int run_router(const RouterOptions& options) {
     }
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
+    std::unique_ptr<router::ControlChannel> channel;
+    if (options.control_fd >= 0) {
+        channel = std::make_unique<router::ControlChannel>(&loop, options.control_fd, *shared,
+                                                           workers, [&workers] {
+                                                               for (auto& w : workers) {
+                                                                   w->request_shutdown(false);
+                                                               }
+                                                           });
+    }
     for (auto& w : workers) {
         w->start();
     }
@@ -196,9 +220,13 @@ int run_router(const RouterOptions& options) {
         for (auto* s : c->sigs) {
             uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
         }
+        if (*c->channel != nullptr) {
+            (*c->channel)->close();
+        }
         uv_close(reinterpret_cast<uv_handle_t*>(a), nullptr);
     });
     all_done.data = &ctx;
+    ctx.channel = &channel;
     std::thread joiner([&] {
         for (auto& w : workers) {
             w->join();

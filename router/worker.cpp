@@ -51,7 +51,6 @@ Worker::Worker(unsigned index, Shared& shared, int access_log_fd)
     housekeeping_.data = this;
     uv_timer_init(&loop_, &shutdown_timer_);
     shutdown_timer_.data = this;
-    idle_.resize(shared.balancer->backends().size());
 }
 
 Worker::~Worker() {
@@ -116,7 +115,47 @@ void Worker::request_shutdown(bool immediate) {
     uv_async_send(&wake_);
 }
 
+void Worker::set_routes(std::shared_ptr<const RouteSnapshot> routes) {
+    {
+        std::lock_guard lock(routes_mu_);
+        pending_routes_ = std::move(routes);
+    }
+    if (thread_.joinable()) {
+        uv_async_send(&wake_);
+    } else {
+        apply_routes(); // before start(): no loop is running yet
+    }
+}
+
+void Worker::apply_routes() {
+    std::shared_ptr<const RouteSnapshot> next;
+    {
+        std::lock_guard lock(routes_mu_);
+        next = std::move(pending_routes_);
+    }
+    if (next == nullptr) {
+        return;
+    }
+    routes_ = std::move(next);
+    // Pooled connections to backends being drained or gone would keep their workers busy.
+    for (auto it = idle_.begin(); it != idle_.end();) {
+        Backend* b = it->first;
+        if (b->draining.load(std::memory_order_relaxed) ||
+            b->retired.load(std::memory_order_relaxed)) {
+            auto list = std::move(it->second);
+            it = idle_.erase(it);
+            for (Upstream* up : list) {
+                up->state_ = UpstreamState::Active; // no longer listed
+                up->close();
+            }
+        } else {
+            ++it;
+        }
+    }
+}
+
 void Worker::on_wake() {
+    apply_routes();
     int req = shutdown_request_.load();
     if (req >= 1 && !shutting_down_) {
         begin_shutdown();
@@ -138,11 +177,7 @@ void Worker::begin_shutdown() {
         ClientConn::from_node(n)->drain();
         n = next;
     }
-    for (auto& list : idle_) {
-        while (!list.empty()) {
-            list.back()->close(); // close() removes it from the list
-        }
-    }
+    close_idle_upstreams();
     uv_timer_start(
         &shutdown_timer_,
         [](uv_timer_t* t) {
@@ -168,11 +203,7 @@ void Worker::maybe_finish() {
     if (!shutting_down_ || finished_ || !clients_.empty()) {
         return;
     }
-    for (auto& list : idle_) {
-        while (!list.empty()) {
-            list.back()->close();
-        }
-    }
+    close_idle_upstreams();
     finished_ = true;
     uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&housekeeping_), nullptr);
@@ -243,17 +274,34 @@ void Worker::return_head(http::HeadCollector* h) {
     free_heads_.push_back(h);
 }
 
-Upstream* Worker::take_idle(size_t backend) {
-    if (backend >= idle_.size() || idle_[backend].empty()) {
+void Worker::close_idle_upstreams() {
+    auto all = std::move(idle_);
+    idle_.clear();
+    for (auto& [b, list] : all) {
+        for (Upstream* up : list) {
+            up->state_ = UpstreamState::Active; // no longer listed
+            up->close();
+        }
+    }
+}
+
+Upstream* Worker::take_idle(Backend* backend) {
+    auto it = idle_.find(backend);
+    if (it == idle_.end() || it->second.empty()) {
         return nullptr;
     }
-    Upstream* up = idle_[backend].back();
-    idle_[backend].pop_back();
+    Upstream* up = it->second.back();
+    it->second.pop_back();
     return up;
 }
 
 void Worker::park_idle(Upstream* up) {
-    auto& list = idle_[up->backend()];
+    Backend* b = up->backend();
+    if (b->draining.load(std::memory_order_relaxed) || b->retired.load(std::memory_order_relaxed)) {
+        up->close();
+        return;
+    }
+    auto& list = idle_[b];
     if (list.size() >= shared_.options.max_idle_upstream) {
         Upstream* oldest = list.front();
         list.erase(list.begin());
@@ -264,7 +312,11 @@ void Worker::park_idle(Upstream* up) {
 }
 
 void Worker::forget_idle(Upstream* up) {
-    auto& list = idle_[up->backend()];
+    auto it = idle_.find(up->backend());
+    if (it == idle_.end()) {
+        return;
+    }
+    auto& list = it->second;
     for (size_t i = 0; i < list.size(); ++i) {
         if (list[i] == up) {
             list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));

@@ -8,14 +8,17 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "buffers.hpp"
 #include "liege/balancer.hpp"
 #include "liege/http_head.hpp"
 #include "liege/router.hpp"
+#include "route_snapshot.hpp"
 
 namespace liege::router {
 
@@ -23,14 +26,30 @@ class ClientConn;
 class Upstream;
 class Worker;
 
-// State every thread reads: options and the backends with their shared figures.
+// State every thread reads: options, process-wide figures, and the drain reports going back to
+// the control thread.
 struct Shared {
     RouterOptions options;
-    std::unique_ptr<Balancer> balancer;
-    std::vector<sockaddr_storage> backend_addrs; // indexed like balancer->backends()
-    std::vector<socklen_t> backend_addr_lens;
     std::atomic<uint64_t> requests{0};
     std::atomic<int64_t> connections{0};
+
+    // A request leaves backend `b`. The last one out of a draining backend reports it drained.
+    void release_backend(Backend& b) {
+        if (b.in_flight.fetch_sub(1, std::memory_order_acq_rel) == 1 &&
+            b.draining.load(std::memory_order_acquire)) {
+            report_drained(b.name);
+        }
+    }
+    void report_drained(const std::string& name) {
+        std::lock_guard lock(drained_mu);
+        drained.push_back(name);
+        if (drained_async != nullptr) {
+            uv_async_send(drained_async);
+        }
+    }
+    std::mutex drained_mu;
+    std::vector<std::string> drained;
+    uv_async_t* drained_async = nullptr; // the control thread's; null without an emperor
 };
 
 // A listening socket as one thread sees it: the fd is polled for readability and accepted by
@@ -114,8 +133,14 @@ public:
     http::HeadCollector* take_head();
     void return_head(http::HeadCollector* h);
 
+    // The routes in force on this thread.
+    const std::shared_ptr<const RouteSnapshot>& routes() const { return routes_; }
+    // Thread-safe: hands this thread a new snapshot (applied on its loop).
+    void set_routes(std::shared_ptr<const RouteSnapshot> routes);
+    uint64_t requests() const { return requests_.load(std::memory_order_relaxed); }
+
     // Upstream pool: an idle connection to backend `b`, or nullptr.
-    Upstream* take_idle(size_t backend);
+    Upstream* take_idle(Backend* b);
     void park_idle(Upstream* up);
     void forget_idle(Upstream* up);
 
@@ -145,7 +170,13 @@ private:
     ChunkPool chunks_;
     WriteOpPool ops_;
     std::vector<http::HeadCollector*> free_heads_;
-    std::vector<std::vector<Upstream*>> idle_; // per backend index
+    std::unordered_map<Backend*, std::vector<Upstream*>> idle_;
+    std::shared_ptr<const RouteSnapshot> routes_;
+    std::mutex routes_mu_;
+    std::shared_ptr<const RouteSnapshot> pending_routes_; // guarded by routes_mu_
+    std::atomic<uint64_t> requests_{0};
+    void apply_routes();
+    void close_idle_upstreams();
     ListNode clients_;
     AccessLog access_log_;
     std::atomic<int> shutdown_request_{0}; // 1 graceful, 2 immediate

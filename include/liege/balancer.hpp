@@ -22,15 +22,22 @@ enum class LbPolicy { LeastConn, RoundRobin };
 LbPolicy parse_lb_policy(std::string_view text); // throws std::invalid_argument
 
 struct Backend {
-    explicit Backend(Address a) : address(std::move(a)), name(address.str()) {}
+    // Resolves the address once; `resolved` says whether that worked.
+    explicit Backend(Address a);
 
     Address address;
     std::string name;
+    sockaddr_storage sockaddr{};
+    socklen_t sockaddr_len = 0;
+    bool resolved = false;
+    std::atomic<bool> draining{false};     // gets no new requests; reported once idle
+    std::atomic<bool> retired{false};      // gone from the routes: pooled connections close
     std::atomic<int> in_flight{0};         // requests assigned and not finished
     std::atomic<int64_t> down_until_ms{0}; // steady-clock ms; 0 = up
     std::atomic<int> consecutive_failures{0};
     std::atomic<uint64_t> requests{0};
     std::atomic<uint64_t> failures{0};
+    std::atomic<uint64_t> responses[6] = {}; // by status class, [2] = 2xx
 
     bool is_up(int64_t now_ms) const {
         return down_until_ms.load(std::memory_order_relaxed) <= now_ms;
@@ -53,9 +60,9 @@ public:
     Balancer(LbPolicy policy, std::vector<std::shared_ptr<Backend>> backends)
         : policy_(policy), backends_(std::move(backends)) {}
 
-    // Picks a backend that is up and not in `exclude` (indices already tried for this request,
-    // as a bit mask over the first 64 backends). Returns its index, or -1 when no backend is
-    // both up and untried. Ties in least_conn go to the first candidate after a rotating start,
+    // Picks a backend that is up, not draining and not in `exclude` (indices already tried for this
+    // request, as a bit mask over the first 64 backends). Returns its index, or -1 when no backend
+    // is both up and untried. Ties in least_conn go to the first candidate after a rotating start,
     // so equal backends share the load instead of the first one taking it all.
     int pick(uint64_t exclude, int64_t now_ms);
 

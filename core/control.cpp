@@ -1,0 +1,141 @@
+#include "liege/control.hpp"
+
+#include <stdexcept>
+
+namespace liege::control {
+
+using nlohmann::json;
+
+std::string encode(const RoutesMessage& m) {
+    json routes = json::array();
+    for (const auto& r : m.routes) {
+        json backends = json::array();
+        for (const auto& b : r.backends) {
+            backends.push_back(
+                {{"address", b.address}, {"worker", b.worker}, {"draining", b.draining}});
+        }
+        routes.push_back({{"vassal", r.vassal},
+                          {"generation", r.generation},
+                          {"hosts", r.hosts},
+                          {"path", r.path},
+                          {"backends", std::move(backends)}});
+    }
+    json j = {{"type", "routes"}, {"version", m.version}, {"routes", std::move(routes)}};
+    return j.dump() + "\n";
+}
+
+std::string encode(const DrainedMessage& m) {
+    return json{{"type", "drained"}, {"address", m.address}}.dump() + "\n";
+}
+
+std::string encode(const StatsMessage& m) {
+    json backends = json::array();
+    for (const auto& b : m.backends) {
+        backends.push_back({{"address", b.address},
+                            {"in_flight", b.in_flight},
+                            {"requests", b.requests},
+                            {"failures", b.failures},
+                            {"responses", std::vector<uint64_t>(b.responses, b.responses + 6)}});
+    }
+    json vassals = json::array();
+    for (const auto& v : m.vassals) {
+        vassals.push_back({{"vassal", v.vassal},
+                           {"responses", std::vector<uint64_t>(v.responses, v.responses + 6)},
+                           {"router_errors", v.router_errors},
+                           {"in_flight", v.in_flight},
+                           {"latency_bounds_ms", v.latency_bounds_ms},
+                           {"latency_buckets", v.latency_buckets},
+                           {"latency_sum_us", v.latency_sum_us}});
+    }
+    json j = {{"type", "stats"},
+              {"connections", m.connections},
+              {"requests", m.requests},
+              {"thread_requests", m.thread_requests},
+              {"backends", std::move(backends)},
+              {"vassals", std::move(vassals)}};
+    return j.dump() + "\n";
+}
+
+json parse_line(std::string_view line) {
+    json j = json::parse(line);
+    if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
+        throw std::invalid_argument("control message without a \"type\"");
+    }
+    return j;
+}
+
+RoutesMessage decode_routes(const json& j) {
+    RoutesMessage m;
+    m.version = j.value("version", uint64_t{0});
+    for (const auto& r : j.at("routes")) {
+        RouteSpec spec;
+        spec.vassal = r.at("vassal").get<std::string>();
+        spec.generation = r.value("generation", uint64_t{0});
+        spec.hosts = r.value("hosts", std::vector<std::string>{"*"});
+        spec.path = r.value("path", std::string("/"));
+        for (const auto& b : r.at("backends")) {
+            spec.backends.push_back({b.at("address").get<std::string>(), b.value("worker", 0),
+                                     b.value("draining", false)});
+        }
+        m.routes.push_back(std::move(spec));
+    }
+    return m;
+}
+
+DrainedMessage decode_drained(const json& j) {
+    return {j.at("address").get<std::string>()};
+}
+
+StatsMessage decode_stats(const json& j) {
+    StatsMessage m;
+    m.connections = j.value("connections", int64_t{0});
+    m.requests = j.value("requests", uint64_t{0});
+    m.thread_requests = j.value("thread_requests", std::vector<uint64_t>{});
+    for (const auto& b : j.at("backends")) {
+        BackendStats s;
+        s.address = b.at("address").get<std::string>();
+        s.in_flight = b.value("in_flight", int64_t{0});
+        s.requests = b.value("requests", uint64_t{0});
+        s.failures = b.value("failures", uint64_t{0});
+        auto resp = b.value("responses", std::vector<uint64_t>{});
+        for (size_t i = 0; i < resp.size() && i < 6; ++i) {
+            s.responses[i] = resp[i];
+        }
+        m.backends.push_back(std::move(s));
+    }
+    for (const auto& v : j.value("vassals", json::array())) {
+        VassalFigures f;
+        f.vassal = v.at("vassal").get<std::string>();
+        auto resp = v.value("responses", std::vector<uint64_t>{});
+        for (size_t i = 0; i < resp.size() && i < 6; ++i) {
+            f.responses[i] = resp[i];
+        }
+        f.router_errors = v.value("router_errors", uint64_t{0});
+        f.in_flight = v.value("in_flight", int64_t{0});
+        f.latency_bounds_ms = v.value("latency_bounds_ms", std::vector<double>{});
+        f.latency_buckets = v.value("latency_buckets", std::vector<uint64_t>{});
+        f.latency_sum_us = v.value("latency_sum_us", uint64_t{0});
+        m.vassals.push_back(std::move(f));
+    }
+    return m;
+}
+
+bool LineBuffer::next(std::string& line) {
+    size_t nl = buf_.find('\n', off_);
+    if (nl == std::string::npos) {
+        if (off_ > 0) {
+            buf_.erase(0, off_);
+            off_ = 0;
+        }
+        return false;
+    }
+    line.assign(buf_, off_, nl - off_);
+    off_ = nl + 1;
+    if (off_ == buf_.size()) {
+        buf_.clear();
+        off_ = 0;
+    }
+    return true;
+}
+
+} // namespace liege::control

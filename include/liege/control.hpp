@@ -1,0 +1,93 @@
+// The control protocol between the emperor and its router (docs/control-protocol.md).
+//
+// One JSON object per line over a unix stream socket (a socketpair the router inherits). The
+// emperor always sends the whole route set, so a restarted router needs one message to catch up
+// and a lost update cannot leave the two disagreeing for longer than the next one.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace liege::control {
+
+struct BackendSpec {
+    std::string address; // HOST:PORT or unix:PATH, as parse_address() reads it
+    int worker = 0;
+    bool draining = false; // no new requests; report "drained" once none is in flight
+};
+
+struct RouteSpec {
+    std::string vassal;
+    uint64_t generation = 0;
+    std::vector<std::string> hosts{"*"};
+    std::string path = "/";
+    std::vector<BackendSpec> backends;
+};
+
+// Emperor → router.
+struct RoutesMessage {
+    uint64_t version = 0;
+    std::vector<RouteSpec> routes;
+};
+
+// Router → emperor: a draining backend has no request in flight.
+struct DrainedMessage {
+    std::string address;
+};
+
+struct BackendStats {
+    std::string address;
+    int64_t in_flight = 0;
+    uint64_t requests = 0;
+    uint64_t failures = 0;
+    uint64_t responses[6] = {0, 0, 0, 0, 0, 0}; // by status class: [1]=1xx ... [5]=5xx
+};
+
+struct VassalFigures {
+    std::string vassal;
+    uint64_t responses[6] = {0, 0, 0, 0, 0, 0}; // by status class
+    uint64_t router_errors = 0;                 // 502/503/504 made by the router
+    int64_t in_flight = 0;
+    std::vector<double> latency_bounds_ms; // histogram bucket upper bounds
+    std::vector<uint64_t> latency_buckets; // counts per bucket (not cumulative), last = +Inf
+    uint64_t latency_sum_us = 0;
+};
+
+// Router → emperor, once a second: load figures for /status and /metrics.
+struct StatsMessage {
+    int64_t connections = 0;
+    uint64_t requests = 0;
+    std::vector<uint64_t> thread_requests;
+    std::vector<BackendStats> backends;
+    std::vector<VassalFigures> vassals;
+};
+
+std::string encode(const RoutesMessage& m);
+std::string encode(const DrainedMessage& m);
+std::string encode(const StatsMessage& m);
+
+// The "type" of a decoded line: "routes", "drained", "stats"; throws nlohmann::json::exception
+// or std::invalid_argument on a malformed line.
+nlohmann::json parse_line(std::string_view line);
+RoutesMessage decode_routes(const nlohmann::json& j);
+DrainedMessage decode_drained(const nlohmann::json& j);
+StatsMessage decode_stats(const nlohmann::json& j);
+
+// Accumulates bytes from a stream and hands out complete lines.
+class LineBuffer {
+public:
+    void append(std::string_view bytes) { buf_.append(bytes); }
+    // Next complete line without its '\n'; false when there is none yet.
+    bool next(std::string& line);
+    size_t pending() const { return buf_.size() - off_; }
+
+private:
+    std::string buf_;
+    size_t off_ = 0;
+};
+
+} // namespace liege::control

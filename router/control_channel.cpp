@@ -1,0 +1,255 @@
+#include "control_channel.hpp"
+
+#include "liege/log.hpp"
+
+namespace liege::router {
+
+std::vector<std::shared_ptr<const RouteSnapshot>>
+RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
+                    std::vector<std::string>& idle_draining) {
+    std::map<std::string, std::shared_ptr<Backend>> next_backends;
+    std::map<std::string, std::shared_ptr<VassalStats>> next_vassals;
+    struct PoolSpec {
+        std::string vassal;
+        uint64_t generation;
+        std::vector<std::shared_ptr<Backend>> backends;
+        std::shared_ptr<VassalStats> stats;
+    };
+    std::vector<PoolSpec> pools;
+    std::vector<RouteEntry> entries;
+    for (const auto& r : m.routes) {
+        PoolSpec pool{r.vassal, r.generation, {}, nullptr};
+        auto vit = vassals_.find(r.vassal);
+        pool.stats = vit != vassals_.end() ? vit->second : std::make_shared<VassalStats>();
+        next_vassals[r.vassal] = pool.stats;
+        for (const auto& b : r.backends) {
+            std::shared_ptr<Backend> be;
+            if (auto it = next_backends.find(b.address); it != next_backends.end()) {
+                be = it->second;
+            } else if (auto old = backends_.find(b.address); old != backends_.end()) {
+                be = old->second;
+            } else {
+                try {
+                    be = std::make_shared<Backend>(parse_address(b.address));
+                } catch (const std::exception& e) {
+                    spdlog::warn("router: ignoring backend '{}': {}", b.address, e.what());
+                    continue;
+                }
+            }
+            next_backends[b.address] = be;
+            bool was_draining = be->draining.exchange(b.draining);
+            if (b.draining && !was_draining && be->in_flight.load() == 0) {
+                idle_draining.push_back(be->name);
+            }
+            pool.backends.push_back(be);
+        }
+        RouteEntry e;
+        e.vassal = r.vassal;
+        e.generation = r.generation;
+        e.hosts = r.hosts;
+        e.path = r.path;
+        e.index = pools.size();
+        entries.push_back(std::move(e));
+        pools.push_back(std::move(pool));
+    }
+    for (auto& [name, be] : backends_) {
+        if (!next_backends.contains(name)) {
+            be->retired.store(true);
+        }
+    }
+    backends_ = std::move(next_backends);
+    vassals_ = std::move(next_vassals);
+
+    std::vector<std::shared_ptr<const RouteSnapshot>> out;
+    for (size_t t = 0; t < threads; ++t) {
+        auto snap = std::make_shared<RouteSnapshot>();
+        snap->table = RouteTable(entries);
+        for (const auto& p : pools) {
+            snap->pools.push_back(
+                std::make_unique<Pool>(p.vassal, p.generation, policy_, p.backends, p.stats));
+        }
+        out.push_back(std::move(snap));
+    }
+    return out;
+}
+
+control::StatsMessage RouteBuilder::stats() const {
+    control::StatsMessage m;
+    for (const auto& [name, be] : backends_) {
+        control::BackendStats s;
+        s.address = name;
+        s.in_flight = be->in_flight.load(std::memory_order_relaxed);
+        s.requests = be->requests.load(std::memory_order_relaxed);
+        s.failures = be->failures.load(std::memory_order_relaxed);
+        for (int i = 0; i < 6; ++i) {
+            s.responses[i] = be->responses[i].load(std::memory_order_relaxed);
+        }
+        m.backends.push_back(std::move(s));
+    }
+    for (const auto& [name, st] : vassals_) {
+        control::VassalFigures f;
+        f.vassal = name;
+        for (int i = 0; i < 6; ++i) {
+            f.responses[i] = st->responses[i].load(std::memory_order_relaxed);
+        }
+        f.router_errors = st->router_errors.load(std::memory_order_relaxed);
+        f.in_flight = st->in_flight.load(std::memory_order_relaxed);
+        f.latency_bounds_ms.assign(VassalStats::kLatencyBoundsMs,
+                                   VassalStats::kLatencyBoundsMs + VassalStats::kBuckets);
+        for (const auto& b : st->latency_buckets) {
+            f.latency_buckets.push_back(b.load(std::memory_order_relaxed));
+        }
+        f.latency_sum_us = st->latency_sum_us.load(std::memory_order_relaxed);
+        m.vassals.push_back(std::move(f));
+    }
+    return m;
+}
+
+ControlChannel::ControlChannel(uv_loop_t* loop, int fd, Shared& shared,
+                               std::vector<std::unique_ptr<Worker>>& workers,
+                               std::function<void()> on_lost)
+    : loop_(loop), shared_(shared), workers_(workers), on_lost_(std::move(on_lost)),
+      builder_(shared.options.lb) {
+    pipe_ = new uv_pipe_t;
+    uv_pipe_init(loop, pipe_, 0);
+    uv_pipe_open(pipe_, fd);
+    pipe_->data = this;
+    uv_read_start(
+        reinterpret_cast<uv_stream_t*>(pipe_),
+        [](uv_handle_t*, size_t, uv_buf_t* buf) {
+            static thread_local char storage[64 * 1024];
+            *buf = uv_buf_init(storage, sizeof(storage));
+        },
+        [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+            auto* self = static_cast<ControlChannel*>(s->data);
+            if (n < 0) {
+                spdlog::warn("router: control socket closed ({}); shutting down",
+                             n == UV_EOF ? "emperor gone" : uv_strerror(static_cast<int>(n)));
+                self->close();
+                if (self->on_lost_) {
+                    self->on_lost_();
+                }
+                return;
+            }
+            self->in_.append({buf->base, static_cast<size_t>(n)});
+            std::string line;
+            while (self->in_.next(line)) {
+                self->on_line(line);
+            }
+        });
+    drained_ = new uv_async_t;
+    uv_async_init(loop, drained_,
+                  [](uv_async_t* a) { static_cast<ControlChannel*>(a->data)->send_drained(); });
+    drained_->data = this;
+    {
+        std::lock_guard lock(shared_.drained_mu);
+        shared_.drained_async = drained_;
+    }
+    stats_timer_ = new uv_timer_t;
+    uv_timer_init(loop, stats_timer_);
+    stats_timer_->data = this;
+    uv_timer_start(
+        stats_timer_, [](uv_timer_t* t) { static_cast<ControlChannel*>(t->data)->send_stats(); },
+        1000, 1000);
+}
+
+ControlChannel::~ControlChannel() {
+    close();
+}
+
+void ControlChannel::close() {
+    if (closed_) {
+        return;
+    }
+    closed_ = true;
+    {
+        std::lock_guard lock(shared_.drained_mu);
+        shared_.drained_async = nullptr;
+    }
+    auto free_handle = [](uv_handle_t* h) {
+        switch (h->type) {
+        case UV_NAMED_PIPE:
+            delete reinterpret_cast<uv_pipe_t*>(h);
+            break;
+        case UV_ASYNC:
+            delete reinterpret_cast<uv_async_t*>(h);
+            break;
+        case UV_TIMER:
+            delete reinterpret_cast<uv_timer_t*>(h);
+            break;
+        default:
+            break;
+        }
+    };
+    uv_close(reinterpret_cast<uv_handle_t*>(pipe_), free_handle);
+    uv_close(reinterpret_cast<uv_handle_t*>(drained_), free_handle);
+    uv_close(reinterpret_cast<uv_handle_t*>(stats_timer_), free_handle);
+}
+
+void ControlChannel::on_line(const std::string& line) {
+    try {
+        auto j = control::parse_line(line);
+        std::string type = j["type"].get<std::string>();
+        if (type != "routes") {
+            spdlog::warn("router: unknown control message type '{}'", type);
+            return;
+        }
+        control::RoutesMessage m = control::decode_routes(j);
+        std::vector<std::string> idle;
+        auto snaps = builder_.build(m, workers_.size(), idle);
+        for (size_t i = 0; i < workers_.size(); ++i) {
+            workers_[i]->set_routes(std::move(snaps[i]));
+        }
+        size_t backends = 0;
+        for (const auto& r : m.routes) {
+            backends += r.backends.size();
+        }
+        spdlog::debug("router: routes version {}: {} route(s), {} backend(s)", m.version,
+                      m.routes.size(), backends);
+        for (const auto& name : idle) {
+            send(control::encode(control::DrainedMessage{name}));
+        }
+    } catch (const std::exception& e) {
+        spdlog::error("router: bad control message: {}", e.what());
+    }
+}
+
+void ControlChannel::send(std::string text) {
+    if (closed_) {
+        return;
+    }
+    struct Req {
+        uv_write_t w;
+        std::string data;
+    };
+    auto* r = new Req{{}, std::move(text)};
+    uv_buf_t buf = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
+    r->w.data = r;
+    if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(pipe_), &buf, 1,
+                 [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
+        delete r;
+    }
+}
+
+void ControlChannel::send_drained() {
+    std::vector<std::string> names;
+    {
+        std::lock_guard lock(shared_.drained_mu);
+        names.swap(shared_.drained);
+    }
+    for (const auto& n : names) {
+        send(control::encode(control::DrainedMessage{n}));
+    }
+}
+
+void ControlChannel::send_stats() {
+    control::StatsMessage m = builder_.stats();
+    m.connections = shared_.connections.load(std::memory_order_relaxed);
+    m.requests = shared_.requests.load(std::memory_order_relaxed);
+    for (const auto& w : workers_) {
+        m.thread_requests.push_back(w->requests());
+    }
+    send(control::encode(m));
+}
+
+} // namespace liege::router

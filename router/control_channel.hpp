@@ -1,0 +1,60 @@
+// The router's end of the control protocol, on the router's main thread: routes in, drain
+// reports and load figures out (docs/control-protocol.md).
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "liege/control.hpp"
+#include "worker.hpp"
+
+namespace liege::router {
+
+// Builds the per-thread snapshots from a route set, reusing Backend and VassalStats objects by
+// name so their figures survive updates.
+class RouteBuilder {
+public:
+    explicit RouteBuilder(LbPolicy policy) : policy_(policy) {}
+    // One snapshot per thread; marks backends draining/retired as the message says. Backends
+    // that are draining and already idle are appended to `idle_draining`.
+    std::vector<std::shared_ptr<const RouteSnapshot>>
+    build(const control::RoutesMessage& m, size_t threads, std::vector<std::string>& idle_draining);
+    control::StatsMessage stats() const;
+
+private:
+    LbPolicy policy_;
+    std::map<std::string, std::shared_ptr<Backend>> backends_;
+    std::map<std::string, std::shared_ptr<VassalStats>> vassals_;
+};
+
+class ControlChannel {
+public:
+    ControlChannel(uv_loop_t* loop, int fd, Shared& shared,
+                   std::vector<std::unique_ptr<Worker>>& workers, std::function<void()> on_lost);
+    ~ControlChannel();
+    void close();
+
+private:
+    void on_line(const std::string& line);
+    void send(std::string text);
+    void send_drained();
+    void send_stats();
+
+    uv_loop_t* loop_;
+    Shared& shared_;
+    std::vector<std::unique_ptr<Worker>>& workers_;
+    std::function<void()> on_lost_;
+    RouteBuilder builder_;
+    control::LineBuffer in_;
+    uv_pipe_t* pipe_ = nullptr;
+    uv_async_t* drained_ = nullptr;
+    uv_timer_t* stats_timer_ = nullptr;
+    bool closed_ = false;
+};
+
+} // namespace liege::router

@@ -7,5 +7,6 @@ namespace liege::cli {
 
 void add_router_command(CLI::App& app, int& exit_code);
 void add_check_command(CLI::App& app, int& exit_code);
+void add_run_command(CLI::App& app, int& exit_code);
 
 } // namespace liege::cli

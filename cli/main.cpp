@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     app.set_version_flag("--version", "liege 0.1.0");
     int exit_code = 0;
+    liege::cli::add_run_command(app, exit_code);
     liege::cli::add_router_command(app, exit_code);
     liege::cli::add_check_command(app, exit_code);
     try {

@@ -33,8 +33,13 @@ void add_router_command(CLI::App& app, int& exit_code) {
     auto* cmd =
         app.add_subcommand("router", "Run the HTTP reverse proxy in front of static backends");
     cmd->add_option("--listen", args->listen,
-                    "Address to accept clients on (HOST:PORT, [IPv6]:PORT, unix:PATH)")
-        ->required();
+                    "Address to accept clients on (HOST:PORT, [IPv6]:PORT, unix:PATH)");
+    cmd->add_option("--inherit-fd", args->options.inherited_fds,
+                    "Listening socket inherited from the parent (used by liege run)")
+        ->group("");
+    cmd->add_option("--control-fd", args->options.control_fd,
+                    "Control socket from the emperor (used by liege run)")
+        ->group("");
     cmd->add_option("--backend", args->backends, "Backend address; repeat for several");
     cmd->add_option("--threads", args->options.threads,
                     "Worker threads (default: number of cores)");
@@ -92,6 +97,9 @@ void add_router_command(CLI::App& app, int& exit_code) {
             o.max_body_size = parse_size(args->max_body_size);
         } catch (const std::invalid_argument& e) {
             throw CLI::ValidationError(e.what());
+        }
+        if (o.listen.empty() && o.inherited_fds.empty()) {
+            throw CLI::ValidationError("--listen: at least one address is required");
         }
         if (o.max_tries == 0) {
             throw CLI::ValidationError("--max-tries must be at least 1");

@@ -7,7 +7,9 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdexcept>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 namespace liege {
 
@@ -120,6 +122,41 @@ int to_sockaddr(const Address& addr, sockaddr_storage& out, socklen_t& len) {
         reinterpret_cast<sockaddr_in6*>(&out)->sin6_port = htons(addr.port);
     }
     return 0;
+}
+
+int bind_listening_socket(const Address& addr, bool reuseport, int backlog) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    int rc = to_sockaddr(addr, ss, len);
+    if (rc != 0) {
+        return rc;
+    }
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return -errno;
+    }
+    int one = 1;
+    if (ss.ss_family != AF_UNIX) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (reuseport) {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+        }
+        if (ss.ss_family == AF_INET6) {
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        }
+    } else {
+        // A stale socket file from an earlier run would make bind fail; only remove sockets.
+        struct stat st {};
+        if (::stat(addr.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+            ::unlink(addr.path.c_str());
+        }
+    }
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, backlog) != 0) {
+        int err = -errno;
+        ::close(fd);
+        return err;
+    }
+    return fd;
 }
 
 Address address_of_socket(int fd) {

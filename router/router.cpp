@@ -26,42 +26,6 @@ namespace liege {
 
 namespace {
 
-// Returns a listening socket or -errno.
-int bind_listener(const Address& addr, bool reuseport) {
-    sockaddr_storage ss{};
-    socklen_t len = 0;
-    int rc = to_sockaddr(addr, ss, len);
-    if (rc != 0) {
-        return rc;
-    }
-    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        return -errno;
-    }
-    int one = 1;
-    if (ss.ss_family != AF_UNIX) {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (reuseport) {
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-        }
-        if (ss.ss_family == AF_INET6) {
-            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-        }
-    } else {
-        // A stale socket file from an earlier run would make bind fail; only remove sockets.
-        struct stat st {};
-        if (::stat(addr.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-            ::unlink(addr.path.c_str());
-        }
-    }
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 4096) != 0) {
-        int err = -errno;
-        ::close(fd);
-        return err;
-    }
-    return fd;
-}
-
 std::atomic<int> g_signal_count{0};
 
 } // namespace
@@ -130,7 +94,7 @@ int run_router(const RouterOptions& options) {
     for (const Address& addr : options.listen) {
         Address bound = addr;
         if (addr.is_unix()) {
-            int fd = bind_listener(addr, false);
+            int fd = bind_listening_socket(addr, false, 4096);
             if (fd < 0) {
                 spdlog::error("router: cannot listen on {}: {}", addr.str(), std::strerror(-fd));
                 return 1;
@@ -140,7 +104,7 @@ int run_router(const RouterOptions& options) {
             }
         } else {
             for (unsigned i = 0; i < threads; ++i) {
-                int fd = bind_listener(bound, true);
+                int fd = bind_listening_socket(bound, true, 4096);
                 if (fd < 0) {
                     spdlog::error("router: cannot listen on {}: {}", bound.str(),
                                   std::strerror(-fd));

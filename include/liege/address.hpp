@@ -31,6 +31,10 @@ Address parse_address(std::string_view text);
 // time). Returns 0 or a negative errno / EAI error mapped to -EINVAL.
 int to_sockaddr(const Address& addr, sockaddr_storage& out, socklen_t& len);
 
+// A non-blocking, close-on-exec listening socket bound to `addr` (SO_REUSEADDR; SO_REUSEPORT
+// when asked; a stale unix socket file is replaced). Returns the fd or a negative errno.
+int bind_listening_socket(const Address& addr, bool reuseport, int backlog);
+
 // The address a bound socket really has (port 0 becomes the chosen port).
 Address address_of_socket(int fd);
 

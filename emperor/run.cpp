@@ -1,0 +1,79 @@
+// `liege run`: the emperor's loop and signals.
+#include <csignal>
+
+#include "emperor.hpp"
+#include "liege/log.hpp"
+
+namespace liege {
+
+int run_emperor(const EmperorOptions& options) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    std::signal(SIGPIPE, SIG_IGN);
+    int exit_code = 0;
+    {
+        emperor::Emperor emperor(&loop, options);
+        if (int rc = emperor.start(); rc != 0) {
+            exit_code = rc;
+            emperor.shutdown([] {});
+        }
+        struct SignalCtx {
+            emperor::Emperor* emperor;
+            std::vector<UvHandle<uv_signal_t>>* signals;
+            int count = 0;
+        };
+        std::vector<UvHandle<uv_signal_t>> signals;
+        SignalCtx ctx{&emperor, &signals};
+        auto stop_all = [](SignalCtx* c) {
+            for (auto& s : *c->signals) {
+                uv_signal_stop(s.get());
+            }
+        };
+        for (int signo : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) {
+            signals.emplace_back();
+            uv_signal_init(&loop, signals.back().get());
+            signals.back()->data = &ctx;
+            uv_signal_start(
+                signals.back().get(),
+                [](uv_signal_t* s, int signum) {
+                    auto* c = static_cast<SignalCtx*>(s->data);
+                    if (signum == SIGHUP) {
+                        spdlog::info("emperor: SIGHUP, rescanning the vassal directory");
+                        c->emperor->rescan();
+                        return;
+                    }
+                    if (signum == SIGUSR1) {
+                        c->emperor->reopen_logs();
+                        return;
+                    }
+                    if (++c->count > 1) {
+                        spdlog::warn("emperor: second {}, still stopping", strsignal(signum));
+                        return;
+                    }
+                    spdlog::info("emperor: {} received, stopping gracefully", strsignal(signum));
+                    c->emperor->shutdown([c] {
+                        for (auto& sig : *c->signals) {
+                            uv_signal_stop(sig.get());
+                        }
+                    });
+                },
+                signo);
+        }
+        if (exit_code != 0) {
+            stop_all(&ctx);
+        }
+        // Runs until shutdown stops the signal handlers and the last child is gone.
+        while (uv_run(&loop, UV_RUN_DEFAULT) != 0) {
+        }
+        signals.clear();
+    }
+    // Let the handles closed by destructors finish closing.
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) != 0) {
+        spdlog::debug("emperor: loop still had handles at exit");
+    }
+    spdlog::info("emperor: stopped");
+    return exit_code;
+}
+
+} // namespace liege

@@ -1,0 +1,27 @@
+// `liege run`: the emperor. It watches the vassal directory, keeps a pool of workers per vassal,
+// owns the public listening sockets and supervises the router child that serves them.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "liege/address.hpp"
+
+namespace liege {
+
+struct EmperorOptions {
+    std::filesystem::path vassals_dir = "vassals.d";
+    std::vector<Address> listen;   // default 127.0.0.1:8080
+    Address admin;                 // default unix:./liege.sock
+    unsigned threads = 0;          // router threads; 0 = cores
+    std::string env_name;          // --env: exported to workers as LIEGE_ENV
+    std::filesystem::path log_dir; // empty = everything to stderr
+    std::string self_exe;          // this binary, to start the router with
+    std::string access_log = "-";  // router access log ("-", "off", or a file)
+};
+
+// Runs until SIGTERM/SIGINT and a graceful stop; returns the exit code.
+int run_emperor(const EmperorOptions& options);
+
+} // namespace liege

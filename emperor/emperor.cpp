@@ -651,11 +651,18 @@ void Emperor::maybe_erase(VassalRt& v) {
         return;
     }
     std::string name = v.name;
+    fs::path file = v.file;
     notify(v, false, "vassal removed");
     spdlog::info("vassal {}: stopped", name);
     vassals_.erase(name);
     if (shutting_down_) {
         maybe_finish_shutdown();
+        return;
+    }
+    // The file may have come back while the old pool drained.
+    std::error_code ec;
+    if (fs::exists(file, ec)) {
+        apply_file(name, file);
     }
 }
 
@@ -1050,6 +1057,7 @@ void Emperor::maybe_finish_shutdown() {
         return v.active == nullptr && v.next == nullptr && v.retiring.empty();
     });
     if (vassals_.empty() && shutdown_done_) {
+        reaper_.reset(); // the last child is gone; its SIGCHLD handler would keep the loop alive
         auto done = std::move(shutdown_done_);
         shutdown_done_ = nullptr;
         done();

@@ -220,4 +220,37 @@ private:
     WriteOp* tail_ = nullptr;
 };
 
+// Deadlines that move on every request phase, kept cheap: moving one later only updates a field;
+// the timer heap is touched only when a deadline moves earlier, and a timer that fires before the
+// current deadline re-arms for the rest. deadline == 0 means disarmed.
+struct LazyDeadline {
+    uint64_t deadline = 0;  // loop time, ms
+    uint64_t armed_for = 0; // when the uv timer fires; 0 = not running
+
+    void set(uv_timer_t* t, uint64_t ms, uv_timer_cb cb) {
+        deadline = uv_now(t->loop) + ms;
+        if (armed_for == 0 || deadline < armed_for) {
+            uv_timer_start(t, cb, ms, 0);
+            armed_for = deadline;
+        }
+    }
+    void clear() { deadline = 0; }
+    // Call first in the timer callback: true when the deadline has really passed (it is then
+    // cleared); false when it was cleared or moved later (the timer is re-armed for it).
+    bool expired(uv_timer_t* t, uv_timer_cb cb) {
+        armed_for = 0;
+        if (deadline == 0) {
+            return false;
+        }
+        uint64_t now = uv_now(t->loop);
+        if (now < deadline) {
+            uv_timer_start(t, cb, deadline - now, 0);
+            armed_for = deadline;
+            return false;
+        }
+        deadline = 0;
+        return true;
+    }
+};
+
 } // namespace liege::router

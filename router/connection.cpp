@@ -167,7 +167,7 @@ void ClientConn::set_phase(ClientPhase p) {
         break;
     case ClientPhase::AwaitResponse:
     case ClientPhase::Tunnel:
-        uv_timer_stop(&timer_);
+        deadline_.clear();
         break;
     case ClientPhase::Closing:
         arm_timer(kLingerMs);
@@ -176,12 +176,12 @@ void ClientConn::set_phase(ClientPhase p) {
 }
 
 void ClientConn::arm_timer(uint64_t ms) {
-    uv_timer_start(&timer_, on_timer, ms, 0);
+    deadline_.set(&timer_, ms, on_timer);
 }
 
 void ClientConn::on_timer(uv_timer_t* t) {
     auto* c = static_cast<ClientConn*>(t->data);
-    if (c == nullptr || c->closed_) {
+    if (c == nullptr || c->closed_ || !c->deadline_.expired(t, on_timer)) {
         return;
     }
     switch (c->phase_) {
@@ -1238,7 +1238,7 @@ void Upstream::on_connect(uv_connect_t* req, int status) {
         return;
     }
     up->state_ = UpstreamState::Active;
-    uv_timer_stop(&up->timer_);
+    up->deadline_.clear();
     up->update_reading();
     if (c != nullptr) {
         c->upstream_connected();
@@ -1254,7 +1254,7 @@ void Upstream::attach(ClientConn* c) {
     got_bytes_ = false;
     message_done_ = false;
     response_timer_ = false;
-    uv_timer_stop(&timer_);
+    deadline_.clear();
     llhttp_init(&parser_, HTTP_RESPONSE, settings());
     parser_.data = this;
     update_reading();
@@ -1333,7 +1333,7 @@ void Upstream::on_write(uv_write_t* req, int status) {
 }
 
 void Upstream::arm_timer(uint64_t ms) {
-    uv_timer_start(&timer_, on_timer, ms, 0);
+    deadline_.set(&timer_, ms, on_timer);
 }
 
 void Upstream::arm_response_timer() {
@@ -1343,12 +1343,12 @@ void Upstream::arm_response_timer() {
 
 void Upstream::stop_timer() {
     response_timer_ = false;
-    uv_timer_stop(&timer_);
+    deadline_.clear();
 }
 
 void Upstream::on_timer(uv_timer_t* t) {
     auto* up = static_cast<Upstream*>(t->data);
-    if (up == nullptr || up->closed_) {
+    if (up == nullptr || up->closed_ || !up->deadline_.expired(t, on_timer)) {
         return;
     }
     ClientConn* c = up->client_;
@@ -1545,7 +1545,7 @@ int Upstream::on_message_complete(llhttp_t* p) {
     }
     up->message_done_ = true;
     up->response_timer_ = false;
-    uv_timer_stop(&up->timer_);
+    up->deadline_.clear();
     up->client_->response_complete();
     return HPE_PAUSED;
 }
@@ -1553,7 +1553,7 @@ int Upstream::on_message_complete(llhttp_t* p) {
 void Upstream::start_tunnel() {
     tunnel_ = true;
     response_timer_ = false;
-    uv_timer_stop(&timer_);
+    deadline_.clear();
     update_reading();
 }
 

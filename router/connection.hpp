@@ -121,6 +121,7 @@ private:
     Worker* w_;
     StreamHandle sock_{};
     uv_timer_t timer_{};
+    LazyDeadline deadline_;
     uv_shutdown_t shutdown_req_{};
     llhttp_t parser_{};
     int handles_open_ = 0;
@@ -238,6 +239,7 @@ private:
     std::shared_ptr<Backend> be_;
     StreamHandle sock_{};
     uv_timer_t timer_{};
+    LazyDeadline deadline_;
     uv_connect_t connect_req_{};
     uv_shutdown_t shutdown_req_{};
     llhttp_t parser_{};

@@ -39,34 +39,87 @@ template <typename Fn> void for_each_token(std::string_view value, Fn&& fn) {
     }
 }
 
-// Does some Connection header of `head` name `field`?
-bool named_by_connection(const HeadCollector& head, std::string_view field) {
-    for (size_t i = 0; i < head.header_count(); ++i) {
-        if (!iequals(head.name(i), "connection")) {
-            continue;
+// The header names that a head's Connection headers list (beyond the hop-by-hop names every
+// proxy strips anyway). Collected once per head: checking each header against every Connection
+// header made the rewrite quadratic.
+class ConnectionTokens {
+public:
+    explicit ConnectionTokens(const HeadCollector& head) {
+        for (size_t i = 0; i < head.header_count(); ++i) {
+            if (!iequals(head.name(i), "connection")) {
+                continue;
+            }
+            for_each_token(head.value(i), [&](std::string_view t) {
+                if (iequals(t, "close") || iequals(t, "keep-alive") || iequals(t, "upgrade")) {
+                    return;
+                }
+                if (count_ < kMax) {
+                    tokens_[count_++] = t;
+                } else {
+                    overflow_ = true;
+                }
+            });
         }
-        bool hit = false;
-        for_each_token(head.value(i), [&](std::string_view t) { hit = hit || iequals(t, field); });
-        if (hit) {
+        head_ = &head;
+    }
+    bool names(std::string_view field) const {
+        for (size_t i = 0; i < count_; ++i) {
+            if (iequals(tokens_[i], field)) {
+                return true;
+            }
+        }
+        if (overflow_) { // a pathological list: fall back to scanning it all
+            for (size_t i = 0; i < head_->header_count(); ++i) {
+                if (!iequals(head_->name(i), "connection")) {
+                    continue;
+                }
+                bool hit = false;
+                for_each_token(head_->value(i),
+                               [&](std::string_view t) { hit = hit || iequals(t, field); });
+                if (hit) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+private:
+    static constexpr size_t kMax = 8;
+    std::string_view tokens_[kMax];
+    size_t count_ = 0;
+    bool overflow_ = false;
+    const HeadCollector* head_ = nullptr;
+};
+
+bool is_hop_by_hop(const ConnectionTokens& conn, std::string_view name, bool keep_upgrade) {
+    switch (name.size()) {
+    case 2:
+        return iequals(name, "te");
+    case 7:
+        if (iequals(name, "upgrade")) {
+            return !keep_upgrade;
+        }
+        if (iequals(name, "trailer")) {
             return true;
         }
+        break;
+    case 10:
+        if (iequals(name, "connection") || iequals(name, "keep-alive")) {
+            return true;
+        }
+        break;
+    default:
+        break;
     }
-    return false;
-}
-
-bool is_hop_by_hop(const HeadCollector& head, std::string_view name, bool keep_upgrade) {
-    if (iequals(name, "connection") || iequals(name, "keep-alive") || iequals(name, "te") ||
-        iequals(name, "trailer") || istarts_with(name, "proxy-")) {
+    if (istarts_with(name, "proxy-")) {
         return true;
-    }
-    if (iequals(name, "upgrade")) {
-        return !keep_upgrade;
     }
     if (iequals(name, "transfer-encoding") || iequals(name, "content-length") ||
         iequals(name, "host")) {
         return false; // framing and routing headers are never dropped, whatever Connection says
     }
-    return named_by_connection(head, name);
+    return conn.names(name);
 }
 
 class Writer {
@@ -170,13 +223,14 @@ std::string_view HeadCollector::find(std::string_view wanted, bool* found) const
 size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, char* out,
                           size_t cap) {
     Writer w(out, cap);
+    const ConnectionTokens conn(head);
     w << head.method() << " " << head.url() << " HTTP/1.1\r\n";
     bool has_host = false;
     bool wrote_xff = false;
     std::string_view host;
     for (size_t i = 0; i < head.header_count(); ++i) {
         std::string_view name = head.name(i);
-        if (is_hop_by_hop(head, name, fwd.upgrade) || iequals(name, "x-forwarded-proto") ||
+        if (is_hop_by_hop(conn, name, fwd.upgrade) || iequals(name, "x-forwarded-proto") ||
             iequals(name, "x-forwarded-host")) {
             continue;
         }
@@ -226,11 +280,12 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
 size_t write_response_head(const HeadCollector& head, const ResponseForward& fwd, char* out,
                            size_t cap) {
     Writer w(out, cap);
+    const ConnectionTokens conn(head);
     std::string_view reason = head.reason().empty() ? reason_phrase(fwd.status) : head.reason();
     w << "HTTP/1.1 " << fwd.status << " " << reason << "\r\n";
     for (size_t i = 0; i < head.header_count(); ++i) {
         std::string_view name = head.name(i);
-        if (is_hop_by_hop(head, name, fwd.upgrade)) {
+        if (is_hop_by_hop(conn, name, fwd.upgrade)) {
             continue;
         }
         if (fwd.add_chunked && iequals(name, "transfer-encoding")) {

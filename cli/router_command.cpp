@@ -74,6 +74,8 @@ void add_router_command(CLI::App& app, int& exit_code) {
     cmd->add_option("--access-log", args->options.access_log,
                     "Access log: - for stderr, off, or a file")
         ->capture_default_str();
+    cmd->add_option("--access-log-dir", args->options.access_log_dir,
+                    "One access log per vassal in this directory (routes from liege run)");
     cmd->add_option("--log-level", args->log_level, "trace, debug, info, warn, error")
         ->capture_default_str();
     cmd->callback([args, &exit_code] {

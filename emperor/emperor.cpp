@@ -883,6 +883,12 @@ void Emperor::spawn_router() {
     }
     SpawnSpec spec;
     spec.argv = {options_.self_exe, "router", "--access-log", options_.access_log};
+    if (!options_.log_dir.empty()) {
+        // Per-vassal access logs; requests that match no vassal go to router.access.log.
+        spec.argv[3] = (options_.log_dir / "router.access.log").string();
+        spec.argv.push_back("--access-log-dir");
+        spec.argv.push_back(options_.log_dir.string());
+    }
     if (options_.threads != 0) {
         spec.argv.push_back("--threads");
         spec.argv.push_back(std::to_string(options_.threads));

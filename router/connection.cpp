@@ -421,6 +421,18 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     if (c->head_ == nullptr) {
         c->head_ = w->take_head();
     }
+    if (w->access_logging()) {
+        auto& s = c->log_req_;
+        s.clear();
+        s.append(c->head_->method()).append(" ").append(c->head_->url());
+        s.append(p->http_minor == 0 ? " HTTP/1.0" : " HTTP/1.1");
+        std::string_view referer = c->head_->find("referer");
+        std::string_view ua = c->head_->find("user-agent");
+        auto& a = c->log_agent_;
+        a.clear();
+        a.append(" \"").append(referer.empty() ? "-" : referer).append("\" \"");
+        a.append(ua.empty() ? "-" : ua).append("\"");
+    }
     if (p->http_major != 1) {
         // HTTP/0.9 has no headers to route or frame by; HTTP/2+ does not start like this.
         c->error_status_ = p->http_major == 0 ? 400 : 505;
@@ -469,18 +481,6 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     c->req_head_len_ = static_cast<uint32_t>(n);
     c->out_up_.add(out, out->data, n);
 
-    if (w->access_log().enabled()) {
-        auto& s = c->log_req_;
-        s.clear();
-        s.append(method).append(" ").append(c->head_->url());
-        s.append(p->http_minor == 0 ? " HTTP/1.0" : " HTTP/1.1");
-        std::string_view ref = c->head_->find("referer");
-        std::string_view ua = c->head_->find("user-agent");
-        auto& a = c->log_agent_;
-        a.clear();
-        a.append(" \"").append(ref.empty() ? "-" : ref).append("\" \"");
-        a.append(ua.empty() ? "-" : ua).append("\"");
-    }
     w->return_head(c->head_);
     c->head_ = nullptr;
     c->need_upstream_ = true;
@@ -910,10 +910,11 @@ void ClientConn::release_upstream(bool reusable) {
 }
 
 void ClientConn::log_access() {
-    AccessLog& log = w_->access_log();
-    if (!log.enabled()) {
+    AccessLog* target = w_->access_log_for(pool_);
+    if (target == nullptr) {
         return;
     }
+    AccessLog& log = *target;
     // Combined log format, then total time, upstream time and backend.
     std::string& b = log.buffer();
     const uint64_t now = uv_hrtime();
@@ -924,6 +925,12 @@ void ClientConn::log_access() {
                           static_cast<unsigned long long>(resp_bytes_));
     b.append(num, static_cast<size_t>(n));
     b.append(log_agent_.empty() ? std::string_view(" \"-\" \"-\"") : std::string_view(log_agent_));
+    if (pool_ != nullptr) {
+        b.append(" vassal=").append(pool_->vassal);
+        n = std::snprintf(num, sizeof(num), " gen=%llu",
+                          static_cast<unsigned long long>(pool_->generation));
+        b.append(num, static_cast<size_t>(n));
+    }
     n = std::snprintf(num, sizeof(num),
                       " rt=%.3f urt=%.3f backend=", static_cast<double>(now - start_ns_) / 1e9,
                       static_cast<double>(up_time_ns_) / 1e9);

@@ -75,6 +75,10 @@ int run_router(const RouterOptions& options) {
         }
     }
 
+    shared->main_log_fd = log_fd;
+    if (log_fd > STDERR_FILENO) {
+        shared->main_log_path = options.access_log;
+    }
     std::signal(SIGPIPE, SIG_IGN);
 
     std::vector<std::unique_ptr<Worker>> workers;
@@ -149,6 +153,7 @@ int run_router(const RouterOptions& options) {
         std::vector<std::unique_ptr<Worker>>* workers;
         uv_signal_t* sigs[2];
         std::unique_ptr<router::ControlChannel>* channel = nullptr;
+        uv_signal_t* usr1 = nullptr;
     } ctx{&workers, {&sigterm, &sigint}};
     auto on_signal = [](uv_signal_t* s, int signum) {
         auto* c = static_cast<Ctx*>(s->data);
@@ -165,6 +170,16 @@ int run_router(const RouterOptions& options) {
     }
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
+    uv_signal_t sigusr1;
+    uv_signal_init(&loop, &sigusr1);
+    sigusr1.data = shared.get();
+    uv_signal_start(
+        &sigusr1,
+        [](uv_signal_t* s, int) {
+            static_cast<router::Shared*>(s->data)->reopen_logs();
+            spdlog::info("router: SIGUSR1, access logs reopened");
+        },
+        SIGUSR1);
     std::unique_ptr<router::ControlChannel> channel;
     if (options.control_fd >= 0) {
         channel = std::make_unique<router::ControlChannel>(&loop, options.control_fd, *shared,
@@ -184,6 +199,7 @@ int run_router(const RouterOptions& options) {
         for (auto* s : c->sigs) {
             uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
         }
+        uv_close(reinterpret_cast<uv_handle_t*>(c->usr1), nullptr);
         if (*c->channel != nullptr) {
             (*c->channel)->close();
         }
@@ -191,6 +207,7 @@ int run_router(const RouterOptions& options) {
     });
     all_done.data = &ctx;
     ctx.channel = &channel;
+    ctx.usr1 = &sigusr1;
     std::thread joiner([&] {
         for (auto& w : workers) {
             w->join();

@@ -1,9 +1,11 @@
 #include "worker.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <ctime>
 
 #include "connection.hpp"
@@ -79,9 +81,7 @@ void Worker::start() {
         &housekeeping_,
         [](uv_timer_t* t) {
             auto* w = static_cast<Worker*>(t->data);
-            if (w->access_log_.enabled() && !w->access_log_.buffer().empty()) {
-                w->access_log_.flush();
-            }
+            w->flush_logs();
             if (w->accepting_paused_ && !w->shutting_down_ &&
                 uv_now(&w->loop_) - static_cast<uint64_t>(w->paused_at_) >= kAcceptPauseMs) {
                 w->accepting_paused_ = false;
@@ -96,8 +96,65 @@ void Worker::start() {
 
 void Worker::run() {
     uv_run(&loop_, UV_RUN_DEFAULT);
-    if (access_log_.enabled()) {
+    flush_logs();
+}
+
+void Worker::flush_logs() {
+    if (access_log_.enabled() && !access_log_.buffer().empty()) {
         access_log_.flush();
+    }
+    for (auto& [name, log] : vassal_logs_) {
+        if (log->enabled() && !log->buffer().empty()) {
+            log->flush();
+        }
+    }
+}
+
+AccessLog* Worker::access_log_for(const Pool* pool) {
+    if (shared_.options.access_log_dir.empty() || pool == nullptr) {
+        return access_log_.enabled() ? &access_log_ : nullptr;
+    }
+    auto it = vassal_logs_.find(pool->vassal);
+    if (it == vassal_logs_.end()) {
+        int fd = shared_.vassal_log_fd(pool->vassal);
+        it = vassal_logs_.emplace(pool->vassal, std::make_unique<AccessLog>(fd)).first;
+    }
+    return it->second->enabled() ? it->second.get() : nullptr;
+}
+
+int Shared::vassal_log_fd(const std::string& vassal) {
+    std::lock_guard lock(logs_mu);
+    auto it = vassal_log_fds.find(vassal);
+    if (it != vassal_log_fds.end()) {
+        return it->second;
+    }
+    std::string path = options.access_log_dir + "/" + vassal + ".access.log";
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        spdlog::error("router: cannot open access log {}: {}", path, std::strerror(errno));
+    }
+    vassal_log_fds[vassal] = fd;
+    return fd;
+}
+
+void Shared::reopen_logs() {
+    std::lock_guard lock(logs_mu);
+    auto reopen = [](int fd, const std::string& path) {
+        int fresh = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (fresh < 0) {
+            spdlog::error("router: cannot reopen {}: {}", path, std::strerror(errno));
+            return;
+        }
+        ::dup3(fresh, fd, O_CLOEXEC);
+        ::close(fresh);
+    };
+    if (main_log_fd >= 0 && !main_log_path.empty()) {
+        reopen(main_log_fd, main_log_path);
+    }
+    for (auto& [vassal, fd] : vassal_log_fds) {
+        if (fd >= 0) {
+            reopen(fd, options.access_log_dir + "/" + vassal + ".access.log");
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -50,6 +51,16 @@ struct Shared {
     std::mutex drained_mu;
     std::vector<std::string> drained;
     uv_async_t* drained_async = nullptr; // the control thread's; null without an emperor
+
+    // Access log files. Descriptors are shared by all threads (appends of whole lines); reopening
+    // (SIGUSR1, after logrotate) puts a new file under the same descriptor number with dup2, so
+    // threads never see a closed descriptor and no line is lost.
+    int main_log_fd = -1;
+    std::string main_log_path; // empty when the main log is stderr or off
+    int vassal_log_fd(const std::string& vassal);
+    void reopen_logs();
+    std::mutex logs_mu;
+    std::map<std::string, int> vassal_log_fds; // guarded by logs_mu
 };
 
 // A listening socket as one thread sees it: the fd is polled for readability and accepted by
@@ -126,7 +137,12 @@ public:
     const RouterOptions& options() const { return shared_.options; }
     ChunkPool& chunks() { return chunks_; }
     WriteOpPool& ops() { return ops_; }
-    AccessLog& access_log() { return access_log_; }
+    // The access log a request of `pool` goes to (per vassal with --access-log-dir), or nullptr
+    // when access logging is off.
+    AccessLog* access_log_for(const Pool* pool);
+    bool access_logging() const {
+        return access_log_.enabled() || !shared_.options.access_log_dir.empty();
+    }
     bool shutting_down() const { return shutting_down_; }
     unsigned index() const { return index_; }
 
@@ -179,6 +195,8 @@ private:
     void close_idle_upstreams();
     ListNode clients_;
     AccessLog access_log_;
+    std::unordered_map<std::string, std::unique_ptr<AccessLog>> vassal_logs_;
+    void flush_logs();
     std::atomic<int> shutdown_request_{0}; // 1 graceful, 2 immediate
     bool shutting_down_ = false;
     bool accepting_paused_ = false;

@@ -29,6 +29,8 @@ struct RouterOptions {
     unsigned max_tries = 3;               // attempts for a request that never reached a backend
     unsigned max_idle_upstream = 64;      // idle pooled connections per backend and thread
     std::string access_log = "-";         // "-" (stderr), "off", or a file path
+    std::string
+        access_log_dir;  // one DIR/VASSAL.access.log per vassal (with routes from an emperor)
     int control_fd = -1; // the emperor's control socket (docs/control-protocol.md); -1 = static
 };
 

@@ -147,9 +147,9 @@ std::vector<std::string> OutputBuffer::lines() const {
     }
 }
 
-std::optional<std::vector<std::string>> OutputBuffer::wait_for_line(const std::regex& pattern,
-                                                                    Millis timeout,
-                                                                    std::size_t first_line) const {
+std::optional<std::string>
+OutputBuffer::wait_for_line(const std::function<bool(std::string_view)>& matches, Millis timeout,
+                            std::size_t first_line) const {
     auto deadline = Clock::now() + timeout;
     std::unique_lock lock(mutex_);
     std::size_t pos = 0;
@@ -162,13 +162,8 @@ std::optional<std::vector<std::string>> OutputBuffer::wait_for_line(const std::r
             }
             std::string line = data_.substr(pos, eol - pos);
             pos = eol + 1;
-            std::smatch m;
-            if (index++ >= first_line && std::regex_search(line, m, pattern)) {
-                std::vector<std::string> groups;
-                for (const auto& g : m) {
-                    groups.push_back(g.str());
-                }
-                return groups;
+            if (index++ >= first_line && matches(line)) {
+                return line;
             }
         }
         if (closed_ || Clock::now() >= deadline) {
@@ -362,12 +357,18 @@ long rss_kib(pid_t pid) {
 }
 
 std::optional<uint16_t> wait_for_port(const OutputBuffer& out, Millis timeout) {
-    static const std::regex kListening(R"(listening on 127\.0\.0\.1:(\d+))");
-    auto m = out.wait_for_line(kListening, timeout);
-    if (!m) {
+    static constexpr std::string_view kListening = "listening on 127.0.0.1:";
+    auto line = out.wait_for_line_containing(kListening, timeout);
+    if (!line) {
         return std::nullopt;
     }
-    return static_cast<uint16_t>(std::stoul((*m)[1]));
+    const char* digits = line->c_str() + line->find(kListening) + kListening.size();
+    unsigned port = 0;
+    auto [end, ec] = std::from_chars(digits, line->c_str() + line->size(), port);
+    if (ec != std::errc{} || end == digits || port == 0 || port > 65535) {
+        return std::nullopt;
+    }
+    return static_cast<uint16_t>(port);
 }
 
 uint16_t closed_port() {
@@ -781,9 +782,8 @@ TestBackend::TestBackend(std::string name) : name_(std::move(name)) {
 
 TestBackend::Counts TestBackend::counts() {
     HttpClient c(port_);
-    ++probes_;
-    Response r = c.request("GET", "/count", {{"Connection", "close"}});
-    Counts counts;
+    const std::string target = "/count?probe=" + std::to_string(++probes_);
+    Response r = c.request("GET", target, {{"Connection", "close"}});
     unsigned long long req = 0;
     unsigned long long conn = 0;
     long long open = 0;
@@ -791,34 +791,37 @@ TestBackend::Counts TestBackend::counts() {
                                        &req, &conn, &open) != 3) {
         throw HttpError("unexpected /count answer: " + r.head + r.body);
     }
+    // The backend logs a request before it answers, and its log lines arrive in order.
+    if (!wait_for_request("GET " + target)) {
+        throw std::runtime_error("the backend's log line for " + target + " never arrived");
+    }
+    Counts counts;
     counts.requests = req - probes_;
     counts.connections = conn - probes_;
     counts.open = open - 1;
     return counts;
 }
 
-std::vector<std::string> TestBackend::requests_seen() const {
+std::vector<std::string> TestBackend::requests_seen() {
+    counts();
+    return requests_logged();
+}
+
+std::vector<std::string> TestBackend::requests_logged() const {
     std::vector<std::string> out;
     for (auto& line : process_->out().lines()) {
-        if (line.starts_with("request ")) {
+        if (line.starts_with("request ") && !line.starts_with("request GET /count?probe=")) {
             out.push_back(line.substr(8));
         }
     }
-    // The helper's own /count queries are not the test's business.
-    std::erase(out, std::string("GET /count"));
     return out;
 }
 
 bool TestBackend::wait_for_request(std::string_view request, Millis timeout) const {
-    std::string pattern = "^request ";
-    for (char c : request) {
-        if (std::strchr(R"(\^$.|?*+()[]{})", c) != nullptr) {
-            pattern += '\\';
-        }
-        pattern += c;
-    }
-    pattern += '$';
-    return process_->out().wait_for_line(std::regex(pattern), timeout).has_value();
+    const std::string want = "request " + std::string(request);
+    return process_->out()
+        .wait_for_line([&](std::string_view line) { return line == want; }, timeout)
+        .has_value();
 }
 
 void TestBackend::kill() {

@@ -13,7 +13,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <regex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -47,12 +46,17 @@ public:
     std::string text() const;
     std::vector<std::string> lines() const; // complete lines only
 
-    // Waits until a complete line (at index `first_line` or later) matches `pattern` (searched
-    // anywhere in the line). Returns the match and its groups, or nullopt on timeout or on EOF
-    // without a match.
-    std::optional<std::vector<std::string>> wait_for_line(const std::regex& pattern,
-                                                          Millis timeout = kWait,
-                                                          std::size_t first_line = 0) const;
+    // Waits until a complete line (at index `first_line` or later) satisfies `matches`.
+    // Returns that line, or nullopt on timeout or on EOF without a match.
+    std::optional<std::string> wait_for_line(const std::function<bool(std::string_view)>& matches,
+                                             Millis timeout = kWait,
+                                             std::size_t first_line = 0) const;
+    // Waits until a complete line contains `needle`.
+    std::optional<std::string> wait_for_line_containing(std::string_view needle,
+                                                        Millis timeout = kWait) const {
+        return wait_for_line(
+            [needle](std::string_view line) { return line.find(needle) != line.npos; }, timeout);
+    }
 
 private:
     mutable std::mutex mutex_;
@@ -244,11 +248,15 @@ public:
         uint64_t connections = 0; // connections accepted, not counting this helper's own
         int64_t open = 0;         // connections open now, not counting the query's own
     };
-    // Asks the backend directly (GET /count, not through any proxy).
+    // Asks the backend directly (GET /count?probe=K, not through any proxy) and waits until
+    // the probe's own log line has arrived, so that requests_seen() is complete afterwards.
     Counts counts();
 
-    // The "METHOD TARGET" of every request the backend has read so far, in order.
-    std::vector<std::string> requests_seen() const;
+    // The "METHOD TARGET" of every request the backend has read so far, in order, without this
+    // helper's probes. Synchronised by a counts() probe: nothing read before the call is missing.
+    std::vector<std::string> requests_seen();
+    // The same without synchronising: may lag a little behind the backend (for polling).
+    std::vector<std::string> requests_logged() const;
     // Waits until the backend has read a request whose "METHOD TARGET" equals `request`.
     bool wait_for_request(std::string_view request, Millis timeout = kWait) const;
 

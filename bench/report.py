@@ -28,6 +28,14 @@ def split_config(config):
     return name, threads or "-"
 
 
+def valid(sample):
+    """A run counts when wrk ran (req/s > 0) and the proxy was alive at its end (errors >= 0)."""
+    try:
+        return float(sample["rps"]) > 0 and int(sample["errors"]) >= 0
+    except ValueError:
+        return False
+
+
 def fmt(v, digits=0):
     return "n/a" if v is None else f"{v:,.{digits}f}"
 
@@ -70,30 +78,45 @@ def main():
       f"{meta.get('loadavg_after', '?')}")
     if meta.get("unfinished"):
         p(f"- **not measured (did not serve): {meta['unfinished']}**")
+    if meta.get("restarts"):
+        p(f"- **exited during the run and were restarted: {meta['restarts']}** "
+          "(see the run's log for the exit status)")
     p()
     p("## Throughput and latency (median across rounds)")
     p()
     p("| target | threads | req/s | req/s min-max | p50 ms | p99 ms | RSS after load MiB | errors |")
     p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    invalid_total = 0
     for c in configs:
         rows = [s for s in samples if s["config"] == c]
-        rps = [float(s["rps"]) for s in rows]
-        m = {
-            "rps": statistics.median(rps),
-            "p50": statistics.median(float(s["p50_ms"]) for s in rows),
-            "p99": statistics.median(float(s["p99_ms"]) for s in rows),
-            "rss": statistics.median(float(s["rss_kib"]) for s in rows) / MIB,
-            "errors": sum(int(s["errors"]) for s in rows),
-        }
-        med[c] = m
+        good = [s for s in rows if valid(s)]
+        invalid = len(rows) - len(good)
+        invalid_total += invalid
         name, threads = split_config(c)
         label = "backends directly" if name == "direct" else name
-        p(f"| {label} | {threads} | {fmt(m['rps'])} | {fmt(min(rps))}-{fmt(max(rps))} | "
+        if not good:
+            p(f"| {label} | {threads} | n/a | no valid run of {len(rows)} | | | | |")
+            continue
+        rps = [float(s["rps"]) for s in good]
+        m = {
+            "rps": statistics.median(rps),
+            "p50": statistics.median(float(s["p50_ms"]) for s in good),
+            "p99": statistics.median(float(s["p99_ms"]) for s in good),
+            "rss": statistics.median(float(s["rss_kib"]) for s in good) / MIB,
+            "errors": sum(int(s["errors"]) for s in good),
+        }
+        med[c] = m
+        runs = f" ({len(good)} of {len(rows)} runs)" if invalid else ""
+        p(f"| {label} | {threads} | {fmt(m['rps'])}{runs} | {fmt(min(rps))}-{fmt(max(rps))} | "
           f"{m['p50']:.2f} | {m['p99']:.2f} | {m['rss']:.1f} | {m['errors']} |")
     p()
     p("RSS is VmRSS sampled right after each run (nginx: its worker processes summed; "
       "the backends' row is the backend nginx worker). Errors are wrk's non-2xx responses "
       "plus socket errors, summed over all rounds.")
+    if invalid_total:
+        p()
+        p(f"{invalid_total} run(s) were left out: wrk could not run, or the proxy was not "
+          "running at the end of the run.")
 
     threads_seen = sorted({split_config(c)[1] for c in configs if c != "direct"}, key=int)
     if any(f"liege:{t}" in med for t in threads_seen):

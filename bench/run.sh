@@ -311,36 +311,65 @@ start backend "$BACKEND_CPUS" nginx -p "$TMP" -e "$TMP/backend.error.log" -c "$T
 wait_http "$B1" "${MAIN_PID[backend]}" backend || die "backend failed: $(cat "$TMP/backend.out" "$TMP/backend.error.log")"
 wait_http "$B2" "${MAIN_PID[backend]}" backend || die "backend failed"
 
+# launch PROXY:THREADS: start that proxy and wait until it answers 200.
+launch() {
+    local key=$1 p=${1%:*} t=${1#*:} cpus port=${PORT[$1]}
+    cpus=$(proxy_cpus "$t")
+    case $p in
+    liege)
+        [[ -x $LIEGE ]] || die "$LIEGE not built"
+        start "$key" "$cpus" "$LIEGE" router --listen "127.0.0.1:$port" --backend "127.0.0.1:$B1" \
+            --backend "127.0.0.1:$B2" --threads "$t" --access-log off
+        ;;
+    nginx)
+        nginx_proxy_conf "$t" "$port" >"$TMP/nginx-$t.conf"
+        start "$key" "$cpus" nginx -p "$TMP" -e "$TMP/nginx-$t.error.log" -c "$TMP/nginx-$t.conf" \
+            -g 'daemon off;'
+        ;;
+    haproxy)
+        haproxy_conf "$t" "$port" >"$TMP/haproxy-$t.cfg"
+        start "$key" "$cpus" haproxy -db -f "$TMP/haproxy-$t.cfg"
+        ;;
+    *) die "unknown proxy $p" ;;
+    esac
+    if ! wait_http "$port" "${MAIN_PID[$key]}" "$key"; then
+        tail -20 "$TMP/$key.out" >&2 || true
+        return 1
+    fi
+    log "$key on 127.0.0.1:$port (pids: $(rss_pids "$key" | tr '\n' ' ')CPUs $cpus)"
+}
+
+# forget PID: drop a reaped pid from PIDS so cleanup never signals a reused one.
+forget() {
+    local keep=() x
+    for x in "${PIDS[@]}"; do [[ $x == "$1" ]] || keep+=("$x"); done
+    PIDS=("${keep[@]}")
+}
+
+# ensure_running CONFIG: if the proxy exited (crashed, or killed from outside
+# the script), say so, count it, and start it again; fails if it will not serve.
+declare -A RESTARTS
+ensure_running() {
+    local c=$1 pid status=0
+    [[ $c == direct ]] && c=backend
+    pid=${MAIN_PID[$c]}
+    kill -0 "$pid" 2>/dev/null && return 0
+    wait "$pid" 2>/dev/null || status=$?
+    forget "$pid"
+    log "WARNING: $c (pid $pid) exited with status $status ($( ((status > 128)) && kill -l $((status - 128)) || echo exit)); last log lines:"
+    tail -5 "$TMP/$c.out" >&2 || true
+    RESTARTS[$c]=$((${RESTARTS[$c]:-0} + 1))
+    [[ $c == backend ]] && die "the backend died"
+    launch "$c"
+}
+
 UNFINISHED=() # proxies that did not start or serve
 for t in "${THREADS[@]}"; do
-    cpus=$(proxy_cpus "$t")
     for p in "${PROXY_NAMES[@]}"; do
-        key=$p:$t
-        port=${PORT[$key]}
-        case $p in
-        liege)
-            [[ -x $LIEGE ]] || die "$LIEGE not built"
-            start "$key" "$cpus" "$LIEGE" router --listen "127.0.0.1:$port" --backend "127.0.0.1:$B1" \
-                --backend "127.0.0.1:$B2" --threads "$t" --access-log off
-            ;;
-        nginx)
-            nginx_proxy_conf "$t" "$port" >"$TMP/nginx-$t.conf"
-            start "$key" "$cpus" nginx -p "$TMP" -e "$TMP/nginx-$t.error.log" -c "$TMP/nginx-$t.conf" \
-                -g 'daemon off;'
-            ;;
-        haproxy)
-            haproxy_conf "$t" "$port" >"$TMP/haproxy-$t.cfg"
-            start "$key" "$cpus" haproxy -db -f "$TMP/haproxy-$t.cfg"
-            ;;
-        *) die "unknown proxy $p" ;;
-        esac
-        if ! wait_http "$port" "${MAIN_PID[$key]}" "$key"; then
-            tail -20 "$TMP/$key.out" >&2 || true
-            [[ $p == liege ]] || die "$key failed to start"
-            log "WARNING: $key does not serve; it is left out of this run"
-            UNFINISHED+=("$key")
-        else
-            log "$key on 127.0.0.1:$port (pids: $(rss_pids "$key" | tr '\n' ' ')CPUs $cpus)"
+        if ! launch "$p:$t"; then
+            [[ $p == liege ]] || die "$p:$t failed to start"
+            log "WARNING: $p:$t does not serve; it is left out of this run"
+            UNFINISHED+=("$p:$t")
         fi
     done
 done
@@ -377,7 +406,10 @@ parse_wrk() {
         dist && $1 == "99%" { p99 = ms($2); dist = 0 }
         /Non-2xx or 3xx responses:/ { err += $NF }
         /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
-        END { printf "%s %s %s %d\n", rps, p50, p99, err }
+        END {
+            if (rps == "") { print "nan nan nan -1"; exit }  # wrk did not run
+            printf "%s %s %s %d\n", rps, p50 == "" ? "nan" : p50, p99 == "" ? "nan" : p99, err
+        }
     ' "$1"
 }
 
@@ -412,12 +444,18 @@ for ((r = 0; r < ROUNDS; r++)); do
         c=${CONFIGS[(r + k) % n]}
         f="$OUT/raw/round$((r + 1))-${c/:/-}.txt"
         busy=$(cpu_busy 1) # our processes are idle now: this is everyone else
-        run_wrk "$c" "$DURATION" "$f"
+        if ensure_running "$c"; then
+            run_wrk "$c" "$DURATION" "$f"
+        else
+            echo "not running" >"$f"
+        fi
         read -r rps p50 p99 errs <<<"$(parse_wrk "$f")"
         rss=$(rss_of "$c")
-        printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((r + 1)) "$c" "${rps:-0}" "${p50:-0}" "${p99:-0}" \
+        # A proxy that died during the run invalidates it (wrk counts errors too).
+        if [[ $c != direct ]] && ! kill -0 "${MAIN_PID[$c]}" 2>/dev/null; then errs=-1; fi
+        printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((r + 1)) "$c" "$rps" "$p50" "$p99" \
             "$rss" "$errs" "$busy" >>"$SAMPLES"
-        log "round $((r + 1))/$ROUNDS $(printf '%-10s' "$c") ${rps:-?} req/s  p50 ${p50:-?} ms  p99 ${p99:-?} ms  rss $((rss / 1024)) MiB  errors $errs  (busy before: $busy%)"
+        log "round $((r + 1))/$ROUNDS $(printf '%-10s' "$c") $rps req/s  p50 $p50 ms  p99 $p99 ms  rss $((rss / 1024)) MiB  errors $errs  (busy before: $busy%)"
     done
 done
 
@@ -428,6 +466,7 @@ printf 'config\tconns\theld\tpending\tfailed\tbad_status\tclosed_by_peer\trss_be
 if [[ $IDLE_CONNS -gt 0 ]]; then
     for c in "${CONFIGS[@]}"; do
         [[ $c == direct ]] && continue
+        ensure_running "$c" || continue
         before=$(rss_of "$c")
         ilog="$OUT/raw/idle-${c/:/-}.txt"
         python3 "$BENCH/idle_conns.py" --port "${PORT[$c]}" --count "$IDLE_CONNS" --open-timeout 60 \
@@ -443,7 +482,7 @@ if [[ $IDLE_CONNS -gt 0 ]]; then
         held_rss=$(rss_of "$c")
         kill -TERM "$ipid" 2>/dev/null || true
         wait "$ipid" || true
-        unset 'PIDS[${#PIDS[@]}-1]' # reaped: never signal a pid that may be reused
+        forget "$ipid"
         ready=$(grep '^ready' "$ilog" || echo "ready held=0 bad_status=0 failed=$IDLE_CONNS pending=0")
         done_line=$(grep '^done' "$ilog" || echo "done closed_by_peer=?")
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$IDLE_CONNS" "$(field held "$ready")" \
@@ -471,6 +510,9 @@ fi
         echo "pinning=none"
     fi
     echo "unfinished=${UNFINISHED[*]}"
+    restarts=""
+    for c in "${!RESTARTS[@]}"; do restarts+="$c x${RESTARTS[$c]} "; done
+    echo "restarts=${restarts% }"
     echo "busy_before=$BUSY_BEFORE"
     echo "loadavg_after=$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/meta.txt"

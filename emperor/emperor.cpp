@@ -11,6 +11,7 @@
 
 #include "liege/health.hpp"
 #include "liege/log.hpp"
+#include "liege/logs.hpp"
 
 namespace liege::emperor {
 
@@ -396,11 +397,11 @@ int Emperor::start() {
 }
 
 void Emperor::log_line(const std::string& tag, std::string_view line, bool is_stderr) {
-    (void)is_stderr;
-    spdlog::info("[{}] {}", tag, line);
+    log_worker_line(tag, line, is_stderr);
 }
 
 void Emperor::reopen_logs() {
+    reopen_log_files();
     spdlog::info("emperor: SIGUSR1, logs reopened");
 }
 

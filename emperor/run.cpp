@@ -3,10 +3,17 @@
 
 #include "emperor.hpp"
 #include "liege/log.hpp"
+#include "liege/logs.hpp"
 
 namespace liege {
 
 int run_emperor(const EmperorOptions& options) {
+    // Outlives the loop, so the last lines still reach emperor.log.
+    LogFiles logs(options.log_dir);
+    if (logs.open() != 0) {
+        return 1;
+    }
+    install_log_files(&logs);
     uv_loop_t loop;
     uv_loop_init(&loop);
     std::signal(SIGPIPE, SIG_IGN);
@@ -73,6 +80,7 @@ int run_emperor(const EmperorOptions& options) {
         spdlog::debug("emperor: loop still had handles at exit");
     }
     spdlog::info("emperor: stopped");
+    install_log_files(nullptr);
     return exit_code;
 }
 

@@ -954,6 +954,9 @@ void Emperor::on_control_line(const std::string& line) {
             on_drained(control::decode_drained(j).address);
         } else if (type == "stats") {
             stats_ = control::decode_stats(j);
+            if (stats_listener_) {
+                stats_listener_();
+            }
         }
     } catch (const std::exception& e) {
         spdlog::warn("emperor: bad message from the router: {}", e.what());

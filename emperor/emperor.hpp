@@ -133,6 +133,8 @@ public:
     void reload(const std::string& name, std::function<void(bool, std::string)> done);
     nlohmann::json status() const;
     const control::StatsMessage& router_stats() const { return stats_; }
+    // Runs after each stats message from the router (the admin API derives rates from them).
+    void on_router_stats(std::function<void()> fn) { stats_listener_ = std::move(fn); }
     const std::map<std::string, std::unique_ptr<VassalRt>>& vassals() const { return vassals_; }
     uv_loop_t* loop() const { return loop_; }
     const EmperorOptions& options() const { return options_; }
@@ -190,6 +192,7 @@ private:
     int64_t router_started_ms_ = 0;
     uint64_t routes_version_ = 0;
     control::StatsMessage stats_;
+    std::function<void()> stats_listener_;
     int64_t started_unix_ = 0;
 
     bool shutting_down_ = false;

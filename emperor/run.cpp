@@ -2,6 +2,7 @@
 #include <csignal>
 
 #include "emperor.hpp"
+#include "liege/admin.hpp"
 #include "liege/log.hpp"
 #include "liege/logs.hpp"
 
@@ -20,21 +21,28 @@ int run_emperor(const EmperorOptions& options) {
     int exit_code = 0;
     {
         emperor::Emperor emperor(&loop, options);
-        if (int rc = emperor.start(); rc != 0) {
+        // Bound before anything starts, so a second `liege run` on the same socket stops here.
+        AdminServer admin(emperor);
+        if (admin.start(options.admin) != 0) {
+            exit_code = 1;
+            emperor.shutdown([] {});
+        } else if (int rc = emperor.start(); rc != 0) {
             exit_code = rc;
             emperor.shutdown([] {});
         }
         struct SignalCtx {
             emperor::Emperor* emperor;
+            AdminServer* admin;
             std::vector<UvHandle<uv_signal_t>>* signals;
             int count = 0;
         };
         std::vector<UvHandle<uv_signal_t>> signals;
-        SignalCtx ctx{&emperor, &signals};
+        SignalCtx ctx{&emperor, &admin, &signals};
         auto stop_all = [](SignalCtx* c) {
             for (auto& s : *c->signals) {
                 uv_signal_stop(s.get());
             }
+            c->admin->close();
         };
         for (int signo : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) {
             signals.emplace_back();
@@ -58,10 +66,12 @@ int run_emperor(const EmperorOptions& options) {
                         return;
                     }
                     spdlog::info("emperor: {} received, stopping gracefully", strsignal(signum));
+                    // The admin API answers until everything has stopped.
                     c->emperor->shutdown([c] {
                         for (auto& sig : *c->signals) {
                             uv_signal_stop(sig.get());
                         }
+                        c->admin->close();
                     });
                 },
                 signo);

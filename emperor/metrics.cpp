@@ -1,0 +1,311 @@
+#include "liege/metrics.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include <fmt/format.h>
+
+namespace liege {
+
+using nlohmann::json;
+
+int64_t process_rss_bytes(pid_t pid) {
+    if (pid <= 0) {
+        return -1;
+    }
+    char path[64];
+    std::snprintf(path, sizeof(path), "/proc/%d/statm", static_cast<int>(pid));
+    FILE* f = std::fopen(path, "re");
+    if (f == nullptr) {
+        return -1;
+    }
+    long long size = 0;
+    long long resident = 0;
+    int n = std::fscanf(f, "%lld %lld", &size, &resident);
+    std::fclose(f);
+    if (n != 2) {
+        return -1;
+    }
+    static const long page = ::sysconf(_SC_PAGESIZE);
+    return static_cast<int64_t>(resident) * page;
+}
+
+uint64_t total_responses(const control::VassalFigures& f) {
+    uint64_t total = 0;
+    for (uint64_t c : f.responses) {
+        total += c;
+    }
+    return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// RateTracker
+
+void RateTracker::add(const control::StatsMessage& stats, int64_t now_ms) {
+    Sample s;
+    s.at_ms = now_ms;
+    s.router = stats.requests;
+    s.threads = stats.thread_requests;
+    for (const auto& v : stats.vassals) {
+        s.vassals[v.vassal] = total_responses(v);
+    }
+    previous_ = std::move(latest_);
+    latest_ = std::move(s);
+    ++samples_;
+}
+
+bool RateTracker::fresh(int64_t now_ms) const {
+    return samples_ >= 2 && now_ms - latest_.at_ms <= kStaleMs;
+}
+
+double RateTracker::rate(uint64_t before, uint64_t after, int64_t ms) {
+    if (ms <= 0 || after < before) {
+        return 0; // counters went down: a new router started from zero
+    }
+    return static_cast<double>(after - before) * 1000.0 / static_cast<double>(ms);
+}
+
+double RateTracker::router(int64_t now_ms) const {
+    if (!fresh(now_ms)) {
+        return 0;
+    }
+    return rate(previous_.router, latest_.router, latest_.at_ms - previous_.at_ms);
+}
+
+double RateTracker::vassal(const std::string& name, int64_t now_ms) const {
+    if (!fresh(now_ms)) {
+        return 0;
+    }
+    auto after = latest_.vassals.find(name);
+    if (after == latest_.vassals.end()) {
+        return 0;
+    }
+    auto before = previous_.vassals.find(name);
+    return rate(before != previous_.vassals.end() ? before->second : 0, after->second,
+                latest_.at_ms - previous_.at_ms);
+}
+
+std::vector<double> RateTracker::threads(int64_t now_ms) const {
+    std::vector<double> out(latest_.threads.size(), 0.0);
+    if (!fresh(now_ms) || previous_.threads.size() != latest_.threads.size()) {
+        return out;
+    }
+    for (size_t i = 0; i < out.size(); ++i) {
+        out[i] = rate(previous_.threads[i], latest_.threads[i], latest_.at_ms - previous_.at_ms);
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus
+
+std::string prometheus_escape(std::string_view value) {
+    std::string out;
+    out.reserve(value.size());
+    for (char c : value) {
+        switch (c) {
+        case '\\':
+            out += "\\\\";
+            break;
+        case '"':
+            out += "\\\"";
+            break;
+        case '\n':
+            out += "\\n";
+            break;
+        default:
+            out += c;
+        }
+    }
+    return out;
+}
+
+namespace {
+
+// Builds the exposition text one metric family at a time: HELP and TYPE once, then samples.
+class Exposition {
+public:
+    void family(std::string_view name, std::string_view type, std::string_view help) {
+        fmt::format_to(std::back_inserter(out_), "# HELP {} {}\n# TYPE {} {}\n", name, help, name,
+                       type);
+    }
+    // `labels` as alternating names and values; values are escaped here.
+    template <typename Value>
+    void sample(std::string_view name, std::initializer_list<std::string_view> labels,
+                Value value) {
+        out_ += name;
+        if (labels.size() != 0) {
+            out_ += '{';
+            bool first = true;
+            for (auto it = labels.begin(); it != labels.end(); it += 2) {
+                if (!first) {
+                    out_ += ',';
+                }
+                first = false;
+                fmt::format_to(std::back_inserter(out_), "{}=\"{}\"", *it,
+                               prometheus_escape(*(it + 1)));
+            }
+            out_ += '}';
+        }
+        fmt::format_to(std::back_inserter(out_), " {}\n", value);
+    }
+    std::string take() { return std::move(out_); }
+
+private:
+    std::string out_;
+};
+
+std::string le_value(double bound_ms) {
+    return fmt::format("{}", bound_ms / 1000.0);
+}
+
+} // namespace
+
+std::string prometheus_text(const json& status, const control::StatsMessage& stats) {
+    static const json kEmpty = json::array();
+    const json& vassals =
+        status.contains("vassals") && status["vassals"].is_array() ? status["vassals"] : kEmpty;
+    std::map<std::string, const control::VassalFigures*> figures;
+    for (const auto& f : stats.vassals) {
+        figures[f.vassal] = &f;
+    }
+    auto figures_of = [&](const json& v) -> const control::VassalFigures* {
+        auto it = figures.find(v.value("name", std::string()));
+        return it != figures.end() ? it->second : nullptr;
+    };
+    static const control::VassalFigures kNone;
+    Exposition e;
+
+    e.family("liege_requests_total", "counter",
+             "Responses the router sent for a vassal, by status class (5xx includes the router's "
+             "own 502, 503 and 504).");
+    for (const auto& v : vassals) {
+        const auto* f = figures_of(v);
+        const std::string name = v.value("name", std::string());
+        for (int c = 1; c <= 5; ++c) {
+            const std::string code = std::to_string(c) + "xx";
+            e.sample("liege_requests_total", {"vassal", name, "code", code},
+                     (f != nullptr ? f : &kNone)->responses[c]);
+        }
+    }
+
+    e.family("liege_router_errors_total", "counter",
+             "Responses the router made itself for a vassal (502, 503, 504).");
+    for (const auto& v : vassals) {
+        const auto* f = figures_of(v);
+        e.sample("liege_router_errors_total", {"vassal", v.value("name", std::string())},
+                 f != nullptr ? f->router_errors : 0);
+    }
+
+    e.family("liege_requests_in_flight", "gauge",
+             "Requests of a vassal the router has sent on and not yet answered.");
+    for (const auto& v : vassals) {
+        const auto* f = figures_of(v);
+        e.sample("liege_requests_in_flight", {"vassal", v.value("name", std::string())},
+                 f != nullptr ? f->in_flight : 0);
+    }
+
+    e.family("liege_request_duration_seconds", "histogram",
+             "Time from a request reaching the router to its response head, per vassal.");
+    for (const auto& v : vassals) {
+        const auto* f = figures_of(v);
+        if (f == nullptr) {
+            continue; // no histogram until the router has reported on the vassal
+        }
+        const std::string name = v.value("name", std::string());
+        uint64_t cumulative = 0;
+        for (size_t i = 0; i < f->latency_bounds_ms.size() && i < f->latency_buckets.size(); ++i) {
+            cumulative += f->latency_buckets[i];
+            e.sample("liege_request_duration_seconds_bucket",
+                     {"vassal", name, "le", le_value(f->latency_bounds_ms[i])}, cumulative);
+        }
+        uint64_t count = 0;
+        for (uint64_t b : f->latency_buckets) {
+            count += b;
+        }
+        e.sample("liege_request_duration_seconds_bucket", {"vassal", name, "le", "+Inf"}, count);
+        e.sample("liege_request_duration_seconds_sum", {"vassal", name},
+                 static_cast<double>(f->latency_sum_us) / 1e6);
+        e.sample("liege_request_duration_seconds_count", {"vassal", name}, count);
+    }
+
+    // Workers are labelled with their generation too: during a reload, worker 1 of the old and
+    // of the new generation both exist, and two series may not share their labels.
+    auto each_worker = [&](auto&& fn) {
+        for (const auto& v : vassals) {
+            if (!v.contains("workers") || !v["workers"].is_array()) {
+                continue;
+            }
+            for (const auto& w : v["workers"]) {
+                fn(v.value("name", std::string()), std::to_string(w.value("id", 0)),
+                   std::to_string(w.value("generation", uint64_t{0})), w);
+            }
+        }
+    };
+    e.family("liege_worker_restarts_total", "counter",
+             "Times the emperor restarted a worker after it exited or failed.");
+    each_worker([&](const std::string& vassal, const std::string& id, const std::string& gen,
+                    const json& w) {
+        e.sample("liege_worker_restarts_total", {"vassal", vassal, "worker", id, "generation", gen},
+                 w.value("restarts", 0));
+    });
+    e.family("liege_worker_rss_bytes", "gauge", "Resident memory of a worker process.");
+    each_worker([&](const std::string& vassal, const std::string& id, const std::string& gen,
+                    const json& w) {
+        if (w.contains("rss_bytes") && w["rss_bytes"].is_number()) {
+            e.sample("liege_worker_rss_bytes", {"vassal", vassal, "worker", id, "generation", gen},
+                     w["rss_bytes"].get<int64_t>());
+        }
+    });
+    e.family("liege_workers", "gauge", "Workers of a vassal by state.");
+    for (const auto& v : vassals) {
+        std::map<std::string, int> by_state{
+            {"starting", 0}, {"ready", 0}, {"draining", 0}, {"stopped", 0}, {"backoff", 0}};
+        if (v.contains("workers") && v["workers"].is_array()) {
+            for (const auto& w : v["workers"]) {
+                ++by_state[w.value("state", std::string("unknown"))];
+            }
+        }
+        for (const auto& [state, n] : by_state) {
+            e.sample("liege_workers", {"vassal", v.value("name", std::string()), "state", state},
+                     n);
+        }
+    }
+
+    e.family("liege_reloads_total", "counter", "Reloads of a vassal begun.");
+    for (const auto& v : vassals) {
+        e.sample("liege_reloads_total", {"vassal", v.value("name", std::string())},
+                 v.value("reloads", uint64_t{0}));
+    }
+    e.family("liege_reloads_failed_total", "counter",
+             "Reloads of a vassal abandoned (the new generation failed; the old one kept "
+             "serving).");
+    for (const auto& v : vassals) {
+        e.sample("liege_reloads_failed_total", {"vassal", v.value("name", std::string())},
+                 v.value("failed_reloads", uint64_t{0}));
+    }
+    e.family("liege_vassal_generation", "gauge", "The generation of a vassal that serves.");
+    for (const auto& v : vassals) {
+        e.sample("liege_vassal_generation", {"vassal", v.value("name", std::string())},
+                 v.value("generation", uint64_t{0}));
+    }
+
+    e.family("liege_router_connections", "gauge", "Client connections the router has open.");
+    e.sample("liege_router_connections", {}, stats.connections);
+    e.family("liege_router_requests_total", "counter", "Requests the router has read.");
+    e.sample("liege_router_requests_total", {}, stats.requests);
+    e.family("liege_router_thread_requests_total", "counter",
+             "Requests read by each router thread.");
+    for (size_t i = 0; i < stats.thread_requests.size(); ++i) {
+        e.sample("liege_router_thread_requests_total", {"thread", std::to_string(i)},
+                 stats.thread_requests[i]);
+    }
+    if (status.contains("emperor") && status["emperor"].contains("uptime_seconds")) {
+        e.family("liege_uptime_seconds", "gauge", "Time since the emperor started.");
+        e.sample("liege_uptime_seconds", {}, status["emperor"]["uptime_seconds"].get<int64_t>());
+    }
+    return e.take();
+}
+
+} // namespace liege

@@ -1,0 +1,52 @@
+// The admin API: HTTP/1.1 with JSON bodies on `liege run --admin` (unix:PATH by default, or
+// HOST:PORT), served from the emperor's loop.
+//
+//   GET  /status               the emperor, the router and every vassal with live figures
+//   GET  /metrics              Prometheus text format
+//   POST /vassals/NAME/reload  reloads one vassal; answered once it has finished or failed
+//   POST /reload               reloads every vassal; answered once all have, with each outcome
+//
+// A reload answers 200 with {"ok": true, ...} or 500 with {"ok": false, ...}; an unknown vassal
+// 404 with its name; another path 404; a known path with the wrong method 405 with Allow.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "liege/address.hpp"
+
+namespace liege {
+
+namespace emperor {
+class Emperor;
+} // namespace emperor
+
+class AdminServer {
+public:
+    explicit AdminServer(emperor::Emperor& emperor);
+    AdminServer(const AdminServer&) = delete;
+    AdminServer& operator=(const AdminServer&) = delete;
+    ~AdminServer();
+
+    // Listens on `address` (a stale unix socket file is replaced; one another process still
+    // answers on is not). Logs "admin API on ADDR" with the real address. Returns 0 or a
+    // negative errno, logged.
+    int start(const Address& address);
+    // Stops listening, closes every connection and removes the unix socket file. Idempotent.
+    void close();
+    // The bound address (port 0 resolved), once started.
+    const Address& address() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// The vassal name in "/vassals/NAME/reload" (percent-decoded), or nullopt for another path.
+std::optional<std::string> reload_target(std::string_view path);
+
+} // namespace liege

@@ -12,6 +12,9 @@ int main(int argc, char** argv) {
     liege::cli::add_run_command(app, exit_code);
     liege::cli::add_router_command(app, exit_code);
     liege::cli::add_check_command(app, exit_code);
+    liege::cli::add_status_command(app, exit_code);
+    liege::cli::add_reload_command(app, exit_code);
+    liege::cli::add_top_command(app, exit_code);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -1,0 +1,266 @@
+#include "liege/status_table.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace liege {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kReset = "\033[0m";
+constexpr const char* kBold = "\033[1m";
+constexpr const char* kDim = "\033[2m";
+constexpr const char* kRed = "\033[31m";
+constexpr const char* kGreen = "\033[32m";
+constexpr const char* kYellow = "\033[33m";
+
+// Fields read defensively: an older or newer liege may leave one out or make it null.
+int64_t integer(const json& j, const char* key) {
+    if (!j.is_object()) {
+        return 0;
+    }
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number()) {
+        return 0;
+    }
+    return it->is_number_float() ? static_cast<int64_t>(it->get<double>()) : it->get<int64_t>();
+}
+
+double real(const json& j, const char* key) {
+    if (!j.is_object()) {
+        return 0;
+    }
+    auto it = j.find(key);
+    return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
+}
+
+std::string text(const json& j, const char* key, std::string fallback = "") {
+    if (!j.is_object()) {
+        return fallback;
+    }
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+
+const json& array(const json& j, const char* key) {
+    static const json kEmpty = json::array();
+    if (!j.is_object()) {
+        return kEmpty;
+    }
+    auto it = j.find(key);
+    return it != j.end() && it->is_array() ? *it : kEmpty;
+}
+
+struct Cell {
+    std::string text;
+    const char* colour = nullptr; // nullptr = none
+    bool right = false;           // numbers are right-aligned
+};
+
+const char* state_colour(const std::string& state) {
+    if (state == "running" || state == "ready") {
+        return kGreen;
+    }
+    if (state == "starting" || state == "reloading" || state == "draining") {
+        return kYellow;
+    }
+    if (state == "failed" || state == "backoff") {
+        return kRed;
+    }
+    if (state == "stopping" || state == "stopped") {
+        return kDim;
+    }
+    return nullptr;
+}
+
+} // namespace
+
+std::string format_bytes(int64_t bytes) {
+    if (bytes < 0) {
+        return "-";
+    }
+    if (bytes < 1024) {
+        return fmt::format("{} B", bytes);
+    }
+    static constexpr std::array<const char*, 4> kUnits = {"KiB", "MiB", "GiB", "TiB"};
+    double value = static_cast<double>(bytes) / 1024.0;
+    size_t unit = 0;
+    while (value >= 1024.0 && unit + 1 < kUnits.size()) {
+        value /= 1024.0;
+        ++unit;
+    }
+    return fmt::format("{:.1f} {}", value, kUnits[unit]);
+}
+
+std::string format_uptime(int64_t seconds) {
+    if (seconds < 0) {
+        seconds = 0;
+    }
+    if (seconds < 60) {
+        return fmt::format("{}s", seconds);
+    }
+    if (seconds < 3600) {
+        return fmt::format("{}m{:02}s", seconds / 60, seconds % 60);
+    }
+    if (seconds < 86400) {
+        return fmt::format("{}h{:02}m", seconds / 3600, seconds % 3600 / 60);
+    }
+    return fmt::format("{}d{:02}h", seconds / 86400, seconds % 86400 / 3600);
+}
+
+std::string format_rate(double per_second) {
+    if (!(per_second > 0.0) || std::isinf(per_second)) {
+        return "0";
+    }
+    if (per_second < 100.0) {
+        std::string s = fmt::format("{:.1f}", per_second);
+        if (s.ends_with(".0")) {
+            s.resize(s.size() - 2);
+        }
+        return s;
+    }
+    return fmt::format("{:.0f}", per_second);
+}
+
+std::string format_vassal_table(const json& status, const TableStyle& style) {
+    static const std::vector<std::string> kHeads = {"VASSAL",   "STATE", "GEN",    "WORKERS",
+                                                    "REQUESTS", "REQ/S", "ERRORS", "RESTARTS",
+                                                    "RSS",      "UPTIME"};
+    std::vector<std::vector<Cell>> rows;
+    for (const json& v : array(status, "vassals")) {
+        const std::string state = text(v, "state", "?");
+        const json& workers = array(v, "workers");
+        int64_t ready = integer(v, "workers_ready");
+        int64_t total = integer(v, "workers_total");
+        if (!v.contains("workers_ready")) {
+            ready = std::count_if(workers.begin(), workers.end(),
+                                  [](const json& w) { return text(w, "state") == "ready"; });
+        }
+        if (!v.contains("workers_total")) {
+            total = static_cast<int64_t>(workers.size());
+        }
+        const int64_t errors = integer(v, "errors");
+        const char* workers_colour = ready >= total ? nullptr : ready == 0 ? kRed : kYellow;
+        rows.push_back({
+            {text(v, "name", "?"), nullptr, false},
+            {state, state_colour(state), false},
+            {std::to_string(integer(v, "generation")), nullptr, true},
+            {fmt::format("{}/{}", ready, total), workers_colour, true},
+            {std::to_string(integer(v, "requests")), nullptr, true},
+            {format_rate(real(v, "requests_per_second")), nullptr, true},
+            {std::to_string(errors), errors > 0 ? kRed : nullptr, true},
+            {std::to_string(integer(v, "restarts")), integer(v, "restarts") > 0 ? kYellow : nullptr,
+             true},
+            {format_bytes(v.contains("rss_bytes") ? integer(v, "rss_bytes") : -1), nullptr, true},
+            {format_uptime(integer(v, "uptime_seconds")), nullptr, true},
+        });
+    }
+    std::vector<size_t> width(kHeads.size());
+    for (size_t i = 0; i < kHeads.size(); ++i) {
+        width[i] = kHeads[i].size();
+        for (const auto& row : rows) {
+            width[i] = std::max(width[i], row[i].text.size());
+        }
+    }
+    std::string out;
+    auto put = [&](const Cell& cell, size_t i) {
+        if (i != 0) {
+            out += "  ";
+        }
+        const size_t pad = width[i] - cell.text.size();
+        const bool last = i + 1 == kHeads.size();
+        if (cell.right) {
+            out.append(pad, ' ');
+        }
+        if (style.colour && cell.colour != nullptr) {
+            out += cell.colour;
+            out += cell.text;
+            out += kReset;
+        } else {
+            out += cell.text;
+        }
+        if (!cell.right && !last) {
+            out.append(pad, ' ');
+        }
+    };
+    if (style.colour) {
+        out += kBold;
+    }
+    for (size_t i = 0; i < kHeads.size(); ++i) {
+        // Headings line up with their column: right-aligned over numbers.
+        put({kHeads[i], nullptr, i >= 2}, i);
+    }
+    if (style.colour) {
+        out += kReset;
+    }
+    out += '\n';
+    for (const auto& row : rows) {
+        for (size_t i = 0; i < row.size(); ++i) {
+            put(row[i], i);
+        }
+        out += '\n';
+    }
+    if (rows.empty()) {
+        out += "(no vassals)\n";
+    }
+    return out;
+}
+
+std::string format_status(const json& status, const TableStyle& style) {
+    const json empty = json::object();
+    const json& e = status.contains("emperor") ? status["emperor"] : empty;
+    const json& r = status.contains("router") ? status["router"] : empty;
+    std::string out;
+    out +=
+        fmt::format("emperor pid {}, up {}, {} vassal(s)", integer(e, "pid"),
+                    format_uptime(integer(e, "uptime_seconds")), array(status, "vassals").size());
+    if (e.contains("rss_bytes")) {
+        out += ", RSS " + format_bytes(integer(e, "rss_bytes"));
+    }
+    if (!text(e, "admin").empty()) {
+        out += ", admin " + text(e, "admin");
+    }
+    out += '\n';
+    out += fmt::format("router pid {}, {} connection(s), {} request(s), {} req/s",
+                       integer(r, "pid"), integer(r, "connections"), integer(r, "requests"),
+                       format_rate(real(r, "requests_per_second")));
+    const json& threads = array(r, "thread_requests");
+    const json& rates = array(r, "thread_requests_per_second");
+    if (!threads.empty()) {
+        out += ", per thread:";
+        for (size_t i = 0; i < threads.size(); ++i) {
+            out += fmt::format(" {}", threads[i].is_number() ? threads[i].get<int64_t>() : 0);
+            if (i < rates.size() && rates[i].is_number()) {
+                out += fmt::format(" ({}/s)", format_rate(rates[i].get<double>()));
+            }
+        }
+    }
+    out += "\n\n";
+    out += format_vassal_table(status, style);
+    bool first = true;
+    for (const json& v : array(status, "vassals")) {
+        const std::string error = text(v, "last_error");
+        if (error.empty()) {
+            continue;
+        }
+        if (first) {
+            out += '\n';
+            first = false;
+        }
+        std::string age;
+        if (style.now_unix != 0 && integer(v, "last_error_time") != 0) {
+            age = " (" + format_uptime(style.now_unix - integer(v, "last_error_time")) + " ago)";
+        }
+        out += fmt::format("{}{}{}: last error{}: {}\n", style.colour ? kRed : "",
+                           text(v, "name", "?"), style.colour ? kReset : "", age, error);
+    }
+    return out;
+}
+
+} // namespace liege

@@ -49,7 +49,7 @@ int Balancer::pick(uint64_t exclude, int64_t now_ms) {
             continue;
         }
         const Backend& b = *backends_[i];
-        if (!b.is_up(now_ms) || b.draining.load(std::memory_order_relaxed)) {
+        if (excluded_[i] != 0 || !b.is_up(now_ms)) {
             continue;
         }
         if (policy_ == LbPolicy::RoundRobin) {

@@ -1,24 +1,27 @@
 #include "control_channel.hpp"
 
+#include <algorithm>
+
 #include "liege/log.hpp"
 
 namespace liege::router {
 
 std::vector<std::shared_ptr<const RouteSnapshot>>
 RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
-                    std::vector<std::string>& idle_draining) {
+                    std::vector<std::shared_ptr<Backend>>& to_drain) {
     std::map<std::string, std::shared_ptr<Backend>> next_backends;
     std::map<std::string, std::shared_ptr<VassalStats>> next_vassals;
     struct PoolSpec {
         std::string vassal;
         uint64_t generation;
         std::vector<std::shared_ptr<Backend>> backends;
+        std::vector<char> draining;
         std::shared_ptr<VassalStats> stats;
     };
     std::vector<PoolSpec> pools;
     std::vector<RouteEntry> entries;
     for (const auto& r : m.routes) {
-        PoolSpec pool{r.vassal, r.generation, {}, nullptr};
+        PoolSpec pool{r.vassal, r.generation, {}, {}, nullptr};
         auto vit = vassals_.find(r.vassal);
         pool.stats = vit != vassals_.end() ? vit->second : std::make_shared<VassalStats>();
         next_vassals[r.vassal] = pool.stats;
@@ -37,11 +40,16 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
                 }
             }
             next_backends[b.address] = be;
-            bool was_draining = be->draining.exchange(b.draining);
-            if (b.draining && !was_draining && be->in_flight.load() == 0) {
-                idle_draining.push_back(be->name);
+            if (b.draining) {
+                // Marked on the Backend only once every thread has stopped picking it.
+                if (!be->draining.load()) {
+                    to_drain.push_back(be);
+                }
+            } else {
+                be->draining.store(false);
             }
             pool.backends.push_back(be);
+            pool.draining.push_back(b.draining ? 1 : 0);
         }
         RouteEntry e;
         e.vassal = r.vassal;
@@ -61,13 +69,21 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
     vassals_ = std::move(next_vassals);
 
     std::vector<std::shared_ptr<const RouteSnapshot>> out;
+    const uint64_t version = version_++;
     for (size_t t = 0; t < threads; ++t) {
         auto snap = std::make_shared<RouteSnapshot>();
+        snap->version = version;
         snap->table = RouteTable(entries);
         for (const auto& p : pools) {
-            snap->pools.push_back(
-                std::make_unique<Pool>(p.vassal, p.generation, policy_, p.backends, p.stats));
+            snap->pools.push_back(std::make_unique<Pool>(p.vassal, p.generation, policy_,
+                                                         p.backends, p.draining, p.stats));
+            for (size_t i = 0; i < p.backends.size(); ++i) {
+                if (p.draining[i] == 0) {
+                    snap->serving.push_back(p.backends[i].get());
+                }
+            }
         }
+        std::sort(snap->serving.begin(), snap->serving.end());
         out.push_back(std::move(snap));
     }
     return out;
@@ -145,6 +161,9 @@ ControlChannel::ControlChannel(uv_loop_t* loop, int fd, Shared& shared,
         std::lock_guard lock(shared_.drained_mu);
         shared_.drained_async = drained_;
     }
+    drain_timer_ = new uv_timer_t;
+    uv_timer_init(loop, drain_timer_);
+    drain_timer_->data = this;
     stats_timer_ = new uv_timer_t;
     uv_timer_init(loop, stats_timer_);
     stats_timer_->data = this;
@@ -184,6 +203,7 @@ void ControlChannel::close() {
     uv_close(reinterpret_cast<uv_handle_t*>(pipe_), free_handle);
     uv_close(reinterpret_cast<uv_handle_t*>(drained_), free_handle);
     uv_close(reinterpret_cast<uv_handle_t*>(stats_timer_), free_handle);
+    uv_close(reinterpret_cast<uv_handle_t*>(drain_timer_), free_handle);
 }
 
 void ControlChannel::on_line(const std::string& line) {
@@ -195,10 +215,15 @@ void ControlChannel::on_line(const std::string& line) {
             return;
         }
         control::RoutesMessage m = control::decode_routes(j);
-        std::vector<std::string> idle;
-        auto snaps = builder_.build(m, workers_.size(), idle);
+        std::vector<std::shared_ptr<Backend>> to_drain;
+        auto snaps = builder_.build(m, workers_.size(), to_drain);
+        const uint64_t version = snaps.empty() ? 0 : snaps.front()->version;
         for (size_t i = 0; i < workers_.size(); ++i) {
             workers_[i]->set_routes(std::move(snaps[i]));
+        }
+        if (!to_drain.empty()) {
+            pending_drains_.push_back({version, std::move(to_drain)});
+            check_drains();
         }
         size_t backends = 0;
         for (const auto& r : m.routes) {
@@ -206,9 +231,6 @@ void ControlChannel::on_line(const std::string& line) {
         }
         spdlog::debug("router: routes version {}: {} route(s), {} backend(s)", m.version,
                       m.routes.size(), backends);
-        for (const auto& name : idle) {
-            send(control::encode(control::DrainedMessage{name}));
-        }
     } catch (const std::exception& e) {
         spdlog::error("router: bad control message: {}", e.what());
     }
@@ -228,6 +250,36 @@ void ControlChannel::send(std::string text) {
     if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(pipe_), &buf, 1,
                  [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
         delete r;
+    }
+}
+
+void ControlChannel::check_drains() {
+    // A backend is marked draining on the Backend itself only after every thread runs a snapshot
+    // that no longer picks it; from then on the last request to leave it reports it drained.
+    // Marking it earlier would let a thread still on the old snapshot find no backend at all.
+    uint64_t applied = UINT64_MAX;
+    for (const auto& w : workers_) {
+        applied = std::min(applied, w->routes_version());
+    }
+    std::vector<std::string> idle;
+    std::erase_if(pending_drains_, [&](PendingDrain& p) {
+        if (p.version > applied) {
+            return false;
+        }
+        for (auto& be : p.backends) {
+            if (!be->draining.exchange(true) && be->in_flight.load() == 0) {
+                idle.push_back(be->name);
+            }
+        }
+        return true;
+    });
+    for (const auto& name : idle) {
+        send(control::encode(control::DrainedMessage{name}));
+    }
+    if (!pending_drains_.empty() && !closed_) {
+        uv_timer_start(
+            drain_timer_,
+            [](uv_timer_t* t) { static_cast<ControlChannel*>(t->data)->check_drains(); }, 2, 0);
     }
 }
 

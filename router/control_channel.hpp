@@ -22,12 +22,16 @@ public:
     explicit RouteBuilder(LbPolicy policy) : policy_(policy) {}
     // One snapshot per thread; marks backends draining/retired as the message says. Backends
     // that are draining and already idle are appended to `idle_draining`.
+    // One snapshot per thread, all with the same new version. Backends the message newly marks
+    // draining are appended to `to_drain` (their Backend::draining is left to the caller).
     std::vector<std::shared_ptr<const RouteSnapshot>>
-    build(const control::RoutesMessage& m, size_t threads, std::vector<std::string>& idle_draining);
+    build(const control::RoutesMessage& m, size_t threads,
+          std::vector<std::shared_ptr<Backend>>& to_drain);
     control::StatsMessage stats() const;
 
 private:
     LbPolicy policy_;
+    uint64_t version_ = 1;
     std::map<std::string, std::shared_ptr<Backend>> backends_;
     std::map<std::string, std::shared_ptr<VassalStats>> vassals_;
 };
@@ -44,6 +48,14 @@ private:
     void send(std::string text);
     void send_drained();
     void send_stats();
+    void check_drains();
+
+    struct PendingDrain {
+        uint64_t version;
+        std::vector<std::shared_ptr<Backend>> backends;
+    };
+    std::vector<PendingDrain> pending_drains_;
+    uv_timer_t* drain_timer_ = nullptr;
 
     uv_loop_t* loop_;
     Shared& shared_;

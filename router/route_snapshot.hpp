@@ -5,6 +5,7 @@
 // VassalStats objects are shared between the copies, since their figures are per backend.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -42,8 +43,8 @@ struct VassalStats {
 
 struct Pool {
     Pool(std::string v, uint64_t g, LbPolicy policy, std::vector<std::shared_ptr<Backend>> b,
-         std::shared_ptr<VassalStats> st)
-        : vassal(std::move(v)), generation(g), balancer(policy, std::move(b)),
+         std::vector<char> draining, std::shared_ptr<VassalStats> st)
+        : vassal(std::move(v)), generation(g), balancer(policy, std::move(b), std::move(draining)),
           stats(std::move(st)) {}
     std::string vassal;
     uint64_t generation;
@@ -52,8 +53,12 @@ struct Pool {
 };
 
 struct RouteSnapshot {
+    uint64_t version = 0;
     RouteTable table; // entry.index = index into pools
     std::vector<std::unique_ptr<Pool>> pools;
+    std::vector<Backend*> serving; // backends some pool routes new requests to, sorted
+
+    bool serves(Backend* b) const { return std::binary_search(serving.begin(), serving.end(), b); }
 };
 
 } // namespace liege::router

@@ -87,7 +87,7 @@ int run_router(const RouterOptions& options) {
     }
     router::RouteBuilder static_builder(options.lb);
     {
-        std::vector<std::string> unused;
+        std::vector<std::shared_ptr<Backend>> unused;
         auto snaps = static_builder.build(static_routes, threads, unused);
         for (unsigned i = 0; i < threads; ++i) {
             workers[i]->set_routes(std::move(snaps[i]));

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -194,11 +195,12 @@ void Worker::apply_routes() {
         return;
     }
     routes_ = std::move(next);
-    // Pooled connections to backends being drained or gone would keep their workers busy.
+    routes_version_.store(routes_->version, std::memory_order_release);
+    // Pooled connections to backends no longer serving (draining or gone) would keep their
+    // workers busy.
     for (auto it = idle_.begin(); it != idle_.end();) {
         Backend* b = it->first;
-        if (b->draining.load(std::memory_order_relaxed) ||
-            b->retired.load(std::memory_order_relaxed)) {
+        if (!routes_->serves(b)) {
             auto list = std::move(it->second);
             it = idle_.erase(it);
             for (Upstream* up : list) {
@@ -354,7 +356,7 @@ Upstream* Worker::take_idle(Backend* backend) {
 
 void Worker::park_idle(Upstream* up) {
     Backend* b = up->backend();
-    if (b->draining.load(std::memory_order_relaxed) || b->retired.load(std::memory_order_relaxed)) {
+    if (!routes_->serves(b)) {
         up->close();
         return;
     }

@@ -154,6 +154,8 @@ public:
     // Thread-safe: hands this thread a new snapshot (applied on its loop).
     void set_routes(std::shared_ptr<const RouteSnapshot> routes);
     uint64_t requests() const { return requests_.load(std::memory_order_relaxed); }
+    // The version of the snapshot this thread routes by (0 before the first).
+    uint64_t routes_version() const { return routes_version_.load(std::memory_order_acquire); }
 
     // Upstream pool: an idle connection to backend `b`, or nullptr.
     Upstream* take_idle(Backend* b);
@@ -191,6 +193,7 @@ private:
     std::mutex routes_mu_;
     std::shared_ptr<const RouteSnapshot> pending_routes_; // guarded by routes_mu_
     std::atomic<uint64_t> requests_{0};
+    std::atomic<uint64_t> routes_version_{0};
     void apply_routes();
     void close_idle_upstreams();
     ListNode clients_;

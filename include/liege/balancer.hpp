@@ -57,8 +57,13 @@ int64_t steady_now_ms();
 
 class Balancer {
 public:
-    Balancer(LbPolicy policy, std::vector<std::shared_ptr<Backend>> backends)
-        : policy_(policy), backends_(std::move(backends)) {}
+    // `excluded[i]` (optional) keeps backend i out of every pick: a draining backend, as this
+    // route snapshot sees it.
+    Balancer(LbPolicy policy, std::vector<std::shared_ptr<Backend>> backends,
+             std::vector<char> excluded = {})
+        : policy_(policy), backends_(std::move(backends)), excluded_(std::move(excluded)) {
+        excluded_.resize(backends_.size(), 0);
+    }
 
     // Picks a backend that is up, not draining and not in `exclude` (indices already tried for this
     // request, as a bit mask over the first 64 backends). Returns its index, or -1 when no backend
@@ -72,6 +77,7 @@ public:
 private:
     LbPolicy policy_;
     std::vector<std::shared_ptr<Backend>> backends_;
+    std::vector<char> excluded_;
     std::atomic<uint64_t> cursor_{0};
 };
 

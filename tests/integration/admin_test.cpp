@@ -1,0 +1,758 @@
+// Operating liege (issue 4) as a user does: the real `liege run` with real vassals
+// (liege-test-backend workers), the admin API over HTTP, the `liege status`, `reload` and `top`
+// commands, and the log files of --log-dir.
+//
+// The admin API listens on 127.0.0.1:0 in most tests (the emperor logs `admin API on ADDR`) so
+// the harness's HTTP client can talk to it; the unix socket default is covered by the CLI tests.
+// Figures the router reports arrive once a second, so every check of a figure is a bounded poll.
+// Tear-down stops the emperor with SIGTERM and asserts exit code 0, that every worker it
+// reported in /status is gone, and (unless a test provokes errors) no error-level log line.
+#include <gtest/gtest.h>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "harness.hpp"
+
+using namespace liege::test;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr Millis kStart = 20s; // anything that starts processes, on a loaded 2-core box
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+void write_file(const fs::path& path, const std::string& text) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << text;
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+    return haystack.find(needle) != std::string::npos;
+}
+
+size_t count_of(const std::string& haystack, const std::string& needle) {
+    size_t n = 0;
+    for (auto pos = haystack.find(needle); pos != std::string::npos;
+         pos = haystack.find(needle, pos + needle.size())) {
+        ++n;
+    }
+    return n;
+}
+
+// The port in the first "<prefix>127.0.0.1:PORT" of `text`.
+std::optional<uint16_t> port_after(const std::string& text, const std::string& prefix) {
+    auto pos = text.find(prefix + "127.0.0.1:");
+    if (pos == std::string::npos) {
+        return std::nullopt;
+    }
+    pos += prefix.size() + 10;
+    auto end = text.find_first_not_of("0123456789", pos);
+    if (end == pos) {
+        return std::nullopt;
+    }
+    return static_cast<uint16_t>(std::stoul(text.substr(pos, end - pos)));
+}
+
+// The value of one series in Prometheus text: `series` is the name with its labels.
+std::optional<double> metric_value(const std::string& text, const std::string& series) {
+    auto pos = ("\n" + text).find("\n" + series + " ");
+    if (pos == std::string::npos) {
+        return std::nullopt;
+    }
+    return std::stod(text.substr(pos + series.size() + 1));
+}
+
+bool process_alive(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string text;
+    if (!std::getline(in, text)) {
+        return false;
+    }
+    auto paren = text.rfind(')');
+    return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] != 'Z';
+}
+
+// A `liege` command run to completion.
+struct Cli {
+    int exit_code = -1;
+    std::string out;
+    std::string err;
+};
+
+Cli run_cli(std::vector<std::string> args, Millis timeout = kStart) {
+    args.insert(args.begin(), LIEGE_BINARY);
+    Process p(args);
+    Cli r;
+    auto status = p.wait_exit(timeout);
+    if (!status) {
+        ADD_FAILURE() << "still running after " << timeout.count() << " ms\n" << p.describe();
+        return r;
+    }
+    poll_until([&] { return p.out().closed() && p.err().closed(); });
+    r.exit_code = WIFEXITED(*status) ? WEXITSTATUS(*status) : 128 + WTERMSIG(*status);
+    r.out = p.out().text();
+    r.err = p.err().text();
+    return r;
+}
+
+std::string backend_vassal(int workers, bool log_requests = false) {
+    std::string cmd = std::string("command = [\"") + LIEGE_TEST_BACKEND +
+                      "\", \"--listen\", \"127.0.0.1:${PORT}\", \"--name\", \"${NAME}-${WORKER}\"";
+    if (log_requests) {
+        cmd += ", \"--log-requests\"";
+    }
+    return cmd + "]\nworkers = " + std::to_string(workers) + "\n";
+}
+
+class Admin : public ::testing::Test {
+protected:
+    void SetUp() override {
+        std::string tmpl = (fs::temp_directory_path() / "liege-admin-test.XXXXXX").string();
+        ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
+        root_ = tmpl;
+        vassals_ = root_ / "vassals.d";
+        fs::create_directories(vassals_);
+    }
+
+    void TearDown() override {
+        if (emperor_ && emperor_->running()) {
+            stop_emperor();
+        }
+        if (emperor_ && !allow_errors_) {
+            std::string errors = error_lines();
+            EXPECT_TRUE(errors.empty()) << "error-level log lines:" << errors;
+        }
+        if (emperor_ && HasFailure()) {
+            std::cerr << "---- emperor log ----\n" << log() << "---- end ----\n";
+        }
+        emperor_.reset();
+        std::error_code ec;
+        fs::remove_all(root_, ec);
+    }
+
+    void write_vassal(const std::string& name, const std::string& text) {
+        write_file(vassals_ / ("." + name + ".tmp"), text);
+        fs::rename(vassals_ / ("." + name + ".tmp"), vassals_ / (name + ".toml"));
+    }
+
+    // Starts `liege run` with the admin API on `admin` (default: an ephemeral loopback port)
+    // and waits for both addresses.
+    void start(std::vector<std::string> extra = {}, std::string admin = "127.0.0.1:0") {
+        std::vector<std::string> argv = {
+            LIEGE_BINARY,  "run",     "--vassals", vassals_.string(), "--listen",
+            "127.0.0.1:0", "--admin", admin,       "--threads",       "2"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        for (size_t i = 0; i + 1 < argv.size(); ++i) {
+            if (argv[i] == "--log-dir") {
+                log_dir_ = argv[i + 1];
+            }
+        }
+        admin_text_ = admin;
+        emperor_ = std::make_unique<Process>(argv);
+        ASSERT_TRUE(poll_until([&] { return contains(log(), "emperor: router started"); }, kStart))
+            << emperor_->describe();
+        auto port = port_after(log(), "info listening on ");
+        ASSERT_TRUE(port) << log();
+        port_ = *port;
+        if (!admin.starts_with("unix:")) {
+            auto admin_port = port_after(log(), "admin API on ");
+            ASSERT_TRUE(admin_port) << log();
+            admin_port_ = *admin_port;
+            admin_text_ = "127.0.0.1:" + std::to_string(admin_port_);
+        } else {
+            ASSERT_TRUE(contains(log(), "admin API on " + admin)) << log();
+        }
+    }
+
+    // The emperor's own log: stderr, or emperor.log (and its rotated predecessor) with
+    // --log-dir, where stderr keeps only warnings and errors.
+    std::string log() const {
+        if (log_dir_.empty()) {
+            return emperor_->err().text();
+        }
+        return slurp(log_dir_ / "emperor.log.1") + slurp(log_dir_ / "emperor.log") +
+               emperor_->err().text();
+    }
+
+    std::string error_lines() const {
+        std::string out;
+        std::istringstream in(log());
+        for (std::string line; std::getline(in, line);) {
+            if (contains(line, " error ") || contains(line, " critical ")) {
+                out += "\n  " + line;
+            }
+        }
+        return out;
+    }
+
+    void stop_emperor() {
+        std::vector<pid_t> pids;
+        if (admin_port_ != 0) {
+            if (auto s = status()) {
+                for (const auto& v : (*s)["vassals"]) {
+                    for (const auto& w : v["workers"]) {
+                        pids.push_back(w["pid"].get<pid_t>());
+                    }
+                }
+                pids.push_back((*s)["router"]["pid"].get<pid_t>());
+            }
+        }
+        emperor_->signal(SIGTERM);
+        auto st = emperor_->wait_exit(30s);
+        ASSERT_TRUE(st) << "the emperor did not exit within 30 s of SIGTERM";
+        EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe_status(*st);
+        for (pid_t pid : pids) {
+            EXPECT_TRUE(poll_until([&] { return !process_alive(pid); }))
+                << "process " << pid << " outlived the emperor";
+        }
+    }
+
+    Response admin(const std::string& method, const std::string& target) const {
+        HttpClient c(admin_port_);
+        return c.request(method, target, {{"Connection", "close"}});
+    }
+
+    std::optional<json> status() const {
+        try {
+            Response r = admin("GET", "/status");
+            if (r.status != 200) {
+                return std::nullopt;
+            }
+            return json::parse(r.body);
+        } catch (const std::exception&) {
+            return std::nullopt;
+        }
+    }
+
+    // The vassal's entry in /status, or null.
+    json vassal(const std::string& name) const {
+        if (auto s = status()) {
+            for (const auto& v : (*s)["vassals"]) {
+                if (v["name"] == name) {
+                    return v;
+                }
+            }
+        }
+        return nullptr;
+    }
+
+    // Polls /status until `pred(vassal)` holds; returns the last entry seen.
+    json wait_vassal(const std::string& name, const std::function<bool(const json&)>& pred,
+                     Millis timeout = kStart) const {
+        json last;
+        poll_until(
+            [&] {
+                last = vassal(name);
+                return !last.is_null() && pred(last);
+            },
+            timeout, 50ms);
+        return last;
+    }
+
+    bool wait_running(const std::string& name, int workers) const {
+        json v = wait_vassal(name, [&](const json& j) {
+            return j["state"] == "running" && j["workers_ready"] == workers;
+        });
+        return !v.is_null() && v["state"] == "running" && v["workers_ready"] == workers;
+    }
+
+    // Running, and the router routes to it: one GET /id answered 200 (it counts as a request
+    // of the vassal; the router's own "no route" 404s before it do not).
+    bool wait_serving(const std::string& name, int workers) const {
+        return wait_running(name, workers) &&
+               poll_until([&] { return get("/id") == 200; }, kStart, 20ms);
+    }
+
+    int get(const std::string& target) const {
+        try {
+            HttpClient c(port_);
+            return c.request("GET", target, {{"Connection", "close"}}).status;
+        } catch (const HttpError&) {
+            return 0;
+        }
+    }
+
+    fs::path root_;
+    fs::path vassals_;
+    fs::path log_dir_;
+    std::unique_ptr<Process> emperor_;
+    uint16_t port_ = 0;
+    uint16_t admin_port_ = 0;
+    std::string admin_text_;
+    bool allow_errors_ = false;
+};
+
+} // namespace
+
+// ---- GET /status -----------------------------------------------------------------------------
+
+TEST_F(Admin, StatusHasThePinnedShapeAndItsFiguresFollowTheTraffic) {
+    write_vassal("app", backend_vassal(2));
+    start();
+    ASSERT_TRUE(wait_serving("app", 2));
+
+    // The router reports its figures once a second.
+    json s;
+    EXPECT_TRUE(poll_until([&] {
+        s = status().value_or(json::object());
+        return s.contains("router") && s["router"]["thread_requests"].size() == 2;
+    })) << s.dump(2);
+    EXPECT_EQ(s["emperor"]["pid"], emperor_->pid());
+    EXPECT_EQ(s["emperor"]["admin"], admin_text_);
+    EXPECT_EQ(s["emperor"]["listen"][0], "127.0.0.1:" + std::to_string(port_));
+    EXPECT_TRUE(s["emperor"]["uptime_seconds"].is_number());
+    EXPECT_EQ(s["router"]["thread_requests"].size(), 2u);
+    EXPECT_TRUE(s["router"]["connections"].is_number());
+    json v = vassal("app");
+    for (const char* key : {"name", "state", "generation", "file", "hosts", "path", "workers",
+                            "requests", "errors", "last_error", "requests_per_second", "restarts",
+                            "rss_bytes", "uptime_seconds", "workers_total"}) {
+        EXPECT_TRUE(v.contains(key)) << key << " missing from " << v.dump(2);
+    }
+    EXPECT_EQ(v["generation"], 1);
+    EXPECT_EQ(v["file"], (vassals_ / "app.toml").string());
+    EXPECT_EQ(v["hosts"], json::array({"*"}));
+    EXPECT_EQ(v["path"], "/");
+    EXPECT_EQ(v["workers_total"], 2);
+    EXPECT_TRUE(v["last_error"].is_null());
+    ASSERT_EQ(v["workers"].size(), 2u);
+    for (const auto& w : v["workers"]) {
+        for (const char* key :
+             {"id", "pid", "state", "address", "requests", "restarts", "rss_bytes"}) {
+            EXPECT_TRUE(w.contains(key)) << key << " missing from " << w.dump(2);
+        }
+        EXPECT_EQ(w["state"], "ready");
+        EXPECT_TRUE(process_alive(w["pid"].get<pid_t>()));
+        // RSS as /proc reports it for that pid: a live process has some, well under 1 GiB.
+        EXPECT_GT(w["rss_bytes"].get<int64_t>(), 100 * 1024) << w.dump();
+        EXPECT_LT(w["rss_bytes"].get<int64_t>(), int64_t{1} << 30) << w.dump();
+        EXPECT_TRUE(w["requests"].is_number());
+    }
+    EXPECT_TRUE(v["requests"].is_number());
+    EXPECT_EQ(v["errors"], 0);
+    // Without --log-dir, worker output goes to stderr tagged with the worker.
+    EXPECT_TRUE(contains(log(), "[app/1] listening on 127.0.0.1:")) << log();
+
+    // 21 answers from the workers (with wait_serving's), 3 of them 5xx.
+    for (int i = 0; i < 17; ++i) {
+        ASSERT_EQ(get("/id"), 200);
+    }
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_EQ(get("/status?code=503"), 503);
+    }
+    v = wait_vassal("app", [](const json& j) { return j["requests"] == 21; });
+    EXPECT_EQ(v["requests"], 21) << v.dump(2);
+    EXPECT_EQ(v["errors"], 3);
+    EXPECT_EQ(v["responses"]["2xx"], 18);
+    EXPECT_EQ(v["responses"]["5xx"], 3);
+    EXPECT_EQ(v["in_flight"], 0);
+    EXPECT_EQ(v["workers"][0]["requests"].get<int>() + v["workers"][1]["requests"].get<int>(), 21)
+        << "per-worker requests add up: " << v.dump(2);
+    s = status().value_or(json::object());
+    ASSERT_TRUE(s.contains("router"));
+    EXPECT_GE(s["router"]["requests"].get<int>(), 21);
+    EXPECT_GE(s["router"]["thread_requests"][0].get<int>() +
+                  s["router"]["thread_requests"][1].get<int>(),
+              21);
+
+    // A rate shows while traffic flows, and falls back to zero once it stops.
+    bool rated = poll_until(
+        [&] {
+            get("/id");
+            json now = vassal("app");
+            json all = status().value_or(json::object());
+            return !now.is_null() && now["requests_per_second"].get<double>() > 0 &&
+                   all.contains("router") && all["router"]["requests_per_second"].get<double>() > 0;
+        },
+        kStart, 50ms);
+    EXPECT_TRUE(rated) << vassal("app").dump(2);
+    v = wait_vassal("app", [](const json& j) { return j["requests_per_second"] == 0; });
+    EXPECT_EQ(v["requests_per_second"], 0.0);
+}
+
+TEST_F(Admin, StatusShowsARestartedWorkerAndItsError) {
+    write_vassal("app", backend_vassal(1));
+    start();
+    ASSERT_TRUE(wait_running("app", 1));
+    allow_errors_ = true; // the emperor logs the crash at error level
+    pid_t pid = vassal("app")["workers"][0]["pid"].get<pid_t>();
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    json v = wait_vassal("app", [&](const json& j) {
+        return j["restarts"] == 1 && j["workers_ready"] == 1 && j["workers"][0]["pid"] != pid;
+    });
+    EXPECT_EQ(v["restarts"], 1) << v.dump(2);
+    EXPECT_EQ(v["workers"][0]["restarts"], 1);
+    EXPECT_TRUE(v["last_error"].is_string() && contains(v["last_error"], "SIGKILL")) << v.dump(2);
+    EXPECT_TRUE(v["last_error_time"].is_number());
+    Response m = admin("GET", "/metrics");
+    EXPECT_TRUE(contains(m.body, R"(liege_worker_restarts_total{vassal="app",worker="1",)"
+                                 R"(generation="1"} 1)"))
+        << m.body;
+}
+
+// ---- GET /metrics ----------------------------------------------------------------------------
+
+TEST_F(Admin, MetricsInPrometheusFormatFollowTheTraffic) {
+    write_vassal("app", backend_vassal(2));
+    start();
+    ASSERT_TRUE(wait_serving("app", 2)); // one request
+    for (int i = 0; i < 5; ++i) {
+        ASSERT_EQ(get("/id"), 200);
+    }
+    ASSERT_EQ(get("/status?code=404"), 404);
+    ASSERT_EQ(get("/slow?ms=300"), 200);
+    std::string body;
+    std::string content_type;
+    bool counted = poll_until(
+        [&] {
+            Response r = admin("GET", "/metrics");
+            body = r.body;
+            content_type = r.header("Content-Type").value_or("");
+            return r.status == 200 &&
+                   contains(body, "liege_requests_total{vassal=\"app\",code=\"2xx\"} 7\n");
+        },
+        kStart, 100ms);
+    ASSERT_TRUE(counted) << body;
+    EXPECT_TRUE(content_type.starts_with("text/plain; version=0.0.4")) << content_type;
+    EXPECT_TRUE(contains(body, "# TYPE liege_requests_total counter\n"));
+    EXPECT_TRUE(contains(body, "liege_requests_total{vassal=\"app\",code=\"4xx\"} 1\n"));
+    EXPECT_TRUE(contains(body, "liege_requests_in_flight{vassal=\"app\"} 0\n"));
+    EXPECT_TRUE(contains(body, "# TYPE liege_request_duration_seconds histogram\n"));
+    EXPECT_TRUE(
+        contains(body, "liege_request_duration_seconds_bucket{vassal=\"app\",le=\"+Inf\"} 8\n"))
+        << body;
+    EXPECT_TRUE(contains(body, "liege_request_duration_seconds_count{vassal=\"app\"} 8\n"));
+    // The /slow request took at least 300 ms: above the 250 ms bucket, and in the sum.
+    auto le_250ms =
+        metric_value(body, R"(liege_request_duration_seconds_bucket{vassal="app",le="0.25"})");
+    ASSERT_TRUE(le_250ms) << body;
+    EXPECT_LE(*le_250ms, 7);
+    auto sum = metric_value(body, R"(liege_request_duration_seconds_sum{vassal="app"})");
+    ASSERT_TRUE(sum) << body;
+    EXPECT_GE(*sum, 0.3);
+    EXPECT_LT(*sum, 30.0);
+    EXPECT_TRUE(
+        contains(body, "liege_worker_rss_bytes{vassal=\"app\",worker=\"1\",generation=\"1\"} "));
+    EXPECT_TRUE(contains(body, "liege_worker_restarts_total{vassal=\"app\",worker=\"2\","
+                               "generation=\"1\"} 0\n"));
+    EXPECT_TRUE(contains(body, "liege_router_connections "));
+    EXPECT_TRUE(contains(body, "liege_reloads_total{vassal=\"app\"} 0\n"));
+    EXPECT_TRUE(contains(body, "liege_reloads_failed_total{vassal=\"app\"} 0\n"));
+}
+
+// ---- reloads ---------------------------------------------------------------------------------
+
+TEST_F(Admin, ReloadIsAnsweredWithItsOutcome) {
+    write_vassal("app", backend_vassal(2));
+    write_vassal("other", backend_vassal(1));
+    start();
+    ASSERT_TRUE(wait_running("app", 2));
+    ASSERT_TRUE(wait_running("other", 1));
+
+    Response r = admin("POST", "/vassals/app/reload");
+    ASSERT_EQ(r.status, 200) << r.body;
+    json o = json::parse(r.body);
+    EXPECT_EQ(o["vassal"], "app");
+    EXPECT_EQ(o["ok"], true);
+    EXPECT_EQ(o["generation"], 2);
+    EXPECT_TRUE(contains(o["message"], "generation 2")) << o;
+    // Answered once the new generation serves: /status agrees at once.
+    json v = vassal("app");
+    EXPECT_EQ(v["generation"], 2);
+    EXPECT_EQ(v["reloads"], 1);
+    EXPECT_EQ(vassal("other")["generation"], 1) << "only the named vassal reloads";
+
+    Cli c = run_cli({"reload", "app", "--admin", admin_text_});
+    EXPECT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_EQ(c.out, "app: reloaded to generation 3\n");
+
+    r = admin("POST", "/reload");
+    ASSERT_EQ(r.status, 200) << r.body;
+    o = json::parse(r.body);
+    EXPECT_EQ(o["ok"], true);
+    ASSERT_EQ(o["vassals"].size(), 2u);
+    EXPECT_EQ(o["vassals"][0]["vassal"], "app");
+    EXPECT_EQ(o["vassals"][0]["generation"], 4);
+    EXPECT_EQ(o["vassals"][1]["vassal"], "other");
+    EXPECT_EQ(o["vassals"][1]["generation"], 2);
+
+    c = run_cli({"reload", "--all", "--admin", admin_text_});
+    EXPECT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_EQ(c.out, "app: reloaded to generation 5\nother: reloaded to generation 3\n");
+    EXPECT_EQ(vassal("app")["reloads"], 4);
+}
+
+TEST_F(Admin, AFailedReloadIsReportedAndTheOldGenerationKeepsServing) {
+    write_vassal("app", backend_vassal(1));
+    start();
+    ASSERT_TRUE(wait_serving("app", 1));
+    allow_errors_ = true;
+
+    // An invalid file: the watcher refuses it, and so does an explicit reload.
+    write_vassal("app", backend_vassal(1) + "no_such_key = 1\n");
+    ASSERT_FALSE(
+        wait_vassal("app", [](const json& j) { return j["last_error"].is_string(); })["last_error"]
+            .is_null());
+    Response r = admin("POST", "/vassals/app/reload");
+    EXPECT_EQ(r.status, 500) << r.body;
+    json o = json::parse(r.body);
+    EXPECT_EQ(o["ok"], false);
+    EXPECT_TRUE(contains(o["message"], "invalid vassal file")) << o;
+    EXPECT_TRUE(contains(o["message"], "no_such_key")) << o;
+    Cli c = run_cli({"reload", "app", "--admin", admin_text_});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_TRUE(contains(c.err, "liege: app: reload failed: invalid vassal file")) << c.err;
+    c = run_cli({"reload", "--all", "--admin", admin_text_});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_TRUE(contains(c.err, "liege: app: reload failed: invalid vassal file")) << c.err;
+    EXPECT_EQ(get("/id"), 200);
+    EXPECT_EQ(vassal("app")["generation"], 1);
+
+    // A valid file whose workers die at once: the new generation is abandoned.
+    write_vassal("app", "command = [\"/bin/false\"]\n");
+    json v = wait_vassal("app", [](const json& j) { return j["failed_reloads"] == 1; });
+    ASSERT_EQ(v["failed_reloads"], 1) << v.dump(2);
+    r = admin("POST", "/vassals/app/reload");
+    EXPECT_EQ(r.status, 500) << r.body;
+    o = json::parse(r.body);
+    EXPECT_EQ(o["ok"], false);
+    EXPECT_TRUE(contains(o["message"], "failed")) << o;
+    EXPECT_EQ(o["generation"], 1) << "the old generation still serves";
+    c = run_cli({"reload", "app", "--admin", admin_text_});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_TRUE(contains(c.err, "liege: app: reload failed: ")) << c.err;
+    EXPECT_EQ(get("/id"), 200);
+    v = vassal("app");
+    EXPECT_EQ(v["generation"], 1);
+    EXPECT_EQ(v["failed_reloads"], 3);
+    Response m = admin("GET", "/metrics");
+    EXPECT_TRUE(contains(m.body, "liege_reloads_failed_total{vassal=\"app\"} 3\n")) << m.body;
+}
+
+TEST_F(Admin, UnknownVassalsAndPaths) {
+    write_vassal("app", backend_vassal(1));
+    start();
+    ASSERT_TRUE(wait_running("app", 1));
+
+    Response r = admin("POST", "/vassals/nope/reload");
+    EXPECT_EQ(r.status, 404);
+    json o = json::parse(r.body);
+    EXPECT_EQ(o["vassal"], "nope");
+    EXPECT_EQ(o["error"], "unknown vassal 'nope'");
+    Cli c = run_cli({"reload", "nope", "--admin", admin_text_});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_EQ(c.err, "liege: unknown vassal 'nope'\n");
+    EXPECT_EQ(c.out, "");
+
+    r = admin("GET", "/reload");
+    EXPECT_EQ(r.status, 405);
+    EXPECT_EQ(r.header("Allow"), "POST");
+    r = admin("GET", "/vassals/app/reload");
+    EXPECT_EQ(r.status, 405);
+    r = admin("POST", "/status");
+    EXPECT_EQ(r.status, 405);
+    EXPECT_EQ(r.header("Allow"), "GET, HEAD");
+    r = admin("GET", "/nothing-here");
+    EXPECT_EQ(r.status, 404);
+    EXPECT_TRUE(contains(json::parse(r.body)["error"], "/nothing-here")) << r.body;
+    EXPECT_EQ(r.header("Content-Type"), "application/json");
+
+    // Keep-alive and pipelining: three requests in one write, answered in order.
+    HttpClient k(admin_port_);
+    k.send(build_request("GET", "/status") + build_request("GET", "/nothing") +
+           build_request("GET", "/metrics"));
+    EXPECT_EQ(k.read_response().status, 200);
+    EXPECT_EQ(k.read_response().status, 404);
+    EXPECT_EQ(k.read_response().status, 200);
+    // A malformed request gets a 400, not silence.
+    HttpClient bad(admin_port_);
+    bad.send("GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n");
+    EXPECT_EQ(bad.read_response().status, 400);
+}
+
+// ---- the command line --------------------------------------------------------------------------
+
+TEST_F(Admin, CommandsSayClearlyWhenTheAdminAddressCannotBeReached) {
+    const std::string missing = "unix:" + (root_ / "none.sock").string();
+    Cli c = run_cli({"status", "--admin", missing});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_EQ(c.err, "liege: cannot reach the admin API at " + missing +
+                         ": No such file or directory (is liege run running?)\n");
+    EXPECT_EQ(c.out, "");
+    const std::string refused = "127.0.0.1:" + std::to_string(closed_port());
+    for (auto args : std::vector<std::vector<std::string>>{
+             {"status", "--json"}, {"reload", "app"}, {"reload", "--all"}, {"top"}}) {
+        args.push_back("--admin");
+        args.push_back(refused);
+        c = run_cli(args);
+        EXPECT_EQ(c.exit_code, 1) << args[0];
+        EXPECT_EQ(c.err, "liege: cannot reach the admin API at " + refused +
+                             ": Connection refused (is liege run running?)\n")
+            << args[0];
+    }
+    c = run_cli({"reload", "--admin", refused});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_TRUE(contains(c.err, "name a vassal, or give --all")) << c.err;
+    c = run_cli({"status", "--admin", "nonsense"});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_TRUE(contains(c.err, "invalid address 'nonsense'")) << c.err;
+}
+
+TEST_F(Admin, StatusAndTopOverTheUnixSocket) {
+    const fs::path sock = root_ / "liege.sock";
+    // A stale socket file from a liege that died: bound, never unlinked, nobody listening.
+    {
+        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un sun{};
+        sun.sun_family = AF_UNIX;
+        std::strncpy(sun.sun_path, sock.c_str(), sizeof(sun.sun_path) - 1);
+        ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)), 0);
+        ::close(fd);
+        ASSERT_TRUE(fs::is_socket(sock));
+    }
+    write_vassal("app", backend_vassal(2));
+    start({}, "unix:" + sock.string());
+    const std::string admin = "unix:" + sock.string();
+    ASSERT_TRUE(poll_until(
+        [&] {
+            Cli c = run_cli({"status", "--json", "--admin", admin});
+            if (c.exit_code != 0) {
+                return false;
+            }
+            json s = json::parse(c.out);
+            return s["vassals"].size() == 1 && s["vassals"][0]["workers_ready"] == 2;
+        },
+        kStart, 100ms));
+
+    // A second emperor on the same admin socket refuses to start, and leaves the socket alone.
+    Cli second = run_cli(
+        {"run", "--vassals", vassals_.string(), "--listen", "127.0.0.1:0", "--admin", admin});
+    EXPECT_EQ(second.exit_code, 1);
+    EXPECT_TRUE(contains(second.err, "is in use by another process")) << second.err;
+
+    Cli c = run_cli({"status", "--json", "--admin", admin});
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    json s = json::parse(c.out);
+    EXPECT_EQ(s["emperor"]["admin"], admin);
+    EXPECT_EQ(s["vassals"][0]["name"], "app");
+
+    c = run_cli({"status", "--admin", admin});
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_EQ(c.out.find('\033'), std::string::npos) << "no colour into a pipe";
+    EXPECT_TRUE(contains(c.out, "VASSAL  STATE    GEN  WORKERS  REQUESTS  REQ/S  ERRORS  "
+                                "RESTARTS"))
+        << c.out;
+    EXPECT_TRUE(contains(c.out, "\napp     running    1      2/2 ")) << c.out;
+    EXPECT_TRUE(contains(c.out, "emperor pid " + std::to_string(emperor_->pid()))) << c.out;
+
+    // top: a table a second until interrupted.
+    Process top({LIEGE_BINARY, "top", "--admin", admin});
+    EXPECT_TRUE(poll_until([&] { return count_of(top.out().text(), "VASSAL") >= 2; }, kStart))
+        << top.describe();
+    EXPECT_TRUE(contains(top.out().text(), "\napp     running ")) << top.out().text();
+    top.signal(SIGINT);
+    auto st = top.wait_exit();
+    ASSERT_TRUE(st) << top.describe();
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe_status(*st);
+
+    // The socket file goes with the emperor.
+    stop_emperor();
+    EXPECT_FALSE(fs::exists(sock));
+}
+
+// ---- logs --------------------------------------------------------------------------------------
+
+TEST_F(Admin, LogDirHoldsWorkerLinesAndSigusr1ReopensWithoutLosingOne) {
+    const fs::path logs = root_ / "logs";
+    write_vassal("app", backend_vassal(2, true));
+    start({"--log-dir", logs.string()});
+    ASSERT_TRUE(wait_serving("app", 2));
+    EXPECT_TRUE(contains(slurp(logs / "emperor.log"), " info admin API on 127.0.0.1:"));
+    EXPECT_FALSE(contains(emperor_->err().text(), "admin API on"))
+        << "with --log-dir, stderr keeps only warnings and errors";
+
+    ASSERT_EQ(get("/id?first"), 200);
+    ASSERT_TRUE(poll_until([&] {
+        return contains(slurp(logs / "app.log"), "request GET /id?first");
+    })) << slurp(logs / "app.log");
+    // Timestamped and tagged with the worker: "2026-11-25T12:58:10.409 [app/1] listening on ...".
+    std::istringstream lines(slurp(logs / "app.log"));
+    std::map<std::string, int> tags;
+    for (std::string line; std::getline(lines, line);) {
+        ASSERT_GT(line.size(), 25u) << line;
+        EXPECT_EQ(line[4], '-') << line;
+        EXPECT_EQ(line[10], 'T') << line;
+        EXPECT_EQ(line.substr(23, 2), " [") << line;
+        ++tags[line.substr(25, line.find(']') - 25)];
+    }
+    EXPECT_GE(tags["app/1"], 1);
+    EXPECT_GE(tags["app/2"], 1);
+    EXPECT_FALSE(contains(emperor_->err().text(), "[app/1]")) << "worker lines go to the file";
+
+    // logrotate: rename, then SIGUSR1, while requests keep coming.
+    std::atomic<bool> stop{false};
+    std::atomic<int> sent{0};
+    std::thread client([&] {
+        while (!stop) {
+            int n = sent.load();
+            if (get("/id?seq=" + std::to_string(n)) == 200) {
+                sent = n + 1;
+            }
+        }
+    });
+    EXPECT_TRUE(poll_until([&] { return sent >= 20; }, kStart));
+    fs::rename(logs / "app.log", logs / "app.log.1");
+    fs::rename(logs / "emperor.log", logs / "emperor.log.1");
+    const int before_signal = sent;
+    emperor_->signal(SIGUSR1);
+    EXPECT_TRUE(poll_until([&] { return fs::exists(logs / "app.log"); }, kStart))
+        << "app.log was not reopened";
+    EXPECT_TRUE(poll_until([&] { return sent >= before_signal + 20; }, kStart));
+    stop = true;
+    client.join();
+    const int total = sent;
+    EXPECT_TRUE(contains(slurp(logs / "emperor.log"), "logs reopened"));
+
+    // Every request's line, exactly once, in one file or the other; later ones in the new file.
+    auto all_logged = [&] {
+        return contains(slurp(logs / "app.log"),
+                        "request GET /id?seq=" + std::to_string(total - 1) + "\n");
+    };
+    EXPECT_TRUE(poll_until(all_logged)) << slurp(logs / "app.log");
+    const std::string old_file = slurp(logs / "app.log.1");
+    const std::string new_file = slurp(logs / "app.log");
+    for (int i = 0; i < total; ++i) {
+        const std::string line = "request GET /id?seq=" + std::to_string(i) + "\n";
+        EXPECT_EQ(count_of(old_file, line) + count_of(new_file, line), 1u) << line;
+    }
+    EXPECT_TRUE(contains(old_file, "request GET /id?seq=0\n"));
+    EXPECT_TRUE(contains(new_file, "request GET /id?seq=" + std::to_string(total - 1) + "\n"));
+    EXPECT_TRUE(contains(old_file, "request GET /id?first\n"));
+}

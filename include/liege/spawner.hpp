@@ -11,10 +11,13 @@
 #include <uv.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace liege {
@@ -23,16 +26,39 @@ struct SpawnSpec {
     std::vector<std::string> argv;                        // argv[0] is looked up in PATH
     std::vector<std::pair<std::string, std::string>> env; // added to / overriding the emperor's
     std::string cwd;                                      // empty = the emperor's
-    int listen_fd = -1; // socket activation: becomes fd 3 with LISTEN_FDS=1, LISTEN_PID=pid
+    int listen_fd = -1;         // socket activation: becomes fd 3 with LISTEN_FDS=1, LISTEN_PID=pid
     std::vector<int> extra_fds; // passed on as fds 3.. (after listen_fd if any), not CLOEXEC
     std::string tag;            // prefix for output lines, e.g. "hello/1"
 };
 
 struct ExitStatus {
-    int exit_code = -1; // when it exited
+    int exit_code = -1;  // when it exited
     int term_signal = 0; // when a signal killed it
+    bool core_dumped = false;
     bool signalled() const { return term_signal != 0; }
-    std::string str() const; // "exit code 3", "killed by SIGKILL"
+    // "exit code 3", "killed by SIGKILL", "killed by SIGSEGV (core dumped)"
+    std::string str() const;
+    // From a waitpid() status.
+    static ExitStatus from_wait_status(int wait_status);
+};
+
+// Splits a byte stream (a child's stdout or stderr) into lines: without the '\n' and without a
+// '\r' before it. A line longer than kMaxLine bytes is cut into kMaxLine-byte pieces, so a child
+// that never prints a newline cannot grow the emperor's memory.
+class LineSplitter {
+public:
+    static constexpr std::size_t kMaxLine = 8192;
+
+    // Calls emit(std::string_view) for every line completed by `data`.
+    template <typename Emit> void feed(std::string_view data, Emit&& emit);
+    // At EOF: emits the partial last line, if any.
+    template <typename Emit> void flush(Emit&& emit);
+
+private:
+    static std::string_view chomp(std::string_view line) {
+        return !line.empty() && line.back() == '\r' ? line.substr(0, line.size() - 1) : line;
+    }
+    std::string partial_;
 };
 
 // One child process. Destroying the object does not stop the process; call stop() first.
@@ -45,7 +71,8 @@ public:
     virtual int pid() const = 0;
     virtual bool running() const = 0;
     // Sends `signo` to the process group, then SIGKILL to the group after `timeout` if it has
-    // not exited. The exit callback runs once it has.
+    // not exited, or if something it started is still in the group (even when the child itself
+    // obeyed the signal and its exit was delivered already). The exit callback runs once it has.
     virtual void stop(int signo, std::chrono::milliseconds timeout) = 0;
     // Sends a signal to the process group now.
     virtual void signal(int signo) = 0;
@@ -63,7 +90,9 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
 
 // Must be called once on the emperor's loop before any spawn: installs the SIGCHLD handler that
 // reaps children (waitpid) and dispatches their exits. Returns the handle owner; closing it
-// (reset) stops reaping.
+// (reset) stops reaping. It keeps the loop alive only while some spawned child is not reaped
+// yet. It reaps only the children spawn_child() started (waitpid on their pids, not -1), so the
+// exit statuses of other children of the process (uv_spawn, popen) are left to their owners.
 class Reaper {
 public:
     virtual ~Reaper() = default;
@@ -74,5 +103,39 @@ std::unique_ptr<Reaper> install_reaper(uv_loop_t* loop);
 uint16_t pick_free_port();
 // A bound, listening loopback TCP socket (CLOEXEC) and its port, for socket activation.
 int bind_loopback_listener(uint16_t* port_out);
+
+template <typename Emit> void LineSplitter::feed(std::string_view data, Emit&& emit) {
+    while (!data.empty()) {
+        std::size_t newline = data.find('\n');
+        std::size_t take = newline == std::string_view::npos ? data.size() : newline;
+        std::size_t room = kMaxLine - partial_.size();
+        if (take > room) {
+            // Too long: cut here. A line of exactly kMaxLine bytes is not cut, so its newline
+            // does not turn into an empty line.
+            partial_.append(data.substr(0, room));
+            data.remove_prefix(room);
+            emit(std::string_view(partial_));
+            partial_.clear();
+        } else if (newline == std::string_view::npos) {
+            partial_.append(data);
+            return;
+        } else if (partial_.empty()) {
+            emit(chomp(data.substr(0, take))); // the common case: no copy
+            data.remove_prefix(take + 1);
+        } else {
+            partial_.append(data.substr(0, take));
+            data.remove_prefix(take + 1);
+            emit(chomp(partial_));
+            partial_.clear();
+        }
+    }
+}
+
+template <typename Emit> void LineSplitter::flush(Emit&& emit) {
+    if (!partial_.empty()) {
+        emit(chomp(partial_));
+        partial_.clear();
+    }
+}
 
 } // namespace liege

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <string_view>
 
 #include "liege/address.hpp"
 
@@ -13,8 +14,8 @@ namespace liege {
 
 struct ProbeResult {
     bool ok = false;
-    int status = 0;     // HTTP status when a GET was made
-    std::string error;  // "connection refused", "timed out", "status 500", ...
+    int status = 0;    // HTTP status when a GET was made
+    std::string error; // "connection refused", "timed out", "status 500", ...
 };
 
 // Probes `addr` once: with `http_path` empty, a TCP (or unix) connect that succeeds is ok;
@@ -25,5 +26,9 @@ struct ProbeResult {
 std::function<void()> probe(uv_loop_t* loop, const Address& addr, const std::string& http_path,
                             std::chrono::milliseconds timeout,
                             std::function<void(const ProbeResult&)> done);
+
+// Parses the status line at the start of a response ("HTTP/1.1 200 OK\r\n..."). Returns the
+// status (100..999), 0 when more bytes are needed, or -1 when this is not an HTTP/1.x response.
+int parse_http_status_line(std::string_view received);
 
 } // namespace liege

@@ -23,6 +23,14 @@ struct DirChange {
     uint64_t content_hash = 0;  // content_hash() of the new bytes (0 for Removed)
 };
 
+// What a scan found: file name ("hello.toml") → content_hash() of its bytes.
+using DirSnapshot = std::map<std::string, uint64_t>;
+
+// The changes that turn `before` into `after`, sorted by file name: Added and Changed carry the
+// new hash, Removed carries 0.
+std::vector<DirChange> diff_snapshots(const std::filesystem::path& dir, const DirSnapshot& before,
+                                      const DirSnapshot& after);
+
 class DirWatcher {
 public:
     using ChangeFn = std::function<void(const std::vector<DirChange>&)>;
@@ -37,11 +45,9 @@ public:
 // file and rename is one change), and the directory is rescanned every `rescan_every` too. A
 // file whose bytes hash the same as last time is not reported, whatever its mtime. A directory
 // that does not exist (yet) is not an error: it is rescanned until it appears.
-std::unique_ptr<DirWatcher> watch_directory(uv_loop_t* loop, const std::filesystem::path& dir,
-                                            DirWatcher::ChangeFn on_change,
-                                            std::chrono::milliseconds debounce =
-                                                std::chrono::milliseconds(150),
-                                            std::chrono::milliseconds rescan_every =
-                                                std::chrono::seconds(2));
+std::unique_ptr<DirWatcher>
+watch_directory(uv_loop_t* loop, const std::filesystem::path& dir, DirWatcher::ChangeFn on_change,
+                std::chrono::milliseconds debounce = std::chrono::milliseconds(150),
+                std::chrono::milliseconds rescan_every = std::chrono::seconds(2));
 
 } // namespace liege

@@ -660,6 +660,7 @@ void Emperor::maybe_erase(VassalRt& v) {
         maybe_finish_shutdown();
         return;
     }
+    publish_routes(); // its route goes: requests for it now get 404, not 503
     // The file may have come back while the old pool drained.
     std::error_code ec;
     if (fs::exists(file, ec)) {

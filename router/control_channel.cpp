@@ -225,6 +225,12 @@ void ControlChannel::on_line(const std::string& line) {
             pending_drains_.push_back({version, std::move(to_drain)});
             check_drains();
         }
+        if (!accepting_) {
+            accepting_ = true;
+            for (auto& w : workers_) {
+                w->start_accepting();
+            }
+        }
         size_t backends = 0;
         for (const auto& r : m.routes) {
             backends += r.backends.size();

@@ -67,6 +67,7 @@ private:
     uv_async_t* drained_ = nullptr;
     uv_timer_t* stats_timer_ = nullptr;
     bool closed_ = false;
+    bool accepting_ = false;
 };
 
 } // namespace liege::router

@@ -189,8 +189,10 @@ int run_router(const RouterOptions& options) {
                                                                }
                                                            });
     }
+    // Fed by an emperor, a router accepts only once it knows the routes: connections queue in
+    // the kernel meanwhile instead of getting 404s from an empty route table.
     for (auto& w : workers) {
-        w->start();
+        w->start(options.control_fd < 0);
     }
     // Wait for the workers on a helper thread so the signal loop stays responsive.
     uv_async_t all_done;

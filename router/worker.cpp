@@ -74,9 +74,9 @@ void Worker::add_listener(int fd, bool owns_fd, bool is_unix) {
     listeners_.push_back(std::move(l));
 }
 
-void Worker::start() {
-    for (auto& l : listeners_) {
-        uv_poll_start(&l->poll, UV_READABLE, on_accept);
+void Worker::start(bool accept_now) {
+    if (accept_now) {
+        begin_accepting();
     }
     uv_timer_start(
         &housekeeping_,
@@ -213,8 +213,26 @@ void Worker::apply_routes() {
     }
 }
 
+void Worker::start_accepting() {
+    accept_requested_.store(true);
+    uv_async_send(&wake_);
+}
+
+void Worker::begin_accepting() {
+    if (accepting_ || shutting_down_) {
+        return;
+    }
+    accepting_ = true;
+    for (auto& l : listeners_) {
+        uv_poll_start(&l->poll, UV_READABLE, on_accept);
+    }
+}
+
 void Worker::on_wake() {
     apply_routes();
+    if (accept_requested_.load()) {
+        begin_accepting();
+    }
     int req = shutdown_request_.load();
     if (req >= 1 && !shutting_down_) {
         begin_shutdown();

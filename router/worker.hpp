@@ -127,8 +127,11 @@ public:
 
     // Sets up the loop's handles; listeners are added before start().
     void add_listener(int fd, bool owns_fd, bool is_unix);
-    void start();
+    void start(bool accept_now = true);
     void join();
+    // Thread-safe: starts accepting on the listeners (start() does it at once unless told to
+    // wait, as a router fed by an emperor does until its first routes arrive).
+    void start_accepting();
     // Thread-safe: asks the thread to drain (graceful) or to close everything now.
     void request_shutdown(bool immediate);
 
@@ -203,6 +206,9 @@ private:
     std::atomic<int> shutdown_request_{0}; // 1 graceful, 2 immediate
     bool shutting_down_ = false;
     bool accepting_paused_ = false;
+    bool accepting_ = false;
+    std::atomic<bool> accept_requested_{false};
+    void begin_accepting();
     bool finished_ = false;
     int64_t upstreams_open_ = 0;
     int64_t paused_at_ = 0;

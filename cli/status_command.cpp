@@ -58,7 +58,7 @@ void add_status_command(CLI::App& app, int& exit_code) {
         }
         std::string out;
         if (args->json) {
-            out = status->dump(2) + "\n";
+            out = status->dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
         } else {
             out = format_status(*status, {use_colour(STDOUT_FILENO), std::time(nullptr)});
         }

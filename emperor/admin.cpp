@@ -422,7 +422,13 @@ void AdminServer::Impl::feed(Conn& c, std::string_view data) {
         c.busy = true;
         uv_read_stop(c.stream);
         uv_timer_stop(c.timer.get());
-        dispatch(c);
+        try {
+            dispatch(c);
+        } catch (const std::exception& e) {
+            // The JSON library throws on a malformed figure; no exception leaves a libuv callback.
+            spdlog::error("admin API: {} {}: {}", c.method, c.url, e.what());
+            respond(c, 500, {{"error", std::string("internal error: ") + e.what()}});
+        }
         return;
     }
     // A malformed request or one past a limit: say so, then close.
@@ -460,7 +466,9 @@ void AdminServer::Impl::after_response(Conn& c) {
 
 void AdminServer::Impl::respond(Conn& c, int status, const json& body,
                                 std::vector<std::pair<std::string, std::string>> headers) {
-    respond_raw(c, status, "application/json", body.dump(2) + "\n", headers);
+    // Worker output quoted in last_error can be any bytes: replace invalid UTF-8, never throw.
+    respond_raw(c, status, "application/json",
+                body.dump(2, ' ', false, json::error_handler_t::replace) + "\n", headers);
 }
 
 void AdminServer::Impl::respond_raw(
@@ -663,6 +671,17 @@ json AdminServer::Impl::status_document() const {
             const emperor::VassalRt& rt = *it->second;
             const emperor::Generation* g = rt.active != nullptr ? rt.active.get() : rt.next.get();
             v["workers_total"] = g != nullptr ? g->config.workers : 0;
+            // Ready means serving: a bluegreen generation still starting beside the active one
+            // is not counted until the router has it.
+            int serving = 0;
+            for (const emperor::Generation* gen : {rt.active.get(), rt.next.get()}) {
+                if (gen != nullptr) {
+                    for (const auto& w : gen->workers) {
+                        serving += w->state == emperor::WorkerState::Ready && w->routed ? 1 : 0;
+                    }
+                }
+            }
+            v["workers_ready"] = serving;
             v["uptime_seconds"] = rt.started_unix != 0 ? emperor::now_unix() - rt.started_unix : 0;
         }
     }

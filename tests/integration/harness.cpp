@@ -322,7 +322,8 @@ std::string describe_status(int status) {
     return "status " + std::to_string(status);
 }
 
-std::string Process::describe(std::size_t tail_lines) const {
+std::string Process::describe(std::size_t tail_lines) {
+    reap(false);
     std::ostringstream s;
     s << "command:";
     for (const auto& a : argv_) {

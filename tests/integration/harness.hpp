@@ -93,7 +93,7 @@ public:
     void kill();
 
     // The command line, exit status and the tails of both streams, for failure messages.
-    std::string describe(std::size_t tail_lines = 40) const;
+    std::string describe(std::size_t tail_lines = 40);
 
 private:
     void reap(bool block);

@@ -244,9 +244,16 @@ void Worker::on_wake() {
 
 void Worker::begin_shutdown() {
     shutting_down_ = true;
+    // Close the listening sockets now, not after the drain: an open socket nobody accepts on
+    // would complete handshakes and leave new clients hanging instead of refused.
+    // (uv_poll_stop has already taken the fd out of epoll, so closing it here is safe.)
     for (auto& l : listeners_) {
         uv_poll_stop(&l->poll);
         uv_close(reinterpret_cast<uv_handle_t*>(&l->poll), nullptr);
+        if (l->owns_fd && l->fd >= 0) {
+            ::close(l->fd);
+            l->fd = -1;
+        }
     }
     // Idle clients go now; the others after their response (which says Connection: close).
     for (ListNode* n = clients_.next; n != &clients_;) {

@@ -21,11 +21,13 @@ std::string encode(const RoutesMessage& m) {
                           {"backends", std::move(backends)}});
     }
     json j = {{"type", "routes"}, {"version", m.version}, {"routes", std::move(routes)}};
-    return j.dump() + "\n";
+    return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 std::string encode(const DrainedMessage& m) {
-    return json{{"type", "drained"}, {"address", m.address}}.dump() + "\n";
+    return json{{"type", "drained"}, {"address", m.address}}.dump(-1, ' ', false,
+                                                                  json::error_handler_t::replace) +
+           "\n";
 }
 
 std::string encode(const StatsMessage& m) {
@@ -53,7 +55,7 @@ std::string encode(const StatsMessage& m) {
               {"thread_requests", m.thread_requests},
               {"backends", std::move(backends)},
               {"vassals", std::move(vassals)}};
-    return j.dump() + "\n";
+    return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 json parse_line(std::string_view line) {

@@ -1004,6 +1004,10 @@ void Emperor::reload(const std::string& name, std::function<void(bool, std::stri
         done(false, "invalid vassal file: " + msg);
         return;
     }
+    if (v.next != nullptr) {
+        // Answer the waiters of the reload being replaced before joining those of the new one.
+        abandon_reload(v, "superseded by a newer reload");
+    }
     v.waiters.push_back(std::move(done));
     v.content_hash = load.vassal->content_hash;
     if (v.active == nullptr) {

@@ -416,6 +416,20 @@ std::vector<std::string> Response::headers_named(std::string_view name) const {
     return out;
 }
 
+bool Response::closes_connection() const {
+    bool close = version == "HTTP/1.0";
+    for (const auto& value : headers_named("connection")) {
+        auto v = lower(value);
+        if (v.find("close") != std::string::npos) {
+            return true;
+        }
+        if (v.find("keep-alive") != std::string::npos) {
+            close = false;
+        }
+    }
+    return close;
+}
+
 // ---- HttpClient ----
 
 HttpClient::HttpClient(uint16_t port, Millis timeout) {

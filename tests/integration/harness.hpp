@@ -138,6 +138,9 @@ struct Response {
     std::optional<std::string> header(std::string_view name) const;
     // Every header with this name.
     std::vector<std::string> headers_named(std::string_view name) const;
+    // True if the server announced that it closes the connection after this response
+    // (Connection: close, or HTTP/1.0 without keep-alive).
+    bool closes_connection() const;
 };
 
 // A client call failed: timeout, I/O error or a malformed response.

@@ -16,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -312,10 +313,14 @@ TEST_F(RouterTest, ClientKeepAliveCarriesManyRequests) {
     add_backend("solo");
     ASSERT_NO_FATAL_FAILURE(start_router_for_backends());
     auto c = client();
+    // Requests whose whole body the backend reads before answering: nothing gives the router
+    // a reason to close (an answer that starts before the request body has been forwarded may
+    // legitimately end with Connection: close).
     for (int i = 0; i < 10; ++i) {
-        auto r = c.request("POST", "/echo", {}, "request " + std::to_string(i));
+        auto r = i % 2 ? c.request("POST", "/sink", {}, std::string(1000 * i, 's')) : c.get("/id");
         ASSERT_EQ(r.status, 200);
-        EXPECT_EQ(r.body, "request " + std::to_string(i));
+        EXPECT_EQ(r.body, i % 2 ? std::to_string(1000 * i) : "solo");
+        EXPECT_FALSE(r.closes_connection()) << r.head;
         ASSERT_FALSE(c.peer_closed()) << "the router closed a keep-alive connection";
     }
     // Connection: close is honoured: the answer comes, then the connection ends.
@@ -384,7 +389,7 @@ TEST_F(RouterTest, PipelinedRequestsAnsweredInOrder) {
     auto c = client();
     // One write; the first answer is the slowest, so answering out of order would show.
     c.send(build_request("GET", "/slow?ms=300") + build_request("GET", "/status?code=202") +
-           build_request("POST", "/echo", {}, "third"));
+           build_request("POST", "/sink", {}, "third"));
     auto r1 = c.read_response();
     auto r2 = c.read_response();
     auto r3 = c.read_response();
@@ -392,7 +397,8 @@ TEST_F(RouterTest, PipelinedRequestsAnsweredInOrder) {
     EXPECT_EQ(r1.body, "slow\n");
     EXPECT_EQ(r2.status, 202);
     EXPECT_EQ(r3.status, 200);
-    EXPECT_EQ(r3.body, "third");
+    EXPECT_EQ(r3.body, "5");
+    EXPECT_FALSE(r3.closes_connection()) << r3.head;
     EXPECT_FALSE(c.peer_closed());
     EXPECT_EQ(c.get("/status?code=201").status, 201);
 }
@@ -409,8 +415,10 @@ TEST_F(RouterTest, ChunkedRequestBodyIsForwarded) {
                            "0\r\nX-Trailer: t\r\n\r\n");
     EXPECT_EQ(r.status, 200);
     EXPECT_EQ(r.body, "hello world" + big);
-    // And the connection is still in sync.
-    EXPECT_EQ(c.request("POST", "/echo", {}, "after").body, "after");
+    // The echo starts before the request body has been forwarded, after which the router may
+    // announce Connection: close; otherwise the connection must still be in sync.
+    auto next = r.closes_connection() ? client() : std::move(c);
+    EXPECT_EQ(next.request("POST", "/echo", {}, "after").body, "after");
 }
 
 TEST_F(RouterTest, ChunkedAndCloseDelimitedResponsesAreForwarded) {
@@ -883,12 +891,16 @@ TEST_F(RouterTest, ConcurrentClientsAllSucceed) {
     for (int t = 0; t < 8; ++t) {
         threads.emplace_back([&, t] {
             try {
-                HttpClient c(port());
+                std::optional<HttpClient> c;
+                c.emplace(port());
                 for (int i = 0; i < 50; ++i) {
                     std::string body(static_cast<std::size_t>(100 * i + t), 'p');
-                    auto r = i % 2 ? c.request("POST", "/echo", {}, body) : c.get("/id");
+                    auto r = i % 2 ? c->request("POST", "/echo", {}, body) : c->get("/id");
                     if (r.status == 200 && (i % 2 == 0 || r.body == body)) {
                         ++ok;
+                    }
+                    if (r.closes_connection()) { // allowed after an early (echo) answer
+                        c.emplace(port());
                     }
                 }
             } catch (const std::exception& e) {

@@ -24,6 +24,10 @@ std::string encode(const RoutesMessage& m) {
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
+std::string encode_hello() {
+    return json{{"type", "hello"}}.dump() + "\n";
+}
+
 std::string encode(const DrainedMessage& m) {
     return json{{"type", "drained"}, {"address", m.address}}.dump(-1, ' ', false,
                                                                   json::error_handler_t::replace) +

@@ -860,9 +860,9 @@ void Emperor::publish_routes() {
         }
         m.routes.push_back(std::move(r));
     }
-    if (control_.get() == nullptr || control_->type == UV_UNKNOWN_HANDLE ||
+    if (!router_greeted_ || control_.get() == nullptr || control_->type == UV_UNKNOWN_HANDLE ||
         uv_is_closing(control_.base())) {
-        return; // sent in full when the router (re)starts
+        return; // sent in full when the router (re)starts and says hello
     }
     struct Req {
         uv_write_t w;
@@ -922,6 +922,7 @@ void Emperor::spawn_router() {
     uv_pipe_open(control_.get(), sv[0]);
     control_->data = this;
     control_in_ = control::LineBuffer();
+    router_greeted_ = false;
     uv_read_start(
         control_.stream(),
         [](uv_handle_t*, size_t, uv_buf_t* buf) {
@@ -944,14 +945,16 @@ void Emperor::spawn_router() {
             }
         });
     spdlog::info("emperor: router started (pid {})", router_->pid());
-    publish_routes();
 }
 
 void Emperor::on_control_line(const std::string& line) {
     try {
         auto j = control::parse_line(line);
         const std::string type = j["type"].get<std::string>();
-        if (type == "drained") {
+        if (type == "hello") {
+            router_greeted_ = true;
+            publish_routes();
+        } else if (type == "drained") {
             on_drained(control::decode_drained(j).address);
         } else if (type == "stats") {
             stats_ = control::decode_stats(j);

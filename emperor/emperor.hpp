@@ -188,6 +188,9 @@ private:
     UvHandle<uv_pipe_t> control_;
     UvHandle<uv_timer_t> router_restart_;
     control::LineBuffer control_in_;
+    // Routes go to a router only after its hello: messages queued before it reads would be stale
+    // snapshots it might briefly serve from.
+    bool router_greeted_ = false;
     int router_failures_ = 0;
     int64_t router_started_ms_ = 0;
     uint64_t routes_version_ = 0;

@@ -170,6 +170,7 @@ ControlChannel::ControlChannel(uv_loop_t* loop, int fd, Shared& shared,
     uv_timer_start(
         stats_timer_, [](uv_timer_t* t) { static_cast<ControlChannel*>(t->data)->send_stats(); },
         1000, 1000);
+    send(control::encode_hello());
 }
 
 ControlChannel::~ControlChannel() {

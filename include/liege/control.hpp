@@ -66,12 +66,14 @@ struct StatsMessage {
     std::vector<VassalFigures> vassals;
 };
 
+// Router → emperor, first thing on the control socket: send me the routes.
+std::string encode_hello();
 std::string encode(const RoutesMessage& m);
 std::string encode(const DrainedMessage& m);
 std::string encode(const StatsMessage& m);
 
-// The "type" of a decoded line: "routes", "drained", "stats"; throws nlohmann::json::exception
-// or std::invalid_argument on a malformed line.
+// The "type" of a decoded line: "routes", "hello", "drained", "stats"; throws
+// nlohmann::json::exception or std::invalid_argument on a malformed line.
 nlohmann::json parse_line(std::string_view line);
 RoutesMessage decode_routes(const nlohmann::json& j);
 DrainedMessage decode_drained(const nlohmann::json& j);

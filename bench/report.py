@@ -8,6 +8,7 @@ shared and noisy.
 """
 
 import csv
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -34,6 +35,20 @@ def valid(sample):
         return float(sample["rps"]) > 0 and int(sample["errors"]) >= 0
     except ValueError:
         return False
+
+
+def num(sample, key):
+    """A float column of a sample; None when it is missing (older samples.tsv) or nan."""
+    try:
+        v = float(sample.get(key) or "nan")
+    except ValueError:
+        return None
+    return None if math.isnan(v) else v
+
+
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def fmt(v, digits=0):
@@ -84,8 +99,9 @@ def main():
     p()
     p("## Throughput and latency (median across rounds)")
     p()
-    p("| target | threads | req/s | req/s min-max | p50 ms | p99 ms | RSS after load MiB | errors |")
-    p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    p("| target | threads | req/s | req/s min-max | p50 ms | p99 ms | RSS after load MiB | "
+      "proxy CPU µs/req | errors |")
+    p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     invalid_total = 0
     for c in configs:
         rows = [s for s in samples if s["config"] == c]
@@ -95,7 +111,7 @@ def main():
         name, threads = split_config(c)
         label = "backends directly" if name == "direct" else name
         if not good:
-            p(f"| {label} | {threads} | n/a | no valid run of {len(rows)} | | | | |")
+            p(f"| {label} | {threads} | n/a | no valid run of {len(rows)} | | | | | |")
             continue
         rps = [float(s["rps"]) for s in good]
         m = {
@@ -103,16 +119,20 @@ def main():
             "p50": statistics.median(float(s["p50_ms"]) for s in good),
             "p99": statistics.median(float(s["p99_ms"]) for s in good),
             "rss": statistics.median(float(s["rss_kib"]) for s in good) / MIB,
+            "cpu": median_or_none(num(s, "cpu_us_per_req") for s in good),
             "errors": sum(int(s["errors"]) for s in good),
         }
         med[c] = m
         runs = f" ({len(good)} of {len(rows)} runs)" if invalid else ""
         p(f"| {label} | {threads} | {fmt(m['rps'])}{runs} | {fmt(min(rps))}-{fmt(max(rps))} | "
-          f"{m['p50']:.2f} | {m['p99']:.2f} | {m['rss']:.1f} | {m['errors']} |")
+          f"{m['p50']:.2f} | {m['p99']:.2f} | {m['rss']:.1f} | {fmt(m['cpu'], 1)} | {m['errors']} |")
     p()
     p("RSS is VmRSS sampled right after each run (nginx: its worker processes summed; "
       "the backends' row is the backend nginx worker). Errors are wrk's non-2xx responses "
-      "plus socket errors, summed over all rounds.")
+      "plus socket errors, summed over all rounds. Proxy CPU is the user+system CPU time "
+      "of the same processes (utime+stime from /proc/PID/stat, all threads) from just before "
+      "to just after wrk, divided by the requests wrk completed; it is much less sensitive "
+      "than req/s to where the scheduler puts the unpinned backend.")
     if invalid_total:
         p()
         p(f"{invalid_total} run(s) were left out: wrk could not run, or the proxy was not "
@@ -123,8 +143,9 @@ def main():
         p()
         p("## liege against nginx and HAProxy")
         p()
-        p("| threads | liege/nginx req/s | liege/HAProxy req/s | liege p99 / better p99 of the two |")
-        p("| ---: | ---: | ---: | ---: |")
+        p("| threads | liege/nginx req/s | liege/HAProxy req/s | liege p99 / better p99 of the two | "
+          "nginx CPU/req ÷ liege CPU/req | HAProxy CPU/req ÷ liege CPU/req |")
+        p("| ---: | ---: | ---: | ---: | ---: | ---: |")
         for t in threads_seen:
             lg = med.get(f"liege:{t}")
             ng = med.get(f"nginx:{t}")
@@ -134,9 +155,12 @@ def main():
             others = [x["p99"] for x in (ng, hp) if x is not None]
             best = min(others) if others else None
             p(f"| {t} | {fmt(ratio(lg['rps'], ng and ng['rps']), 2)} | "
-              f"{fmt(ratio(lg['rps'], hp and hp['rps']), 2)} | {fmt(ratio(lg['p99'], best), 2)} |")
+              f"{fmt(ratio(lg['rps'], hp and hp['rps']), 2)} | {fmt(ratio(lg['p99'], best), 2)} | "
+              f"{fmt(ratio(ng and ng['cpu'], lg['cpu']), 2)} | "
+              f"{fmt(ratio(hp and hp['cpu'], lg['cpu']), 2)} |")
         p()
-        p("Targets (issue 2): req/s ratios >= 1.30; p99 ratio <= 1.00.")
+        p("Targets (issue 2): req/s ratios >= 1.30; p99 ratio <= 1.00. "
+          "A CPU ratio above 1 means liege spends less CPU per request.")
 
     if idle:
         p()

@@ -145,6 +145,28 @@ rss_kb() {
     echo "$total"
 }
 
+# cpu_ticks PID...: summed utime+stime (fields 14 and 15 of /proc/PID/stat) in
+# clock ticks; the stat of a process's main pid covers all its threads, dead
+# ones included. "nan" when there is no pid or one of them is gone.
+cpu_ticks() {
+    local total=0 pid stat fields
+    [[ $# -gt 0 ]] || {
+        echo nan
+        return
+    }
+    for pid in "$@"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || {
+            echo nan
+            return
+        }
+        # comm (field 2) may hold spaces and ")": fields 3.. follow its last ")".
+        read -r -a fields <<<"${stat##*) }"
+        total=$((total + fields[11] + fields[12])) # fields 14 and 15
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 # cpu_busy SECONDS: percent of all CPUs busy over SECONDS (everything, not only ours).
 cpu_busy() {
     local a b
@@ -388,9 +410,10 @@ STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT="$BENCH/results/$STAMP"
 mkdir -p "$OUT/raw"
 SAMPLES="$OUT/samples.tsv"
-printf 'round\tconfig\trps\tp50_ms\tp99_ms\trss_kib\terrors\tbusy_before_pct\n' >"$SAMPLES"
+printf 'round\tconfig\trps\tp50_ms\tp99_ms\trss_kib\terrors\tbusy_before_pct\tcpu_us_per_req\n' >"$SAMPLES"
 
-# parse_wrk FILE: "rps p50_ms p99_ms errors" from wrk --latency output.
+# parse_wrk FILE: "rps p50_ms p99_ms errors requests" from wrk --latency output
+# (requests: the completed ones, from "N requests in Xs").
 parse_wrk() {
     awk '
         function ms(v) {
@@ -401,14 +424,16 @@ parse_wrk() {
             return v + 0
         }
         /^Requests\/sec:/ { rps = $2 }
+        / requests in / { reqs = $1 }
         /Latency Distribution/ { dist = 1; next }
         dist && $1 == "50%" { p50 = ms($2) }
         dist && $1 == "99%" { p99 = ms($2); dist = 0 }
         /Non-2xx or 3xx responses:/ { err += $NF }
         /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
         END {
-            if (rps == "") { print "nan nan nan -1"; exit }  # wrk did not run
-            printf "%s %s %s %d\n", rps, p50 == "" ? "nan" : p50, p99 == "" ? "nan" : p99, err
+            if (rps == "") { print "nan nan nan -1 nan"; exit }  # wrk did not run
+            printf "%s %s %s %d %s\n", rps, p50 == "" ? "nan" : p50, p99 == "" ? "nan" : p99, err,
+                reqs == "" ? "nan" : reqs
         }
     ' "$1"
 }
@@ -424,6 +449,13 @@ if [[ $WARMUP != 0 ]]; then
     log "warm-up: $WARMUP per configuration"
     for c in "${CONFIGS[@]}"; do run_wrk "$c" "$WARMUP" "$OUT/raw/warmup-${c/:/-}.txt"; done
 fi
+
+# cpu_per_req TICKS_BEFORE TICKS_AFTER REQUESTS: CPU microseconds per request, or nan.
+cpu_per_req() {
+    awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {
+        if (a !~ /^[0-9]+$/ || b !~ /^[0-9]+$/ || n !~ /^[0-9]+$/ || n == 0 || b < a) { print "nan"; exit }
+        printf "%.2f\n", (b - a) * 1e6 / hz / n }'
+}
 
 # The box is shared: give other load (a build, another tenant) a chance to end.
 BUSY_BEFORE=$(cpu_busy 2)
@@ -444,18 +476,24 @@ for ((r = 0; r < ROUNDS; r++)); do
         c=${CONFIGS[(r + k) % n]}
         f="$OUT/raw/round$((r + 1))-${c/:/-}.txt"
         busy=$(cpu_busy 1) # our processes are idle now: this is everyone else
+        cpu_before=nan cpu_after=nan
         if ensure_running "$c"; then
+            # CPU of the same pids as the RSS, read right before and right after wrk.
+            mapfile -t cpids < <(rss_pids "$c")
+            cpu_before=$(cpu_ticks "${cpids[@]}")
             run_wrk "$c" "$DURATION" "$f"
+            cpu_after=$(cpu_ticks "${cpids[@]}")
         else
             echo "not running" >"$f"
         fi
-        read -r rps p50 p99 errs <<<"$(parse_wrk "$f")"
+        read -r rps p50 p99 errs reqs <<<"$(parse_wrk "$f")"
+        cpu=$(cpu_per_req "$cpu_before" "$cpu_after" "$reqs")
         rss=$(rss_of "$c")
         # A proxy that died during the run invalidates it (wrk counts errors too).
         if [[ $c != direct ]] && ! kill -0 "${MAIN_PID[$c]}" 2>/dev/null; then errs=-1; fi
-        printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((r + 1)) "$c" "$rps" "$p50" "$p99" \
-            "$rss" "$errs" "$busy" >>"$SAMPLES"
-        log "round $((r + 1))/$ROUNDS $(printf '%-10s' "$c") $rps req/s  p50 $p50 ms  p99 $p99 ms  rss $((rss / 1024)) MiB  errors $errs  (busy before: $busy%)"
+        printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((r + 1)) "$c" "$rps" "$p50" "$p99" \
+            "$rss" "$errs" "$busy" "$cpu" >>"$SAMPLES"
+        log "round $((r + 1))/$ROUNDS $(printf '%-10s' "$c") $rps req/s  p50 $p50 ms  p99 $p99 ms  cpu $cpu us/req  rss $((rss / 1024)) MiB  errors $errs  (busy before: $busy%)"
     done
 done
 

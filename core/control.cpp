@@ -1,5 +1,6 @@
 #include "liege/control.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace liege::control {
@@ -60,6 +61,61 @@ std::string encode(const StatsMessage& m) {
               {"backends", std::move(backends)},
               {"vassals", std::move(vassals)}};
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+namespace {
+
+// For each item of `past`: add its counters to the item of `into` with the same key, or keep it
+// (without its in-flight gauge) when `into` has none.
+template <class T, class Key, class Add>
+void add_each(std::vector<T>& into, const std::vector<T>& past, Key T::*key, Add add) {
+    for (const T& p : past) {
+        auto it =
+            std::find_if(into.begin(), into.end(), [&](const T& x) { return x.*key == p.*key; });
+        if (it != into.end()) {
+            add(*it, p);
+            continue;
+        }
+        T gone = p;
+        gone.in_flight = 0;
+        into.push_back(std::move(gone));
+    }
+}
+
+} // namespace
+
+StatsMessage add_counters(const StatsMessage& past, const StatsMessage& now) {
+    StatsMessage sum = now;
+    sum.requests += past.requests;
+    if (sum.thread_requests.size() < past.thread_requests.size()) {
+        sum.thread_requests.resize(past.thread_requests.size(), 0);
+    }
+    for (size_t i = 0; i < past.thread_requests.size(); ++i) {
+        sum.thread_requests[i] += past.thread_requests[i];
+    }
+    add_each(sum.backends, past.backends, &BackendStats::address,
+             [](BackendStats& into, const BackendStats& b) {
+                 into.requests += b.requests;
+                 into.failures += b.failures;
+                 for (size_t i = 0; i < 6; ++i) {
+                     into.responses[i] += b.responses[i];
+                 }
+             });
+    add_each(sum.vassals, past.vassals, &VassalFigures::vassal,
+             [](VassalFigures& into, const VassalFigures& v) {
+                 for (size_t i = 0; i < 6; ++i) {
+                     into.responses[i] += v.responses[i];
+                 }
+                 into.router_errors += v.router_errors;
+                 into.latency_sum_us += v.latency_sum_us;
+                 if (into.latency_bounds_ms == v.latency_bounds_ms &&
+                     into.latency_buckets.size() == v.latency_buckets.size()) {
+                     for (size_t i = 0; i < v.latency_buckets.size(); ++i) {
+                         into.latency_buckets[i] += v.latency_buckets[i];
+                     }
+                 }
+             });
+    return sum;
 }
 
 json parse_line(std::string_view line) {

@@ -957,7 +957,7 @@ void Emperor::on_control_line(const std::string& line) {
         } else if (type == "drained") {
             on_drained(control::decode_drained(j).address);
         } else if (type == "stats") {
-            stats_ = control::decode_stats(j);
+            stats_ = control::add_counters(stats_past_, control::decode_stats(j));
             if (stats_listener_) {
                 stats_listener_();
             }
@@ -969,6 +969,15 @@ void Emperor::on_control_line(const std::string& line) {
 
 void Emperor::router_exited(ExitStatus st) {
     control_.reset();
+    // Its counters live on (up to its last report, a second old at most); its gauges do not.
+    stats_.connections = 0;
+    for (auto& b : stats_.backends) {
+        b.in_flight = 0;
+    }
+    for (auto& v : stats_.vassals) {
+        v.in_flight = 0;
+    }
+    stats_past_ = stats_;
     if (shutting_down_) {
         spdlog::info("emperor: router stopped ({})", st.str());
         maybe_finish_shutdown();

@@ -194,7 +194,8 @@ private:
     int router_failures_ = 0;
     int64_t router_started_ms_ = 0;
     uint64_t routes_version_ = 0;
-    control::StatsMessage stats_;
+    control::StatsMessage stats_;      // the running router's figures plus stats_past_
+    control::StatsMessage stats_past_; // counters of routers that have exited
     std::function<void()> stats_listener_;
     int64_t started_unix_ = 0;
 

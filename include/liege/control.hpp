@@ -68,6 +68,11 @@ struct StatsMessage {
 
 // Router → emperor, first thing on the control socket: send me the routes.
 std::string encode_hello();
+
+// `now` (the running router's figures) with the counters of `past` (what routers that have
+// exited had counted) added, so figures never go backwards when the router restarts. Gauges
+// (connections, in flight) are `now`'s alone; a backend or vassal only `past` knows is kept.
+StatsMessage add_counters(const StatsMessage& past, const StatsMessage& now);
 std::string encode(const RoutesMessage& m);
 std::string encode(const DrainedMessage& m);
 std::string encode(const StatsMessage& m);

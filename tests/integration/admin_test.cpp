@@ -431,6 +431,49 @@ TEST_F(Admin, StatusShowsARestartedWorkerAndItsError) {
         << m.body;
 }
 
+TEST_F(Admin, FiguresDoNotGoBackwardsWhenTheRouterRestarts) {
+    write_vassal("app", backend_vassal(1));
+    start();
+    ASSERT_TRUE(wait_serving("app", 1));
+    for (int i = 0; i < 5; ++i) {
+        ASSERT_EQ(get("/id"), 200);
+    }
+    // Everything served so far, as the running router reports it (once a second).
+    uint64_t before = 0;
+    json v0;
+    ASSERT_TRUE(poll_until([&] {
+        json s = status().value_or(json::object());
+        if (!s.contains("router")) {
+            return false;
+        }
+        before = s["router"]["requests"].get<uint64_t>();
+        v0 = vassal("app");
+        // Six 200s (wait_serving's and five more) reported means every request so far is.
+        return v0["responses"]["2xx"] == 6 && v0["requests"].get<uint64_t>() == before;
+    })) << status().value_or(json::object()).dump(2);
+    allow_errors_ = true; // the router's unexpected exit is logged as an error
+    pid_t router = status().value()["router"]["pid"].get<pid_t>();
+    ASSERT_GT(router, 0);
+    ASSERT_EQ(::kill(router, SIGKILL), 0);
+    ASSERT_TRUE(poll_until([&] {
+        json s = status().value_or(json::object());
+        return s.contains("router") && s["router"]["pid"].get<pid_t>() != router &&
+               s["router"]["pid"].get<pid_t>() != 0;
+    }));
+    ASSERT_EQ(get("/id"), 200);
+    // The new router's first report adds to the old one's counts instead of replacing them.
+    json v = wait_vassal("app", [&](const json& j) { return j["requests"] == before + 1; });
+    EXPECT_EQ(v["requests"], before + 1) << v.dump(2);
+    EXPECT_EQ(v["responses"]["2xx"], v0["responses"]["2xx"].get<uint64_t>() + 1);
+    EXPECT_EQ(v["workers"][0]["requests"], v0["workers"][0]["requests"].get<uint64_t>() + 1);
+    json s = status().value_or(json::object());
+    EXPECT_EQ(s["router"]["requests"], before + 1) << s.dump(2);
+    Response m = admin("GET", "/metrics");
+    EXPECT_TRUE(contains(m.body, "liege_requests_total{vassal=\"app\",code=\"2xx\"} " +
+                                     std::to_string(v["responses"]["2xx"].get<uint64_t>()) + "\n"))
+        << m.body;
+}
+
 // ---- GET /metrics ----------------------------------------------------------------------------
 
 TEST_F(Admin, MetricsInPrometheusFormatFollowTheTraffic) {

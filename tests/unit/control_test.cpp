@@ -1,0 +1,109 @@
+// The emperor ⇄ router control messages: encoding, decoding, and counters across router restarts.
+#include "liege/control.hpp"
+
+#include <gtest/gtest.h>
+
+namespace {
+
+using liege::control::add_counters;
+using liege::control::BackendStats;
+using liege::control::StatsMessage;
+using liege::control::VassalFigures;
+
+VassalFigures figures(const std::string& vassal, uint64_t ok, uint64_t in_flight) {
+    VassalFigures f;
+    f.vassal = vassal;
+    f.responses[2] = ok;
+    f.router_errors = 1;
+    f.in_flight = static_cast<int64_t>(in_flight);
+    f.latency_bounds_ms = {1, 10};
+    f.latency_buckets = {ok, 0, 1};
+    f.latency_sum_us = 100 * ok;
+    return f;
+}
+
+BackendStats backend(const std::string& address, uint64_t requests, int64_t in_flight) {
+    BackendStats b;
+    b.address = address;
+    b.requests = requests;
+    b.in_flight = in_flight;
+    b.responses[2] = requests;
+    return b;
+}
+
+TEST(Control, HelloIsOneLineOfTypeHello) {
+    std::string line = liege::control::encode_hello();
+    ASSERT_FALSE(line.empty());
+    EXPECT_EQ(line.back(), '\n');
+    EXPECT_EQ(line.find('\n'), line.size() - 1);
+    auto j = liege::control::parse_line(line.substr(0, line.size() - 1));
+    EXPECT_EQ(j["type"], "hello");
+}
+
+TEST(Control, StatsRoundTrip) {
+    StatsMessage m;
+    m.connections = 3;
+    m.requests = 42;
+    m.thread_requests = {20, 22};
+    m.backends.push_back(backend("127.0.0.1:9000", 40, 1));
+    m.vassals.push_back(figures("app", 40, 1));
+    std::string line = liege::control::encode(m);
+    auto back = liege::control::decode_stats(liege::control::parse_line(line));
+    EXPECT_EQ(back.connections, 3);
+    EXPECT_EQ(back.requests, 42u);
+    EXPECT_EQ(back.thread_requests, (std::vector<uint64_t>{20, 22}));
+    ASSERT_EQ(back.backends.size(), 1u);
+    EXPECT_EQ(back.backends[0].address, "127.0.0.1:9000");
+    EXPECT_EQ(back.backends[0].responses[2], 40u);
+    ASSERT_EQ(back.vassals.size(), 1u);
+    EXPECT_EQ(back.vassals[0].latency_buckets, (std::vector<uint64_t>{40, 0, 1}));
+    EXPECT_EQ(back.vassals[0].latency_sum_us, 4000u);
+}
+
+TEST(Control, CountersOfAnExitedRouterCarryOverAndGaugesDoNot) {
+    StatsMessage past;
+    past.connections = 9;
+    past.requests = 100;
+    past.thread_requests = {60, 40};
+    past.backends.push_back(backend("127.0.0.1:9000", 70, 0));
+    past.backends.push_back(backend("127.0.0.1:9001", 30, 0)); // a worker gone since
+    past.vassals.push_back(figures("app", 100, 0));
+    past.vassals.push_back(figures("old", 5, 0)); // a vassal the new router has not seen
+
+    StatsMessage now;
+    now.connections = 2;
+    now.requests = 10;
+    now.thread_requests = {4, 6};
+    now.backends.push_back(backend("127.0.0.1:9000", 10, 2));
+    now.vassals.push_back(figures("app", 10, 2));
+
+    StatsMessage sum = add_counters(past, now);
+    EXPECT_EQ(sum.connections, 2);
+    EXPECT_EQ(sum.requests, 110u);
+    EXPECT_EQ(sum.thread_requests, (std::vector<uint64_t>{64, 46}));
+    ASSERT_EQ(sum.backends.size(), 2u);
+    EXPECT_EQ(sum.backends[0].requests, 80u);
+    EXPECT_EQ(sum.backends[0].responses[2], 80u);
+    EXPECT_EQ(sum.backends[0].in_flight, 2);
+    EXPECT_EQ(sum.backends[1].address, "127.0.0.1:9001");
+    EXPECT_EQ(sum.backends[1].requests, 30u);
+    ASSERT_EQ(sum.vassals.size(), 2u);
+    EXPECT_EQ(sum.vassals[0].vassal, "app");
+    EXPECT_EQ(sum.vassals[0].responses[2], 110u);
+    EXPECT_EQ(sum.vassals[0].router_errors, 2u);
+    EXPECT_EQ(sum.vassals[0].in_flight, 2);
+    EXPECT_EQ(sum.vassals[0].latency_buckets, (std::vector<uint64_t>{110, 0, 2}));
+    EXPECT_EQ(sum.vassals[0].latency_sum_us, 11000u);
+    EXPECT_EQ(sum.vassals[1].vassal, "old");
+    EXPECT_EQ(sum.vassals[1].responses[2], 5u);
+}
+
+TEST(Control, ThreadCountsOfDifferentLengthsAddPerIndex) {
+    StatsMessage past;
+    past.thread_requests = {1, 2, 3};
+    StatsMessage now;
+    now.thread_requests = {10};
+    EXPECT_EQ(add_counters(past, now).thread_requests, (std::vector<uint64_t>{11, 2, 3}));
+}
+
+} // namespace

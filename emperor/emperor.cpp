@@ -738,6 +738,20 @@ void Emperor::worker_ready(WorkerProc& w) {
     w.routed = true;
     update_state(v);
     publish_routes();
+    settle_first_start(v, nullptr);
+}
+
+void Emperor::settle_first_start(VassalRt& v, const std::string* failure) {
+    // Waiters with an active generation and no reload in progress asked for a first start.
+    if (v.waiters.empty() || v.next != nullptr || v.active == nullptr) {
+        return;
+    }
+    const std::string gen = "generation " + std::to_string(v.active->id);
+    if (failure != nullptr) {
+        notify(v, false, gen + " failed to start: " + *failure);
+    } else if (static_cast<int>(v.active->ready_count()) == v.active->config.workers) {
+        notify(v, true, "started " + gen);
+    }
 }
 
 void Emperor::worker_failed_start(WorkerProc& w, const std::string& why) {
@@ -757,6 +771,8 @@ void Emperor::worker_failed_start(WorkerProc& w, const std::string& why) {
     v.last_error = "worker " + std::to_string(w.slot) + ": " + why;
     v.last_error_unix = now_unix();
     spdlog::error("vassal {}: worker {}: {}{}", v.name, w.slot, why, lines);
+    const std::string failure = v.last_error + lines;
+    settle_first_start(v, &failure);
     WorkerProc* wp = &w;
     w.stop([this, wp] {
         wp->state = WorkerState::Backoff;
@@ -805,6 +821,8 @@ void Emperor::worker_exited(WorkerProc& w, ExitStatus st) {
     auto delay = restart_backoff(w.failures);
     spdlog::error("vassal {}: worker {} (pid {}) exited unexpectedly: {}; restarting in {} ms{}",
                   v.name, w.slot, w.pid(), st.str(), delay.count(), lines);
+    const std::string failure = v.last_error + lines;
+    settle_first_start(v, &failure);
     w.arm(static_cast<uint64_t>(delay.count()));
     update_state(v);
     if (was_routed) {
@@ -1023,9 +1041,8 @@ void Emperor::reload(const std::string& name, std::function<void(bool, std::stri
     v.waiters.push_back(std::move(done));
     v.content_hash = load.vassal->content_hash;
     if (v.active == nullptr) {
+        // Answered by settle_first_start: every worker ready, or one failed.
         start_vassal(v, std::move(*load.vassal));
-        // A first start reports when every worker is ready or one fails; keep it simple: now.
-        notify(v, true, "started generation " + std::to_string(v.active->id));
         return;
     }
     begin_reload(v, std::move(*load.vassal));

@@ -161,6 +161,9 @@ private:
     void retire(VassalRt& v, std::unique_ptr<WorkerProc> w);
     void fill_active(VassalRt& v);
     void update_state(VassalRt& v);
+    // Answers a reload that started a vassal's first generation: ok once every worker is ready,
+    // failed (with `failure`) as soon as a worker fails.
+    void settle_first_start(VassalRt& v, const std::string* failure);
     void notify(VassalRt& v, bool ok, const std::string& message);
     void maybe_erase(VassalRt& v);
     void on_drained(const std::string& address);

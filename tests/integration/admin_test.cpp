@@ -634,6 +634,40 @@ TEST_F(Admin, AFailedReloadIsReportedAndTheOldGenerationKeepsServing) {
     EXPECT_TRUE(contains(m.body, "liege_reloads_failed_total{vassal=\"app\"} 3\n")) << m.body;
 }
 
+TEST_F(Admin, ReloadOfAVassalThatNeverStartedIsAnsweredWithItsOutcome) {
+    allow_errors_ = true; // the invalid file and the failing workers are logged as errors
+    write_vassal("app", "no_such_key = 1\n");
+    start();
+    json v = wait_vassal("app", [](const json& j) { return j["last_error"].is_string(); });
+    ASSERT_EQ(v["state"], "failed") << v.dump(2);
+    ASSERT_EQ(v["workers"].size(), 0u);
+
+    // Workers that take a while to listen: the answer waits until they all serve. (The watcher
+    // may start the vassal before the request does; either way the answer follows readiness.)
+    write_vassal("app", std::string("command = [\"/bin/sh\", \"-c\", \"sleep 0.5; exec ") +
+                            LIEGE_TEST_BACKEND +
+                            " --listen 127.0.0.1:${PORT} --name ${NAME}-${WORKER}\"]\n"
+                            "workers = 2\n");
+    Response r = admin("POST", "/vassals/app/reload");
+    ASSERT_EQ(r.status, 200) << r.body;
+    json o = json::parse(r.body);
+    EXPECT_EQ(o["ok"], true) << o;
+    EXPECT_TRUE(contains(o["message"], "generation")) << o;
+    v = vassal("app");
+    EXPECT_EQ(v["workers_ready"], 2) << "answered before the workers were ready: " << v.dump(2);
+    EXPECT_EQ(get("/id"), 200);
+
+    // A vassal that never started and whose workers die at once: the answer is the failure.
+    write_vassal("broken", "no_such_key = 1\n");
+    wait_vassal("broken", [](const json& j) { return j["last_error"].is_string(); });
+    write_vassal("broken", "command = [\"/bin/sh\", \"-c\", \"echo cannot start; exit 3\"]\n");
+    r = admin("POST", "/vassals/broken/reload");
+    EXPECT_EQ(r.status, 500) << r.body;
+    o = json::parse(r.body);
+    EXPECT_EQ(o["ok"], false) << o;
+    EXPECT_TRUE(contains(o["message"], "exit code 3")) << o;
+}
+
 TEST_F(Admin, UnknownVassalsAndPaths) {
     write_vassal("app", backend_vassal(1));
     start();

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <set>
 
 #include "liege/health.hpp"
 #include "liege/log.hpp"
@@ -987,13 +988,30 @@ void Emperor::on_control_line(const std::string& line) {
 
 void Emperor::router_exited(ExitStatus st) {
     control_.reset();
-    // Its counters live on (up to its last report, a second old at most); its gauges do not.
+    // Its counters live on (up to its last report, a second old at most), for the workers and
+    // vassals that are still there (a new worker may reuse a gone one's port); gauges do not.
+    std::set<std::string> live;
+    for (const auto& [name, v] : vassals_) {
+        for (const Generation* g : {v->active.get(), v->next.get()}) {
+            if (g == nullptr) {
+                continue;
+            }
+            for (const auto& w : g->workers) {
+                live.insert(w->address.str());
+            }
+        }
+        for (const auto& w : v->retiring) {
+            live.insert(w->address.str());
+        }
+    }
     stats_.connections = 0;
+    std::erase_if(stats_.backends, [&](const auto& b) { return !live.contains(b.address); });
+    std::erase_if(stats_.vassals, [&](const auto& f) { return !vassals_.contains(f.vassal); });
     for (auto& b : stats_.backends) {
         b.in_flight = 0;
     }
-    for (auto& v : stats_.vassals) {
-        v.in_flight = 0;
+    for (auto& f : stats_.vassals) {
+        f.in_flight = 0;
     }
     stats_past_ = stats_;
     if (shutting_down_) {

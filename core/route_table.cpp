@@ -1,7 +1,8 @@
 #include "liege/route_table.hpp"
 
+#include "liege/ascii.hpp"
+
 #include <algorithm>
-#include <cctype>
 
 namespace liege {
 
@@ -9,13 +10,9 @@ namespace {
 
 constexpr size_t kMaxHost = 256; // a DNS name is at most 253 characters
 
-char lower(char c) {
-    return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-}
-
 std::string lower_pattern(std::string_view pattern) {
     std::string out(pattern);
-    std::transform(out.begin(), out.end(), out.begin(), lower);
+    std::transform(out.begin(), out.end(), out.begin(), ascii_lower);
     if (out.size() > 1 && out.back() == '.') {
         out.pop_back();
     }
@@ -100,7 +97,7 @@ std::string_view RouteTable::normalize_host(std::string_view host, char* buf, si
     if (host.size() > buf_size) {
         return {};
     }
-    std::transform(host.begin(), host.end(), buf, lower);
+    std::transform(host.begin(), host.end(), buf, ascii_lower);
     return {buf, host.size()};
 }
 

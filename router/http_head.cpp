@@ -1,14 +1,12 @@
 #include "liege/http_head.hpp"
 
+#include "liege/ascii.hpp"
+
 #include <cstring>
 
 namespace liege::http {
 
 namespace {
-
-char lower(char c) {
-    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-}
 
 bool istarts_with(std::string_view s, std::string_view prefix) {
     return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
@@ -83,6 +81,7 @@ public:
         }
         return false;
     }
+    bool empty() const { return count_ == 0 && !overflow_; }
 
 private:
     static constexpr size_t kMax = 8;
@@ -112,8 +111,11 @@ bool is_hop_by_hop(const ConnectionTokens& conn, std::string_view name, bool kee
     default:
         break;
     }
-    if (istarts_with(name, "proxy-")) {
+    if (name.size() >= 6 && (name[0] | 0x20) == 'p' && istarts_with(name, "proxy-")) {
         return true;
+    }
+    if (conn.empty()) {
+        return false; // the common case: Connection names nothing beyond the usual
     }
     if (iequals(name, "transfer-encoding") || iequals(name, "content-length") ||
         iequals(name, "host")) {
@@ -167,7 +169,7 @@ bool iequals(std::string_view a, std::string_view b) {
         return false;
     }
     for (size_t i = 0; i < a.size(); ++i) {
-        if (lower(a[i]) != lower(b[i])) {
+        if (ascii_lower(a[i]) != ascii_lower(b[i])) {
             return false;
         }
     }

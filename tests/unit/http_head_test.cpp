@@ -108,6 +108,21 @@ TEST(RequestHead, StripsHopByHopHeaders) {
     EXPECT_NE(out.find("X-Kept: yes\r\n"), std::string::npos);
 }
 
+TEST(RequestHead, HopByHopNamesMatchInAnyCase) {
+    auto out = rewrite(request("GET", "/",
+                               {{"Host", "a"},
+                                {"PROXY-AUTHORIZATION", "Basic x"},
+                                {"proxy-x", "1"},
+                                {"CONNECTION", "x-gone"},
+                                {"X-GONE", "1"},
+                                {"te", "trailers"},
+                                {"Proxy", "kept: not a Proxy-* name"}}));
+    for (const char* gone : {"PROXY-", "proxy-", "CONNECTION", "X-GONE", "te:"}) {
+        EXPECT_EQ(out.find(gone), std::string::npos) << gone << " in\n" << out;
+    }
+    EXPECT_NE(out.find("Proxy: kept"), std::string::npos) << out;
+}
+
 TEST(RequestHead, ConnectionCannotStripFramingOrHost) {
     auto out = rewrite(
         request("POST", "/",

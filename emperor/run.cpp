@@ -21,15 +21,9 @@ int run_emperor(const EmperorOptions& options) {
     int exit_code = 0;
     {
         emperor::Emperor emperor(&loop, options);
-        // Bound before anything starts, so a second `liege run` on the same socket stops here.
         AdminServer admin(emperor);
-        if (admin.start(options.admin) != 0) {
-            exit_code = 1;
-            emperor.shutdown([] {});
-        } else if (int rc = emperor.start(); rc != 0) {
-            exit_code = rc;
-            emperor.shutdown([] {});
-        }
+        // Signal handlers first: a SIGHUP that arrives while we start (a deploy tool reloading
+        // as soon as the socket answers) must not kill us; libuv delivers it once the loop runs.
         struct SignalCtx {
             emperor::Emperor* emperor;
             AdminServer* admin;
@@ -75,6 +69,14 @@ int run_emperor(const EmperorOptions& options) {
                     });
                 },
                 signo);
+        }
+        // Bound before anything starts, so a second `liege run` on the same socket stops here.
+        if (admin.start(options.admin) != 0) {
+            exit_code = 1;
+            emperor.shutdown([] {});
+        } else if (int rc = emperor.start(); rc != 0) {
+            exit_code = rc;
+            emperor.shutdown([] {});
         }
         if (exit_code != 0) {
             stop_all(&ctx);

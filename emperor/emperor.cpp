@@ -24,6 +24,9 @@ namespace {
 constexpr int kFailedAfter = 5;             // consecutive failures that make a vassal "failed"
 constexpr int kLivenessFailures = 3;        // consecutive failed probes that restart a worker
 constexpr int64_t kHealthyResetMs = 60'000; // a worker healthy this long forgets its failures
+// Readiness probes (a loopback connect) start 5 ms after the spawn and back off to every 100 ms:
+// a fast app is routed within milliseconds of listening, a slow one costs ~10 probes a second.
+constexpr uint64_t kFirstReadinessPollMs = 5;
 constexpr uint64_t kReadinessPollMs = 100;
 
 std::string join_lines(const std::vector<std::string>& lines) {
@@ -207,7 +210,8 @@ void WorkerProc::spawn() {
     }
     spdlog::info("vassal {}: worker {} started (pid {}, generation {}, {})", cfg.name, slot,
                  child->pid(), generation->id, address.str());
-    arm(50);
+    readiness_poll_ms = kFirstReadinessPollMs;
+    arm(readiness_poll_ms);
 }
 
 void WorkerProc::on_timer() {
@@ -256,7 +260,8 @@ void WorkerProc::probe_now() {
             if (r.ok) {
                 became_ready();
             } else {
-                arm(kReadinessPollMs);
+                arm(readiness_poll_ms);
+                readiness_poll_ms = std::min(readiness_poll_ms * 2, kReadinessPollMs);
             }
             return;
         }

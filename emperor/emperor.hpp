@@ -69,6 +69,7 @@ struct WorkerProc {
     int64_t started_ms = 0;
     int64_t ready_ms = 0;
     int64_t start_deadline_ms = 0;
+    uint64_t readiness_poll_ms = 0; // the next wait between readiness probes; grows to a cap
     std::function<void()> cancel_probe;
     UvHandle<uv_timer_t> timer;
     std::function<void()> on_stopped; // once, when the process is gone

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh --bench
-cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release >/dev/null
+# The test backend is the app; bench/run.sh may have configured build-bench without tests.
+cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DLIEGE_TESTS=ON >/dev/null
 cmake --build build-bench -j"$(nproc)" --target liege liege-test-backend >/dev/null
 ulimit -n "$(ulimit -Hn)"
 python3 bench/emperor_bench.py build-bench/liege build-bench/tests/liege-test-backend \

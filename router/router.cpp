@@ -34,6 +34,19 @@ int run_router(const RouterOptions& options) {
     using router::Shared;
     using router::Worker;
 
+    // TERM, INT and USR1 wait (blocked) until their handlers are in place below: a router told
+    // to stop while it starts stops gracefully instead of dying of the default action.
+    sigset_t early;
+    sigemptyset(&early);
+    for (int signo : {SIGTERM, SIGINT, SIGUSR1}) {
+        sigaddset(&early, signo);
+    }
+    pthread_sigmask(SIG_BLOCK, &early, nullptr);
+    struct Unblock {
+        sigset_t* set;
+        ~Unblock() { pthread_sigmask(SIG_UNBLOCK, set, nullptr); }
+    } unblock_on_return{&early};
+
     if (options.listen.empty() && options.inherited_fds.empty()) {
         spdlog::error("router: nothing to listen on");
         return 2;
@@ -180,6 +193,7 @@ int run_router(const RouterOptions& options) {
             spdlog::info("router: SIGUSR1, access logs reopened");
         },
         SIGUSR1);
+    pthread_sigmask(SIG_UNBLOCK, &early, nullptr); // what came meanwhile is delivered now
     std::unique_ptr<router::ControlChannel> channel;
     if (options.control_fd >= 0) {
         channel = std::make_unique<router::ControlChannel>(&loop, options.control_fd, *shared,

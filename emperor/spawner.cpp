@@ -87,6 +87,8 @@ namespace {
 constexpr std::size_t kLastLines = 20;
 // How long a reaped child's exit waits for its output pipes when a grandchild holds them open.
 constexpr uint64_t kPipeLingerMs = 1000;
+// After the leader of a stopping group exits: how often to look whether the rest is gone.
+constexpr uint64_t kGroupPollMs = 50;
 
 class ChildCore;
 
@@ -215,6 +217,12 @@ public:
             uv_timer_init(loop_, kill_timer_.get());
             kill_timer_->data = this;
         }
+        const auto ms = static_cast<uint64_t>(std::max<int64_t>(timeout.count(), 0));
+        kill_deadline_ = uv_now(loop_) + ms;
+        start_kill_timer(ms, 0);
+    }
+
+    void start_kill_timer(uint64_t after, uint64_t repeat) {
         uv_timer_start(
             kill_timer_.get(),
             [](uv_timer_t* timer) {
@@ -222,7 +230,7 @@ public:
                     self->on_kill_timer();
                 }
             },
-            static_cast<uint64_t>(std::max<int64_t>(timeout.count(), 0)), 0);
+            after, repeat);
     }
 
     std::vector<std::string> last_lines() const { return {last_.begin(), last_.end()}; }
@@ -306,12 +314,22 @@ private:
     // the stop signal: SIGKILL goes to the group either way, unless the group is seen empty.
     void on_kill_timer() {
         auto self = shared_from_this();
+        if (exit_delivered_ && uv_now(loop_) < kill_deadline_) {
+            // The leader is gone; the rest of its group is watched until it is empty or the
+            // deadline comes, so a stop that worked leaves no timer behind for long.
+            if (group_gone()) {
+                kill_timer_.reset();
+                keep_alive_.reset();
+            }
+            return;
+        }
         if (!group_gone()) {
             spdlog::debug("{}: process group {} still there after its stop timeout, sending "
                           "SIGKILL",
                           tag_, pid_);
             ::kill(-pid_, SIGKILL);
         }
+        uv_timer_stop(kill_timer_.get()); // it may repeat (see deliver_exit)
         keep_alive_.reset(); // a detached core has nothing left to do once SIGKILL is sent
     }
 
@@ -334,6 +352,10 @@ private:
         if (group_gone()) {
             kill_timer_.reset();
             keep_alive_.reset();
+        } else if (is_active(kill_timer_)) {
+            const uint64_t now = uv_now(loop_);
+            const uint64_t left = kill_deadline_ > now ? kill_deadline_ - now : 0;
+            start_kill_timer(std::min<uint64_t>(left, kGroupPollMs), kGroupPollMs);
         }
         if (detached_ || !on_exit_) {
             return;
@@ -349,6 +371,7 @@ private:
     Child::ExitFn on_exit_;
     std::array<Stream, 2> streams_;
     UvHandle<uv_timer_t> kill_timer_;
+    uint64_t kill_deadline_ = 0; // loop time of the SIGKILL
     UvHandle<uv_timer_t> linger_timer_;
     std::deque<std::string> last_;
     ExitStatus status_;

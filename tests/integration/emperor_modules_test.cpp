@@ -350,6 +350,48 @@ TEST_F(Spawn, StopReachesTheWholeProcessGroup) {
         << "grandchild " << grandchild << " survived";
 }
 
+TEST_F(Spawn, AGroupThatEmptiesAfterItsLeaderLeavesNoTimerBehind) {
+    // The leader dies of SIGTERM at once; its child, which holds none of the output pipes, takes
+    // 300 ms more to finish. The SIGKILL deadline is far: once the group is empty, nothing of
+    // the stop may keep the loop busy. The child writes its pid once its trap is set.
+    std::string pid_file =
+        (fs::temp_directory_path() / ("liege-spawn-test-" + std::to_string(::getpid()) + ".pid"))
+            .string();
+    fs::remove(pid_file);
+    Output out;
+    liege::Child* child = spawn(
+        {"sh", "-c",
+         "sh -c 'trap \"sleep 0.3; exit 0\" TERM; echo $$ > \"$0.tmp\"; mv \"$0.tmp\" \"$0\"; "
+         "while :; do sleep 0.05; done' \"$0\" >/dev/null 2>&1 & wait",
+         pid_file},
+        out);
+    ASSERT_NE(child, nullptr);
+    pid_t grandchild = 0;
+    ASSERT_TRUE(run_until([&] {
+        std::ifstream in(pid_file);
+        return static_cast<bool>(in >> grandchild);
+    }));
+    fs::remove(pid_file);
+    child->stop(SIGTERM, 20s);
+    ASSERT_TRUE(wait_exit(out));
+    ASSERT_TRUE(run_until([&] { return process_gone(grandchild); }));
+    // Handles that keep the loop running, besides run_until's own ticking timer.
+    auto others_active = [&] {
+        int n = 0;
+        uv_walk(
+            loop(),
+            [](uv_handle_t* h, void* arg) {
+                if (uv_is_active(h) != 0 && uv_has_ref(h) != 0 && uv_is_closing(h) == 0) {
+                    ++*static_cast<int*>(arg);
+                }
+            },
+            &n);
+        return n - 1;
+    };
+    EXPECT_TRUE(run_until([&] { return others_active() == 0; }, 5s))
+        << "the stop's SIGKILL timer outlived the process group";
+}
+
 TEST_F(Spawn, StopKillsWhatIgnoresSigtermEvenAfterTheLeaderExited) {
     // The app obeys SIGTERM, a child it started ignores it and holds no pipe: the exit comes at
     // once, the SIGKILL at the timeout still reaches the child, even with the Child dropped in

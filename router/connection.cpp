@@ -94,6 +94,26 @@ int send_op(Worker* w, uv_stream_t* stream, WriteOp* op, uv_write_cb cb) {
     return 0;
 }
 
+// The callbacks both legs' parsers share; each leg adds its start-line ones.
+llhttp_settings_t message_settings(llhttp_cb begin, llhttp_data_cb field, llhttp_data_cb value,
+                                   llhttp_cb headers_complete, llhttp_data_cb body,
+                                   llhttp_cb complete) {
+    llhttp_settings_t v;
+    llhttp_settings_init(&v);
+    v.on_message_begin = begin;
+    v.on_header_field = field;
+    v.on_header_value = value;
+    v.on_headers_complete = headers_complete;
+    v.on_body = body;
+    v.on_message_complete = complete;
+    return v;
+}
+
+// A TCP or unix stream handle, by the peer's kind.
+int init_stream(uv_loop_t* loop, StreamHandle& h, bool is_unix) {
+    return is_unix ? uv_pipe_init(loop, &h.pipe, 0) : uv_tcp_init(loop, &h.tcp);
+}
+
 } // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -102,16 +122,10 @@ int send_op(Worker* w, uv_stream_t* stream, WriteOp* op, uv_write_cb cb) {
 
 const llhttp_settings_t* ClientConn::settings() {
     static const llhttp_settings_t s = [] {
-        llhttp_settings_t v;
-        llhttp_settings_init(&v);
-        v.on_message_begin = on_message_begin;
+        llhttp_settings_t v = message_settings(on_message_begin, on_header_field, on_header_value,
+                                               on_headers_complete, on_body, on_message_complete);
         v.on_method = on_method;
         v.on_url = on_url;
-        v.on_header_field = on_header_field;
-        v.on_header_value = on_header_value;
-        v.on_headers_complete = on_headers_complete;
-        v.on_body = on_body;
-        v.on_message_complete = on_message_complete;
         return v;
     }();
     return &s;
@@ -120,8 +134,7 @@ const llhttp_settings_t* ClientConn::settings() {
 void ClientConn::accept(Worker* w, int fd, bool is_unix) {
     auto* c = new ClientConn(w);
     c->is_unix_ = is_unix;
-    int rc = is_unix ? uv_pipe_init(w->loop(), &c->sock_.pipe, 0)
-                     : uv_tcp_init(w->loop(), &c->sock_.tcp);
+    int rc = init_stream(w->loop(), c->sock_, is_unix);
     if (rc == 0) {
         rc = is_unix ? uv_pipe_open(&c->sock_.pipe, fd) : uv_tcp_open(&c->sock_.tcp, fd);
         c->handles_open_++;
@@ -1175,15 +1188,9 @@ void ClientConn::on_close(uv_handle_t* h) {
 
 const llhttp_settings_t* Upstream::settings() {
     static const llhttp_settings_t s = [] {
-        llhttp_settings_t v;
-        llhttp_settings_init(&v);
-        v.on_message_begin = on_message_begin;
+        llhttp_settings_t v = message_settings(on_message_begin, on_header_field, on_header_value,
+                                               on_headers_complete, on_body, on_message_complete);
         v.on_status = on_status;
-        v.on_header_field = on_header_field;
-        v.on_header_value = on_header_value;
-        v.on_headers_complete = on_headers_complete;
-        v.on_body = on_body;
-        v.on_message_complete = on_message_complete;
         return v;
     }();
     return &s;
@@ -1195,8 +1202,7 @@ Upstream* Upstream::connect(Worker* w, const std::shared_ptr<Backend>& backend, 
     auto* up = new Upstream(w, backend);
     up->is_unix_ = be.address.is_unix();
     up->client_ = client;
-    int rc = up->is_unix_ ? uv_pipe_init(w->loop(), &up->sock_.pipe, 0)
-                          : uv_tcp_init(w->loop(), &up->sock_.tcp);
+    int rc = init_stream(w->loop(), up->sock_, up->is_unix_);
     if (rc != 0) {
         delete up;
         *err = rc;

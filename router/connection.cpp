@@ -109,6 +109,17 @@ llhttp_settings_t message_settings(llhttp_cb begin, llhttp_data_cb field, llhttp
     return v;
 }
 
+// Closes a leg's two handles (each close callback counts one down).
+void close_handles(StreamHandle& sock, uv_timer_t& timer, uv_close_cb cb) {
+    uv_timer_stop(&timer);
+    if (!uv_is_closing(&sock.handle)) {
+        uv_close(&sock.handle, cb);
+    }
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&timer))) {
+        uv_close(reinterpret_cast<uv_handle_t*>(&timer), cb);
+    }
+}
+
 // A TCP or unix stream handle, by the peer's kind.
 int init_stream(uv_loop_t* loop, StreamHandle& h, bool is_unix) {
     return is_unix ? uv_pipe_init(loop, &h.pipe, 0) : uv_tcp_init(loop, &h.tcp);
@@ -1163,13 +1174,7 @@ void ClientConn::close_now() {
         head_ = nullptr;
     }
     leave_pool();
-    uv_timer_stop(&timer_);
-    if (!uv_is_closing(&sock_.handle)) {
-        uv_close(&sock_.handle, on_close);
-    }
-    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&timer_))) {
-        uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_close);
-    }
+    close_handles(sock_, timer_, on_close);
 }
 
 void ClientConn::on_close(uv_handle_t* h) {
@@ -1610,13 +1615,7 @@ void Upstream::close() {
         head_ = nullptr;
     }
     client_ = nullptr;
-    uv_timer_stop(&timer_);
-    if (!uv_is_closing(&sock_.handle)) {
-        uv_close(&sock_.handle, on_close);
-    }
-    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&timer_))) {
-        uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_close);
-    }
+    close_handles(sock_, timer_, on_close);
 }
 
 void Upstream::on_close(uv_handle_t* h) {

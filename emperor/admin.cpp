@@ -23,6 +23,7 @@
 #include <map>
 
 #include "emperor.hpp"
+#include "liege/http_head.hpp"
 #include "liege/log.hpp"
 #include "liege/metrics.hpp"
 #include "liege/uv.hpp"
@@ -36,27 +37,6 @@ namespace {
 constexpr size_t kMaxHead = 64 * 1024;
 constexpr size_t kMaxBody = 64 * 1024;
 constexpr uint64_t kIdleTimeoutMs = 60'000;
-
-const char* reason_phrase(int status) {
-    switch (status) {
-    case 200:
-        return "OK";
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 413:
-        return "Content Too Large";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    default:
-        return "Unknown";
-    }
-}
 
 int hex_value(char c) {
     if (c >= '0' && c <= '9') {
@@ -479,7 +459,7 @@ void AdminServer::Impl::respond_raw(
     }
     std::string out = fmt::format("HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n"
                                   "Cache-Control: no-store\r\n",
-                                  status, reason_phrase(status), content_type, body.size());
+                                  status, http::reason_phrase(status), content_type, body.size());
     for (const auto& [name, value] : headers) {
         out += name + ": " + value + "\r\n";
     }

@@ -48,11 +48,6 @@ std::string slurp(const fs::path& p) {
     return s.str();
 }
 
-void write_file(const fs::path& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-}
-
 bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
 }
@@ -87,16 +82,6 @@ std::optional<double> metric_value(const std::string& text, const std::string& s
         return std::nullopt;
     }
     return std::stod(text.substr(pos + series.size() + 1));
-}
-
-bool process_alive(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string text;
-    if (!std::getline(in, text)) {
-        return false;
-    }
-    auto paren = text.rfind(')');
-    return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] != 'Z';
 }
 
 // A `liege` command run to completion.
@@ -134,9 +119,7 @@ std::string backend_vassal(int workers, bool log_requests = false) {
 class Admin : public ::testing::Test {
 protected:
     void SetUp() override {
-        std::string tmpl = (fs::temp_directory_path() / "liege-admin-test.XXXXXX").string();
-        ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-        root_ = tmpl;
+        root_ = make_temp_dir("liege-admin-test");
         vassals_ = root_ / "vassals.d";
         fs::create_directories(vassals_);
     }
@@ -229,7 +212,7 @@ protected:
         ASSERT_TRUE(st) << "the emperor did not exit within 30 s of SIGTERM";
         EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe_status(*st);
         for (pid_t pid : pids) {
-            EXPECT_TRUE(poll_until([&] { return !process_alive(pid); }))
+            EXPECT_TRUE(poll_until([&] { return process_gone(pid); }))
                 << "process " << pid << " outlived the emperor";
         }
     }
@@ -349,7 +332,7 @@ TEST_F(Admin, StatusHasThePinnedShapeAndItsFiguresFollowTheTraffic) {
             EXPECT_TRUE(w.contains(key)) << key << " missing from " << w.dump(2);
         }
         EXPECT_EQ(w["state"], "ready");
-        EXPECT_TRUE(process_alive(w["pid"].get<pid_t>()));
+        EXPECT_FALSE(process_gone(w["pid"].get<pid_t>()));
         // RSS as /proc reports it for that pid: a live process has some, well under 1 GiB.
         EXPECT_GT(w["rss_bytes"].get<int64_t>(), 100 * 1024) << w.dump();
         EXPECT_LT(w["rss_bytes"].get<int64_t>(), int64_t{1} << 30) << w.dump();

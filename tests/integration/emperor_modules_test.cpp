@@ -28,6 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "harness.hpp"
 #include "liege/address.hpp"
 #include "liege/health.hpp"
 #include "liege/spawner.hpp"
@@ -40,6 +41,10 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
 using liege::UvHandle;
+using liege::test::make_temp_dir;
+using liege::test::poll_until;
+using liege::test::process_gone;
+using liege::test::write_file;
 
 namespace {
 
@@ -49,45 +54,8 @@ Millis since(Clock::time_point start) {
     return std::chrono::duration_cast<Millis>(Clock::now() - start);
 }
 
-// True once `pid` is no process any more (a zombie nobody reaped counts as gone).
-bool process_gone(pid_t pid) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string text;
-    if (!stat || !std::getline(stat, text)) {
-        return true;
-    }
-    std::size_t paren = text.rfind(')');
-    return paren == std::string::npos || paren + 2 >= text.size() || text[paren + 2] == 'Z';
-}
-
-// Polls `condition` without a loop (for processes outside any loop), every 10 ms, bounded.
-bool poll_for(const std::function<bool()>& condition, Millis timeout = kBound) {
-    auto deadline = Clock::now() + timeout;
-    while (!condition()) {
-        if (Clock::now() >= deadline) {
-            return condition();
-        }
-        std::this_thread::sleep_for(10ms);
-    }
-    return true;
-}
-
 std::string python() {
     return ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-}
-
-fs::path make_temp_dir() {
-    std::string pattern = (fs::temp_directory_path() / "liege-emperor-test-XXXXXX").string();
-    char* made = ::mkdtemp(pattern.data());
-    if (made == nullptr) {
-        throw std::runtime_error("mkdtemp failed");
-    }
-    return made;
-}
-
-void write_file(const fs::path& file, const std::string& content) {
-    std::ofstream out(file, std::ios::binary | std::ios::trunc);
-    out << content;
 }
 
 // A loop per test, run only in bounded steps.
@@ -269,7 +237,7 @@ TEST_F(Spawn, MissingProgramFailsWithENOENT) {
 }
 
 TEST_F(Spawn, ReportsExecAndChdirFailuresAsErrno) {
-    fs::path dir = make_temp_dir();
+    fs::path dir = make_temp_dir("liege-emperor-test");
     fs::path not_executable = dir / "script.sh";
     write_file(not_executable, "#!/bin/sh\necho hi\n");
     ::chmod(not_executable.c_str(), 0644);
@@ -288,7 +256,7 @@ TEST_F(Spawn, ReportsExecAndChdirFailuresAsErrno) {
 }
 
 TEST_F(Spawn, PassesTheEnvironmentAndWorkingDirectory) {
-    fs::path dir = make_temp_dir();
+    fs::path dir = make_temp_dir("liege-emperor-test");
     ::setenv("LIEGE_TEST_INHERITED", "from-emperor", 1);
     ::setenv("LIEGE_TEST_OVERRIDDEN", "old", 1);
     ::setenv("LISTEN_FDS", "7", 1); // the emperor's own activation must not leak into a child
@@ -354,10 +322,8 @@ TEST_F(Spawn, AGroupThatEmptiesAfterItsLeaderLeavesNoTimerBehind) {
     // The leader dies of SIGTERM at once; its child, which holds none of the output pipes, takes
     // 300 ms more to finish. The SIGKILL deadline is far: once the group is empty, nothing of
     // the stop may keep the loop busy. The child writes its pid once its trap is set.
-    std::string pid_file =
-        (fs::temp_directory_path() / ("liege-spawn-test-" + std::to_string(::getpid()) + ".pid"))
-            .string();
-    fs::remove(pid_file);
+    fs::path dir = make_temp_dir("liege-spawn-test");
+    std::string pid_file = (dir / "child.pid").string();
     Output out;
     liege::Child* child = spawn(
         {"sh", "-c",
@@ -371,7 +337,7 @@ TEST_F(Spawn, AGroupThatEmptiesAfterItsLeaderLeavesNoTimerBehind) {
         std::ifstream in(pid_file);
         return static_cast<bool>(in >> grandchild);
     }));
-    fs::remove(pid_file);
+    fs::remove_all(dir);
     child->stop(SIGTERM, 20s);
     ASSERT_TRUE(wait_exit(out));
     ASSERT_TRUE(run_until([&] { return process_gone(grandchild); }));
@@ -438,7 +404,7 @@ TEST_F(Spawn, ExitIsDeliveredWhenAGrandchildKeepsThePipesOpen) {
     EXPECT_LT(since(reaped), 3s);
     EXPECT_EQ(out.exit->exit_code, 0);
     ::kill(grandchild, SIGKILL);
-    EXPECT_TRUE(poll_for([&] { return process_gone(grandchild); }));
+    EXPECT_TRUE(poll_until([&] { return process_gone(grandchild); }));
 }
 
 TEST_F(Spawn, SocketActivationPassesTheListenerAsFd3) {
@@ -553,7 +519,7 @@ TEST(SpawnOrphan, AChildDiesWithItsParentEvenOnSigkill) {
     int status = 0;
     ASSERT_EQ(::waitpid(middle, &status, 0), middle);
     EXPECT_TRUE(WIFSIGNALED(status));
-    bool gone = poll_for([&] { return process_gone(sleeper); });
+    bool gone = poll_until([&] { return process_gone(sleeper); });
     if (!gone) {
         ::kill(sleeper, SIGKILL);
     }
@@ -774,7 +740,7 @@ TEST_F(Probe, ASilentServerTimesOut) {
 
 TEST_F(Probe, AnswersFromPythonsHttpServer) {
     reaper_ = liege::install_reaper(loop());
-    fs::path dir = make_temp_dir();
+    fs::path dir = make_temp_dir("liege-emperor-test");
     write_file(dir / "index.html", "hello\n");
     uint16_t port = liege::pick_free_port();
     liege::SpawnSpec spec;
@@ -810,7 +776,7 @@ TEST_F(Probe, AnswersFromPythonsHttpServer) {
 }
 
 TEST_F(Probe, ConnectsToUnixSockets) {
-    fs::path dir = make_temp_dir();
+    fs::path dir = make_temp_dir("liege-emperor-test");
     std::string path = (dir / "worker.sock").string();
     int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ASSERT_GE(fd, 0);
@@ -882,7 +848,7 @@ class Watch : public LoopTest {
 protected:
     void SetUp() override {
         LoopTest::SetUp();
-        root_ = make_temp_dir();
+        root_ = make_temp_dir("liege-emperor-test");
         dir_ = root_ / "vassals.d";
         fs::create_directory(dir_);
     }

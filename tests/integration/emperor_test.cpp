@@ -440,9 +440,7 @@ private:
 class LiegeRun : public ::testing::Test {
 protected:
     void SetUp() override {
-        std::string tmpl = (fs::temp_directory_path() / "liege-emperor-test.XXXXXX").string();
-        ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-        root_ = tmpl;
+        root_ = make_temp_dir("liege-emperor-test");
         vassals_ = root_ / "vassals.d";
         fs::create_directories(vassals_);
     }
@@ -468,13 +466,6 @@ protected:
     void write_vassal(const std::string& name, const std::string& text) {
         write_file(vassals_ / ("." + name + ".toml.tmp"), text);
         fs::rename(vassals_ / ("." + name + ".toml.tmp"), vassals_ / (name + ".toml"));
-    }
-
-    static void write_file(const fs::path& path, const std::string& text) {
-        std::ofstream out(path, std::ios::binary | std::ios::trunc);
-        out << text;
-        out.close();
-        ASSERT_TRUE(out) << "cannot write " << path;
     }
 
     void remove_vassal(const std::string& name) { fs::remove(vassals_ / (name + ".toml")); }
@@ -932,7 +923,9 @@ TEST_F(LiegeRun, RemovedFileStopsRoutingAndWorkers) {
 class LiegeRunReload : public LiegeRun {
 protected:
     std::string vassal(int version) const {
-        return backend_command("v" + std::to_string(version) + "-${WORKER}") +
+        // No "literal" + std::string here: GCC 12 at -O3 warns falsely (-Wrestrict) on it.
+        std::string name = std::string("v") + std::to_string(version) + "-${WORKER}";
+        return backend_command(name) +
                "workers = 2\nhosts = [\"app.test\"]\n[reload]\nstrategy = \"" + strategy_ +
                "\"\ndrain_timeout = \"10s\"\n";
     }

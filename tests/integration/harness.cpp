@@ -357,6 +357,34 @@ long rss_kib(pid_t pid) {
     return -1;
 }
 
+bool process_gone(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string text;
+    if (!in || !std::getline(in, text)) {
+        return true;
+    }
+    std::size_t paren = text.rfind(')');
+    return paren == std::string::npos || paren + 2 >= text.size() || text[paren + 2] == 'Z';
+}
+
+std::filesystem::path make_temp_dir(std::string_view prefix) {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / (std::string(prefix) + ".XXXXXX")).string();
+    if (::mkdtemp(pattern.data()) == nullptr) {
+        throw std::runtime_error("mkdtemp " + pattern + ": " + std::strerror(errno));
+    }
+    return pattern;
+}
+
+void write_file(const std::filesystem::path& path, std::string_view text) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out) {
+        throw std::runtime_error("cannot write " + path.string());
+    }
+}
+
 std::optional<uint16_t> wait_for_port(const OutputBuffer& out, Millis timeout) {
     static constexpr std::string_view kListening = "listening on 127.0.0.1:";
     auto line = out.wait_for_line_containing(kListening, timeout);

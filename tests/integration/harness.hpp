@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -113,6 +114,15 @@ std::string describe_status(int status);
 
 // Resident set size of a process in KiB (VmRSS from /proc/PID/status), or -1.
 long rss_kib(pid_t pid);
+
+// True once `pid` is no process any more (a zombie nobody reaped yet counts as gone).
+bool process_gone(pid_t pid);
+
+// A new directory under the system's temporary directory, named PREFIX.XXXXXX; throws on error.
+std::filesystem::path make_temp_dir(std::string_view prefix);
+
+// Writes `text` to `path`, replacing it; throws when it cannot.
+void write_file(const std::filesystem::path& path, std::string_view text);
 
 // Waits for a `listening on 127.0.0.1:PORT` line in a process's output and returns PORT.
 std::optional<uint16_t> wait_for_port(const OutputBuffer& out, Millis timeout = kWait);

@@ -14,6 +14,11 @@ import sys
 from pathlib import Path
 
 MIB = 1024.0
+LABELS = {
+    "direct": "backends directly",
+    "floor-epoll": "floor relay, epoll",
+    "floor-uring": "floor relay, io_uring",
+}
 
 
 def read_tsv(path):
@@ -72,7 +77,7 @@ def main():
     for s in samples:
         if s["config"] not in configs:
             configs.append(s["config"])
-    order = {"direct": 0, "liege": 1, "nginx": 2, "haproxy": 3}
+    order = {"direct": 0, "liege": 1, "nginx": 2, "haproxy": 3, "floor-epoll": 4, "floor-uring": 5}
     configs.sort(key=lambda c: (split_config(c)[1], order.get(split_config(c)[0], 9)))
 
     med = {}
@@ -109,7 +114,7 @@ def main():
         invalid = len(rows) - len(good)
         invalid_total += invalid
         name, threads = split_config(c)
-        label = "backends directly" if name == "direct" else name
+        label = LABELS.get(name, name)
         if not good:
             p(f"| {label} | {threads} | n/a | no valid run of {len(rows)} | | | | | |")
             continue
@@ -161,6 +166,37 @@ def main():
         p()
         p("Targets (issue 2): req/s ratios >= 1.30; p99 ratio <= 1.00. "
           "A CPU ratio above 1 means liege spends less CPU per request.")
+
+    floor_threads = [t for t in threads_seen if f"liege:{t}" in med and
+                     any(f"floor-{m}:{t}" in med for m in ("epoll", "uring"))]
+    if floor_threads:
+        p()
+        p("## The floor: what no proxy can go below")
+        p()
+        p("The floor relays (`bench/floor_relay.cpp`) are not proxies: each client connection gets "
+          "its own backend connection and bytes are copied both ways with no HTTP parsing at all. "
+          "They make the same four socket calls per request as a proxy, so their CPU per request "
+          "is the kernel's share of any proxy's that makes those calls; the io_uring one makes "
+          "the fewest syscalls the kernel offers for them.")
+        p()
+        p("| relay | threads | req/s | CPU µs/req | liege req/s ÷ relay | relay CPU/req ÷ liege | "
+          "relay req/s ÷ nginx | relay req/s ÷ HAProxy |")
+        p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for t in floor_threads:
+            lg = med[f"liege:{t}"]
+            ng = med.get(f"nginx:{t}")
+            hp = med.get(f"haproxy:{t}")
+            for m in ("epoll", "uring"):
+                fl = med.get(f"floor-{m}:{t}")
+                if fl is None:
+                    continue
+                p(f"| {LABELS['floor-' + m]} | {t} | {fmt(fl['rps'])} | {fmt(fl['cpu'], 1)} | "
+                  f"{fmt(ratio(lg['rps'], fl['rps']), 2)} | {fmt(ratio(fl['cpu'], lg['cpu']), 2)} | "
+                  f"{fmt(ratio(fl['rps'], ng and ng['rps']), 2)} | "
+                  f"{fmt(ratio(fl['rps'], hp and hp['rps']), 2)} |")
+        p()
+        p("The last two columns bound what any proxy making these four calls per request can "
+          "reach against nginx and HAProxy on this box with these backends.")
 
     if idle:
         p()

@@ -10,6 +10,7 @@
 #   ROUNDS [5]           interleaved rounds; each runs every configuration once
 #   THREADS_LIST ["1 2"] proxy threads/workers to measure
 #   PROXIES ["liege nginx haproxy"]
+#   FLOORS ["epoll uring"] floor relays (bench/floor_relay.cpp) measured beside the proxies
 #   WARMUP [2s]          unmeasured wrk run per configuration before round 1 (0 to skip)
 #   IDLE_CONNS [10000]   idle keep-alive connections for the memory test (0 to skip)
 #   PIN [1]              pin with taskset (0: let the scheduler place everything)
@@ -34,6 +35,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 ROUNDS=${ROUNDS:-5}
 THREADS_LIST=${THREADS_LIST:-"1 2"}
 PROXIES=${PROXIES:-"liege nginx haproxy"}
+FLOORS=${FLOORS-"epoll uring"}
 WARMUP=${WARMUP:-2s}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 PIN=${PIN:-1}
@@ -181,29 +183,36 @@ cpu_busy() {
 cd "$ROOT"
 command -v sudo >/dev/null || [[ $(id -u) == 0 ]] || die "scripts/deps.sh needs root or sudo"
 scripts/deps.sh --bench
-if [[ $SKIP_BUILD != 1 && " $PROXIES " == *" liege "* ]]; then
-    log "building liege (Release) in build-bench/"
-    cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DLIEGE_TESTS=OFF >"$TMP/cmake.log" 2>&1 ||
+if [[ $SKIP_BUILD != 1 && (" $PROXIES " == *" liege "* || -n $FLOORS) ]]; then
+    log "building liege and the floor relay (Release) in build-bench/"
+    cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DLIEGE_TESTS=OFF -DLIEGE_BENCH=ON \
+        >"$TMP/cmake.log" 2>&1 ||
         { cat "$TMP/cmake.log" >&2; die "cmake configure failed"; }
     cmake --build build-bench -j"$ncpu" >>"$TMP/cmake.log" 2>&1 ||
         { tail -50 "$TMP/cmake.log" >&2; die "build failed"; }
 fi
 LIEGE="$ROOT/build-bench/liege"
+RELAY="$ROOT/build-bench/liege-floor-relay"
 
 # ---------------------------------------------------------------- configs
 read -r -a THREADS <<<"$THREADS_LIST"
 read -r -a PROXY_NAMES <<<"$PROXIES"
-n_ports=$((2 + ${#THREADS[@]} * ${#PROXY_NAMES[@]}))
-read -r -a PORTS <<<"$(free_ports "$n_ports")"
+read -r -a FLOOR_MODES <<<"$FLOORS"
+# Every proxy configuration (PROXY:THREADS), in base order; the floor relays run with as many
+# threads as the proxies, pinned like them.
+KEYS=()
+for t in "${THREADS[@]}"; do
+    for p in "${PROXY_NAMES[@]}"; do KEYS+=("$p:$t"); done
+    for f in "${FLOOR_MODES[@]}"; do KEYS+=("floor-$f:$t"); done
+done
+read -r -a PORTS <<<"$(free_ports $((2 + ${#KEYS[@]})))"
 B1=${PORTS[0]}
 B2=${PORTS[1]}
 declare -A PORT MAIN_PID # key: proxy:threads
 i=2
-for t in "${THREADS[@]}"; do
-    for p in "${PROXY_NAMES[@]}"; do
-        PORT[$p:$t]=${PORTS[i]}
-        i=$((i + 1))
-    done
+for key in "${KEYS[@]}"; do
+    PORT[$key]=${PORTS[i]}
+    i=$((i + 1))
 done
 
 # Temp paths inside $TMP so nginx never writes to /var/lib/nginx.
@@ -352,6 +361,11 @@ launch() {
         haproxy_conf "$t" "$port" >"$TMP/haproxy-$t.cfg"
         start "$key" "$cpus" haproxy -db -f "$TMP/haproxy-$t.cfg"
         ;;
+    floor-*)
+        [[ -x $RELAY ]] || die "$RELAY not built"
+        start "$key" "$cpus" "$RELAY" --listen "127.0.0.1:$port" --backend "127.0.0.1:$B1" \
+            --mode "${p#floor-}" --threads "$t"
+        ;;
     *) die "unknown proxy $p" ;;
     esac
     if ! wait_http "$port" "${MAIN_PID[$key]}" "$key"; then
@@ -386,22 +400,18 @@ ensure_running() {
 }
 
 UNFINISHED=() # proxies that did not start or serve
-for t in "${THREADS[@]}"; do
-    for p in "${PROXY_NAMES[@]}"; do
-        if ! launch "$p:$t"; then
-            [[ $p == liege ]] || die "$p:$t failed to start"
-            log "WARNING: $p:$t does not serve; it is left out of this run"
-            UNFINISHED+=("$p:$t")
-        fi
-    done
+for key in "${KEYS[@]}"; do
+    if ! launch "$key"; then
+        [[ $key == liege:* || $key == floor-* ]] || die "$key failed to start"
+        log "WARNING: $key does not serve; it is left out of this run"
+        UNFINISHED+=("$key")
+    fi
 done
 
 # The configurations, in base order; round r starts at position r.
 CONFIGS=(direct)
-for t in "${THREADS[@]}"; do
-    for p in "${PROXY_NAMES[@]}"; do
-        [[ " ${UNFINISHED[*]} " == *" $p:$t "* ]] || CONFIGS+=("$p:$t")
-    done
+for key in "${KEYS[@]}"; do
+    [[ " ${UNFINISHED[*]} " == *" $key "* ]] || CONFIGS+=("$key")
 done
 config_port() { if [[ $1 == direct ]]; then echo "$B1"; else echo "${PORT[$1]}"; fi; }
 
@@ -503,7 +513,7 @@ field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; } # field NAME LINE: N
 printf 'config\tconns\theld\tpending\tfailed\tbad_status\tclosed_by_peer\trss_before_kib\trss_held_kib\n' >"$IDLE"
 if [[ $IDLE_CONNS -gt 0 ]]; then
     for c in "${CONFIGS[@]}"; do
-        [[ $c == direct ]] && continue
+        [[ $c == direct || $c == floor-* ]] && continue
         ensure_running "$c" || continue
         before=$(rss_of "$c")
         ilog="$OUT/raw/idle-${c/:/-}.txt"

@@ -118,7 +118,8 @@ struct EpollSide {
     ev.events = EPOLLIN;
     ev.data.ptr = nullptr; // the listener
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
-    static char buf[64 * 1024];
+    std::vector<char> buffer(64 * 1024); // per thread: every loop has its own
+    char* buf = buffer.data();
     epoll_event events[256];
     std::vector<EpollSide*> dead;
 
@@ -192,7 +193,7 @@ struct EpollSide {
             if ((events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) == 0) {
                 continue;
             }
-            ssize_t r = read(s->fd, buf, sizeof buf);
+            ssize_t r = read(s->fd, buf, buffer.size());
             if (r < 0 && errno == EAGAIN) {
                 continue;
             }

@@ -35,8 +35,15 @@ std::string_view failure_text(UpstreamFailure why) {
         return "response timed out";
     case UpstreamFailure::BadResponse:
         return "malformed response";
+    case UpstreamFailure::NoSocket:
+        return "the router is out of file descriptors or socket memory";
     }
     return "failed";
+}
+
+// A socket the router could not create for want of its own resources (what makes accept pause).
+bool no_socket(int err) {
+    return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOBUFS || err == UV_ENOMEM;
 }
 
 void peer_name(int fd, char* out, size_t cap) {
@@ -628,6 +635,10 @@ void ClientConn::start_upstream() {
         if (up_ != nullptr) {
             return;
         }
+        if (no_socket(err)) {
+            respond_error(503, failure_text(UpstreamFailure::NoSocket)); // releases the backend
+            return;
+        }
         w->shared().release_backend(be);
         be_ = nullptr;
         be_idx_ = -1;
@@ -749,6 +760,8 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
     }
     if (why == UpstreamFailure::Timeout) {
         respond_error(504, failure_text(why));
+    } else if (why == UpstreamFailure::NoSocket) {
+        respond_error(503, failure_text(why));
     } else {
         respond_error(502, failure_text(why));
     }
@@ -1249,7 +1262,9 @@ void Upstream::on_connect(uv_connect_t* req, int status) {
     if (status < 0) {
         spdlog::debug("backend {}: connect: {}", up->be_->name, uv_strerror(status));
         if (c != nullptr) {
-            c->upstream_failed(UpstreamFailure::Connect);
+            // A unix socket's socket() failure arrives here rather than from uv_pipe_connect.
+            c->upstream_failed(no_socket(status) ? UpstreamFailure::NoSocket
+                                                 : UpstreamFailure::Connect);
         } else {
             up->close();
         }

@@ -20,7 +20,9 @@
 // (connect refused or timed out, or the connection failed before the request was written) is
 // retried on another backend, up to max_tries. A request whose bytes may have reached a backend
 // is retried only if its method is idempotent, no body byte was sent, and no response byte has
-// reached the client.
+// reached the client. A socket the router cannot create (out of descriptors or socket memory,
+// UpstreamFailure::NoSocket) is the router's own shortage: no backend is marked down for it,
+// none is tried instead (each would fail alike), and the client gets a 503 at once.
 //
 // Lifetimes: objects are freed only in the close callback of their last handle, so a callback
 // that closes a connection may keep touching it until it returns; every public entry point
@@ -41,7 +43,7 @@ namespace liege::router {
 
 enum class ClientPhase { Idle, Head, Body, AwaitResponse, Tunnel, Closing };
 enum class UpstreamState { Connecting, Active, Idle, Closing };
-enum class UpstreamFailure { Connect, ConnectTimeout, Reset, Timeout, BadResponse };
+enum class UpstreamFailure { Connect, ConnectTimeout, Reset, Timeout, BadResponse, NoSocket };
 
 union StreamHandle {
     uv_tcp_t tcp;

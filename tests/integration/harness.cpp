@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include <arpa/inet.h>
@@ -355,6 +356,22 @@ long rss_kib(pid_t pid) {
         }
     }
     return -1;
+}
+
+int open_fds(pid_t pid) {
+    std::error_code ec;
+    std::filesystem::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec);
+    if (ec) {
+        return -1;
+    }
+    int n = 0;
+    for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
+        if (ec) {
+            return -1;
+        }
+        ++n;
+    }
+    return n;
 }
 
 bool process_gone(pid_t pid) {
@@ -900,6 +917,75 @@ long RssSampler::stop() {
         thread_.join();
     }
     return peak_.load();
+}
+
+// ---- RouterFixture ----
+
+TestBackend& RouterFixture::add_backend(const std::string& name) {
+    backends_.push_back(std::make_unique<TestBackend>(name));
+    return *backends_.back();
+}
+
+void RouterFixture::start_router(const std::vector<std::string>& backend_addresses,
+                                 std::vector<std::string> extra,
+                                 const std::vector<std::string>& launcher) {
+    std::vector<std::string> argv = launcher;
+    for (const char* arg : {LIEGE_BINARY, "router", "--listen", "127.0.0.1:0"}) {
+        argv.emplace_back(arg);
+    }
+    for (const auto& b : backend_addresses) {
+        argv.push_back("--backend");
+        argv.push_back(b);
+    }
+    if (std::find(extra.begin(), extra.end(), "--threads") == extra.end()) {
+        argv.push_back("--threads");
+        argv.push_back("2");
+    }
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    router_ = std::make_unique<Process>(argv);
+    auto port = wait_for_port(router_->err());
+    ASSERT_TRUE(port) << "the router did not report a listening port\n" << router_->describe();
+    port_ = *port;
+}
+
+void RouterFixture::start_router_for_backends(std::vector<std::string> extra,
+                                              const std::vector<std::string>& launcher) {
+    std::vector<std::string> addresses;
+    for (auto& b : backends_) {
+        addresses.push_back(b->address());
+    }
+    start_router(addresses, std::move(extra), launcher);
+}
+
+bool RouterFixture::log_has_line_with(const std::vector<std::string>& parts) {
+    return poll_until([&] {
+        for (const auto& line : router_->err().lines()) {
+            if (std::all_of(parts.begin(), parts.end(), [&](const std::string& p) {
+                    return line.find(p) != std::string::npos;
+                })) {
+                return true;
+            }
+        }
+        return false;
+    });
+}
+
+void RouterFixture::TearDown() {
+    if (!router_) {
+        return;
+    }
+    if (router_->exit_status() == std::nullopt) {
+        EXPECT_TRUE(router_->running()) << "the router died during the test";
+    }
+    const std::string log = router_->err().text();
+    for (const char* bad : {"AddressSanitizer", "runtime error:", "LeakSanitizer", " critical "}) {
+        EXPECT_EQ(log.find(bad), std::string::npos) << "router log contains '" << bad << "'";
+    }
+    if (HasFailure()) {
+        std::cerr << "==== router ====\n" << router_->describe(60);
+    }
+    router_.reset();
+    backends_.clear();
 }
 
 } // namespace liege::test

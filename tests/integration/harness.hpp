@@ -23,6 +23,8 @@
 
 #include <sys/types.h>
 
+#include <gtest/gtest.h>
+
 namespace liege::test {
 
 using Clock = std::chrono::steady_clock;
@@ -114,6 +116,9 @@ std::string describe_status(int status);
 
 // Resident set size of a process in KiB (VmRSS from /proc/PID/status), or -1.
 long rss_kib(pid_t pid);
+
+// Descriptors a process has open (entries of /proc/PID/fd), or -1.
+int open_fds(pid_t pid);
 
 // True once `pid` is no process any more (a zombie nobody reaped yet counts as gone).
 bool process_gone(pid_t pid);
@@ -299,6 +304,39 @@ private:
     std::atomic<bool> stop_{false};
     std::atomic<long> peak_{-1};
     std::thread thread_;
+};
+
+// `liege router` in front of liege-test-backend processes, for the tests of the router. Tear-down
+// asserts that the router did not die and logged no sanitizer report or critical line; on failure
+// it prints the router's last log lines.
+class RouterFixture : public ::testing::Test {
+protected:
+    // Starts a test backend named `name`.
+    TestBackend& add_backend(const std::string& name);
+
+    // Starts `liege router --listen 127.0.0.1:0 --backend ADDR... [extra]` (with --threads 2
+    // unless `extra` says otherwise) and waits for its port. A `launcher` runs the router under
+    // another command, e.g. {"/usr/bin/prlimit", "--nofile=64:64"}. Use with
+    // ASSERT_NO_FATAL_FAILURE.
+    void start_router(const std::vector<std::string>& backend_addresses,
+                      std::vector<std::string> extra = {},
+                      const std::vector<std::string>& launcher = {});
+    // Starts the router in front of every backend added so far.
+    void start_router_for_backends(std::vector<std::string> extra = {},
+                                   const std::vector<std::string>& launcher = {});
+
+    HttpClient client() { return HttpClient(port_); }
+    Process& router() { return *router_; }
+    uint16_t port() const { return port_; }
+
+    // True once the router's log has a line containing every one of `parts`.
+    bool log_has_line_with(const std::vector<std::string>& parts);
+
+    void TearDown() override;
+
+    std::vector<std::unique_ptr<TestBackend>> backends_;
+    std::unique_ptr<Process> router_;
+    uint16_t port_ = 0;
 };
 
 } // namespace liege::test

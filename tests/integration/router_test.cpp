@@ -13,7 +13,6 @@
 #include <csignal>
 #include <cstring>
 #include <functional>
-#include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -109,47 +108,8 @@ long elapsed_ms(Clock::time_point since) {
     return static_cast<long>(std::chrono::duration_cast<Millis>(Clock::now() - since).count());
 }
 
-class RouterTest : public ::testing::Test {
+class RouterTest : public RouterFixture {
 protected:
-    // Starts a test backend named `name`.
-    TestBackend& add_backend(const std::string& name) {
-        backends_.push_back(std::make_unique<TestBackend>(name));
-        return *backends_.back();
-    }
-
-    // Starts `liege router --listen 127.0.0.1:0 --backend ADDR... [extra]` (with --threads 2
-    // unless `extra` says otherwise) and waits for its port. Use with ASSERT_NO_FATAL_FAILURE.
-    void start_router(const std::vector<std::string>& backend_addresses,
-                      std::vector<std::string> extra = {}) {
-        std::vector<std::string> argv = {LIEGE_BINARY, "router", "--listen", "127.0.0.1:0"};
-        for (const auto& b : backend_addresses) {
-            argv.push_back("--backend");
-            argv.push_back(b);
-        }
-        if (std::find(extra.begin(), extra.end(), "--threads") == extra.end()) {
-            argv.push_back("--threads");
-            argv.push_back("2");
-        }
-        argv.insert(argv.end(), extra.begin(), extra.end());
-        router_ = std::make_unique<Process>(argv);
-        auto port = wait_for_port(router_->err());
-        ASSERT_TRUE(port) << "the router did not report a listening port\n" << router_->describe();
-        port_ = *port;
-    }
-
-    // Starts the router in front of every backend added so far.
-    void start_router_for_backends(std::vector<std::string> extra = {}) {
-        std::vector<std::string> addresses;
-        for (auto& b : backends_) {
-            addresses.push_back(b->address());
-        }
-        start_router(addresses, std::move(extra));
-    }
-
-    HttpClient client() { return HttpClient(port_); }
-    Process& router() { return *router_; }
-    uint16_t port() const { return port_; }
-
     // Backend name -> number of GET /id answers, one fresh client connection per request.
     std::map<std::string, int> spread_of(int requests) {
         std::map<std::string, int> seen;
@@ -161,43 +121,6 @@ protected:
         }
         return seen;
     }
-
-    // True once the router's log has a line containing every one of `parts`.
-    bool log_has_line_with(const std::vector<std::string>& parts) {
-        return poll_until([&] {
-            for (const auto& line : router_->err().lines()) {
-                if (std::all_of(parts.begin(), parts.end(), [&](const std::string& p) {
-                        return line.find(p) != std::string::npos;
-                    })) {
-                    return true;
-                }
-            }
-            return false;
-        });
-    }
-
-    void TearDown() override {
-        if (!router_) {
-            return;
-        }
-        if (router_->exit_status() == std::nullopt) {
-            EXPECT_TRUE(router_->running()) << "the router died during the test";
-        }
-        const std::string log = router_->err().text();
-        for (const char* bad :
-             {"AddressSanitizer", "runtime error:", "LeakSanitizer", " critical "}) {
-            EXPECT_EQ(log.find(bad), std::string::npos) << "router log contains '" << bad << "'";
-        }
-        if (HasFailure()) {
-            std::cerr << "==== router ====\n" << router_->describe(60);
-        }
-        router_.reset();
-        backends_.clear();
-    }
-
-    std::vector<std::unique_ptr<TestBackend>> backends_;
-    std::unique_ptr<Process> router_;
-    uint16_t port_ = 0;
 };
 
 } // namespace

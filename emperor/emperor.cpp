@@ -931,7 +931,13 @@ void Emperor::spawn_router() {
     spec.tag = "router";
     int err = 0;
     router_ = spawn_child(
-        loop_, spec, [](std::string_view line, bool) { spdlog::info("[router] {}", line); },
+        loop_, spec,
+        [](std::string_view line, bool) {
+            // At the router's own level, so that its warnings and errors reach stderr with
+            // --log-dir as the emperor's do.
+            const ChildLogLine l = parse_child_log_line(line);
+            spdlog::log(l.level, "[router] {}", l.message);
+        },
         [this](ExitStatus st) { router_exited(st); }, &err);
     ::close(sv[1]);
     if (router_ == nullptr) {

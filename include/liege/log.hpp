@@ -10,4 +10,14 @@ namespace liege {
 // Installs the default logger ("liege") writing to stderr; level is one of spdlog's names.
 void setup_logging(std::string_view level = "info");
 
+// A line another liege process (the router) logged through setup_logging's format,
+// "TIMESTAMP LEVEL MESSAGE", taken apart so that it can be logged again at its own level.
+struct ChildLogLine {
+    spdlog::level::level_enum level = spdlog::level::warn;
+    std::string_view message;
+};
+// A line not in that format (a crash report, a sanitizer's output) keeps its whole text and
+// gets level warn, so it is never hidden below the warnings.
+ChildLogLine parse_child_log_line(std::string_view line);
+
 } // namespace liege

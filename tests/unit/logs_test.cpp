@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include "liege/log.hpp"
 #include "liege/logs.hpp"
 
 namespace fs = std::filesystem;
@@ -97,4 +98,27 @@ TEST(Logs, OpenFailsWithAnErrno) {
     int err = 0;
     EXPECT_EQ(ReopenableFile::open("/nonexistent-dir/x.log", &err), nullptr);
     EXPECT_EQ(err, -ENOENT);
+}
+
+TEST(ChildLogLine, IsTakenApartIntoItsLevelAndMessage) {
+    auto l = liege::parse_child_log_line(
+        "2026-12-01T08:26:36.302 error router: cannot open access log /x: Is a directory");
+    EXPECT_EQ(l.level, spdlog::level::err);
+    EXPECT_EQ(l.message, "router: cannot open access log /x: Is a directory");
+    l = liege::parse_child_log_line("2026-12-01T08:26:36.302 warning accept: Too many open files");
+    EXPECT_EQ(l.level, spdlog::level::warn);
+    EXPECT_EQ(l.message, "accept: Too many open files");
+    l = liege::parse_child_log_line("2026-12-01T08:26:36.302 info listening on 127.0.0.1:80");
+    EXPECT_EQ(l.level, spdlog::level::info);
+    EXPECT_EQ(l.message, "listening on 127.0.0.1:80");
+}
+
+TEST(ChildLogLine, AnythingElseIsAWarningWithItsWholeText) {
+    for (std::string_view line :
+         {"==123==ERROR: AddressSanitizer: heap-use-after-free", "", "2026-12-01T08:26:36.302",
+          "2026-12-01T08:26:36.302 loud message", "2026-12-01T08:26:36.302 off x"}) {
+        auto l = liege::parse_child_log_line(line);
+        EXPECT_EQ(l.level, spdlog::level::warn) << line;
+        EXPECT_EQ(l.message, line);
+    }
 }

@@ -118,6 +118,9 @@ AccessLog* Worker::access_log_for(const Pool* pool) {
     auto it = vassal_logs_.find(pool->vassal);
     if (it == vassal_logs_.end()) {
         int fd = shared_.vassal_log_fd(pool->vassal);
+        if (fd < 0) {
+            return nullptr; // not cached: a later request tries again
+        }
         it = vassal_logs_.emplace(pool->vassal, std::make_unique<AccessLog>(fd)).first;
     }
     return it->second->enabled() ? it->second.get() : nullptr;
@@ -129,10 +132,22 @@ int Shared::vassal_log_fd(const std::string& vassal) {
     if (it != vassal_log_fds.end()) {
         return it->second;
     }
+    const int64_t now = steady_now_ms();
+    auto failed = vassal_log_retry.find(vassal);
+    if (failed != vassal_log_retry.end() && now < failed->second) {
+        return -1;
+    }
     std::string path = options.access_log_dir + "/" + vassal + ".access.log";
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
-        spdlog::error("router: cannot open access log {}: {}", path, std::strerror(errno));
+        spdlog::error("router: cannot open access log {}: {}; trying again in {} ms", path,
+                      std::strerror(errno), kLogRetryMs);
+        vassal_log_retry[vassal] = now + kLogRetryMs;
+        return -1;
+    }
+    if (failed != vassal_log_retry.end()) {
+        spdlog::info("router: access log {} open", path);
+        vassal_log_retry.erase(failed);
     }
     vassal_log_fds[vassal] = fd;
     return fd;

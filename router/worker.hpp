@@ -57,10 +57,15 @@ struct Shared {
     // threads never see a closed descriptor and no line is lost.
     int main_log_fd = -1;
     std::string main_log_path; // empty when the main log is stderr or off
+    // The descriptor of DIR/VASSAL.access.log, opened on first use; -1 while it cannot be opened
+    // (out of descriptors, or a bad directory). A failed open is tried again on a later request,
+    // at most once per kLogRetryMs, so a vassal's log resumes once the cause is gone.
     int vassal_log_fd(const std::string& vassal);
     void reopen_logs();
+    static constexpr int64_t kLogRetryMs = 1000;
     std::mutex logs_mu;
-    std::map<std::string, int> vassal_log_fds; // guarded by logs_mu
+    std::map<std::string, int> vassal_log_fds;       // guarded by logs_mu; only open ones
+    std::map<std::string, int64_t> vassal_log_retry; // guarded by logs_mu: failed, retry after
 };
 
 // A listening socket as one thread sees it: the fd is polled for readability and accepted by

@@ -784,6 +784,38 @@ TEST_F(Admin, StatusAndTopOverTheUnixSocket) {
 
 // ---- logs --------------------------------------------------------------------------------------
 
+TEST_F(Admin, AnAccessLogThatCannotBeOpenedIsTriedAgainAndResumes) {
+    const fs::path logs = root_ / "logs";
+    // A directory where the vassal's access log goes: opening it fails (EISDIR), as it would
+    // with the router out of descriptors or the directory unwritable for a while.
+    fs::create_directories(logs / "app.access.log");
+    allow_errors_ = true; // the router reports the failed open at error level
+    write_vassal("app", backend_vassal(1, true));
+    start({"--log-dir", logs.string()});
+    ASSERT_TRUE(wait_serving("app", 1));
+    ASSERT_EQ(get("/id?while-broken"), 200) << "a broken access log costs no request";
+    // With --log-dir, stderr keeps the warnings and errors, the router's among them.
+    EXPECT_TRUE(poll_until([&] {
+        return contains(emperor_->err().text(), " error [router] router: cannot open access log");
+    })) << emperor_->err().text();
+
+    fs::remove(logs / "app.access.log");
+    // Requests go on; once the retry is due, the log opens and records them.
+    int n = 0;
+    EXPECT_TRUE(poll_until(
+        [&] {
+            if (get("/id?after=" + std::to_string(n)) == 200) {
+                ++n;
+            }
+            return fs::is_regular_file(logs / "app.access.log") &&
+                   contains(slurp(logs / "app.access.log"), "GET /id?after=");
+        },
+        kStart, 50ms))
+        << "the access log never resumed; emperor stderr:\n"
+        << emperor_->err().text();
+    EXPECT_FALSE(contains(slurp(logs / "app.access.log"), "while-broken"));
+}
+
 TEST_F(Admin, LogDirHoldsWorkerLinesAndSigusr1ReopensWithoutLosingOne) {
     const fs::path logs = root_ / "logs";
     write_vassal("app", backend_vassal(2, true));

@@ -128,6 +128,15 @@ public:
         ++free_count_;
     }
 
+    // Recycles a list of ops (linked through WriteOp::next) that will never be written.
+    void put_list(WriteOp* op, ChunkPool& chunks) {
+        while (op != nullptr) {
+            WriteOp* next = op->next;
+            put(op, chunks);
+            op = next;
+        }
+    }
+
 private:
     static constexpr size_t kMaxFree = 256;
     WriteOp* free_ = nullptr;
@@ -139,8 +148,26 @@ class Output {
 public:
     Output(WriteOpPool& ops, ChunkPool& chunks) : ops_(ops), chunks_(chunks) {}
 
-    // Forwards data[0..len) of `c` without copying; the op keeps a reference to `c`.
+    // Pieces up to this size are copied into an op's scratch space instead of referenced: a
+    // reference costs an iovec and pins a 64 KiB Chunk, so a body of tiny chunks (1-byte chunks
+    // of a chunked stream) would cost far more memory than the bytes it carries.
+    static constexpr size_t kCopyMax = 128;
+
+    // Forwards data[0..len) of `c`: small pieces are copied, larger ones referenced (the op
+    // keeps a reference to `c`).
     void add(Chunk* c, const char* data, size_t len) {
+        if (len == 0) {
+            return;
+        }
+        if (len <= kCopyMax) {
+            add_copy(data, len);
+            return;
+        }
+        add_ref(c, data, len);
+    }
+    // Forwards data[0..len) of `c` by reference, whatever its size, so that the op's refs say
+    // which chunk it came from (the request head's, which may be replayed on a retry).
+    void add_ref(Chunk* c, const char* data, size_t len) {
         if (len == 0) {
             return;
         }
@@ -149,9 +176,10 @@ public:
         op->refs[op->nrefs++] = c;
         push(op, data, len);
     }
-    // Copies a few bytes (chunk framing) into the op's scratch space.
+    // Copies a few bytes (chunk framing, small pieces) into the op's scratch space.
     void add_copy(const char* data, size_t len) {
-        WriteOp* op = current();
+        assert(len <= kCopyMax);
+        WriteOp* op = current(len);
         assert(op->scratch_len + len <= WriteOp::kScratch);
         char* dst = op->scratch + op->scratch_len;
         std::memcpy(dst, data, len);
@@ -197,8 +225,9 @@ public:
     }
 
 private:
-    WriteOp* current() {
-        if (tail_ == nullptr || tail_->full()) {
+    // The op to add to: the last one, unless it lacks an iovec or `scratch` bytes of scratch.
+    WriteOp* current(size_t scratch = 0) {
+        if (tail_ == nullptr || tail_->full() || tail_->scratch_len + scratch > WriteOp::kScratch) {
             WriteOp* op = ops_.get();
             if (tail_ == nullptr) {
                 head_ = op;

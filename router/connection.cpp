@@ -15,6 +15,7 @@ namespace {
 constexpr size_t kHighWater = 256 * 1024;
 constexpr size_t kLowWater = 64 * 1024;
 constexpr uint64_t kLingerMs = 2000;
+constexpr size_t kMaxResponseHead = 64 * 1024; // and as much again for a chunked body's trailers
 
 ClientConn* client_of(llhttp_t* p) {
     return static_cast<ClientConn*>(p->data);
@@ -33,6 +34,8 @@ std::string_view failure_text(UpstreamFailure why) {
         return "connection closed before a response";
     case UpstreamFailure::Timeout:
         return "response timed out";
+    case UpstreamFailure::SendTimeout:
+        return "the backend stopped reading the request body";
     case UpstreamFailure::BadResponse:
         return "malformed response";
     case UpstreamFailure::NoSocket:
@@ -201,7 +204,9 @@ void ClientConn::set_phase(ClientPhase p) {
         deadline_.clear();
         break;
     case ClientPhase::Closing:
-        arm_timer(kLingerMs);
+        // Until the FIN is out (on_shutdown), the response is still on its way: the client has
+        // upstream_timeout to take each write. Then it has kLingerMs to close its side.
+        arm_timer(fin_sent_ ? kLingerMs : o.upstream_timeout.count());
         break;
     }
 }
@@ -225,6 +230,10 @@ void ClientConn::on_timer(uv_timer_t* t) {
     case ClientPhase::Body:
         if (c->resp_started_) {
             c->close_now();
+        } else if (c->up_paused_ || (c->up_ != nullptr && c->up_->connected() &&
+                                     uv_stream_get_write_queue_size(c->up_->stream()) > 0)) {
+            // The client's body waits for the backend, which took none of it in that time.
+            c->upstream_failed(UpstreamFailure::SendTimeout);
         } else {
             c->respond_error(408, "request body timeout");
         }
@@ -473,10 +482,24 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
         c->error_status_ = 405;
         return -1;
     }
+    bool has_host = false;
+    const std::string_view host_header = c->head_->find("host", &has_host);
+    const http::RequestTarget target = http::request_target(c->head_->url(), host_header);
+    if (!target.valid || (p->http_minor >= 1 && !has_host && !target.absolute) ||
+        c->head_->count("host") > 1) {
+        // RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host (an absolute URI carries
+        // its own, as nginx accepts too), and an absolute URI needs a host.
+        c->error_status_ = 400;
+        c->error_body_.assign(!target.valid ? "the request target has no host"
+                              : has_host    ? "more than one Host header"
+                                            : "no Host header");
+        return -1;
+    }
     // Route first: a request nobody serves is answered without building anything.
     c->snap_ = w->routes();
-    std::string_view host = c->head_->find("host");
-    const RouteEntry* route = c->snap_->table.match(host, c->head_->url());
+    const std::string_view host = target.host;
+    const RouteEntry* route =
+        c->snap_->table.match(host, target.slash_before ? std::string_view("/") : target.path);
     if (route == nullptr) {
         c->error_status_ = 404;
         c->error_body_.assign("no app serves host '").append(host).append("'");
@@ -485,6 +508,17 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     c->pool_ = c->snap_->pools[route->index].get();
     c->pool_->stats->in_flight.fetch_add(1, std::memory_order_relaxed);
     c->req_chunked_ = (p->flags & F_CHUNKED) != 0;
+    bool has_te = (p->flags & F_TRANSFER_ENCODING) != 0;
+    if (!has_te && !c->req_chunked_) {
+        c->head_->find("transfer-encoding", &has_te);
+    }
+    if (has_te && !c->req_chunked_) {
+        // llhttp refuses other codings but lets an empty Transfer-Encoding through; a backend
+        // could frame such a request differently from us, so it goes nowhere.
+        c->error_status_ = 400;
+        c->error_body_.assign("Transfer-Encoding without chunked");
+        return -1;
+    }
     c->req_has_body_ = c->req_chunked_ || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
     if (o.max_body_size != 0 && (p->flags & F_CONTENT_LENGTH) &&
         p->content_length > o.max_body_size) {
@@ -501,6 +535,7 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     http::RequestForward fwd;
     fwd.client_ip = c->peer_;
     fwd.upgrade = c->req_upgrade_;
+    fwd.target = &target;
     size_t n = http::write_request_head(*c->head_, fwd, out->data, Chunk::kSize);
     if (n == 0) {
         w->chunks().unref(out);
@@ -510,7 +545,7 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     out->len = static_cast<uint32_t>(n);
     c->req_head_ = out;
     c->req_head_len_ = static_cast<uint32_t>(n);
-    c->out_up_.add(out, out->data, n);
+    c->out_up_.add_ref(out, out->data, n); // by reference: a retry must tell head from body
 
     w->return_head(c->head_);
     c->head_ = nullptr;
@@ -584,7 +619,7 @@ void ClientConn::reset_request() {
     error_status_ = 0;
     tried_ = 0;
     tries_ = 0;
-    resp_started_ = resp_done_ = resp_rechunk_ = resp_close_ = false;
+    resp_started_ = resp_flushed_ = resp_done_ = resp_rechunk_ = resp_close_ = false;
     status_ = 0;
     resp_bytes_ = 0;
     up_start_ns_ = up_time_ns_ = 0;
@@ -667,6 +702,12 @@ void ClientConn::flush_upstream() {
     }
 }
 
+void ClientConn::drop_upstream_output() {
+    w_->ops().put_list(pending_, w_->chunks());
+    pending_ = pending_tail_ = nullptr;
+    w_->ops().put_list(out_up_.take(), w_->chunks());
+}
+
 void ClientConn::write_pending_upstream() {
     if (pending_ == nullptr || up_ == nullptr) {
         return;
@@ -705,14 +746,23 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
     Upstream* up = up_;
     const int failed_idx = be_idx_;
     const bool fresh = up != nullptr && !up->reused();
+    const bool answered = up != nullptr && up->got_response_bytes();
     const bool connect_phase =
         why == UpstreamFailure::Connect || why == UpstreamFailure::ConnectTimeout;
     if (be_ != nullptr) {
         Backend& be = *be_;
         w_->shared().release_backend(be);
-        if (connect_phase || (why == UpstreamFailure::Reset && fresh)) {
+        // A backend that answered is up, even if this answer broke off: only a connection that
+        // failed before any response byte counts against it (as nginx's max_fails counts).
+        if (connect_phase || (why == UpstreamFailure::Reset && fresh && !answered)) {
             int64_t cool = be.mark_failed(steady_now_ms());
             spdlog::warn("backend {} {}; down for {} ms", be.name, failure_text(why), cool);
+        } else if (answered && resp_flushed_) {
+            spdlog::warn("backend {}: {} in the middle of the response to {} \"{}\"; closing the "
+                         "client connection",
+                         be.name,
+                         why == UpstreamFailure::Reset ? "connection closed" : failure_text(why),
+                         peer_, log_req_.empty() ? std::string_view("-") : log_req_);
         }
         be_ = nullptr;
         be_idx_ = -1;
@@ -726,9 +776,15 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
         close_after_writes();
         return;
     }
-    if (resp_started_) {
+    if (resp_started_ && resp_flushed_) {
         close_now(); // the response is cut short; the client sees the connection end
         return;
+    }
+    if (resp_started_) {
+        // Its head is only queued: no byte of it reached the client, which gets a 502 instead.
+        w_->ops().put_list(out_client_.take(), w_->chunks());
+        resp_started_ = resp_rechunk_ = resp_done_ = false;
+        resp_bytes_ = 0;
     }
     bool retry = false;
     if (connect_phase) {
@@ -737,7 +793,7 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
                req_head_ != nullptr) {
         // The request head reached the backend but no byte came back: replay it elsewhere.
         Output again(w_->ops(), w_->chunks());
-        again.add(req_head_, req_head_->data, req_head_len_);
+        again.add_ref(req_head_, req_head_->data, req_head_len_);
         WriteOp* ops = again.take();
         WriteOp* tail = ops;
         while (tail->next != nullptr) {
@@ -758,7 +814,7 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
         start_upstream();
         return;
     }
-    if (why == UpstreamFailure::Timeout) {
+    if (why == UpstreamFailure::Timeout || why == UpstreamFailure::SendTimeout) {
         respond_error(504, failure_text(why));
     } else if (why == UpstreamFailure::NoSocket) {
         respond_error(503, failure_text(why));
@@ -774,14 +830,22 @@ int ClientConn::response_headers(Upstream* up) {
     Chunk* out = w_->chunks().get();
     http::ResponseForward fwd;
     fwd.status = status;
+    const bool client_10 = parser_.http_major == 1 && parser_.http_minor == 0;
     if (status >= 100 && status < 200 && status != 101) {
         // Interim response (100 Continue, 103 Early Hints): pass it on, the final one follows.
-        size_t n = http::write_response_head(*head, fwd, out->data, Chunk::kSize);
+        // Never to an HTTP/1.0 client, which cannot tell it from the final one (RFC 9110 15.2).
+        size_t n = client_10 ? 0 : http::write_response_head(*head, fwd, out->data, Chunk::kSize);
         if (n != 0) {
             out_client_.add(out, out->data, n);
         }
         w_->chunks().unref(out);
         return 0;
+    }
+    if (status == 101 && !req_upgrade_) {
+        w_->chunks().unref(out);
+        spdlog::warn("backend {}: 101 Switching Protocols to a request that asked for no upgrade",
+                     up->backend()->name);
+        return -1; // a malformed response: 502, and no tunnel
     }
     if (be_ != nullptr) {
         be_->mark_ok();
@@ -791,19 +855,22 @@ int ClientConn::response_headers(Upstream* up) {
     }
     up_time_ns_ = uv_hrtime() - up_start_ns_;
     status_ = status;
-    const bool upgrade = status == 101 && req_upgrade_;
+    const bool upgrade = status == 101;
     const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
     const bool chunked = (p->flags & F_CHUNKED) != 0;
     const bool no_body = req_is_head_method_ || status == 204 || status == 304 || upgrade;
     const bool close_delimited = !no_body && !has_length && !chunked;
-    const bool client_10 = parser_.http_major == 1 && parser_.http_minor == 0;
-    resp_rechunk_ = chunked || (close_delimited && !client_10);
+    // The body's framing to the client: a length stays as it is; a chunked or close-delimited
+    // body is chunked to an HTTP/1.1 client (decoded and encoded again, so a backend's chunk
+    // extensions and trailers stop here) and sent bare, ended by the close, to an HTTP/1.0 one.
+    resp_rechunk_ = !no_body && !client_10 && (chunked || close_delimited);
     resp_close_ = !req_keep_alive_ || draining_ || w_->shutting_down() || !req_done_ ||
-                  (close_delimited && client_10) || (req_upgrade_ && !upgrade);
-    if (no_body) {
-        resp_rechunk_ = false;
+                  (client_10 && !no_body && !has_length) || (req_upgrade_ && !upgrade);
+    if (!no_body && close_delimited && !client_10) {
+        fwd.framing = http::BodyFraming::AddChunked;
+    } else if (!no_body && chunked && client_10) {
+        fwd.framing = http::BodyFraming::RemoveChunked;
     }
-    fwd.add_chunked = close_delimited && !client_10 && !no_body;
     fwd.close = resp_close_ && !upgrade;
     fwd.keep_alive_10 = client_10 && !resp_close_;
     fwd.upgrade = upgrade;
@@ -824,8 +891,10 @@ int ClientConn::response_headers(Upstream* up) {
     if (upgrade) {
         return 2; // llhttp: no body, the rest is the tunnel
     }
-    if (req_is_head_method_) {
-        return 1; // llhttp: headers only
+    if (no_body) {
+        // llhttp: headers only. It knows that of a HEAD response only from us, and would wait
+        // for a 204's or 304's announced Content-Length or chunks, which never come.
+        return 1;
     }
     return 0;
 }
@@ -868,6 +937,9 @@ void ClientConn::flush_client() {
     if (out_client_.empty() || closed_) {
         return;
     }
+    if (resp_started_) {
+        resp_flushed_ = true;
+    }
     WriteOp* ops = out_client_.take();
     while (ops != nullptr) {
         WriteOp* next = ops->next;
@@ -897,6 +969,9 @@ void ClientConn::on_write(uv_write_t* req, int status) {
     if (status < 0) {
         c->close_now();
         return;
+    }
+    if (c->phase_ == ClientPhase::Closing && !c->fin_sent_) {
+        c->set_phase(ClientPhase::Closing); // the client took a write: its clock starts again
     }
     if (c->up_ != nullptr && uv_stream_get_write_queue_size(&c->sock_.stream) < kLowWater) {
         c->up_->update_reading();
@@ -985,19 +1060,7 @@ void ClientConn::respond_error(int status, std::string_view detail) {
         release_upstream(false);
     }
     // Anything queued for an upstream is moot now.
-    while (pending_ != nullptr) {
-        WriteOp* next = pending_->next;
-        w_->ops().put(pending_, w_->chunks());
-        pending_ = next;
-    }
-    pending_tail_ = nullptr;
-    if (WriteOp* stale = out_up_.take()) {
-        while (stale != nullptr) {
-            WriteOp* next = stale->next;
-            w_->ops().put(stale, w_->chunks());
-            stale = next;
-        }
-    }
+    drop_upstream_output();
     status_ = status;
     std::string_view reason = http::reason_phrase(status);
     Chunk* c = w_->chunks().get();
@@ -1055,7 +1118,21 @@ void ClientConn::on_shutdown(uv_shutdown_t* req, int status) {
     }
     if (status < 0 || c->client_eof_) {
         c->close_now();
+        return;
     }
+    c->fin_sent_ = true; // every byte of the response is out
+    if (c->phase_ == ClientPhase::Closing) {
+        c->set_phase(ClientPhase::Closing); // now the linger
+    }
+}
+
+void ClientConn::upstream_wrote() {
+    if (!closed_ && phase_ == ClientPhase::Body) {
+        // The backend is taking the body: time between client reads starts again too, so a
+        // backend that reads slowly is not blamed on the client.
+        arm_timer(w_->options().upstream_timeout.count());
+    }
+    update_reading();
 }
 
 void ClientConn::start_tunnel(const char* rest, size_t rest_len) {
@@ -1160,20 +1237,8 @@ void ClientConn::close_now() {
         const bool reusable = up_ != nullptr && up_->reusable() && resp_done_ && req_done_;
         release_upstream(reusable);
     }
-    while (pending_ != nullptr) {
-        WriteOp* next = pending_->next;
-        w_->ops().put(pending_, w_->chunks());
-        pending_ = next;
-    }
-    pending_tail_ = nullptr;
-    for (Output* o : {&out_up_, &out_client_}) {
-        WriteOp* op = o->take();
-        while (op != nullptr) {
-            WriteOp* next = op->next;
-            w_->ops().put(op, w_->chunks());
-            op = next;
-        }
-    }
+    drop_upstream_output();
+    w_->ops().put_list(out_client_.take(), w_->chunks());
     if (in_ != nullptr) {
         w_->chunks().unref(in_);
         in_ = nullptr;
@@ -1361,7 +1426,7 @@ void Upstream::on_write(uv_write_t* req, int status) {
         return;
     }
     if (c != nullptr) {
-        c->update_reading();
+        c->upstream_wrote();
     }
 }
 
@@ -1530,6 +1595,7 @@ void Upstream::process(Chunk* chunk, const char* data, size_t len) {
 
 int Upstream::on_message_begin(llhttp_t* p) {
     auto* up = upstream_of(p);
+    up->trailer_bytes_ = 0;
     if (up->head_ == nullptr) {
         up->head_ = up->w_->take_head();
     } else {
@@ -1541,19 +1607,32 @@ int Upstream::on_message_begin(llhttp_t* p) {
 int Upstream::on_status(llhttp_t* p, const char* at, size_t len) {
     auto* up = upstream_of(p);
     up->head_->add_reason({at, len});
-    return up->head_->size() > 64 * 1024 ? -1 : 0;
+    return up->head_->size() > kMaxResponseHead ? -1 : 0;
 }
 
+// After the head, fields are a chunked body's trailers. They are dropped: the body is chunked
+// again for the client, and nothing in a trailer may change how the message is framed or routed.
 int Upstream::on_header_field(llhttp_t* p, const char* at, size_t len) {
     auto* up = upstream_of(p);
+    if (up->head_ == nullptr) {
+        return up->count_trailer(len);
+    }
     up->head_->add_field({at, len});
-    return up->head_->size() > 64 * 1024 ? -1 : 0;
+    return up->head_->size() > kMaxResponseHead ? -1 : 0;
 }
 
 int Upstream::on_header_value(llhttp_t* p, const char* at, size_t len) {
     auto* up = upstream_of(p);
+    if (up->head_ == nullptr) {
+        return up->count_trailer(len);
+    }
     up->head_->add_value({at, len});
-    return up->head_->size() > 64 * 1024 ? -1 : 0;
+    return up->head_->size() > kMaxResponseHead ? -1 : 0;
+}
+
+int Upstream::count_trailer(size_t len) {
+    trailer_bytes_ += len;
+    return trailer_bytes_ > kMaxResponseHead ? -1 : 0;
 }
 
 int Upstream::on_headers_complete(llhttp_t* p) {

@@ -9,8 +9,12 @@
 //
 // Each phase owns the connection's one timer: Idle waits keepalive_timeout (header_timeout for
 // the first request), Head header_timeout from the first byte (slowloris), Body waits
-// upstream_timeout between reads of the request body, AwaitResponse leaves timing to the
-// upstream leg, Closing lingers briefly so an error response is not destroyed by a reset.
+// upstream_timeout for progress on the request body (a client read or a completed write to the
+// backend; when it runs out while the backend is the one not reading, that is a 504, not the
+// client's 408), AwaitResponse leaves timing to the upstream leg. Closing first waits for the
+// response to leave (upstream_timeout between completed writes, so a slow reader gets all of
+// it), then lingers kLingerMs after the FIN so that unread input cannot turn into a reset that
+// destroys the response on its way.
 //
 // Upstream states: Connecting ──▶ Active ──▶ Idle (pooled) ──▶ Active ... ──▶ Closing.
 // Connecting waits connect_timeout; Active waits upstream_timeout once the request is complete
@@ -43,7 +47,15 @@ namespace liege::router {
 
 enum class ClientPhase { Idle, Head, Body, AwaitResponse, Tunnel, Closing };
 enum class UpstreamState { Connecting, Active, Idle, Closing };
-enum class UpstreamFailure { Connect, ConnectTimeout, Reset, Timeout, BadResponse, NoSocket };
+enum class UpstreamFailure {
+    Connect,
+    ConnectTimeout,
+    Reset,
+    Timeout,     // no response byte for upstream_timeout
+    SendTimeout, // the backend took no byte of the request body for upstream_timeout
+    BadResponse,
+    NoSocket,
+};
 
 union StreamHandle {
     uv_tcp_t tcp;
@@ -74,6 +86,7 @@ public:
     void upstream_eof(); // tunnel: the upstream closed its side
     void tunnel_from_upstream(Chunk* c, const char* data, size_t len);
     void update_reading();
+    void upstream_wrote(); // a write to the upstream completed
     void flush_client();
     bool writing_blocked() const;
     Chunk* current_chunk() const { return up_cur_; }
@@ -90,6 +103,7 @@ private:
     void start_upstream();
     void flush_upstream();
     void write_pending_upstream();
+    void drop_upstream_output(); // request bytes queued for an upstream that will never go
     void respond_error(int status, std::string_view detail);
     void finish_exchange();
     void release_upstream(bool reusable);
@@ -133,7 +147,8 @@ private:
     bool client_eof_ = false;
     bool first_request_ = true;
     bool draining_ = false;      // close after the current response
-    bool shutting_down_ = false; // FIN sent, lingering
+    bool shutting_down_ = false; // FIN queued (uv_shutdown), waiting for the writes before it
+    bool fin_sent_ = false;      // every write and the FIN are out: lingering
     bool up_paused_ = false;     // backpressure: upstream write queue above the high-water mark
     ClientPhase phase_ = ClientPhase::Idle;
 
@@ -173,7 +188,8 @@ private:
     const Pool* pool_ = nullptr;
 
     // The response in progress.
-    bool resp_started_ = false; // a byte of it has been queued to the client
+    bool resp_started_ = false; // its head has been queued to the client
+    bool resp_flushed_ = false; // and handed to the socket: it can no longer be replaced
     bool resp_done_ = false;
     bool resp_rechunk_ = false;
     bool resp_close_ = false;
@@ -216,6 +232,7 @@ private:
     Upstream(Worker* w, std::shared_ptr<Backend> b) : w_(w), be_(std::move(b)) {}
     void arm_timer(uint64_t ms);
     void process(Chunk* c, const char* data, size_t len);
+    int count_trailer(size_t len); // llhttp callback result
 
     static void on_connect(uv_connect_t* req, int status);
     static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
@@ -247,6 +264,7 @@ private:
     llhttp_t parser_{};
     int handles_open_ = 0;
     unsigned writes_in_flight_ = 0;
+    size_t trailer_bytes_ = 0;
     UpstreamState state_ = UpstreamState::Connecting;
     ClientConn* client_ = nullptr;
     http::HeadCollector* head_ = nullptr;

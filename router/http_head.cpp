@@ -128,6 +128,9 @@ class Writer {
 public:
     Writer(char* out, size_t cap) : out_(out), cap_(cap) {}
     Writer& operator<<(std::string_view s) {
+        if (s.empty()) {
+            return *this; // its data() may be null, which memcpy must not get even for 0 bytes
+        }
         if (ok_ && len_ + s.size() <= cap_) {
             std::memcpy(out_ + len_, s.data(), s.size());
             len_ += s.size();
@@ -222,11 +225,52 @@ std::string_view HeadCollector::find(std::string_view wanted, bool* found) const
     return {};
 }
 
+RequestTarget request_target(std::string_view url, std::string_view host_header) {
+    RequestTarget t;
+    std::string_view rest;
+    if (istarts_with(url, "http://")) {
+        rest = url.substr(7);
+    } else if (istarts_with(url, "https://")) {
+        rest = url.substr(8);
+    } else {
+        t.host = host_header;
+        t.path = url;
+        return t;
+    }
+    const size_t end = rest.find_first_of("/?#");
+    std::string_view authority = rest.substr(0, end);
+    const size_t at = authority.rfind('@');
+    if (at != std::string_view::npos) {
+        authority.remove_prefix(at + 1); // userinfo is never forwarded
+    }
+    t.absolute = true;
+    t.host = authority;
+    t.valid = !authority.empty();
+    t.path = end == std::string_view::npos ? std::string_view() : rest.substr(end);
+    t.slash_before = t.path.empty() || t.path[0] != '/';
+    return t;
+}
+
+size_t HeadCollector::count(std::string_view wanted) const {
+    size_t n = 0;
+    for (size_t i = 0; i < headers_.size(); ++i) {
+        n += iequals(name(i), wanted) ? 1 : 0;
+    }
+    return n;
+}
+
 size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, char* out,
                           size_t cap) {
     Writer w(out, cap);
     const ConnectionTokens conn(head);
-    w << head.method() << " " << head.url() << " HTTP/1.1\r\n";
+    const RequestTarget* target =
+        fwd.target != nullptr && fwd.target->absolute ? fwd.target : nullptr;
+    if (target != nullptr) {
+        w << head.method() << (target->slash_before ? " /" : " ") << target->path
+          << " HTTP/1.1\r\n";
+    } else {
+        w << head.method() << " " << head.url() << " HTTP/1.1\r\n";
+    }
     bool has_host = false;
     bool wrote_xff = false;
     std::string_view host;
@@ -258,9 +302,16 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
                 continue; // llhttp accepts duplicates; one Host must reach the app
             }
             has_host = true;
-            host = head.value(i);
+            host = target != nullptr ? target->host : head.value(i);
+            w.header(name, host);
+            continue;
         }
         w.header(name, head.value(i));
+    }
+    if (!has_host && target != nullptr) {
+        has_host = true;
+        host = target->host;
+        w.header("Host", host);
     }
     if (!has_host) {
         w << "Host: \r\n"; // HTTP/1.1 requires the header; empty when the client gave none
@@ -285,18 +336,41 @@ size_t write_response_head(const HeadCollector& head, const ResponseForward& fwd
     const ConnectionTokens conn(head);
     std::string_view reason = head.reason().empty() ? reason_phrase(fwd.status) : head.reason();
     w << "HTTP/1.1 " << fwd.status << " " << reason << "\r\n";
+    const bool reframe = fwd.framing != BodyFraming::AsReceived;
+    size_t codings = 0; // transfer codings over every Transfer-Encoding header
     for (size_t i = 0; i < head.header_count(); ++i) {
         std::string_view name = head.name(i);
         if (is_hop_by_hop(conn, name, fwd.upgrade)) {
             continue;
         }
-        if (fwd.add_chunked && iequals(name, "transfer-encoding")) {
-            continue;
+        if (reframe && iequals(name, "transfer-encoding")) {
+            for_each_token(head.value(i), [&](std::string_view) { ++codings; });
+            continue; // written once below, with chunked added or removed
         }
         w.header(name, head.value(i));
     }
-    if (fwd.add_chunked) {
-        w << "Transfer-Encoding: chunked\r\n";
+    if (reframe) {
+        // RemoveChunked: llhttp framed the body as chunked, so chunked is the last coding.
+        const size_t keep =
+            fwd.framing == BodyFraming::RemoveChunked && codings > 0 ? codings - 1 : codings;
+        if (keep > 0 || fwd.framing == BodyFraming::AddChunked) {
+            w << "Transfer-Encoding: ";
+            size_t k = 0;
+            for (size_t i = 0; i < head.header_count() && k < keep; ++i) {
+                if (!iequals(head.name(i), "transfer-encoding")) {
+                    continue;
+                }
+                for_each_token(head.value(i), [&](std::string_view t) {
+                    if (k < keep) {
+                        w << (k++ == 0 ? "" : ", ") << t;
+                    }
+                });
+            }
+            if (fwd.framing == BodyFraming::AddChunked) {
+                w << (keep == 0 ? "chunked" : ", chunked");
+            }
+            w << "\r\n";
+        }
     }
     if (fwd.upgrade) {
         w << "Connection: upgrade\r\n";

@@ -41,6 +41,8 @@ public:
     std::string_view value(size_t i) const { return view(headers_[i].value); }
     // The first header with this name, or an empty view with found=false.
     std::string_view find(std::string_view name, bool* found = nullptr) const;
+    // How many headers have this name.
+    size_t count(std::string_view name) const;
 
 private:
     struct Span {
@@ -60,10 +62,26 @@ private:
     bool in_value_ = false;
 };
 
+// The request target as the router routes and forwards it. An absolute-form target
+// ("http://host:port/path?q", RFC 9112 3.2.2, as clients send to a proxy) is routed by its
+// authority and path, and forwarded in origin-form with Host set to that authority (userinfo
+// dropped); any other form is routed by the Host header and forwarded as it came.
+struct RequestTarget {
+    bool valid = true;         // false: an absolute-form target without a host (answer 400)
+    bool absolute = false;     // the host comes from the target and replaces the Host header
+    std::string_view host;     // what to route by
+    std::string_view path;     // what to forward after the slash_before below, and to route by
+    bool slash_before = false; // "http://h" or "http://h?q": origin-form needs a leading "/"
+};
+RequestTarget request_target(std::string_view url, std::string_view host_header);
+
 struct RequestForward {
     std::string_view client_ip; // appended to X-Forwarded-For
     std::string_view proto = "http";
     bool upgrade = false; // keep Upgrade and send "Connection: upgrade"
+    // Set from request_target() for an absolute-form target: forwarded instead of the URL, and
+    // its host instead of the Host header.
+    const RequestTarget* target = nullptr;
 };
 
 // Writes the request head for the upstream ("METHOD URL HTTP/1.1" and the rewritten headers)
@@ -71,9 +89,18 @@ struct RequestForward {
 size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, char* out,
                           size_t cap);
 
+// How a response body's framing changes on its way to the client.
+enum class BodyFraming {
+    AsReceived,    // as the backend framed it (Content-Length, chunked, or none)
+    AddChunked,    // close-delimited upstream, chunked to an HTTP/1.1 client: "chunked" is
+                   // appended to the codings the backend applied (Transfer-Encoding: gzip, chunked)
+    RemoveChunked, // chunked upstream, de-chunked and delimited by close for an HTTP/1.0 client,
+                   // which must not get Transfer-Encoding: chunked (RFC 9112 6.1)
+};
+
 struct ResponseForward {
     int status = 200;
-    bool add_chunked = false;   // body was close-delimited upstream; the router re-frames it
+    BodyFraming framing = BodyFraming::AsReceived;
     bool close = false;         // the client connection closes after this response
     bool keep_alive_10 = false; // HTTP/1.0 client that asked for keep-alive
     bool upgrade = false;       // 101: keep Upgrade, send "Connection: upgrade"

@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -59,11 +60,37 @@ sockaddr_in loopback(uint16_t port) {
     return sin;
 }
 
+// Appends what one recv() returns to `out`. Returns the byte count, 0 on EOF, or -errno (EINTR is
+// retried).
+ssize_t recv_append(int fd, std::string& out) {
+    char buf[65536];
+    for (;;) {
+        ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n >= 0) {
+            out.append(buf, static_cast<std::size_t>(n));
+            return n;
+        }
+        if (errno != EINTR) {
+            return -errno;
+        }
+    }
+}
+
 // Starts a non-blocking connect to 127.0.0.1:port and waits for it. Returns the fd, or -errno.
-int connect_loopback(uint16_t port, Millis timeout) {
+int connect_loopback(uint16_t port, Millis timeout, const ClientSocketOptions& options = {}) {
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         return -errno;
+    }
+    // Before connect: the window scale and the segment size are agreed in the handshake.
+    if ((options.receive_buffer > 0 &&
+         ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &options.receive_buffer,
+                      sizeof(options.receive_buffer)) != 0) ||
+        (options.max_segment > 0 && ::setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &options.max_segment,
+                                                 sizeof(options.max_segment)) != 0)) {
+        int err = errno;
+        ::close(fd);
+        return -err;
     }
     sockaddr_in sin = loopback(port);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) != 0) {
@@ -477,8 +504,10 @@ bool Response::closes_connection() const {
 
 // ---- HttpClient ----
 
-HttpClient::HttpClient(uint16_t port, Millis timeout) {
-    fd_ = connect_loopback(port, timeout);
+HttpClient::HttpClient(uint16_t port, Millis timeout) : HttpClient(port, {}, timeout) {}
+
+HttpClient::HttpClient(uint16_t port, const ClientSocketOptions& options, Millis timeout) {
+    fd_ = connect_loopback(port, timeout, options);
     if (fd_ < 0) {
         int err = -fd_;
         throw HttpError("connect to 127.0.0.1:" + std::to_string(port) +
@@ -522,30 +551,22 @@ void HttpClient::send(std::string_view data, Millis timeout) {
 }
 
 bool HttpClient::fill(Clock::time_point deadline) {
-    char buf[65536];
     for (;;) {
-        ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
-        if (n > 0) {
-            buffer_.append(buf, static_cast<std::size_t>(n));
-            return true;
+        ssize_t n = recv_append(fd_, buffer_);
+        if (n >= 0) {
+            return n > 0;
         }
-        if (n == 0) {
-            return false;
-        }
-        if (errno == EINTR) {
-            continue;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (n == -EAGAIN || n == -EWOULDBLOCK) {
             pollfd p{fd_, POLLIN, 0};
             if (::poll(&p, 1, remaining_ms(deadline)) == 0 && Clock::now() >= deadline) {
                 throw HttpError("recv: timed out waiting for data");
             }
             continue;
         }
-        if (errno == ECONNRESET) {
+        if (n == -ECONNRESET) {
             throw HttpClosed("recv: connection reset by peer");
         }
-        throw HttpError(errno_text("recv"));
+        throw HttpError(std::string("recv: ") + std::strerror(static_cast<int>(-n)));
     }
 }
 
@@ -889,6 +910,204 @@ void TestBackend::kill() {
     if (!poll_until([this] { return connect_refused(port_); })) {
         throw std::runtime_error("backend port still open after kill");
     }
+}
+
+// ---- RawBackend ----
+
+RawBackend::Connection::~Connection() {
+    if (fd_ >= 0) {
+        ::close(fd_);
+    }
+}
+
+RawBackend::Connection::Wait RawBackend::Connection::wait(short events,
+                                                          Clock::time_point deadline) const {
+    for (;;) {
+        pollfd p[2] = {{fd_, events, 0}, {backend_.stop_fd_, POLLIN, 0}};
+        int rc = ::poll(p, 2, remaining_ms(deadline));
+        if (rc < 0 && errno == EINTR) {
+            continue;
+        }
+        if (p[1].revents != 0) {
+            return Wait::Stopped;
+        }
+        if (rc > 0) {
+            return Wait::Ready; // including errors and hang-ups, which the next call reports
+        }
+        if (Clock::now() >= deadline) {
+            return Wait::Timeout;
+        }
+    }
+}
+
+bool RawBackend::Connection::fill(Clock::time_point deadline) {
+    for (;;) {
+        ssize_t n = recv_append(fd_, in_);
+        if (n >= 0) {
+            return n > 0;
+        }
+        if ((n != -EAGAIN && n != -EWOULDBLOCK) || wait(POLLIN, deadline) != Wait::Ready) {
+            return false;
+        }
+    }
+}
+
+std::optional<std::string> RawBackend::Connection::read_request(Millis timeout) {
+    auto deadline = Clock::now() + timeout;
+    std::size_t end;
+    while ((end = in_.find("\r\n\r\n")) == std::string::npos) {
+        if (fd_ < 0 || !fill(deadline)) {
+            return std::nullopt;
+        }
+    }
+    std::string head = in_.substr(0, end + 4);
+    in_.erase(0, end + 4);
+    uint64_t body = 0;
+    static constexpr std::string_view kLength = "\r\ncontent-length:";
+    if (auto at = lower(head).find(kLength); at != std::string::npos) {
+        std::string_view digits = trim(std::string_view(head).substr(at + kLength.size()));
+        std::from_chars(digits.data(), digits.data() + digits.size(), body);
+    }
+    backend_.record(head);
+    while (body > 0) {
+        if (in_.empty() && !fill(deadline)) {
+            return std::nullopt;
+        }
+        std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(body, in_.size()));
+        in_.erase(0, n);
+        body -= n;
+    }
+    return head;
+}
+
+bool RawBackend::Connection::write(std::string_view bytes, Millis timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (!bytes.empty() && fd_ >= 0) {
+        ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            bytes.remove_prefix(static_cast<std::size_t>(n));
+        } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+            return false;
+        } else if (errno != EINTR && wait(POLLOUT, deadline) != Wait::Ready) {
+            return false;
+        }
+    }
+    return bytes.empty();
+}
+
+bool RawBackend::Connection::hold(Millis timeout) {
+    auto deadline = Clock::now() + timeout;
+    for (;;) {
+        in_.clear();
+        if (fd_ < 0 || !fill(deadline)) {
+            break;
+        }
+    }
+    // fill() ended on EOF or an error (the peer is gone), or on a timeout or stop.
+    return fd_ >= 0 && wait(POLLIN, Clock::now()) == Wait::Ready;
+}
+
+void RawBackend::Connection::close(Millis timeout) {
+    if (fd_ < 0) {
+        return;
+    }
+    ::shutdown(fd_, SHUT_WR);
+    hold(timeout);
+    ::close(fd_);
+    fd_ = -1;
+}
+
+RawBackend::Script RawBackend::answering(std::function<Reply(const std::string& head)> answer) {
+    return [answer = std::move(answer)](Connection& conn) {
+        while (auto head = conn.read_request()) {
+            Reply reply = answer(*head);
+            if (!conn.write(reply.bytes)) {
+                return;
+            }
+            if (reply.after == After::Close) {
+                conn.close();
+                return;
+            }
+            if (reply.after == After::Hold) {
+                conn.hold();
+                return;
+            }
+        }
+    };
+}
+
+RawBackend::RawBackend(Script script) : script_(std::move(script)) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
+    sockaddr_in sin = loopback(0);
+    socklen_t len = sizeof(sin);
+    if (listen_fd_ < 0 || stop_fd_ < 0 ||
+        ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) != 0 ||
+        ::listen(listen_fd_, 128) != 0 ||
+        ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sin), &len) != 0) {
+        std::string what = errno_text("RawBackend: listen on 127.0.0.1:0");
+        ::close(listen_fd_);
+        ::close(stop_fd_);
+        throw std::runtime_error(what);
+    }
+    port_ = ntohs(sin.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+}
+
+RawBackend::~RawBackend() {
+    const uint64_t one = 1;
+    ssize_t ignored = ::write(stop_fd_, &one, sizeof(one)); // wakes every wait at once
+    (void)ignored;
+    acceptor_.join(); // no connection thread starts after this
+    for (auto& t : connection_threads_) {
+        t.join();
+    }
+    ::close(listen_fd_);
+    ::close(stop_fd_);
+}
+
+void RawBackend::accept_loop() {
+    for (;;) {
+        // Waits for as long as the backend lives: the destructor's stop signal ends it.
+        pollfd p[2] = {{listen_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+        if (::poll(p, 2, -1) < 0 && errno != EINTR) {
+            return;
+        }
+        if (p[1].revents != 0) {
+            return;
+        }
+        int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            continue;
+        }
+        int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        std::lock_guard lock(mutex_);
+        ++connections_;
+        connection_threads_.emplace_back([this, fd] {
+            Connection conn(*this, fd);
+            try {
+                script_(conn);
+            } catch (const std::exception& e) {
+                ADD_FAILURE() << "RawBackend script threw: " << e.what();
+            }
+        });
+    }
+}
+
+void RawBackend::record(std::string head) {
+    std::lock_guard lock(mutex_);
+    requests_.push_back(std::move(head));
+}
+
+std::vector<std::string> RawBackend::requests() const {
+    std::lock_guard lock(mutex_);
+    return requests_;
+}
+
+uint64_t RawBackend::connections() const {
+    std::lock_guard lock(mutex_);
+    return connections_;
 }
 
 // ---- RssSampler ----

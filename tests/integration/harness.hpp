@@ -168,6 +168,15 @@ struct HttpClosed : HttpError {
     using HttpError::HttpError;
 };
 
+// Socket options a client sets before it connects.
+struct ClientSocketOptions {
+    int receive_buffer = 0; // SO_RCVBUF in bytes; 0 keeps the system's default
+    // TCP_MAXSEG: the segment size the client announces. A small one also keeps the send buffer
+    // the kernel sizes for the router's side small (it scales with the segment size), so that
+    // a client that reads slowly makes the router queue bytes itself. 0 keeps the default.
+    int max_segment = 0;
+};
+
 // A blocking HTTP/1.1 client over one TCP connection. Every call is bounded by a deadline;
 // failures throw HttpError with what happened. Bytes received past one response are kept for
 // the next (pipelining and keep-alive).
@@ -178,6 +187,8 @@ public:
 
     // Connects to 127.0.0.1:port.
     explicit HttpClient(uint16_t port, Millis timeout = kWait);
+    // Connects with `options` set on the socket first.
+    HttpClient(uint16_t port, const ClientSocketOptions& options, Millis timeout = kWait);
     HttpClient(const HttpClient&) = delete;
     HttpClient& operator=(const HttpClient&) = delete;
     HttpClient(HttpClient&& other) noexcept;
@@ -286,6 +297,91 @@ private:
     std::unique_ptr<Process> process_;
     uint16_t port_ = 0;
     uint64_t probes_ = 0;
+};
+
+// A backend that answers with bytes a test scripts, for what liege-test-backend never sends:
+// trailers, bodyless statuses that announce a length, truncated or malformed responses,
+// unsolicited 1xx and 101, transfer codings other than chunked. It also records every request
+// head it reads, so a test can assert on what the router forwarded.
+//
+// Deliberately plain: a listening socket on 127.0.0.1:0, an accept thread, and a thread per
+// connection running the script. Every wait a script makes through its Connection has a deadline
+// and ends early when the backend is destroyed; the destructor wakes them all and joins every
+// thread.
+class RawBackend {
+public:
+    // One accepted connection, as a script sees it. Every call returns false or nullopt once its
+    // timeout passes or the backend is being destroyed.
+    class Connection {
+    public:
+        Connection(RawBackend& backend, int fd) : backend_(backend), fd_(fd) {}
+        Connection(const Connection&) = delete;
+        Connection& operator=(const Connection&) = delete;
+        ~Connection();
+
+        // Reads the next request: returns its head (request line and headers through the blank
+        // line) and reads and drops a Content-Length body (chunked request bodies are not
+        // supported). nullopt on EOF, error or timeout.
+        std::optional<std::string> read_request(Millis timeout = kWait);
+        // Writes all of `bytes`; false if the peer is gone or the timeout passes first.
+        bool write(std::string_view bytes, Millis timeout = kWait);
+        // Waits until the peer closes, dropping whatever it sends. True if it did.
+        bool hold(Millis timeout = kWait);
+        // Sends FIN, then waits (bounded) until the peer closes too before closing the socket,
+        // so bytes the peer sent that were never read cannot turn the close into a reset that
+        // destroys the response on its way.
+        void close(Millis timeout = kWait);
+
+    private:
+        enum class Wait { Ready, Timeout, Stopped };
+        Wait wait(short events, Clock::time_point deadline) const;
+        bool fill(Clock::time_point deadline); // false on EOF, error, timeout or stop
+
+        RawBackend& backend_;
+        int fd_;
+        std::string in_;
+    };
+    using Script = std::function<void(Connection&)>;
+
+    // How a connection goes on after a scripted reply.
+    enum class After {
+        KeepAlive, // read the next request
+        Close,     // Connection::close(): the response ends with the connection
+        Hold,      // wait until the router closes the connection
+    };
+    struct Reply {
+        std::string bytes;
+        After after = After::KeepAlive;
+    };
+    // A script that reads requests one after another and answers each head with `answer(head)`.
+    static Script answering(std::function<Reply(const std::string& head)> answer);
+
+    // Starts listening at once; `script` runs once for every connection accepted.
+    explicit RawBackend(Script script);
+    RawBackend(const RawBackend&) = delete;
+    RawBackend& operator=(const RawBackend&) = delete;
+    ~RawBackend();
+
+    uint16_t port() const { return port_; }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+    // Every request head read so far, in the order they were read.
+    std::vector<std::string> requests() const;
+    uint64_t connections() const;
+
+private:
+    void accept_loop();
+    void record(std::string head);
+
+    Script script_;
+    int listen_fd_ = -1;
+    int stop_fd_ = -1; // an eventfd, readable once the backend is being destroyed
+    uint16_t port_ = 0;
+    std::thread acceptor_;
+    mutable std::mutex mutex_;
+    std::vector<std::thread> connection_threads_;
+    std::vector<std::string> requests_;
+    uint64_t connections_ = 0;
 };
 
 // Samples a process's VmRSS on a background thread (every 5 ms) until stopped; reports the

@@ -760,6 +760,25 @@ TEST_F(RouterTest, RetriesWhenABackendDies) {
     }
 }
 
+TEST_F(RouterTest, IdempotentRequestThatReachedABackendWhichClosedUnansweredIsRetried) {
+    // This backend reads each request and closes without a word, as a worker killed mid-request
+    // does. A GET it swallowed must be replayed on the other backend; the client never knows.
+    RawBackend silent([](RawBackend::Connection& conn) {
+        if (conn.read_request()) {
+            conn.close();
+        }
+    });
+    add_backend("live");
+    ASSERT_NO_FATAL_FAILURE(start_router({silent.address(), backends_[0]->address()},
+                                         {"--lb", "round_robin", "--threads", "1"}));
+    for (int i = 0; i < 4; ++i) {
+        auto r = client().get("/id?i=" + std::to_string(i));
+        EXPECT_EQ(r.status, 200) << r.head << r.body;
+        EXPECT_EQ(r.body, "live");
+    }
+    EXPECT_GE(silent.requests().size(), 1u) << "no request went to the silent backend";
+}
+
 // ---- client timeouts ----
 
 TEST_F(RouterTest, PartialHeadIsCutOffAfterHeaderTimeout) {

@@ -26,6 +26,20 @@ std::string rewrite(const HeadCollector& h, RequestForward fwd = {.client_ip = "
     return std::string(buf, n);
 }
 
+HeadCollector response(std::initializer_list<std::pair<std::string_view, std::string_view>> hs) {
+    HeadCollector h;
+    for (auto& [n, v] : hs) {
+        h.add_field(n);
+        h.add_value(v);
+    }
+    return h;
+}
+
+std::string forward(const HeadCollector& h, const ResponseForward& fwd) {
+    char buf[1024];
+    return std::string(buf, write_response_head(h, fwd, buf, sizeof(buf)));
+}
+
 } // namespace
 
 TEST(HeadCollector, JoinsPiecesSplitAcrossReads) {
@@ -170,14 +184,10 @@ TEST(ResponseHead, StripsHopByHopAndSetsConnection) {
 }
 
 TEST(ResponseHead, ReframesCloseDelimitedBodyAsChunked) {
-    HeadCollector h;
-    h.add_field("Content-Type");
-    h.add_value("text/plain");
-    char buf[1024];
-    ResponseForward fwd{.status = 404, .add_chunked = true};
-    std::string out(buf, write_response_head(h, fwd, buf, sizeof(buf)));
-    EXPECT_EQ(out, "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
-                   "Transfer-Encoding: chunked\r\n\r\n");
+    auto h = response({{"Content-Type", "text/plain"}});
+    EXPECT_EQ(forward(h, {.status = 404, .framing = BodyFraming::AddChunked}),
+              "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+              "Transfer-Encoding: chunked\r\n\r\n");
 }
 
 TEST(ResponseHead, KeepAliveForHttp10Client) {
@@ -195,4 +205,61 @@ TEST(Methods, IdempotentOnesMayBeRetried) {
     for (auto m : {"POST", "PATCH", "CONNECT"}) {
         EXPECT_FALSE(is_idempotent(m)) << m;
     }
+}
+
+TEST(ResponseHead, AppendsChunkedToTheBackendsCodings) {
+    auto h = response({{"Transfer-Encoding", "gzip"}});
+    EXPECT_EQ(forward(h, {.status = 200, .framing = BodyFraming::AddChunked}),
+              "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+}
+
+TEST(ResponseHead, RemovesChunkedForAnHttp10Client) {
+    const ResponseForward fwd{.status = 200, .framing = BodyFraming::RemoveChunked, .close = true};
+    EXPECT_EQ(forward(response({{"Transfer-Encoding", "chunked"}, {"X-App", "1"}}), fwd),
+              "HTTP/1.1 200 OK\r\nX-App: 1\r\nConnection: close\r\n\r\n");
+    // Other codings stay, over any number of Transfer-Encoding lines.
+    EXPECT_EQ(
+        forward(response({{"Transfer-Encoding", "gzip"}, {"transfer-encoding", " chunked"}}), fwd),
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n");
+}
+
+TEST(RequestTarget, OriginFormGoesByHostAbsoluteFormByItsAuthority) {
+    struct Case {
+        std::string_view url;
+        bool valid, absolute;
+        std::string_view host, path;
+        bool slash_before;
+    };
+    const Case cases[] = {
+        {"/api/x?q=1", true, false, "app.test", "/api/x?q=1", false},
+        {"*", true, false, "app.test", "*", false},
+        {"http://user:pw@Api.Test:8080/v1/x?q=1", true, true, "Api.Test:8080", "/v1/x?q=1", false},
+        {"HTTPS://a.test", true, true, "a.test", "", true},
+        {"http://a.test?q", true, true, "a.test", "?q", true},
+        {"http:///x", false, true, "", "/x", false},
+        {"http://u@/x", false, true, "", "/x", false},
+    };
+    for (const Case& c : cases) {
+        const RequestTarget t = request_target(c.url, "app.test");
+        EXPECT_EQ(t.valid, c.valid) << c.url;
+        EXPECT_EQ(t.absolute, c.absolute) << c.url;
+        EXPECT_EQ(t.host, c.host) << c.url;
+        EXPECT_EQ(t.path, c.path) << c.url;
+        EXPECT_EQ(t.slash_before, c.slash_before) << c.url;
+    }
+}
+
+TEST(RequestHead, AbsoluteFormIsForwardedInOriginFormWithItsHost) {
+    HeadCollector h = request("GET", "http://api.test/v1?q", {{"Host", "wrong.test"}});
+    auto t = request_target(h.url(), h.find("host"));
+    auto out = rewrite(h, {.client_ip = "10.0.0.9", .target = &t});
+    EXPECT_EQ(out.rfind("GET /v1?q HTTP/1.1\r\nHost: api.test\r\n", 0), 0u) << out;
+    EXPECT_NE(out.find("X-Forwarded-Host: api.test\r\n"), std::string::npos) << out;
+    EXPECT_EQ(out.find("wrong.test"), std::string::npos) << out;
+
+    HeadCollector bare = request("GET", "http://api.test", {});
+    t = request_target(bare.url(), {});
+    out = rewrite(bare, {.client_ip = "10.0.0.9", .target = &t});
+    EXPECT_EQ(out.rfind("GET / HTTP/1.1\r\n", 0), 0u) << out;
+    EXPECT_NE(out.find("Host: api.test\r\n"), std::string::npos) << out;
 }

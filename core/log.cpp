@@ -12,15 +12,31 @@ void setup_logging(std::string_view level) {
     spdlog::set_default_logger(logger);
 }
 
+namespace {
+
+// setup_logging's timestamp, "2026-12-01T08:26:36.302": digits with '-', 'T', ':' and '.' in
+// their places.
+bool is_log_timestamp(std::string_view s) {
+    constexpr std::string_view kShape = "dddd-dd-ddTdd:dd:dd.ddd";
+    if (s.size() != kShape.size()) {
+        return false;
+    }
+    for (size_t i = 0; i < s.size(); ++i) {
+        const bool digit = s[i] >= '0' && s[i] <= '9';
+        if (kShape[i] == 'd' ? !digit : s[i] != kShape[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+} // namespace
+
 ChildLogLine parse_child_log_line(std::string_view line) {
     ChildLogLine out;
     out.message = line;
-    // The timestamp starts with the year's digits and has no space.
-    if (line.empty() || line[0] < '0' || line[0] > '9') {
-        return out;
-    }
     const auto ts_end = line.find(' ');
-    if (ts_end == std::string_view::npos) {
+    if (ts_end == std::string_view::npos || !is_log_timestamp(line.substr(0, ts_end))) {
         return out;
     }
     const auto level_start = ts_end + 1;

@@ -165,8 +165,7 @@ public:
         }
         add_ref(c, data, len);
     }
-    // Forwards data[0..len) of `c` by reference, whatever its size, so that the op's refs say
-    // which chunk it came from (the request head's, which may be replayed on a retry).
+    // Forwards data[0..len) of `c` by reference, whatever its size.
     void add_ref(Chunk* c, const char* data, size_t len) {
         if (len == 0) {
             return;

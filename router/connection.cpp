@@ -264,6 +264,14 @@ void ClientConn::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
             return; // lingering after an error response: discard
         }
         if (c->shutting_down_) {
+            if (nread == UV_EOF && !c->fin_sent_) {
+                // A half-close while the response is still leaving: let it all go out first;
+                // on_shutdown closes once the FIN is sent.
+                c->client_eof_ = true;
+                uv_read_stop(&c->sock_.stream);
+                c->reading_ = false;
+                return;
+            }
             c->close_now();
             return;
         }
@@ -461,11 +469,13 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     if (c->head_ == nullptr) {
         c->head_ = w->take_head();
     }
+    // The request line names the request in warnings too, so it is kept even without an access
+    // log (the string keeps its capacity: no allocation per request).
+    auto& line = c->log_req_;
+    line.clear();
+    line.append(c->head_->method()).append(" ").append(c->head_->url());
+    line.append(p->http_minor == 0 ? " HTTP/1.0" : " HTTP/1.1");
     if (w->access_logging()) {
-        auto& s = c->log_req_;
-        s.clear();
-        s.append(c->head_->method()).append(" ").append(c->head_->url());
-        s.append(p->http_minor == 0 ? " HTTP/1.0" : " HTTP/1.1");
         std::string_view referer = c->head_->find("referer");
         std::string_view ua = c->head_->find("user-agent");
         auto& a = c->log_agent_;
@@ -545,7 +555,7 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     out->len = static_cast<uint32_t>(n);
     c->req_head_ = out;
     c->req_head_len_ = static_cast<uint32_t>(n);
-    c->out_up_.add_ref(out, out->data, n); // by reference: a retry must tell head from body
+    c->out_up_.add(out, out->data, n);
 
     w->return_head(c->head_);
     c->head_ = nullptr;
@@ -630,6 +640,7 @@ void ClientConn::reset_request() {
 
 void ClientConn::start_upstream() {
     Worker* w = w_;
+    up_bytes_ = 0; // a new attempt: nothing of the request has gone to it yet
     Balancer& bal = const_cast<Pool*>(pool_)->balancer;
     const unsigned max_tries = w->options().max_tries;
     while (!closed_) {
@@ -714,16 +725,14 @@ void ClientConn::write_pending_upstream() {
     }
     WriteOp* ops = pending_;
     pending_ = pending_tail_ = nullptr;
-    // Anything beyond the head is body: once it is written the request cannot be replayed.
+    // The head goes first; any byte beyond it is body (or body framing, e.g. the last chunk):
+    // once one is written the request cannot be replayed. Counted in bytes, since a small body
+    // piece shares the head's write.
     for (WriteOp* op = ops; op != nullptr; op = op->next) {
-        for (unsigned i = 0; i < op->nrefs; ++i) {
-            if (op->refs[i] != req_head_) {
-                body_sent_ = true;
-            }
-        }
-        if (op->nrefs == 0 && op->bytes > 0) {
-            body_sent_ = true; // framing only, e.g. the last chunk
-        }
+        up_bytes_ += op->bytes;
+    }
+    if (up_bytes_ > req_head_len_) {
+        body_sent_ = true;
     }
     up_->write(ops);
 }
@@ -793,7 +802,7 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
                req_head_ != nullptr) {
         // The request head reached the backend but no byte came back: replay it elsewhere.
         Output again(w_->ops(), w_->chunks());
-        again.add_ref(req_head_, req_head_->data, req_head_len_);
+        again.add(req_head_, req_head_->data, req_head_len_);
         WriteOp* ops = again.take();
         WriteOp* tail = ops;
         while (tail->next != nullptr) {
@@ -860,15 +869,22 @@ int ClientConn::response_headers(Upstream* up) {
     const bool chunked = (p->flags & F_CHUNKED) != 0;
     const bool no_body = req_is_head_method_ || status == 204 || status == 304 || upgrade;
     const bool close_delimited = !no_body && !has_length && !chunked;
+    // A close-delimited body under some other transfer coding (gzip; or chunked, not last) is
+    // passed on as it is, ended by the close: chunking it again could apply chunked twice.
+    bool coded = false;
+    if (close_delimited) {
+        head->find("transfer-encoding", &coded);
+    }
     // The body's framing to the client: a length stays as it is; a chunked or close-delimited
     // body is chunked to an HTTP/1.1 client (decoded and encoded again, so a backend's chunk
-    // extensions and trailers stop here) and sent bare, ended by the close, to an HTTP/1.0 one.
-    resp_rechunk_ = !no_body && !client_10 && (chunked || close_delimited);
+    // extensions and trailers stop here) and sent bare, ended by the close, to an HTTP/1.0 one,
+    // which gets no chunked coding even on a bodyless response.
+    resp_rechunk_ = !no_body && !client_10 && (chunked || (close_delimited && !coded));
     resp_close_ = !req_keep_alive_ || draining_ || w_->shutting_down() || !req_done_ ||
-                  (client_10 && !no_body && !has_length) || (req_upgrade_ && !upgrade);
-    if (!no_body && close_delimited && !client_10) {
+                  (!no_body && !has_length && (client_10 || coded)) || (req_upgrade_ && !upgrade);
+    if (close_delimited && !coded && !client_10) {
         fwd.framing = http::BodyFraming::AddChunked;
-    } else if (!no_body && chunked && client_10) {
+    } else if (chunked && client_10) {
         fwd.framing = http::BodyFraming::RemoveChunked;
     }
     fwd.close = resp_close_ && !upgrade;
@@ -1208,7 +1224,7 @@ void ClientConn::update_reading() {
         want = in_ == nullptr && !client_eof_;
         break;
     case ClientPhase::Closing:
-        want = true;
+        want = !client_eof_; // read and discard until the client closes
         break;
     }
     if (want && !reading_) {
@@ -1467,7 +1483,13 @@ void Upstream::on_timer(uv_timer_t* t) {
         }
         break;
     case UpstreamState::Active:
-        if (c != nullptr) {
+        if (c != nullptr && c->writing_blocked()) {
+            // Reading from the backend waits for the client, which took none of the response
+            // in that time: the client is cut off, the backend is not to blame.
+            spdlog::warn("client {} took no byte of the response to \"{}\" for {} ms; closing",
+                         c->peer_, c->log_req_, up->w_->options().upstream_timeout.count());
+            c->close_now();
+        } else if (c != nullptr) {
             c->upstream_failed(UpstreamFailure::Timeout);
         } else {
             up->close();

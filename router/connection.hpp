@@ -176,6 +176,7 @@ private:
     bool req_is_head_method_ = false;
     bool req_done_ = false;
     bool body_sent_ = false;
+    uint64_t up_bytes_ = 0; // bytes of the request handed to the current upstream attempt
     bool need_upstream_ = false;
     int error_status_ = 0;
     std::string error_body_; // a line for the error response's body, e.g. the unknown host

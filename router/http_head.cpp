@@ -265,7 +265,9 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
     const ConnectionTokens conn(head);
     const RequestTarget* target =
         fwd.target != nullptr && fwd.target->absolute ? fwd.target : nullptr;
-    if (target != nullptr) {
+    if (target != nullptr && target->path.empty() && head.method() == "OPTIONS") {
+        w << "OPTIONS * HTTP/1.1\r\n"; // the server itself, not a resource (RFC 9112 3.2.4)
+    } else if (target != nullptr) {
         w << head.method() << (target->slash_before ? " /" : " ") << target->path
           << " HTTP/1.1\r\n";
     } else {

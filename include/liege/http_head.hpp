@@ -93,7 +93,7 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
 enum class BodyFraming {
     AsReceived,    // as the backend framed it (Content-Length, chunked, or none)
     AddChunked,    // close-delimited upstream, chunked to an HTTP/1.1 client: "chunked" is
-                   // appended to the codings the backend applied (Transfer-Encoding: gzip, chunked)
+                   // appended to any codings the backend applied
     RemoveChunked, // chunked upstream, de-chunked and delimited by close for an HTTP/1.0 client,
                    // which must not get Transfer-Encoding: chunked (RFC 9112 6.1)
 };

@@ -13,11 +13,12 @@ void setup_logging(std::string_view level = "info");
 // A line another liege process (the router) logged through setup_logging's format,
 // "TIMESTAMP LEVEL MESSAGE", taken apart so that it can be logged again at its own level.
 struct ChildLogLine {
-    spdlog::level::level_enum level = spdlog::level::warn;
+    spdlog::level::level_enum level = spdlog::level::info;
     std::string_view message;
 };
-// A line not in that format (a crash report, a sanitizer's output) keeps its whole text and
-// gets level warn, so it is never hidden below the warnings.
+// A line not in that format (an access log line on stderr, a sanitizer's report) keeps its
+// whole text and level info, as the emperor relayed every line before it read levels. A child
+// that crashes is reported by the emperor itself, at error level.
 ChildLogLine parse_child_log_line(std::string_view line);
 
 } // namespace liege

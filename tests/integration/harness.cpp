@@ -672,8 +672,15 @@ Response HttpClient::read_response(Millis timeout, bool head_request, const Body
     if (r.status < 200 || r.status == 204 || r.status == 304 || head_request) {
         return r;
     }
+    // Chunked framing only when chunked is the last coding (RFC 9112 6.3); otherwise the body
+    // ends with the connection.
     auto te = r.header("transfer-encoding");
-    if (te && lower(*te).find("chunked") != std::string::npos) {
+    std::string codings = te ? lower(*te) : std::string();
+    while (!codings.empty() && (codings.back() == ' ' || codings.back() == '\t')) {
+        codings.pop_back();
+    }
+    const std::size_t last = codings.find_last_of(", \t");
+    if (te && codings.substr(last == std::string::npos ? 0 : last + 1) == "chunked") {
         r.chunked = true;
         for (;;) {
             if (!read_line(line, deadline)) {
@@ -1176,17 +1183,19 @@ void RouterFixture::start_router_for_backends(std::vector<std::string> extra,
     start_router(addresses, std::move(extra), launcher);
 }
 
-bool RouterFixture::log_has_line_with(const std::vector<std::string>& parts) {
-    return poll_until([&] {
-        for (const auto& line : router_->err().lines()) {
-            if (std::all_of(parts.begin(), parts.end(), [&](const std::string& p) {
-                    return line.find(p) != std::string::npos;
-                })) {
-                return true;
+bool RouterFixture::log_has_line_with(const std::vector<std::string>& parts, Millis timeout) {
+    return poll_until(
+        [&] {
+            for (const auto& line : router_->err().lines()) {
+                if (std::all_of(parts.begin(), parts.end(), [&](const std::string& p) {
+                        return line.find(p) != std::string::npos;
+                    })) {
+                    return true;
+                }
             }
-        }
-        return false;
-    });
+            return false;
+        },
+        timeout);
 }
 
 void RouterFixture::TearDown() {

@@ -425,8 +425,9 @@ protected:
     Process& router() { return *router_; }
     uint16_t port() const { return port_; }
 
-    // True once the router's log has a line containing every one of `parts`.
-    bool log_has_line_with(const std::vector<std::string>& parts);
+    // True once the router's log has a line containing every one of `parts` (polled until
+    // `timeout`; 0 checks once).
+    bool log_has_line_with(const std::vector<std::string>& parts, Millis timeout = kWait);
 
     void TearDown() override;
 

@@ -321,6 +321,35 @@ TEST_F(RouterConformance, CloseDelimitedResponseWithAnotherTransferCodingKeepsIt
     }
 }
 
+// RFC 9112 6.1: no Transfer-Encoding to an HTTP/1.0 client, even on a response without a body;
+// and chunked is never applied twice: a close-delimited body already coded "chunked, gzip"
+// passes as it is, ended by the close.
+TEST_F(RouterConformance, NoChunkedCodingReachesAnHttp10ClientAndNoneIsAppliedTwice) {
+    const std::string coded = "\x1f\x8b coded, chunked then gzipped";
+    RawBackend backend(by_target({
+        {"/head", {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"}},
+        {"/304", {"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"}},
+        {"/twice",
+         {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" + coded, After::Close}},
+    }));
+    ASSERT_NO_FATAL_FAILURE(start_router({backend.address()}));
+    for (const char* req :
+         {"HEAD /head HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "GET /304 HTTP/1.0\r\n\r\n"}) {
+        SCOPED_TRACE(req);
+        auto c = client();
+        c.send(req);
+        auto r = attempt([&] { return c.read_response(kPrompt, true); });
+        ASSERT_TRUE(r) << r.error;
+        EXPECT_FALSE(r->header("Transfer-Encoding")) << r->head;
+    }
+    auto c = client();
+    auto r = attempt([&] { return c.get("/twice", kPrompt); });
+    ASSERT_TRUE(r) << r.error;
+    EXPECT_EQ(codings_of(*r.response), "chunked, gzip") << r->head;
+    EXPECT_TRUE(r->close_delimited) << r->head;
+    EXPECT_EQ(r->body, coded);
+}
+
 // ---- responses that end their connection ----
 
 // A response followed by a close (Connection: close, an HTTP/1.0 client, or a backend response
@@ -332,7 +361,9 @@ TEST_F(RouterConformance, CloseDelimitedResponseWithAnotherTransferCodingKeepsIt
 // while most of it still waits in its own queue. The client then reads at 10 KB/s for longer than
 // the router's 2 s linger, and as fast as it can after that. How much the kernel buffers grows
 // as the client reads, so three sizes run side by side; a router that cuts the response off
-// after the linger fails on at least one.
+// after the linger fails on at least one. A client may also half-close once it has sent its
+// request: its FIN then arrives while most of the response is still queued, and must cost none
+// of it.
 TEST_F(RouterConformance, ResponseThatEndsItsConnectionReachesASlowReaderWhole) {
     add_backend("solo");
     ASSERT_NO_FATAL_FAILURE(start_router_for_backends());
@@ -340,7 +371,8 @@ TEST_F(RouterConformance, ResponseThatEndsItsConnectionReachesASlowReaderWhole) 
         std::string what;
         std::size_t size;
         std::string request;
-        bool ends_connection; // a close-delimited response may be re-chunked instead
+        bool ends_connection;    // a close-delimited response may be re-chunked instead
+        bool half_close = false; // the client shuts its side down once the response starts
     };
     std::vector<Case> cases;
     for (std::size_t size : {250'000, 300'000, 350'000}) {
@@ -351,6 +383,9 @@ TEST_F(RouterConformance, ResponseThatEndsItsConnectionReachesASlowReaderWhole) 
             {"HTTP/1.0 client", size, "GET /bytes?n=" + n + " HTTP/1.0\r\nHost: x\r\n\r\n", true});
         cases.push_back({"close-delimited backend response", size,
                          build_request("GET", "/close-delimited?n=" + n), false});
+        cases.push_back({"half-closed client, Connection: close", size,
+                         build_request("GET", "/bytes?n=" + n, {{"Connection", "close"}}), true,
+                         true});
     }
     std::vector<SlowRead> reads(cases.size());
     std::vector<std::thread> readers;
@@ -359,6 +394,14 @@ TEST_F(RouterConformance, ResponseThatEndsItsConnectionReachesASlowReaderWhole) 
             try {
                 HttpClient c(port(), kSlowLink);
                 c.send(cases[i].request);
+                if (cases[i].half_close) {
+                    // Bytes arriving (not read yet) mean the router has the response; most of
+                    // it waits in the router's queue behind the slow link when the FIN arrives.
+                    pollfd ready{c.fd(), POLLIN, 0};
+                    if (::poll(&ready, 1, static_cast<int>(kWait.count())) == 1) {
+                        ::shutdown(c.fd(), SHUT_WR);
+                    }
+                }
                 reads[i] = read_slowly(c, 2500ms, cases[i].ends_connection);
             } catch (const HttpError& e) {
                 reads[i].outcome.error = e.what();
@@ -383,6 +426,39 @@ TEST_F(RouterConformance, ResponseThatEndsItsConnectionReachesASlowReaderWhole) 
             EXPECT_TRUE(read.closed_after) << "the connection did not end after the response";
         }
     }
+}
+
+// A client that takes none of its response for upstream_timeout is cut off, and the log blames
+// the client: the backend, which the router stopped reading for the client's sake, is not "timed
+// out" and stays in service.
+TEST_F(RouterConformance, ClientThatStopsReadingIsCutOffAndTheBackendIsNotBlamed) {
+    const std::string piece(64 * 1024, 'x');
+    RawBackend backend([&piece](RawBackend::Connection& conn) {
+        while (auto head = conn.read_request()) {
+            if (target_of(*head) != "/endless") {
+                if (!conn.write(kOk)) {
+                    return;
+                }
+                continue;
+            }
+            if (!conn.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")) {
+                return;
+            }
+            const std::string framed = "10000\r\n" + piece + "\r\n";
+            while (conn.write(framed)) {
+            }
+            return;
+        }
+    });
+    ASSERT_NO_FATAL_FAILURE(
+        start_router({backend.address()}, {"--threads", "1", "--upstream-timeout", "1s"}));
+    HttpClient stalled(port(), kSlowLink);
+    stalled.send(build_request("GET", "/endless"));
+    EXPECT_TRUE(log_has_line_with({"took no byte of the response", "/endless"}));
+    EXPECT_TRUE(stalled.wait_closed()) << "the stalled client was not cut off";
+    auto r = client().get("/next", kPrompt);
+    EXPECT_EQ(r.status, 200) << r.head << r.body;
+    EXPECT_FALSE(log_has_line_with({"response timed out"}, 0ms)) << "the backend was blamed";
 }
 
 // ---- failed and misbehaving backends ----

@@ -779,6 +779,26 @@ TEST_F(RouterTest, IdempotentRequestThatReachedABackendWhichClosedUnansweredIsRe
     EXPECT_GE(silent.requests().size(), 1u) << "no request went to the silent backend";
 }
 
+TEST_F(RouterTest, RequestWhoseBodyReachedABackendThatClosedUnansweredIsNotReplayed) {
+    // Both backends swallow what they get and close. A PUT's body went out with its head (one
+    // small write), so replaying the head elsewhere would send a request without its body: the
+    // client gets a 502 instead, and no second backend sees the request.
+    auto swallow = [](RawBackend::Connection& conn) {
+        if (conn.read_request()) {
+            conn.close();
+        }
+    };
+    RawBackend a(swallow);
+    RawBackend b(swallow);
+    ASSERT_NO_FATAL_FAILURE(
+        start_router({a.address(), b.address()}, {"--threads", "1", "--upstream-timeout", "3s"}));
+    auto c = client();
+    auto r = c.request("PUT", "/doc", {}, "hello world");
+    EXPECT_EQ(r.status, 502) << r.head << r.body;
+    EXPECT_EQ(a.requests().size() + b.requests().size(), 1u)
+        << "the request went to a second backend";
+}
+
 // ---- client timeouts ----
 
 TEST_F(RouterTest, PartialHeadIsCutOffAfterHeaderTimeout) {

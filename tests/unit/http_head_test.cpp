@@ -257,6 +257,11 @@ TEST(RequestHead, AbsoluteFormIsForwardedInOriginFormWithItsHost) {
     EXPECT_NE(out.find("X-Forwarded-Host: api.test\r\n"), std::string::npos) << out;
     EXPECT_EQ(out.find("wrong.test"), std::string::npos) << out;
 
+    HeadCollector options = request("OPTIONS", "http://api.test", {});
+    t = request_target(options.url(), {});
+    out = rewrite(options, {.client_ip = "10.0.0.9", .target = &t});
+    EXPECT_EQ(out.rfind("OPTIONS * HTTP/1.1\r\nHost: api.test\r\n", 0), 0u) << out;
+
     HeadCollector bare = request("GET", "http://api.test", {});
     t = request_target(bare.url(), {});
     out = rewrite(bare, {.client_ip = "10.0.0.9", .target = &t});

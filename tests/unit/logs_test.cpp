@@ -113,12 +113,14 @@ TEST(ChildLogLine, IsTakenApartIntoItsLevelAndMessage) {
     EXPECT_EQ(l.message, "listening on 127.0.0.1:80");
 }
 
-TEST(ChildLogLine, AnythingElseIsAWarningWithItsWholeText) {
+TEST(ChildLogLine, AnythingElseIsInfoWithItsWholeText) {
     for (std::string_view line :
          {"==123==ERROR: AddressSanitizer: heap-use-after-free", "", "2026-12-01T08:26:36.302",
-          "2026-12-01T08:26:36.302 loud message", "2026-12-01T08:26:36.302 off x"}) {
+          "2026-12-01T08:26:36.302 loud message", "2026-12-01T08:26:36.302 off x",
+          "127.0.0.1 - - [01/Dec/2026:08:26:36 +0000] \"GET / HTTP/1.1\" 200 2 \"-\" \"-\"",
+          "2026-12-01 error not our timestamp"}) {
         auto l = liege::parse_child_log_line(line);
-        EXPECT_EQ(l.level, spdlog::level::warn) << line;
+        EXPECT_EQ(l.level, spdlog::level::info) << line;
         EXPECT_EQ(l.message, line);
     }
 }

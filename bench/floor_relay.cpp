@@ -17,7 +17,6 @@
 // The backend connect is blocking (loopback, once per client connection, outside the measured
 // steady state). A failed connect closes the client. --threads N runs N such loops, each with
 // its own SO_REUSEPORT listener. Exits on SIGTERM/SIGINT.
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <liburing.h>
 #include <netinet/in.h>
@@ -33,10 +32,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "liege/address.hpp"
 
 namespace {
 
@@ -45,41 +47,22 @@ namespace {
     std::exit(1);
 }
 
-sockaddr_in loopback_addr(const std::string& hostport) {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    auto colon = hostport.rfind(':');
-    std::string host = colon == std::string::npos ? "127.0.0.1" : hostport.substr(0, colon);
-    std::string port = colon == std::string::npos ? hostport : hostport.substr(colon + 1);
-    if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) {
-        die("bad IPv4 address", EINVAL);
-    }
-    a.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
-    return a;
-}
+// The backend's socket address, resolved once at start-up.
+struct BackendAddr {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+};
 
 void set_nodelay(int fd) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-// One listener per thread (SO_REUSEPORT), as liege, nginx (`reuseport`) and HAProxy do.
-int listen_on(const sockaddr_in& a) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    if (bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0 || listen(fd, 4096) != 0) {
-        die("listen", errno);
-    }
-    return fd;
-}
-
 // A backend connection for the accepted `client_fd`: the connected fd, or -1 after closing the
 // client (the backend refused).
-int backend_for(int client_fd, const sockaddr_in& a) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) {
+int backend_for(int client_fd, const BackendAddr& a) {
+    int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, reinterpret_cast<const sockaddr*>(&a.ss), a.len) != 0) {
         if (fd >= 0) {
             close(fd);
         }
@@ -112,7 +95,7 @@ struct EpollSide {
     bool closed = false;
 };
 
-[[noreturn]] void run_epoll(int lfd, const sockaddr_in& backend) {
+[[noreturn]] void run_epoll(int lfd, const BackendAddr& backend) {
     int ep = epoll_create1(EPOLL_CLOEXEC);
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -251,7 +234,7 @@ uint64_t tag(UringSide* s, Op op) {
 
 class Uring {
 public:
-    Uring(int lfd, const sockaddr_in& backend) : lfd_(lfd), backend_(backend) {
+    Uring(int lfd, const BackendAddr& backend) : lfd_(lfd), backend_(backend) {
         io_uring_params p{};
         p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
                   IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
@@ -473,7 +456,7 @@ private:
     unsigned returned_ = 0;
     std::vector<UringSide*> starved_;
     int lfd_;
-    sockaddr_in backend_;
+    BackendAddr backend_;
 };
 
 } // namespace
@@ -485,8 +468,8 @@ int main(int argc, char** argv) {
     std::string backend;
     std::string mode = "epoll";
     unsigned threads = 1;
-    app.add_option("--listen", listen, "IPv4 HOST:PORT to listen on")->required();
-    app.add_option("--backend", backend, "IPv4 HOST:PORT of the backend")->required();
+    app.add_option("--listen", listen, "HOST:PORT or [IPv6]:PORT to listen on")->required();
+    app.add_option("--backend", backend, "HOST:PORT or [IPv6]:PORT of the backend")->required();
     app.add_option("--mode", mode, "epoll or uring")->check(CLI::IsMember({"epoll", "uring"}));
     app.add_option("--threads", threads, "threads, each with its own listener and loop")
         ->check(CLI::Range(1, 64));
@@ -494,12 +477,30 @@ int main(int argc, char** argv) {
 
     signal(SIGPIPE, SIG_IGN);
 
-    sockaddr_in la = loopback_addr(listen);
-    sockaddr_in be = loopback_addr(backend);
-    // Every thread binds before any runs, so a client that finds the port open finds all of them.
+    liege::Address la;
+    BackendAddr be;
+    try {
+        la = liege::parse_address(listen);
+        liege::Address ba = liege::parse_address(backend);
+        if (la.is_unix() || ba.is_unix()) {
+            throw std::invalid_argument("TCP addresses only");
+        }
+        if (int rc = liege::to_sockaddr(ba, be.ss, be.len); rc < 0) {
+            die("backend address", -rc);
+        }
+    } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "liege-floor-relay: %s\n", e.what());
+        return 2;
+    }
+    // One listener per thread (SO_REUSEPORT), as liege, nginx (`reuseport`) and HAProxy do. Every
+    // thread binds before any runs, so a client that finds the port open finds all of them.
     std::vector<int> lfds;
     for (unsigned i = 0; i < threads; ++i) {
-        lfds.push_back(listen_on(la));
+        int fd = liege::bind_listening_socket(la, true, 4096);
+        if (fd < 0) {
+            die("listen", -fd);
+        }
+        lfds.push_back(fd);
     }
     // The loops never return; the main thread waits for SIGTERM/SIGINT (blocked in every thread,
     // so only sigwait takes them) and ends the process.

@@ -492,11 +492,11 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
         c->error_status_ = 405;
         return -1;
     }
-    bool has_host = false;
-    const std::string_view host_header = c->head_->find("host", &has_host);
-    const http::RequestTarget target = http::request_target(c->head_->url(), host_header);
+    const http::RequestHeaders checked = http::scan_request_headers(*c->head_);
+    const bool has_host = checked.hosts > 0;
+    const http::RequestTarget target = http::request_target(c->head_->url(), checked.host);
     if (!target.valid || (p->http_minor >= 1 && !has_host && !target.absolute) ||
-        c->head_->count("host") > 1) {
+        checked.hosts > 1) {
         // RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host (an absolute URI carries
         // its own, as nginx accepts too), and an absolute URI needs a host.
         c->error_status_ = 400;
@@ -518,11 +518,7 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     c->pool_ = c->snap_->pools[route->index].get();
     c->pool_->stats->in_flight.fetch_add(1, std::memory_order_relaxed);
     c->req_chunked_ = (p->flags & F_CHUNKED) != 0;
-    bool has_te = (p->flags & F_TRANSFER_ENCODING) != 0;
-    if (!has_te && !c->req_chunked_) {
-        c->head_->find("transfer-encoding", &has_te);
-    }
-    if (has_te && !c->req_chunked_) {
+    if (checked.transfer_encoding && !c->req_chunked_) {
         // llhttp refuses other codings but lets an empty Transfer-Encoding through; a backend
         // could frame such a request differently from us, so it goes nowhere.
         c->error_status_ = 400;

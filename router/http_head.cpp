@@ -251,12 +251,19 @@ RequestTarget request_target(std::string_view url, std::string_view host_header)
     return t;
 }
 
-size_t HeadCollector::count(std::string_view wanted) const {
-    size_t n = 0;
-    for (size_t i = 0; i < headers_.size(); ++i) {
-        n += iequals(name(i), wanted) ? 1 : 0;
+RequestHeaders scan_request_headers(const HeadCollector& head) {
+    RequestHeaders r;
+    for (size_t i = 0; i < head.header_count(); ++i) {
+        const std::string_view name = head.name(i);
+        if (iequals(name, "host")) {
+            if (r.hosts++ == 0) {
+                r.host = head.value(i);
+            }
+        } else if (iequals(name, "transfer-encoding")) {
+            r.transfer_encoding = true;
+        }
     }
-    return n;
+    return r;
 }
 
 size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, char* out,

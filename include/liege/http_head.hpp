@@ -41,8 +41,6 @@ public:
     std::string_view value(size_t i) const { return view(headers_[i].value); }
     // The first header with this name, or an empty view with found=false.
     std::string_view find(std::string_view name, bool* found = nullptr) const;
-    // How many headers have this name.
-    size_t count(std::string_view name) const;
 
 private:
     struct Span {
@@ -61,6 +59,14 @@ private:
     Span method_, url_, reason_;
     bool in_value_ = false;
 };
+
+// The request headers the router validates before routing, gathered in one pass over the head.
+struct RequestHeaders {
+    std::string_view host;          // the first Host header's value
+    unsigned hosts = 0;             // how many Host headers there are
+    bool transfer_encoding = false; // a Transfer-Encoding header, even an empty one
+};
+RequestHeaders scan_request_headers(const HeadCollector& head);
 
 // The request target as the router routes and forwards it. An absolute-form target
 // ("http://host:port/path?q", RFC 9112 3.2.2, as clients send to a proxy) is routed by its

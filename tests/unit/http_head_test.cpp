@@ -268,3 +268,14 @@ TEST(RequestHead, AbsoluteFormIsForwardedInOriginFormWithItsHost) {
     EXPECT_EQ(out.rfind("GET / HTTP/1.1\r\n", 0), 0u) << out;
     EXPECT_NE(out.find("Host: api.test\r\n"), std::string::npos) << out;
 }
+
+TEST(RequestHeaders, OnePassFindsHostsAndTransferEncoding) {
+    const HeadCollector two = request("GET", "/", {{"Host", "a.test"}, {"hOST", "b.test"}});
+    auto r = scan_request_headers(two); // views into `two`
+    EXPECT_EQ(r.host, "a.test");
+    EXPECT_EQ(r.hosts, 2u);
+    EXPECT_FALSE(r.transfer_encoding);
+    r = scan_request_headers(request("POST", "/", {{"Transfer-Encoding", ""}}));
+    EXPECT_EQ(r.hosts, 0u);
+    EXPECT_TRUE(r.transfer_encoding);
+}

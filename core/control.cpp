@@ -58,6 +58,7 @@ std::string encode(const StatsMessage& m) {
               {"connections", m.connections},
               {"requests", m.requests},
               {"thread_requests", m.thread_requests},
+              {"thread_connections", m.thread_connections},
               {"backends", std::move(backends)},
               {"vassals", std::move(vassals)}};
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
@@ -153,6 +154,7 @@ StatsMessage decode_stats(const json& j) {
     m.connections = j.value("connections", int64_t{0});
     m.requests = j.value("requests", uint64_t{0});
     m.thread_requests = j.value("thread_requests", std::vector<uint64_t>{});
+    m.thread_connections = j.value("thread_connections", std::vector<int64_t>{});
     for (const auto& b : j.at("backends")) {
         BackendStats s;
         s.address = b.at("address").get<std::string>();

@@ -1016,6 +1016,7 @@ void Emperor::router_exited(ExitStatus st) {
         }
     }
     stats_.connections = 0;
+    stats_.thread_connections.clear();
     std::erase_if(stats_.backends, [&](const auto& b) { return !live.contains(b.address); });
     std::erase_if(stats_.vassals, [&](const auto& f) { return !vassals_.contains(f.vassal); });
     for (auto& b : stats_.backends) {
@@ -1204,7 +1205,8 @@ nlohmann::json Emperor::status() const {
     json router = {{"pid", router_ != nullptr ? router_->pid() : 0},
                    {"connections", stats_.connections},
                    {"requests", stats_.requests},
-                   {"thread_requests", stats_.thread_requests}};
+                   {"thread_requests", stats_.thread_requests},
+                   {"thread_connections", stats_.thread_connections}};
     json listen = json::array();
     for (const auto& a : bound_) {
         listen.push_back(a.str());

@@ -301,6 +301,12 @@ std::string prometheus_text(const json& status, const control::StatsMessage& sta
         e.sample("liege_router_thread_requests_total", {"thread", std::to_string(i)},
                  stats.thread_requests[i]);
     }
+    e.family("liege_router_thread_connections", "gauge",
+             "Client connections each router thread serves.");
+    for (size_t i = 0; i < stats.thread_connections.size(); ++i) {
+        e.sample("liege_router_thread_connections", {"thread", std::to_string(i)},
+                 stats.thread_connections[i]);
+    }
     if (status.contains("emperor") && status["emperor"].contains("uptime_seconds")) {
         e.family("liege_uptime_seconds", "gauge", "Time since the emperor started.");
         e.sample("liege_uptime_seconds", {}, status["emperor"]["uptime_seconds"].get<int64_t>());

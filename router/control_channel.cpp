@@ -307,6 +307,7 @@ void ControlChannel::send_stats() {
     m.requests = shared_.requests.load(std::memory_order_relaxed);
     for (const auto& w : workers_) {
         m.thread_requests.push_back(w->requests());
+        m.thread_connections.push_back(w->load());
     }
     send(control::encode(m));
 }

@@ -1,8 +1,10 @@
 // `liege router`: listening sockets, threads, signals and the graceful drain.
 //
 // Each thread runs its own libuv loop and accepts on its own SO_REUSEPORT socket, so the kernel
-// spreads connections across threads without a shared accept lock. Unix sockets and sockets
-// inherited from a parent cannot be multiplied that way; each thread polls a dup of the one fd.
+// spreads connections across threads without a shared accept lock. Its hash spreads them
+// unevenly, so a thread holding two more than a sibling hands the connection it just accepted
+// to the least loaded one (thread_for_connection). Unix sockets and sockets inherited from a
+// parent cannot be multiplied that way; each thread polls a dup of the one fd.
 #include "liege/router.hpp"
 
 #include <fcntl.h>
@@ -97,6 +99,7 @@ int run_router(const RouterOptions& options) {
     std::vector<std::unique_ptr<Worker>> workers;
     for (unsigned i = 0; i < threads; ++i) {
         workers.push_back(std::make_unique<Worker>(i, *shared, log_fd));
+        shared->workers.push_back(workers.back().get());
     }
     router::RouteBuilder static_builder(options.lb);
     {

@@ -238,8 +238,54 @@ void Worker::begin_accepting() {
         return;
     }
     accepting_ = true;
+    {
+        std::lock_guard lock(handoff_mu_);
+        takes_handoffs_ = true;
+    }
     for (auto& l : listeners_) {
         uv_poll_start(&l->poll, UV_READABLE, on_accept);
+    }
+}
+
+void Worker::place(int fd, bool is_unix) {
+    const auto& all = shared_.workers;
+    if (all.size() > 1) {
+        unsigned to = thread_for_connection(index_, static_cast<unsigned>(all.size()),
+                                            [&](unsigned i) { return all[i]->load(); });
+        if (to != index_ && all[to]->hand_over(fd, is_unix)) {
+            return;
+        }
+    }
+    ClientConn::accept(this, fd, is_unix);
+}
+
+bool Worker::hand_over(int fd, bool is_unix) {
+    std::lock_guard lock(handoff_mu_);
+    if (!takes_handoffs_) {
+        return false;
+    }
+    load_.fetch_add(1, std::memory_order_relaxed); // counted from now, so others see it
+    handed_over_.emplace_back(fd, is_unix);
+    uv_async_send(&wake_);
+    return true;
+}
+
+void Worker::open_handed_over() {
+    std::vector<std::pair<int, bool>> batch;
+    {
+        std::lock_guard lock(handoff_mu_);
+        batch.swap(handed_over_);
+        if (shutting_down_) {
+            takes_handoffs_ = false;
+        }
+    }
+    for (auto [fd, is_unix] : batch) {
+        load_.fetch_sub(1, std::memory_order_relaxed); // client_opened counts it again
+        if (shutting_down_) {
+            ::close(fd); // as the listen queue's connections are when the listener closes
+        } else {
+            ClientConn::accept(this, fd, is_unix);
+        }
     }
 }
 
@@ -248,6 +294,7 @@ void Worker::on_wake() {
     if (accept_requested_.load()) {
         begin_accepting();
     }
+    open_handed_over();
     int req = shutdown_request_.load();
     if (req >= 1 && !shutting_down_) {
         begin_shutdown();
@@ -259,6 +306,7 @@ void Worker::on_wake() {
 
 void Worker::begin_shutdown() {
     shutting_down_ = true;
+    open_handed_over(); // stops taking more and closes any queued since the last wake
     // Close the listening sockets now, not after the drain: an open socket nobody accepts on
     // would complete handshakes and leave new clients hanging instead of refused.
     // (uv_poll_stop has already taken the fd out of epoll, so closing it here is safe.)
@@ -324,7 +372,7 @@ void Worker::on_accept(uv_poll_t* handle, int status, int) {
     for (int i = 0; i < 64; ++i) {
         int fd = ::accept4(l->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            ClientConn::accept(w, fd, l->is_unix);
+            w->place(fd, l->is_unix);
             continue;
         }
         if (errno == EINTR || errno == ECONNABORTED) {
@@ -426,11 +474,13 @@ void Worker::forget_idle(Upstream* up) {
 
 void Worker::client_opened(ClientConn* c) {
     clients_.push_back(&c->node);
+    load_.fetch_add(1, std::memory_order_relaxed);
     shared_.connections.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Worker::client_closed(ClientConn* c) {
     c->node.unlink();
+    load_.fetch_sub(1, std::memory_order_relaxed);
     shared_.connections.fetch_sub(1, std::memory_order_relaxed);
     if (accepting_paused_ && !shutting_down_) {
         accepting_paused_ = false;

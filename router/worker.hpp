@@ -33,6 +33,7 @@ struct Shared {
     RouterOptions options;
     std::atomic<uint64_t> requests{0};
     std::atomic<int64_t> connections{0};
+    std::vector<Worker*> workers; // every thread by index, filled before any starts
 
     // A request leaves backend `b`. The last one out of a draining backend reports it drained.
     void release_backend(Backend& b) {
@@ -177,6 +178,9 @@ public:
     // Descriptor exhaustion: stop accepting for a moment instead of failing.
     void pause_accepting();
 
+    // Client connections this thread serves, plus those handed to it and not yet opened.
+    int load() const { return load_.load(std::memory_order_relaxed); }
+
 private:
     void run();
     void on_wake();
@@ -184,6 +188,14 @@ private:
     void force_close_all();
     void maybe_finish();
     static void on_accept(uv_poll_t* handle, int status, int events);
+    // Serves `fd`, just accepted here, on this thread or on a less loaded one
+    // (thread_for_connection).
+    void place(int fd, bool is_unix);
+    // Thread-safe: queues an accepted connection for this thread and wakes it; false once the
+    // thread no longer takes connections (before it accepts, and from its shutdown on).
+    bool hand_over(int fd, bool is_unix);
+    // On the loop: opens the connections handed over, or closes them when shutting down.
+    void open_handed_over();
 
     unsigned index_;
     Shared& shared_;
@@ -217,6 +229,10 @@ private:
     bool finished_ = false;
     int64_t upstreams_open_ = 0;
     int64_t paused_at_ = 0;
+    std::atomic<int> load_{0};
+    std::mutex handoff_mu_;
+    std::vector<std::pair<int, bool>> handed_over_; // fd, is_unix; guarded by handoff_mu_
+    bool takes_handoffs_ = false;                   // guarded by handoff_mu_
 
     friend class ClientConn;
     friend class Upstream;

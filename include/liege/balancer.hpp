@@ -81,4 +81,27 @@ private:
     std::atomic<uint64_t> cursor_{0};
 };
 
+// Which router thread serves a connection that thread `self` accepted, given each thread's
+// count of client connections (`load(i)`, for i below `threads`). The kernel's SO_REUSEPORT hash
+// spreads connections unevenly (50 connections over 2 threads land 30/20 about as often as
+// 26/24), and a thread holding more keep-alive clients than its siblings makes their requests
+// queue longer. The accepting thread keeps the connection unless another holds at least two
+// fewer; then it goes to the one holding fewest (the first of them on a tie).
+template <typename LoadOf>
+unsigned thread_for_connection(unsigned self, unsigned threads, LoadOf&& load) {
+    unsigned best = self;
+    auto best_load = load(self) - 1;
+    for (unsigned i = 0; i < threads; ++i) {
+        if (i == self) {
+            continue;
+        }
+        auto l = load(i);
+        if (l < best_load) {
+            best = i;
+            best_load = l;
+        }
+    }
+    return best;
+}
+
 } // namespace liege

@@ -62,6 +62,7 @@ struct StatsMessage {
     int64_t connections = 0;
     uint64_t requests = 0;
     std::vector<uint64_t> thread_requests;
+    std::vector<int64_t> thread_connections; // client connections each thread serves (a gauge)
     std::vector<BackendStats> backends;
     std::vector<VassalFigures> vassals;
 };

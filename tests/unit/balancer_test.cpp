@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "liege/balancer.hpp"
@@ -84,4 +85,36 @@ TEST(Backend, CoolOffGrowsAndResets) {
     be.mark_ok();
     EXPECT_TRUE(be.is_up(0));
     EXPECT_EQ(be.mark_failed(0), 1000);
+}
+
+TEST(ThreadForConnection, KeepsItUnlessAnotherThreadHoldsTwoFewer) {
+    std::vector<int> loads = {5, 4, 5};
+    auto load = [&](unsigned i) { return loads[i]; };
+    EXPECT_EQ(thread_for_connection(0, 3, load), 0u) << "one fewer is not worth a hand-over";
+    loads = {5, 3, 5};
+    EXPECT_EQ(thread_for_connection(0, 3, load), 1u);
+    EXPECT_EQ(thread_for_connection(2, 3, load), 1u);
+    EXPECT_EQ(thread_for_connection(1, 3, load), 1u) << "the least loaded keeps its own";
+    loads = {9, 2, 1, 1};
+    EXPECT_EQ(thread_for_connection(0, 4, load), 2u) << "the fewest, the first of them on a tie";
+    loads = {0};
+    EXPECT_EQ(thread_for_connection(0, 1, load), 0u);
+}
+
+TEST(ThreadForConnection, ConnectionsAllAcceptedByOneThreadEndUpEven) {
+    // The worst the kernel's hash can do: every connection lands on thread 0.
+    std::vector<int> loads(4, 0);
+    auto load = [&](unsigned i) { return loads[i]; };
+    for (int n = 0; n < 1000; ++n) {
+        loads[thread_for_connection(0, 4, load)]++;
+        auto [lo, hi] = std::minmax_element(loads.begin(), loads.end());
+        ASSERT_LE(*hi - *lo, 2) << "after " << n + 1 << " connections";
+    }
+    // And connections closing on one thread steer the next ones to it.
+    loads = {250, 250, 250, 250};
+    loads[3] -= 100;
+    for (int n = 0; n < 100; ++n) {
+        loads[thread_for_connection(n % 3, 4, load)]++;
+    }
+    EXPECT_GE(loads[3], 248);
 }

@@ -41,6 +41,7 @@ StatsMessage stats_for_app() {
     s.connections = 3;
     s.requests = 17;
     s.thread_requests = {10, 7};
+    s.thread_connections = {2, 1};
     VassalFigures f;
     f.vassal = "app";
     f.responses[2] = 12;
@@ -104,6 +105,8 @@ TEST(Prometheus, WorkersReloadsAndRouter) {
     EXPECT_TRUE(has_line(text, "liege_router_connections 3"));
     EXPECT_TRUE(has_line(text, "liege_router_requests_total 17"));
     EXPECT_TRUE(has_line(text, R"(liege_router_thread_requests_total{thread="1"} 7)"));
+    EXPECT_TRUE(has_line(text, R"(liege_router_thread_connections{thread="0"} 2)"));
+    EXPECT_TRUE(has_line(text, R"(liege_router_thread_connections{thread="1"} 1)"));
     EXPECT_TRUE(has_line(text, "liege_uptime_seconds 42"));
 }
 

@@ -475,13 +475,12 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
     line.clear();
     line.append(c->head_->method()).append(" ").append(c->head_->url());
     line.append(p->http_minor == 0 ? " HTTP/1.0" : " HTTP/1.1");
+    const http::RequestHeaders checked = http::scan_request_headers(*c->head_);
     if (w->access_logging()) {
-        std::string_view referer = c->head_->find("referer");
-        std::string_view ua = c->head_->find("user-agent");
         auto& a = c->log_agent_;
         a.clear();
-        a.append(" \"").append(referer.empty() ? "-" : referer).append("\" \"");
-        a.append(ua.empty() ? "-" : ua).append("\"");
+        a.append(" \"").append(checked.referer.empty() ? "-" : checked.referer).append("\" \"");
+        a.append(checked.user_agent.empty() ? "-" : checked.user_agent).append("\"");
     }
     if (p->http_major != 1) {
         // HTTP/0.9 has no headers to route or frame by; HTTP/2+ does not start like this.
@@ -492,7 +491,6 @@ int ClientConn::on_headers_complete(llhttp_t* p) {
         c->error_status_ = 405;
         return -1;
     }
-    const http::RequestHeaders checked = http::scan_request_headers(*c->head_);
     const bool has_host = checked.hosts > 0;
     const http::RequestTarget target = http::request_target(c->head_->url(), checked.host);
     if (!target.valid || (p->http_minor >= 1 && !has_host && !target.absolute) ||

@@ -253,6 +253,8 @@ RequestTarget request_target(std::string_view url, std::string_view host_header)
 
 RequestHeaders scan_request_headers(const HeadCollector& head) {
     RequestHeaders r;
+    bool referer = false;
+    bool user_agent = false;
     for (size_t i = 0; i < head.header_count(); ++i) {
         const std::string_view name = head.name(i);
         if (iequals(name, "host")) {
@@ -261,6 +263,12 @@ RequestHeaders scan_request_headers(const HeadCollector& head) {
             }
         } else if (iequals(name, "transfer-encoding")) {
             r.transfer_encoding = true;
+        } else if (!referer && iequals(name, "referer")) {
+            referer = true;
+            r.referer = head.value(i);
+        } else if (!user_agent && iequals(name, "user-agent")) {
+            user_agent = true;
+            r.user_agent = head.value(i);
         }
     }
     return r;

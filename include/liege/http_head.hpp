@@ -60,11 +60,14 @@ private:
     bool in_value_ = false;
 };
 
-// The request headers the router validates before routing, gathered in one pass over the head.
+// The request headers the router validates before routing, and those its access log names,
+// gathered in one pass over the head.
 struct RequestHeaders {
     std::string_view host;          // the first Host header's value
     unsigned hosts = 0;             // how many Host headers there are
     bool transfer_encoding = false; // a Transfer-Encoding header, even an empty one
+    std::string_view referer;       // the first Referer header's value, empty if none
+    std::string_view user_agent;    // the first User-Agent header's value, empty if none
 };
 RequestHeaders scan_request_headers(const HeadCollector& head);
 

@@ -278,4 +278,17 @@ TEST(RequestHeaders, OnePassFindsHostsAndTransferEncoding) {
     r = scan_request_headers(request("POST", "/", {{"Transfer-Encoding", ""}}));
     EXPECT_EQ(r.hosts, 0u);
     EXPECT_TRUE(r.transfer_encoding);
+    EXPECT_TRUE(r.referer.empty());
+    EXPECT_TRUE(r.user_agent.empty());
+}
+
+TEST(RequestHeaders, TheSamePassFindsTheFirstRefererAndUserAgent) {
+    const HeadCollector head = request("GET", "/",
+                                       {{"User-Agent", "curl/8"},
+                                        {"referer", "http://a.test/"},
+                                        {"Referer", "http://b.test/"},
+                                        {"user-agent", "wget"}});
+    const auto r = scan_request_headers(head);
+    EXPECT_EQ(r.referer, "http://a.test/");
+    EXPECT_EQ(r.user_agent, "curl/8");
 }

@@ -1,7 +1,9 @@
 #include "connection.hpp"
 
 #include <arpa/inet.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -963,10 +965,43 @@ void ClientConn::flush_client() {
         }
         ops = next;
     }
+    if (!closed_) {
+        update_out_blocked();
+    }
 }
 
 bool ClientConn::writing_blocked() const {
-    return uv_stream_get_write_queue_size(&sock_.stream) > kHighWater;
+    return out_blocked_;
+}
+
+size_t ClientConn::bytes_not_taken() const {
+    size_t n = uv_stream_get_write_queue_size(&sock_.stream);
+    // The kernel's send queue as well: a client that reads slowly drains it long before libuv
+    // may write again (the socket turns writable only once a third of its buffer is free).
+    uv_os_fd_t fd = -1;
+    int in_kernel = 0;
+    if (uv_fileno(&sock_.handle, &fd) == 0 && ::ioctl(fd, SIOCOUTQ, &in_kernel) == 0 &&
+        in_kernel > 0) {
+        n += static_cast<size_t>(in_kernel);
+    }
+    return n;
+}
+
+bool ClientConn::took_bytes_since_last_check() {
+    const size_t left = bytes_not_taken();
+    const bool took = left < blocked_left_;
+    blocked_left_ = left;
+    return took;
+}
+
+void ClientConn::update_out_blocked() {
+    const size_t queued = uv_stream_get_write_queue_size(&sock_.stream);
+    if (!out_blocked_ && queued > kHighWater) {
+        out_blocked_ = true;
+        blocked_left_ = bytes_not_taken();
+    } else if (out_blocked_ && queued < kLowWater) {
+        out_blocked_ = false;
+    }
 }
 
 void ClientConn::on_write(uv_write_t* req, int status) {
@@ -983,7 +1018,12 @@ void ClientConn::on_write(uv_write_t* req, int status) {
     if (c->phase_ == ClientPhase::Closing && !c->fin_sent_) {
         c->set_phase(ClientPhase::Closing); // the client took a write: its clock starts again
     }
-    if (c->up_ != nullptr && uv_stream_get_write_queue_size(&c->sock_.stream) < kLowWater) {
+    const bool was_blocked = c->out_blocked_;
+    c->update_out_blocked();
+    if (c->up_ == nullptr) {
+        return;
+    }
+    if (was_blocked && !c->out_blocked_) {
         c->up_->update_reading();
     }
 }
@@ -1477,7 +1517,11 @@ void Upstream::on_timer(uv_timer_t* t) {
         }
         break;
     case UpstreamState::Active:
-        if (c != nullptr && c->writing_blocked()) {
+        if (c != nullptr && c->writing_blocked() && c->took_bytes_since_last_check()) {
+            // A slow download, not a stalled one: progress, however little, counts (as nginx's
+            // send_timeout runs between two writes, not for the whole response).
+            up->arm_response_timer();
+        } else if (c != nullptr && c->writing_blocked()) {
             // Reading from the backend waits for the client, which took none of the response
             // in that time: the client is cut off, the backend is not to blame.
             spdlog::warn("client {} took no byte of the response to \"{}\" for {} ms; closing",

@@ -88,7 +88,14 @@ public:
     void update_reading();
     void upstream_wrote(); // a write to the upstream completed
     void flush_client();
+    // Backpressure on the response, with hysteresis: set once the client's write queue rises
+    // above the high-water mark, cleared only when it falls below the low one. While set, the
+    // upstream is not read, so a response timeout then is the client's stall, not the backend's,
+    // whatever the client took before it stopped.
     bool writing_blocked() const;
+    // While writing_blocked: whether the client took any byte since the block began or since the
+    // last call; a slow reader is then left alone, a stalled one is cut off.
+    bool took_bytes_since_last_check();
     Chunk* current_chunk() const { return up_cur_; }
     void set_upstream_chunk(Chunk* c) { up_cur_ = c; }
 
@@ -98,6 +105,8 @@ private:
     void set_phase(ClientPhase p);
     void arm_timer(uint64_t ms);
     void process_input();
+    void update_out_blocked();
+    size_t bytes_not_taken() const; // queued here or in the kernel, not yet taken by the client
     void after_parse_error(llhttp_errno_t err);
     void begin_request();
     void start_upstream();
@@ -150,6 +159,8 @@ private:
     bool shutting_down_ = false; // FIN queued (uv_shutdown), waiting for the writes before it
     bool fin_sent_ = false;      // every write and the FIN are out: lingering
     bool up_paused_ = false;     // backpressure: upstream write queue above the high-water mark
+    bool out_blocked_ = false;   // backpressure: our write queue to the client (writing_blocked)
+    size_t blocked_left_ = 0;    // bytes_not_taken() when last looked at while blocked
     ClientPhase phase_ = ClientPhase::Idle;
 
     // Input not yet parsed (pipelined requests wait here while a response is in progress).

@@ -122,9 +122,9 @@ control::StatsMessage RouteBuilder::stats() const {
 }
 
 ControlChannel::ControlChannel(uv_loop_t* loop, int fd, Shared& shared,
-                               std::vector<std::unique_ptr<Worker>>& workers,
+                               std::vector<std::unique_ptr<RouterThread>>& threads,
                                std::function<void()> on_lost)
-    : loop_(loop), shared_(shared), workers_(workers), on_lost_(std::move(on_lost)),
+    : loop_(loop), shared_(shared), threads_(threads), on_lost_(std::move(on_lost)),
       builder_(shared.options.lb) {
     pipe_ = new uv_pipe_t;
     uv_pipe_init(loop, pipe_, 0);
@@ -217,10 +217,10 @@ void ControlChannel::on_line(const std::string& line) {
         }
         control::RoutesMessage m = control::decode_routes(j);
         std::vector<std::shared_ptr<Backend>> to_drain;
-        auto snaps = builder_.build(m, workers_.size(), to_drain);
+        auto snaps = builder_.build(m, threads_.size(), to_drain);
         const uint64_t version = snaps.empty() ? 0 : snaps.front()->version;
-        for (size_t i = 0; i < workers_.size(); ++i) {
-            workers_[i]->set_routes(std::move(snaps[i]));
+        for (size_t i = 0; i < threads_.size(); ++i) {
+            threads_[i]->set_routes(std::move(snaps[i]));
         }
         if (!to_drain.empty()) {
             pending_drains_.push_back({version, std::move(to_drain)});
@@ -228,7 +228,7 @@ void ControlChannel::on_line(const std::string& line) {
         }
         if (!accepting_) {
             accepting_ = true;
-            for (auto& w : workers_) {
+            for (auto& w : threads_) {
                 w->start_accepting();
             }
         }
@@ -265,7 +265,7 @@ void ControlChannel::check_drains() {
     // that no longer picks it; from then on the last request to leave it reports it drained.
     // Marking it earlier would let a thread still on the old snapshot find no backend at all.
     uint64_t applied = UINT64_MAX;
-    for (const auto& w : workers_) {
+    for (const auto& w : threads_) {
         applied = std::min(applied, w->routes_version());
     }
     std::vector<std::string> idle;
@@ -305,7 +305,7 @@ void ControlChannel::send_stats() {
     control::StatsMessage m = builder_.stats();
     m.connections = shared_.connections.load(std::memory_order_relaxed);
     m.requests = shared_.requests.load(std::memory_order_relaxed);
-    for (const auto& w : workers_) {
+    for (const auto& w : threads_) {
         m.thread_requests.push_back(w->requests());
         m.thread_connections.push_back(w->load());
     }

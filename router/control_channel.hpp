@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "liege/control.hpp"
-#include "worker.hpp"
+#include "router_thread.hpp"
 
 namespace liege::router {
 
@@ -39,7 +39,8 @@ private:
 class ControlChannel {
 public:
     ControlChannel(uv_loop_t* loop, int fd, Shared& shared,
-                   std::vector<std::unique_ptr<Worker>>& workers, std::function<void()> on_lost);
+                   std::vector<std::unique_ptr<RouterThread>>& threads,
+                   std::function<void()> on_lost);
     ~ControlChannel();
     void close();
 
@@ -59,7 +60,7 @@ private:
 
     uv_loop_t* loop_;
     Shared& shared_;
-    std::vector<std::unique_ptr<Worker>>& workers_;
+    std::vector<std::unique_ptr<RouterThread>>& threads_;
     std::function<void()> on_lost_;
     RouteBuilder builder_;
     control::LineBuffer in_;

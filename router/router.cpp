@@ -19,10 +19,9 @@
 #include <memory>
 #include <thread>
 
-#include "connection.hpp"
 #include "control_channel.hpp"
 #include "liege/log.hpp"
-#include "worker.hpp"
+#include "router_thread.hpp"
 
 namespace liege {
 
@@ -33,8 +32,8 @@ std::atomic<int> g_signal_count{0};
 } // namespace
 
 int run_router(const RouterOptions& options) {
+    using router::RouterThread;
     using router::Shared;
-    using router::Worker;
 
     // TERM, INT and USR1 wait (blocked) until their handlers are in place below: a router told
     // to stop while it starts stops gracefully instead of dying of the default action.
@@ -90,23 +89,24 @@ int run_router(const RouterOptions& options) {
         }
     }
 
-    shared->main_log_fd = log_fd;
+    shared->logs.main_fd = log_fd;
+    shared->logs.dir = options.access_log_dir;
     if (log_fd > STDERR_FILENO) {
-        shared->main_log_path = options.access_log;
+        shared->logs.main_path = options.access_log;
     }
     std::signal(SIGPIPE, SIG_IGN);
 
-    std::vector<std::unique_ptr<Worker>> workers;
+    std::vector<std::unique_ptr<RouterThread>> router_threads;
     for (unsigned i = 0; i < threads; ++i) {
-        workers.push_back(std::make_unique<Worker>(i, *shared, log_fd));
-        shared->workers.push_back(workers.back().get());
+        router_threads.push_back(std::make_unique<RouterThread>(i, *shared, log_fd));
+        shared->threads.push_back(router_threads.back().get());
     }
     router::RouteBuilder static_builder(options.lb);
     {
         std::vector<std::shared_ptr<Backend>> unused;
         auto snaps = static_builder.build(static_routes, threads, unused);
         for (unsigned i = 0; i < threads; ++i) {
-            workers[i]->set_routes(std::move(snaps[i]));
+            router_threads[i]->set_routes(std::move(snaps[i]));
         }
     }
 
@@ -120,7 +120,8 @@ int run_router(const RouterOptions& options) {
                 return 1;
             }
             for (unsigned i = 0; i < threads; ++i) {
-                workers[i]->add_listener(i == 0 ? fd : ::fcntl(fd, F_DUPFD_CLOEXEC, 0), true, true);
+                router_threads[i]->add_listener(i == 0 ? fd : ::fcntl(fd, F_DUPFD_CLOEXEC, 0), true,
+                                                true);
             }
         } else {
             for (unsigned i = 0; i < threads; ++i) {
@@ -133,7 +134,7 @@ int run_router(const RouterOptions& options) {
                 if (i == 0) {
                     bound = address_of_socket(fd); // port 0 becomes the chosen port for all
                 }
-                workers[i]->add_listener(fd, true, false);
+                router_threads[i]->add_listener(fd, true, false);
             }
         }
         spdlog::info("listening on {}", bound.str());
@@ -144,7 +145,7 @@ int run_router(const RouterOptions& options) {
         getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
         bool is_unix = ss.ss_family == AF_UNIX;
         for (unsigned i = 0; i < threads; ++i) {
-            workers[i]->add_listener(::fcntl(fd, F_DUPFD_CLOEXEC, 0), true, is_unix);
+            router_threads[i]->add_listener(::fcntl(fd, F_DUPFD_CLOEXEC, 0), true, is_unix);
         }
         spdlog::info("listening on {} (inherited)", address_of_socket(fd).str());
     }
@@ -161,22 +162,22 @@ int run_router(const RouterOptions& options) {
         spdlog::info("router: {} thread(s), routes from the emperor", threads);
     }
 
-    // The main thread only waits for signals; the workers do all the proxying.
+    // The main thread only waits for signals; the router threads do all the proxying.
     uv_loop_t loop;
     uv_loop_init(&loop);
     uv_signal_t sigterm, sigint;
     struct Ctx {
-        std::vector<std::unique_ptr<Worker>>* workers;
+        std::vector<std::unique_ptr<RouterThread>>* threads;
         uv_signal_t* sigs[2];
         std::unique_ptr<router::ControlChannel>* channel = nullptr;
         uv_signal_t* usr1 = nullptr;
-    } ctx{&workers, {&sigterm, &sigint}};
+    } ctx{&router_threads, {&sigterm, &sigint}};
     auto on_signal = [](uv_signal_t* s, int signum) {
         auto* c = static_cast<Ctx*>(s->data);
         int n = ++g_signal_count;
         spdlog::info("router: {} received, {}", strsignal(signum),
                      n == 1 ? "finishing requests in flight" : "closing every connection now");
-        for (auto& w : *c->workers) {
+        for (auto& w : *c->threads) {
             w->request_shutdown(n > 1);
         }
     };
@@ -192,7 +193,7 @@ int run_router(const RouterOptions& options) {
     uv_signal_start(
         &sigusr1,
         [](uv_signal_t* s, int) {
-            static_cast<router::Shared*>(s->data)->reopen_logs();
+            static_cast<router::Shared*>(s->data)->logs.reopen();
             spdlog::info("router: SIGUSR1, access logs reopened");
         },
         SIGUSR1);
@@ -200,18 +201,18 @@ int run_router(const RouterOptions& options) {
     std::unique_ptr<router::ControlChannel> channel;
     if (options.control_fd >= 0) {
         channel = std::make_unique<router::ControlChannel>(&loop, options.control_fd, *shared,
-                                                           workers, [&workers] {
-                                                               for (auto& w : workers) {
+                                                           router_threads, [&router_threads] {
+                                                               for (auto& w : router_threads) {
                                                                    w->request_shutdown(false);
                                                                }
                                                            });
     }
     // Fed by an emperor, a router accepts only once it knows the routes: connections queue in
     // the kernel meanwhile instead of getting 404s from an empty route table.
-    for (auto& w : workers) {
+    for (auto& w : router_threads) {
         w->start(options.control_fd < 0);
     }
-    // Wait for the workers on a helper thread so the signal loop stays responsive.
+    // Wait for the router threads on a helper thread so the signal loop stays responsive.
     uv_async_t all_done;
     uv_async_init(&loop, &all_done, [](uv_async_t* a) {
         auto* c = static_cast<Ctx*>(a->data);
@@ -228,7 +229,7 @@ int run_router(const RouterOptions& options) {
     ctx.channel = &channel;
     ctx.usr1 = &sigusr1;
     std::thread joiner([&] {
-        for (auto& w : workers) {
+        for (auto& w : router_threads) {
             w->join();
         }
         uv_async_send(&all_done);
@@ -236,7 +237,7 @@ int run_router(const RouterOptions& options) {
     uv_run(&loop, UV_RUN_DEFAULT);
     joiner.join();
     uv_loop_close(&loop);
-    workers.clear();
+    router_threads.clear();
     if (log_fd > STDERR_FILENO) {
         ::close(log_fd);
     }

@@ -1,0 +1,154 @@
+// The client leg: one client connection, its requests in order (pipelining), their responses,
+// and the way it ends (linger).
+//
+//   Idle ──first byte──▶ Head ──headers complete──▶ Body ──message complete──▶ AwaitResponse
+//    ▲                                                                            │
+//    └──────────────────── response complete, keep-alive ◀───────────────────────┘
+//   any ──101 from upstream──▶ Tunnel
+//   any ──error, or last response──▶ Closing ──FIN sent──▶ Lingering ──▶ Closed
+//
+// Every transition is in set_phase(), and each phase owns the connection's one deadline: Idle
+// waits keepalive_timeout (header_timeout for the first request), Head header_timeout from the
+// first byte (slowloris), Body waits upstream_timeout for progress on the request body (a client
+// read or a completed write to the backend; when it runs out while the backend is the one not
+// reading, that is a 504, not the client's 408), AwaitResponse leaves timing to the upstream leg.
+// Closing waits for the response to leave (upstream_timeout between completed writes, so a slow
+// reader gets all of it), Lingering then waits kLingerMs after the FIN so that unread input
+// cannot turn into a reset that destroys the response on its way.
+//
+// The request and response of the exchange in progress are an Exchange (exchange.hpp); the
+// attempt that carries it is an Upstream, which reports through the Upstream::Client interface;
+// what happens when an attempt fails is decide_retry (retry_policy.hpp), and how its response
+// is framed to the client is response_framing (response_framing.hpp).
+//
+// The leg is one class over three files: the connection (client.cpp), its requests
+// (client_request.cpp) and their responses (client_response.cpp).
+//
+// Lifetime: the connection is freed in on_stream_closed, after its stream's close callbacks; a
+// callback that closes it may keep touching it until it returns, and every entry point from the
+// loop does nothing once it is Closed.
+#pragma once
+
+#include <llhttp.h>
+
+#include <cstdint>
+
+#include "buffers.hpp"
+#include "exchange.hpp"
+#include "list_node.hpp"
+#include "stream.hpp"
+#include "upstream.hpp"
+
+namespace liege::router {
+
+class RouterThread;
+
+enum class ClientPhase { Idle, Head, Body, AwaitResponse, Tunnel, Closing, Lingering, Closed };
+
+class ClientConn final : private Stream::Owner, private Upstream::Client {
+public:
+    static void accept(RouterThread& thread, int fd, bool is_unix);
+    static ClientConn* from_node(ListNode* n) { return static_cast<ClientConn*>(n->owner); }
+
+    bool idle() const { return phase_ == ClientPhase::Idle && in_ == nullptr; }
+    void close_now();
+    // Graceful shutdown: close when idle, otherwise after the current response.
+    void drain();
+
+private:
+    explicit ClientConn(RouterThread& thread);
+    bool closed() const { return phase_ == ClientPhase::Closed; }
+    void set_phase(ClientPhase p);
+    void update_reading();
+    void process_input();
+    void after_parse_error();
+    void peer_closed(ssize_t nread);
+    void begin_request();
+    void reset_exchange();
+    void start_upstream();
+    void flush_upstream();
+    void write_pending_upstream();
+    void replay_head();
+    void drop_upstream_output(); // request bytes queued for an upstream that will never go
+    void respond_error(int status, std::string_view detail);
+    void finish_exchange();
+    void release_upstream(bool reusable);
+    void close_after_writes();
+    void log_access();
+    void leave_pool();
+    void record_response(bool router_error);
+    void start_tunnel(Chunk* chunk, const char* rest, size_t rest_len);
+    void flush_client();
+    void update_out_blocked();
+    int check_head_size(size_t more);
+
+    // Stream::Owner
+    void on_stream_read(ssize_t nread, Chunk* chunk) override;
+    void on_stream_written(int status) override;
+    void on_stream_deadline() override;
+    void on_stream_shutdown(int status) override;
+    void on_stream_connected(int) override {}
+    void on_stream_closed() override;
+
+    // Upstream::Client
+    void upstream_connected() override;
+    void upstream_failed(UpstreamFailure why) override;
+    int response_head(const http::HeadCollector& head, int status, bool has_length,
+                      bool chunked) override;
+    void response_body(Chunk* chunk, const char* data, size_t len) override;
+    void response_complete() override;
+    void response_flush() override { flush_client(); }
+    void response_end(Chunk* chunk, const char* rest, size_t rest_len, bool upgrade) override;
+    void tunnel_data(Chunk* chunk, const char* data, size_t len) override;
+    void upstream_eof() override;
+    void upstream_wrote() override;
+    // Backpressure on the response, with hysteresis: set once the client's write queue rises
+    // above the high-water mark, cleared only when it falls below the low one.
+    bool response_paused() const override { return out_blocked_; }
+    // While paused, whether the client took any byte since the block began or since the last
+    // call decides who is stalled: a slow reader is left alone, a stalled one is cut off.
+    ResponseStall response_stalled() override;
+
+    static int on_message_begin(llhttp_t* p);
+    static int on_method(llhttp_t* p, const char* at, size_t len);
+    static int on_url(llhttp_t* p, const char* at, size_t len);
+    static int on_header_field(llhttp_t* p, const char* at, size_t len);
+    static int on_header_value(llhttp_t* p, const char* at, size_t len);
+    static int on_headers_complete(llhttp_t* p);
+    static int on_body(llhttp_t* p, const char* at, size_t len);
+    static int on_message_complete(llhttp_t* p);
+    static const llhttp_settings_t* settings();
+    int headers_complete(); // on_headers_complete's work
+
+public:
+    ListNode node{this}; // the thread's list of clients
+
+private:
+    RouterThread& thread_;
+    Stream stream_;
+    llhttp_t parser_{};
+    ClientPhase phase_ = ClientPhase::Idle;
+    bool first_request_ = true;
+    bool draining_ = false;    // close after the current response
+    bool peer_eof_ = false;    // the client closed its side
+    bool up_paused_ = false;   // backpressure: the upstream's write queue is above high water
+    bool out_blocked_ = false; // backpressure: ours to the client is (response_paused)
+    size_t blocked_left_ = 0;  // stream_.not_taken() when last looked at while blocked
+
+    // Input not yet parsed (pipelined requests wait here while a response is in progress).
+    Chunk* in_ = nullptr;
+    uint32_t in_off_ = 0;
+    Chunk* parsing_ = nullptr; // the chunk llhttp is parsing, for zero-copy body slices
+
+    Output out_up_;
+    Output out_client_;
+    WriteOp* pending_ = nullptr; // request writes waiting for an upstream connection
+    WriteOp* pending_tail_ = nullptr;
+
+    http::HeadCollector* head_ = nullptr; // the request head being parsed
+    Upstream* up_ = nullptr;              // the attempt carrying the exchange
+    Exchange ex_;
+    char peer_[48] = {};
+};
+
+} // namespace liege::router

@@ -1,0 +1,426 @@
+// The client leg's requests: parsing them (llhttp callbacks), checking, routing and rewriting
+// their heads, and sending them to an upstream attempt.
+#include <cstring>
+
+#include "client.hpp"
+#include "liege/log.hpp"
+#include "llhttp_settings.hpp"
+#include "router_thread.hpp"
+
+namespace liege::router {
+
+namespace {
+
+ClientConn* client_of(llhttp_t* p) {
+    return static_cast<ClientConn*>(p->data);
+}
+
+} // namespace
+
+const llhttp_settings_t* ClientConn::settings() {
+    static const llhttp_settings_t s = [] {
+        llhttp_settings_t v = message_settings(on_message_begin, on_header_field, on_header_value,
+                                               on_headers_complete, on_body, on_message_complete);
+        v.on_method = on_method;
+        v.on_url = on_url;
+        return v;
+    }();
+    return &s;
+}
+
+void ClientConn::process_input() {
+    while (!closed() && in_ != nullptr && in_off_ < in_->len) {
+        if (phase_ == ClientPhase::AwaitResponse || phase_ == ClientPhase::Tunnel ||
+            phase_ == ClientPhase::Closing || phase_ == ClientPhase::Lingering) {
+            break; // a pipelined request waits for the response in progress
+        }
+        const char* start = in_->data + in_off_;
+        const size_t n = in_->len - in_off_;
+        parsing_ = in_;
+        llhttp_errno_t err = llhttp_execute(&parser_, start, n);
+        parsing_ = nullptr;
+        const size_t used =
+            err == HPE_OK ? n : static_cast<size_t>(llhttp_get_error_pos(&parser_) - start);
+        in_off_ += static_cast<uint32_t>(used);
+        if (closed()) {
+            return;
+        }
+        if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
+            after_parse_error();
+            return;
+        }
+        if (err == HPE_PAUSED) {
+            llhttp_resume(&parser_);
+        }
+        if (ex_.needs_upstream) {
+            ex_.needs_upstream = false;
+            start_upstream();
+        }
+        flush_upstream();
+        if (err == HPE_PAUSED_UPGRADE || (err == HPE_PAUSED && ex_.upgrade)) {
+            break; // bytes after an upgrade request belong to the tunnel, if one opens
+        }
+    }
+    if (closed()) {
+        return;
+    }
+    if (in_ != nullptr && in_off_ >= in_->len) {
+        thread_.chunks().unref(in_);
+        in_ = nullptr;
+        in_off_ = 0;
+    }
+    update_reading();
+}
+
+void ClientConn::after_parse_error() {
+    if (ex_.resp_started) {
+        close_now();
+        return;
+    }
+    const int status = ex_.error_status != 0 ? ex_.error_status : 400;
+    const char* reason = llhttp_get_error_reason(&parser_);
+    respond_error(status, !ex_.text.error_body.empty() ? std::string_view(ex_.text.error_body)
+                          : reason != nullptr          ? std::string_view(reason)
+                                                       : std::string_view("malformed request"));
+}
+
+int ClientConn::check_head_size(size_t more) {
+    if (head_ == nullptr) {
+        head_ = thread_.take_head();
+    }
+    if (head_->size() + more > thread_.options().max_header_size) {
+        ex_.error_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+int ClientConn::on_message_begin(llhttp_t* p) {
+    client_of(p)->begin_request();
+    return 0;
+}
+
+void ClientConn::begin_request() {
+    reset_exchange();
+    if (head_ != nullptr) {
+        head_->reset();
+    } else {
+        head_ = thread_.take_head();
+    }
+    ex_.start_ns = uv_hrtime();
+    set_phase(ClientPhase::Head);
+}
+
+int ClientConn::on_method(llhttp_t* p, const char* at, size_t len) {
+    auto* c = client_of(p);
+    if (c->check_head_size(len) != 0) {
+        return -1;
+    }
+    c->head_->add_method({at, len});
+    return 0;
+}
+
+int ClientConn::on_url(llhttp_t* p, const char* at, size_t len) {
+    auto* c = client_of(p);
+    if (c->check_head_size(len) != 0) {
+        return -1;
+    }
+    c->head_->add_url({at, len});
+    return 0;
+}
+
+int ClientConn::on_header_field(llhttp_t* p, const char* at, size_t len) {
+    auto* c = client_of(p);
+    if (c->check_head_size(len + 4) != 0) {
+        return -1;
+    }
+    c->head_->add_field({at, len});
+    return 0;
+}
+
+int ClientConn::on_header_value(llhttp_t* p, const char* at, size_t len) {
+    auto* c = client_of(p);
+    if (c->check_head_size(len) != 0) {
+        return -1;
+    }
+    c->head_->add_value({at, len});
+    return 0;
+}
+
+int ClientConn::on_headers_complete(llhttp_t* p) {
+    return client_of(p)->headers_complete();
+}
+
+int ClientConn::headers_complete() {
+    const llhttp_t* p = &parser_;
+    const RouterOptions& o = thread_.options();
+    if (head_ == nullptr) {
+        head_ = thread_.take_head();
+    }
+    // The request line names the request in warnings too, so it is kept even without an access
+    // log (the string keeps its capacity: no allocation per request).
+    auto& line = ex_.text.request_line;
+    line.clear();
+    line.append(head_->method()).append(" ").append(head_->url());
+    line.append(p->http_minor == 0 ? " HTTP/1.0" : " HTTP/1.1");
+    const http::RequestHeaders checked = http::scan_request_headers(*head_);
+    if (thread_.access_logging()) {
+        auto& a = ex_.text.agent;
+        a.clear();
+        a.append(" \"").append(checked.referer.empty() ? "-" : checked.referer).append("\" \"");
+        a.append(checked.user_agent.empty() ? "-" : checked.user_agent).append("\"");
+    }
+    if (p->http_major != 1) {
+        // HTTP/0.9 has no headers to route or frame by; HTTP/2+ does not start like this.
+        ex_.error_status = p->http_major == 0 ? 400 : 505;
+        return -1;
+    }
+    if (p->method == HTTP_CONNECT) {
+        ex_.error_status = 405;
+        return -1;
+    }
+    const bool has_host = checked.hosts > 0;
+    const http::RequestTarget target = http::request_target(head_->url(), checked.host);
+    if (!target.valid || (p->http_minor >= 1 && !has_host && !target.absolute) ||
+        checked.hosts > 1) {
+        // RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host (an absolute URI carries
+        // its own, as nginx accepts too), and an absolute URI needs a host.
+        ex_.error_status = 400;
+        ex_.text.error_body.assign(!target.valid ? "the request target has no host"
+                                   : has_host    ? "more than one Host header"
+                                                 : "no Host header");
+        return -1;
+    }
+    // Route first: a request nobody serves is answered without building anything.
+    ex_.snapshot = thread_.routes();
+    const std::string_view host = target.host;
+    const RouteEntry* route =
+        ex_.snapshot->table.match(host, target.slash_before ? std::string_view("/") : target.path);
+    if (route == nullptr) {
+        ex_.error_status = 404;
+        ex_.text.error_body.assign("no app serves host '").append(host).append("'");
+        return -1;
+    }
+    ex_.pool = ex_.snapshot->pools[route->index].get();
+    ex_.pool->stats->in_flight.fetch_add(1, std::memory_order_relaxed);
+    ex_.chunked = (p->flags & F_CHUNKED) != 0;
+    if (checked.transfer_encoding && !ex_.chunked) {
+        // llhttp refuses other codings but lets an empty Transfer-Encoding through; a backend
+        // could frame such a request differently from us, so it goes nowhere.
+        ex_.error_status = 400;
+        ex_.text.error_body.assign("Transfer-Encoding without chunked");
+        return -1;
+    }
+    if (o.max_body_size != 0 && (p->flags & F_CONTENT_LENGTH) &&
+        p->content_length > o.max_body_size) {
+        ex_.error_status = 413;
+        return -1;
+    }
+    ex_.upgrade = p->upgrade != 0;
+    ex_.keep_alive = llhttp_should_keep_alive(p) != 0;
+    ex_.idempotent = http::is_idempotent(head_->method());
+    ex_.head_method = p->method == HTTP_HEAD;
+
+    Chunk* out = thread_.chunks().get();
+    http::RequestForward fwd;
+    fwd.client_ip = peer_;
+    fwd.upgrade = ex_.upgrade;
+    fwd.target = &target;
+    const size_t n = http::write_request_head(*head_, fwd, out->data, Chunk::kSize);
+    if (n == 0) {
+        thread_.chunks().unref(out);
+        ex_.error_status = 431;
+        return -1;
+    }
+    out->len = static_cast<uint32_t>(n);
+    ex_.head_copy = out;
+    ex_.head_len = static_cast<uint32_t>(n);
+    out_up_.add(out, out->data, n);
+
+    thread_.return_head(head_);
+    head_ = nullptr;
+    ex_.needs_upstream = true;
+    set_phase(ClientPhase::Body);
+    return 0;
+}
+
+int ClientConn::on_body(llhttp_t* p, const char* at, size_t len) {
+    auto* c = client_of(p);
+    c->ex_.body_bytes += len;
+    const uint64_t limit = c->thread_.options().max_body_size;
+    if (limit != 0 && c->ex_.body_bytes > limit) {
+        c->ex_.error_status = 413;
+        return -1;
+    }
+    if (c->ex_.chunked) {
+        c->out_up_.add_chunk(c->parsing_, at, len);
+    } else {
+        c->out_up_.add(c->parsing_, at, len);
+    }
+    return 0;
+}
+
+int ClientConn::on_message_complete(llhttp_t* p) {
+    auto* c = client_of(p);
+    if (c->ex_.chunked) {
+        c->out_up_.add_copy("0\r\n\r\n", 5);
+    }
+    c->ex_.done = true;
+    if (c->ex_.resp_done) {
+        return HPE_PAUSED; // the response already ended (an early answer); finish_exchange runs
+    }
+    c->set_phase(ClientPhase::AwaitResponse);
+    if (c->up_ != nullptr) {
+        c->up_->arm_response_timer();
+    }
+    return HPE_PAUSED;
+}
+
+void ClientConn::leave_pool() {
+    if (ex_.pool != nullptr) {
+        ex_.pool->stats->in_flight.fetch_sub(1, std::memory_order_relaxed);
+        ex_.pool = nullptr;
+    }
+    ex_.snapshot.reset();
+}
+
+void ClientConn::reset_exchange() {
+    leave_pool();
+    if (ex_.head_copy != nullptr) {
+        thread_.chunks().unref(ex_.head_copy);
+    }
+    ExchangeText text = std::move(ex_.text);
+    text.clear();
+    ex_ = Exchange{};
+    ex_.text = std::move(text);
+}
+
+void ClientConn::start_upstream() {
+    ex_.sent_bytes = 0; // a new attempt: nothing of the request has gone to it yet
+    Balancer& bal = const_cast<Pool*>(ex_.pool)->balancer;
+    const unsigned max_tries = thread_.options().max_tries;
+    while (!closed()) {
+        if (ex_.tries >= max_tries) {
+            respond_error(502, "no backend could take the request");
+            return;
+        }
+        const int idx = bal.pick(ex_.tried, steady_now_ms());
+        if (idx < 0) {
+            respond_error(ex_.tried != 0 ? 502 : 503, ex_.tried != 0 ? "every backend tried failed"
+                                                                     : "no backend is available");
+            return;
+        }
+        ex_.tried |= (idx < 64 ? (1ull << idx) : 0);
+        ++ex_.tries;
+        const std::shared_ptr<Backend>& bep = bal.backends()[static_cast<size_t>(idx)];
+        Backend& be = *bep;
+        ex_.backend = &be;
+        ex_.backend_index = idx;
+        be.in_flight.fetch_add(1, std::memory_order_relaxed);
+        be.requests.fetch_add(1, std::memory_order_relaxed);
+        ex_.text.backend = be.name;
+        ex_.upstream_start_ns = uv_hrtime();
+        if (Upstream* idle = thread_.idle().newest(&be)) {
+            up_ = idle;
+            idle->attach(this);
+            write_pending_upstream();
+            if (ex_.done) {
+                up_->arm_response_timer();
+            }
+            return;
+        }
+        int err = 0;
+        up_ = Upstream::connect(thread_, bep, this, &err);
+        if (up_ != nullptr) {
+            return;
+        }
+        if (is_no_socket(err)) {
+            respond_error(503, failure_text(UpstreamFailure::NoSocket)); // releases the backend
+            return;
+        }
+        thread_.shared().release_backend(be);
+        ex_.backend = nullptr;
+        ex_.backend_index = -1;
+        const int64_t cool = be.mark_failed(steady_now_ms());
+        spdlog::warn("backend {} connect failed: {}; down for {} ms", be.name, uv_strerror(err),
+                     cool);
+    }
+}
+
+void ClientConn::flush_upstream() {
+    if (out_up_.empty()) {
+        return;
+    }
+    WriteOp* ops = out_up_.take();
+    if (pending_tail_ != nullptr) {
+        pending_tail_->next = ops;
+    } else {
+        pending_ = ops;
+    }
+    while (ops->next != nullptr) {
+        ops = ops->next;
+    }
+    pending_tail_ = ops;
+    if (up_ != nullptr && up_->connected()) {
+        write_pending_upstream();
+    }
+}
+
+void ClientConn::drop_upstream_output() {
+    thread_.ops().put_list(pending_, thread_.chunks());
+    pending_ = pending_tail_ = nullptr;
+    thread_.ops().put_list(out_up_.take(), thread_.chunks());
+}
+
+void ClientConn::write_pending_upstream() {
+    if (pending_ == nullptr || up_ == nullptr) {
+        return;
+    }
+    WriteOp* ops = pending_;
+    pending_ = pending_tail_ = nullptr;
+    // The head goes first; any byte beyond it is body (or body framing, e.g. the last chunk):
+    // once one is written the request cannot be replayed. Counted in bytes, since a small body
+    // piece shares the head's write.
+    for (WriteOp* op = ops; op != nullptr; op = op->next) {
+        ex_.sent_bytes += op->bytes;
+    }
+    if (ex_.sent_bytes > ex_.head_len) {
+        ex_.body_sent = true;
+    }
+    up_->write(ops);
+}
+
+// Queues the kept request head before whatever is still pending, for a replay elsewhere.
+void ClientConn::replay_head() {
+    Output again(thread_.ops(), thread_.chunks());
+    again.add(ex_.head_copy, ex_.head_copy->data, ex_.head_len);
+    WriteOp* ops = again.take();
+    WriteOp* tail = ops;
+    while (tail->next != nullptr) {
+        tail = tail->next;
+    }
+    tail->next = pending_;
+    pending_ = ops;
+    if (pending_tail_ == nullptr) {
+        pending_tail_ = tail;
+    }
+}
+
+void ClientConn::upstream_connected() {
+    write_pending_upstream();
+    if (ex_.done && up_ != nullptr) {
+        up_->arm_response_timer();
+    }
+    process_input();
+}
+
+void ClientConn::upstream_wrote() {
+    if (phase_ == ClientPhase::Body) {
+        // The backend is taking the body: time between client reads starts again too, so a
+        // backend that reads slowly is not blamed on the client.
+        stream_.set_deadline(thread_.options().upstream_timeout.count());
+    }
+    update_reading();
+}
+
+} // namespace liege::router

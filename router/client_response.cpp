@@ -1,0 +1,288 @@
+// The client leg's responses: what the upstream attempt reports (a head, body, the end, or a
+// failure and what the retry policy makes of it), error responses the router makes itself, and
+// the access log line that ends each exchange.
+#include <cstdio>
+
+#include "client.hpp"
+#include "liege/log.hpp"
+#include "response_framing.hpp"
+#include "router_thread.hpp"
+
+namespace liege::router {
+
+namespace {
+
+std::string_view or_dash(const std::string& s) {
+    return s.empty() ? std::string_view("-") : std::string_view(s);
+}
+
+} // namespace
+
+void ClientConn::record_response(bool router_error) {
+    thread_.count_request();
+    thread_.shared().requests.fetch_add(1, std::memory_order_relaxed);
+    if (ex_.pool != nullptr) {
+        ex_.pool->stats->record(ex_.status, static_cast<double>(uv_hrtime() - ex_.start_ns) / 1e6);
+        if (router_error) {
+            ex_.pool->stats->router_errors.fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+}
+
+void ClientConn::upstream_failed(UpstreamFailure why) {
+    if (closed()) {
+        return;
+    }
+    Upstream* up = up_;
+    AttemptFacts facts;
+    facts.why = why;
+    facts.reused_connection = up != nullptr && up->reused();
+    facts.got_response_bytes = up != nullptr && up->got_response_bytes();
+    facts.response_reached_client = ex_.resp_started && ex_.resp_flushed;
+    facts.tunnel = phase_ == ClientPhase::Tunnel;
+    facts.body_sent = ex_.body_sent;
+    facts.idempotent = ex_.idempotent;
+    facts.head_kept = ex_.head_copy != nullptr;
+    facts.tries = ex_.tries;
+    facts.max_tries = thread_.options().max_tries;
+    const RetryDecision d = decide_retry(facts);
+    const int failed_idx = ex_.backend_index;
+    if (ex_.backend != nullptr) {
+        Backend& be = *ex_.backend;
+        if (d.mark_backend_down) {
+            const int64_t cool = be.mark_failed(steady_now_ms());
+            spdlog::warn("backend {} {}; down for {} ms", be.name, failure_text(why), cool);
+        } else if (d.log_broken_response) {
+            spdlog::warn("backend {}: {} in the middle of the response to {} \"{}\"; closing the "
+                         "client connection",
+                         be.name,
+                         why == UpstreamFailure::Reset ? "connection closed" : failure_text(why),
+                         peer_, or_dash(ex_.text.request_line));
+        }
+    }
+    release_upstream(false);
+    switch (d.outcome) {
+    case AttemptOutcome::CloseAfterWrites:
+        close_after_writes();
+        return;
+    case AttemptOutcome::CloseNow:
+        close_now(); // the response is cut short; the client sees the connection end
+        return;
+    case AttemptOutcome::Retry:
+    case AttemptOutcome::Respond:
+        break;
+    }
+    if (ex_.resp_started) {
+        // Its head is only queued: no byte of it reached the client, which gets a status instead.
+        thread_.ops().put_list(out_client_.take(), thread_.chunks());
+        ex_.resp_started = ex_.resp_rechunk = ex_.resp_done = false;
+        ex_.resp_bytes = 0;
+    }
+    if (d.outcome == AttemptOutcome::Retry) {
+        if (d.replay_head) {
+            replay_head();
+        }
+        if (d.same_backend_ok && failed_idx >= 0 && failed_idx < 64) {
+            ex_.tried &= ~(1ull << failed_idx);
+        }
+        start_upstream();
+        return;
+    }
+    respond_error(d.status, failure_text(why));
+}
+
+int ClientConn::response_head(const http::HeadCollector& head, int status, bool has_length,
+                              bool chunked) {
+    ResponseFacts facts;
+    facts.status = status;
+    facts.has_length = has_length;
+    facts.chunked = chunked;
+    facts.request_head_method = ex_.head_method;
+    facts.client_http10 = parser_.http_major == 1 && parser_.http_minor == 0;
+    facts.request_keep_alive = ex_.keep_alive;
+    facts.request_upgrade = ex_.upgrade;
+    facts.request_done = ex_.done;
+    facts.closing = draining_ || thread_.shutting_down();
+    if (!has_length && !chunked) {
+        bool coded = false;
+        head.find("transfer-encoding", &coded);
+        facts.transfer_encoding = coded;
+    }
+    const ResponseFraming f = response_framing(facts);
+    if (f.kind == ResponseKind::Rejected) {
+        spdlog::warn("backend {}: 101 Switching Protocols to a request that asked for no upgrade",
+                     or_dash(ex_.text.backend));
+        return -1; // a malformed response: 502, and no tunnel
+    }
+    Chunk* out = thread_.chunks().get();
+    if (f.kind == ResponseKind::Interim) {
+        // Passed on; never to an HTTP/1.0 client, which cannot tell it from the final one
+        // (RFC 9110 15.2).
+        const size_t n = facts.client_http10
+                             ? 0
+                             : http::write_response_head(head, f.forward, out->data, Chunk::kSize);
+        if (n != 0) {
+            out_client_.add(out, out->data, n);
+        }
+        thread_.chunks().unref(out);
+        return 0;
+    }
+    if (ex_.backend != nullptr) {
+        ex_.backend->mark_ok();
+        if (status >= 100 && status < 600) {
+            ex_.backend->responses[status / 100].fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+    ex_.upstream_ns = uv_hrtime() - ex_.upstream_start_ns;
+    ex_.status = status;
+    ex_.resp_rechunk = f.rechunk;
+    ex_.resp_close = f.close;
+    const size_t n = http::write_response_head(head, f.forward, out->data, Chunk::kSize);
+    if (n == 0) {
+        thread_.chunks().unref(out);
+        return -1;
+    }
+    out_client_.add(out, out->data, n);
+    thread_.chunks().unref(out);
+    ex_.resp_started = true;
+    ex_.resp_bytes += n;
+    // The request can no longer be replayed; its head is no longer needed.
+    if (ex_.head_copy != nullptr) {
+        thread_.chunks().unref(ex_.head_copy);
+        ex_.head_copy = nullptr;
+    }
+    return f.parser_result;
+}
+
+void ClientConn::response_body(Chunk* chunk, const char* data, size_t len) {
+    ex_.resp_bytes += len;
+    if (ex_.resp_rechunk) {
+        out_client_.add_chunk(chunk, data, len);
+    } else {
+        out_client_.add(chunk, data, len);
+    }
+}
+
+void ClientConn::response_complete() {
+    if (ex_.resp_rechunk) {
+        out_client_.add_copy("0\r\n\r\n", 5);
+    }
+    ex_.resp_done = true;
+}
+
+void ClientConn::response_end(Chunk* chunk, const char* rest, size_t rest_len, bool upgrade) {
+    flush_client();
+    if (closed()) {
+        return;
+    }
+    if (upgrade && ex_.status == 101) {
+        start_tunnel(chunk, rest, rest_len);
+    } else if (ex_.resp_done) {
+        finish_exchange();
+    }
+}
+
+ResponseStall ClientConn::response_stalled() {
+    const size_t left = stream_.not_taken();
+    const bool took = left < blocked_left_;
+    blocked_left_ = left;
+    if (took) {
+        // A slow download, not a stalled one: progress, however little, counts (as nginx's
+        // send_timeout runs between two writes, not for the whole response).
+        return ResponseStall::SlowClient;
+    }
+    // Reading from the backend waits for the client, which took none of the response in that
+    // time: the client is cut off, the backend is not to blame.
+    spdlog::warn("client {} took no byte of the response to \"{}\" for {} ms; closing", peer_,
+                 ex_.text.request_line, thread_.options().upstream_timeout.count());
+    close_now();
+    return ResponseStall::ClientCutOff;
+}
+
+void ClientConn::finish_exchange() {
+    release_upstream(up_ != nullptr && up_->reusable() && ex_.done);
+    record_response(false);
+    log_access();
+    const bool close = ex_.resp_close;
+    reset_exchange();
+    first_request_ = false;
+    if (close || draining_ || thread_.shutting_down()) {
+        close_after_writes();
+        return;
+    }
+    set_phase(ClientPhase::Idle);
+    if (in_ != nullptr) {
+        process_input(); // a pipelined request was waiting
+    } else {
+        update_reading();
+    }
+}
+
+void ClientConn::release_upstream(bool reusable) {
+    if (ex_.backend != nullptr) {
+        thread_.shared().release_backend(*ex_.backend);
+        ex_.backend = nullptr;
+        ex_.backend_index = -1;
+    }
+    if (Upstream* up = up_) {
+        up_ = nullptr;
+        up->detach(reusable);
+    }
+}
+
+void ClientConn::log_access() {
+    AccessLog* log = thread_.access_log_for(ex_.pool);
+    if (log == nullptr) {
+        return;
+    }
+    AccessLog::Entry e;
+    e.peer = peer_;
+    e.request_line = ex_.text.request_line;
+    e.status = ex_.status;
+    e.bytes = ex_.resp_bytes;
+    e.agent = ex_.text.agent;
+    if (ex_.pool != nullptr) {
+        e.vassal = ex_.pool->vassal;
+        e.generation = ex_.pool->generation;
+    }
+    e.seconds = static_cast<double>(uv_hrtime() - ex_.start_ns) / 1e9;
+    e.upstream_seconds = static_cast<double>(ex_.upstream_ns) / 1e9;
+    e.backend = ex_.text.backend;
+    log->append(e);
+}
+
+void ClientConn::respond_error(int status, std::string_view detail) {
+    if (closed()) {
+        return;
+    }
+    release_upstream(false);
+    drop_upstream_output(); // anything queued for an upstream is moot now
+    ex_.status = status;
+    const std::string_view reason = http::reason_phrase(status);
+    Chunk* c = thread_.chunks().get();
+    const std::string_view extra = ex_.text.error_body;
+    const size_t body_len = 3 + 1 + reason.size() + 1 + (extra.empty() ? 0 : extra.size() + 1);
+    const int n =
+        std::snprintf(c->data, Chunk::kSize,
+                      "HTTP/1.1 %d %.*s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%d %.*s\n%.*s%s",
+                      status, static_cast<int>(reason.size()), reason.data(), body_len, status,
+                      static_cast<int>(reason.size()), reason.data(),
+                      static_cast<int>(extra.size()), extra.data(), extra.empty() ? "" : "\n");
+    c->len = static_cast<uint32_t>(n);
+    out_client_.add(c, c->data, c->len);
+    thread_.chunks().unref(c);
+    ex_.resp_bytes = c->len;
+    spdlog::warn("{} {} for {} \"{}\": {}", status, reason, peer_, or_dash(ex_.text.request_line),
+                 detail);
+    flush_client();
+    if (closed()) {
+        return;
+    }
+    ex_.resp_started = true;
+    record_response(status == 502 || status == 503 || status == 504);
+    log_access();
+    close_after_writes();
+}
+
+} // namespace liege::router

@@ -1,0 +1,59 @@
+#include "idle_pool.hpp"
+
+#include <algorithm>
+
+#include "route_snapshot.hpp"
+#include "upstream.hpp"
+
+namespace liege::router {
+
+Upstream* IdlePool::newest(Backend* backend) const {
+    auto it = by_backend_.find(backend);
+    return it == by_backend_.end() || it->second.empty() ? nullptr : it->second.back();
+}
+
+Upstream* IdlePool::park(Upstream* up, size_t max_per_backend) {
+    auto& list = by_backend_[up->backend()];
+    list.push_back(up);
+    return list.size() > std::max<size_t>(max_per_backend, 1) ? list.front() : nullptr;
+}
+
+void IdlePool::forget(Upstream* up) {
+    auto it = by_backend_.find(up->backend());
+    if (it == by_backend_.end()) {
+        return;
+    }
+    auto& list = it->second;
+    if (!list.empty() && list.back() == up) {
+        list.pop_back();
+        return;
+    }
+    auto pos = std::find(list.begin(), list.end(), up);
+    if (pos != list.end()) {
+        list.erase(pos);
+    }
+}
+
+std::vector<Upstream*> IdlePool::take_all() {
+    std::vector<Upstream*> out;
+    for (auto& [backend, list] : by_backend_) {
+        out.insert(out.end(), list.begin(), list.end());
+    }
+    by_backend_.clear();
+    return out;
+}
+
+std::vector<Upstream*> IdlePool::take_not_served(const RouteSnapshot& routes) {
+    std::vector<Upstream*> out;
+    for (auto it = by_backend_.begin(); it != by_backend_.end();) {
+        if (!routes.serves(it->first)) {
+            out.insert(out.end(), it->second.begin(), it->second.end());
+            it = by_backend_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    return out;
+}
+
+} // namespace liege::router

@@ -1,0 +1,335 @@
+#include "router_thread.hpp"
+
+#include <unistd.h>
+
+#include <cassert>
+
+#include "client.hpp"
+#include "liege/log.hpp"
+
+namespace liege::router {
+
+namespace {
+constexpr uint64_t kHousekeepingMs = 200;
+constexpr int64_t kAcceptPauseMs = 100;
+} // namespace
+
+RouterThread::RouterThread(unsigned index, Shared& shared, int access_log_fd)
+    : index_(index), shared_(shared), access_log_(access_log_fd) {
+    uv_loop_init(&loop_);
+    uv_async_init(&loop_, &wake_,
+                  [](uv_async_t* a) { static_cast<RouterThread*>(a->data)->on_wake(); });
+    wake_.data = this;
+    uv_timer_init(&loop_, housekeeping_.get());
+    housekeeping_->data = this;
+    uv_timer_init(&loop_, shutdown_timer_.get());
+    shutdown_timer_->data = this;
+}
+
+RouterThread::~RouterThread() {
+    listeners_.clear();
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&wake_))) {
+        uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
+    }
+    housekeeping_.reset();
+    shutdown_timer_.reset();
+    uv_run(&loop_, UV_RUN_DEFAULT); // the close callbacks of whatever was still open
+    for (auto* h : free_heads_) {
+        delete h;
+    }
+    if (uv_loop_close(&loop_) != 0) {
+        // A handle outlived the connections that own them: a leak, and a broken invariant.
+        uv_walk(
+            &loop_,
+            [](uv_handle_t* h, void*) {
+                spdlog::critical("router thread: {} handle still open at exit",
+                                 uv_handle_type_name(h->type));
+            },
+            nullptr);
+        assert(false && "router thread: handles still open at exit");
+    }
+}
+
+void RouterThread::add_listener(int fd, bool owns_fd, bool is_unix) {
+    listeners_.push_back(std::make_unique<Listener>(
+        &loop_, fd, owns_fd, is_unix, [this](int conn, bool unix) { place(conn, unix); },
+        [this] { pause_accepting(); }));
+}
+
+void RouterThread::start(bool accept_now) {
+    if (accept_now) {
+        begin_accepting();
+    }
+    uv_timer_start(
+        housekeeping_.get(),
+        [](uv_timer_t* t) { static_cast<RouterThread*>(t->data)->on_housekeeping(); },
+        kHousekeepingMs, kHousekeepingMs);
+    thread_ = std::thread([this] { run(); });
+}
+
+void RouterThread::on_housekeeping() {
+    flush_logs();
+    if (accepting_paused_ && !shutting_down_ &&
+        uv_now(&loop_) - static_cast<uint64_t>(paused_at_) >= kAcceptPauseMs) {
+        resume_accepting();
+    }
+}
+
+void RouterThread::run() {
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    flush_logs();
+}
+
+void RouterThread::flush_logs() {
+    if (access_log_.enabled() && !access_log_.empty()) {
+        access_log_.flush();
+    }
+    for (auto& [name, log] : vassal_logs_) {
+        if (log->enabled() && !log->empty()) {
+            log->flush();
+        }
+    }
+}
+
+AccessLog* RouterThread::access_log_for(const Pool* pool) {
+    if (shared_.options.access_log_dir.empty() || pool == nullptr) {
+        return access_log_.enabled() ? &access_log_ : nullptr;
+    }
+    auto it = vassal_logs_.find(pool->vassal);
+    if (it == vassal_logs_.end()) {
+        int fd = shared_.logs.vassal_fd(pool->vassal);
+        if (fd < 0) {
+            return nullptr; // not cached: a later request tries again
+        }
+        it = vassal_logs_.emplace(pool->vassal, std::make_unique<AccessLog>(fd)).first;
+    }
+    return it->second->enabled() ? it->second.get() : nullptr;
+}
+
+void RouterThread::join() {
+    if (thread_.joinable()) {
+        thread_.join();
+    }
+}
+
+void RouterThread::request_shutdown(bool immediate) {
+    int want = immediate ? 2 : 1;
+    int cur = shutdown_request_.load();
+    while (cur < want && !shutdown_request_.compare_exchange_weak(cur, want)) {
+    }
+    uv_async_send(&wake_);
+}
+
+void RouterThread::set_routes(std::shared_ptr<const RouteSnapshot> routes) {
+    {
+        std::lock_guard lock(routes_mu_);
+        pending_routes_ = std::move(routes);
+    }
+    if (thread_.joinable()) {
+        uv_async_send(&wake_);
+    } else {
+        apply_routes(); // before start(): no loop is running yet
+    }
+}
+
+void RouterThread::apply_routes() {
+    std::shared_ptr<const RouteSnapshot> next;
+    {
+        std::lock_guard lock(routes_mu_);
+        next = std::move(pending_routes_);
+    }
+    if (next == nullptr) {
+        return;
+    }
+    routes_ = std::move(next);
+    routes_version_.store(routes_->version, std::memory_order_release);
+    // Pooled connections to backends no longer serving (draining or gone) would keep their
+    // workers busy.
+    for (Upstream* up : idle_.take_not_served(*routes_)) {
+        up->close();
+    }
+}
+
+void RouterThread::start_accepting() {
+    accept_requested_.store(true);
+    uv_async_send(&wake_);
+}
+
+void RouterThread::begin_accepting() {
+    if (accepting_ || shutting_down_) {
+        return;
+    }
+    accepting_ = true;
+    {
+        std::lock_guard lock(handoff_mu_);
+        takes_handoffs_ = true;
+    }
+    resume_accepting();
+}
+
+void RouterThread::pause_accepting() {
+    if (accepting_paused_) {
+        return;
+    }
+    accepting_paused_ = true;
+    paused_at_ = static_cast<int64_t>(uv_now(&loop_));
+    for (auto& l : listeners_) {
+        l->stop();
+    }
+}
+
+void RouterThread::resume_accepting() {
+    accepting_paused_ = false;
+    for (auto& l : listeners_) {
+        l->start();
+    }
+}
+
+void RouterThread::place(int fd, bool is_unix) {
+    const auto& all = shared_.threads;
+    if (all.size() > 1) {
+        unsigned to = thread_for_connection(index_, static_cast<unsigned>(all.size()),
+                                            [&](unsigned i) { return all[i]->load(); });
+        if (to != index_ && all[to]->hand_over(fd, is_unix)) {
+            return;
+        }
+    }
+    ClientConn::accept(*this, fd, is_unix);
+}
+
+bool RouterThread::hand_over(int fd, bool is_unix) {
+    std::lock_guard lock(handoff_mu_);
+    if (!takes_handoffs_) {
+        return false;
+    }
+    load_.fetch_add(1, std::memory_order_relaxed); // counted from now, so others see it
+    handed_over_.emplace_back(fd, is_unix);
+    uv_async_send(&wake_);
+    return true;
+}
+
+void RouterThread::open_handed_over() {
+    std::vector<std::pair<int, bool>> batch;
+    {
+        std::lock_guard lock(handoff_mu_);
+        batch.swap(handed_over_);
+        if (shutting_down_) {
+            takes_handoffs_ = false;
+        }
+    }
+    for (auto [fd, is_unix] : batch) {
+        load_.fetch_sub(1, std::memory_order_relaxed); // client_opened counts it again
+        if (shutting_down_) {
+            ::close(fd); // as the listen queue's connections are when the listener closes
+        } else {
+            ClientConn::accept(*this, fd, is_unix);
+        }
+    }
+}
+
+void RouterThread::on_wake() {
+    apply_routes();
+    if (accept_requested_.load()) {
+        begin_accepting();
+    }
+    open_handed_over();
+    int req = shutdown_request_.load();
+    if (req >= 1 && !shutting_down_) {
+        begin_shutdown();
+    }
+    if (req >= 2) {
+        force_close_all();
+    }
+}
+
+void RouterThread::begin_shutdown() {
+    shutting_down_ = true;
+    open_handed_over(); // stops taking more and closes any queued since the last wake
+    // Close the listening sockets now, not after the drain: an open socket nobody accepts on
+    // would complete handshakes and leave new clients hanging instead of refused.
+    for (auto& l : listeners_) {
+        l->close();
+    }
+    // Idle clients go now; the others after their response (which says Connection: close).
+    for (ListNode* n = clients_.next; n != &clients_;) {
+        ListNode* next = n->next;
+        ClientConn::from_node(n)->drain();
+        n = next;
+    }
+    close_idle_upstreams();
+    uv_timer_start(
+        shutdown_timer_.get(),
+        [](uv_timer_t* t) {
+            auto* self = static_cast<RouterThread*>(t->data);
+            spdlog::warn("router thread {}: shutdown timeout, closing connections still open",
+                         self->index_);
+            self->force_close_all();
+        },
+        static_cast<uint64_t>(shared_.options.shutdown_timeout.count()), 0);
+    maybe_finish();
+}
+
+void RouterThread::force_close_all() {
+    for (ListNode* n = clients_.next; n != &clients_;) {
+        ListNode* next = n->next;
+        ClientConn::from_node(n)->close_now();
+        n = next;
+    }
+    maybe_finish();
+}
+
+void RouterThread::maybe_finish() {
+    if (!shutting_down_ || finished_ || !clients_.empty()) {
+        return;
+    }
+    close_idle_upstreams();
+    finished_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
+    housekeeping_.reset();
+    shutdown_timer_.reset();
+    for (auto& l : listeners_) {
+        l->close();
+    }
+}
+
+http::HeadCollector* RouterThread::take_head() {
+    if (free_heads_.empty()) {
+        return new http::HeadCollector();
+    }
+    auto* h = free_heads_.back();
+    free_heads_.pop_back();
+    return h;
+}
+
+void RouterThread::return_head(http::HeadCollector* h) {
+    h->reset();
+    if (free_heads_.size() >= 256) {
+        delete h;
+        return;
+    }
+    free_heads_.push_back(h);
+}
+
+void RouterThread::close_idle_upstreams() {
+    for (Upstream* up : idle_.take_all()) {
+        up->close();
+    }
+}
+
+void RouterThread::client_opened(ListNode* node) {
+    clients_.push_back(node);
+    load_.fetch_add(1, std::memory_order_relaxed);
+    shared_.connections.fetch_add(1, std::memory_order_relaxed);
+}
+
+void RouterThread::client_closed(ListNode* node) {
+    node->unlink();
+    load_.fetch_sub(1, std::memory_order_relaxed);
+    shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+    if (accepting_paused_ && !shutting_down_) {
+        resume_accepting();
+    }
+    maybe_finish();
+}
+
+} // namespace liege::router

@@ -1,0 +1,144 @@
+// One router thread: a libuv loop, its listeners, its client connections and its idle upstream
+// connections. It shares nothing with other threads but what Shared holds, route snapshots and
+// the Backend figures (atomics); other threads reach it only through the thread-safe calls
+// below, which post to its loop.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "access_log.hpp"
+#include "buffers.hpp"
+#include "idle_pool.hpp"
+#include "liege/http_head.hpp"
+#include "liege/uv.hpp"
+#include "list_node.hpp"
+#include "listener.hpp"
+#include "route_snapshot.hpp"
+#include "shared.hpp"
+#include "upstream.hpp"
+
+namespace liege::router {
+
+class RouterThread {
+public:
+    RouterThread(unsigned index, Shared& shared, int access_log_fd);
+    ~RouterThread();
+    RouterThread(const RouterThread&) = delete;
+    RouterThread& operator=(const RouterThread&) = delete;
+
+    // Listeners are added before start().
+    void add_listener(int fd, bool owns_fd, bool is_unix);
+    void start(bool accept_now = true);
+    void join();
+    // Thread-safe: starts accepting on the listeners (start() does it at once unless told to
+    // wait, as a router fed by an emperor does until its first routes arrive).
+    void start_accepting();
+    // Thread-safe: asks the thread to drain (graceful) or to close everything now.
+    void request_shutdown(bool immediate);
+    // Thread-safe: hands this thread a new snapshot (applied on its loop).
+    void set_routes(std::shared_ptr<const RouteSnapshot> routes);
+
+    uv_loop_t* loop() { return &loop_; }
+    Shared& shared() { return shared_; }
+    const RouterOptions& options() const { return shared_.options; }
+    ChunkPool& chunks() { return chunks_; }
+    WriteOpPool& ops() { return ops_; }
+    IdlePool& idle() { return idle_; }
+    bool shutting_down() const { return shutting_down_; }
+    unsigned index() const { return index_; }
+
+    // The access log a request of `pool` goes to (per vassal with --access-log-dir), or nullptr
+    // when access logging is off.
+    AccessLog* access_log_for(const Pool* pool);
+    bool access_logging() const {
+        return access_log_.enabled() || !shared_.options.access_log_dir.empty();
+    }
+
+    http::HeadCollector* take_head();
+    void return_head(http::HeadCollector* h);
+
+    // The routes in force on this thread.
+    const std::shared_ptr<const RouteSnapshot>& routes() const { return routes_; }
+    uint64_t requests() const { return requests_.load(std::memory_order_relaxed); }
+    void count_request() { requests_.fetch_add(1, std::memory_order_relaxed); }
+    // The version of the snapshot this thread routes by (0 before the first).
+    uint64_t routes_version() const { return routes_version_.load(std::memory_order_acquire); }
+
+    void client_opened(ListNode* node);
+    void client_closed(ListNode* node);
+    void count_upstream(UpstreamState state, int delta) {
+        upstreams_[static_cast<int>(state)] += delta;
+    }
+
+    // Client connections this thread serves, plus those handed to it and not yet opened.
+    int load() const { return load_.load(std::memory_order_relaxed); }
+
+private:
+    void run();
+    void on_wake();
+    void on_housekeeping();
+    void begin_shutdown();
+    void force_close_all();
+    void maybe_finish();
+    void begin_accepting();
+    void pause_accepting(); // out of descriptors: stop accepting for a moment
+    void resume_accepting();
+    void apply_routes();
+    void close_idle_upstreams();
+    void flush_logs();
+    // Serves `fd`, just accepted here, on this thread or on a less loaded one
+    // (thread_for_connection).
+    void place(int fd, bool is_unix);
+    // Thread-safe: queues an accepted connection for this thread and wakes it; false once the
+    // thread no longer takes connections (before it accepts, and from its shutdown on).
+    bool hand_over(int fd, bool is_unix);
+    // On the loop: opens the connections handed over, or closes them when shutting down.
+    void open_handed_over();
+
+    unsigned index_;
+    Shared& shared_;
+    uv_loop_t loop_;
+    // Other threads post to wake_ at any time until this object is destroyed, so its memory is
+    // this object's rather than a UvHandle's (freed at close): it is closed in maybe_finish.
+    uv_async_t wake_;
+    UvHandle<uv_timer_t> housekeeping_; // access-log flush, accept resume
+    UvHandle<uv_timer_t> shutdown_timer_;
+    std::thread thread_;
+    std::vector<std::unique_ptr<Listener>> listeners_;
+    ChunkPool chunks_;
+    WriteOpPool ops_;
+    IdlePool idle_;
+    std::vector<http::HeadCollector*> free_heads_;
+    std::shared_ptr<const RouteSnapshot> routes_;
+    std::mutex routes_mu_;
+    std::shared_ptr<const RouteSnapshot> pending_routes_; // guarded by routes_mu_
+    std::atomic<uint64_t> requests_{0};
+    std::atomic<uint64_t> routes_version_{0};
+    ListNode clients_;
+    AccessLog access_log_;
+    std::unordered_map<std::string, std::unique_ptr<AccessLog>> vassal_logs_;
+    int64_t upstreams_[kUpstreamStates] = {};
+    std::atomic<int> shutdown_request_{0}; // 1 graceful, 2 immediate
+    bool shutting_down_ = false;
+    bool accepting_paused_ = false;
+    bool accepting_ = false;
+    std::atomic<bool> accept_requested_{false};
+    bool finished_ = false;
+    int64_t paused_at_ = 0;
+    std::atomic<int> load_{0};
+    std::mutex handoff_mu_;
+    std::vector<std::pair<int, bool>> handed_over_; // fd, is_unix; guarded by handoff_mu_
+    bool takes_handoffs_ = false;                   // guarded by handoff_mu_
+};
+
+} // namespace liege::router

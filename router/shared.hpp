@@ -1,0 +1,48 @@
+// What every router thread reads: options, process-wide figures, the access-log files, and the
+// drain reports going back to the control thread. Nothing else is shared between threads except
+// the Backend figures (atomics) and immutable route snapshots.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "access_log.hpp"
+#include "liege/balancer.hpp"
+#include "liege/router.hpp"
+
+namespace liege::router {
+
+class RouterThread;
+
+struct Shared {
+    RouterOptions options;
+    std::atomic<uint64_t> requests{0};
+    std::atomic<int64_t> connections{0};
+    std::vector<RouterThread*> threads; // every thread by index, filled before any starts
+    AccessLogFiles logs;
+
+    // A request leaves backend `b`. The last one out of a draining backend reports it drained.
+    void release_backend(Backend& b) {
+        if (b.in_flight.fetch_sub(1, std::memory_order_acq_rel) == 1 &&
+            b.draining.load(std::memory_order_acquire)) {
+            report_drained(b.name);
+        }
+    }
+    void report_drained(const std::string& name) {
+        std::lock_guard lock(drained_mu);
+        drained.push_back(name);
+        if (drained_async != nullptr) {
+            uv_async_send(drained_async);
+        }
+    }
+    std::mutex drained_mu;
+    std::vector<std::string> drained;
+    uv_async_t* drained_async = nullptr; // the control thread's; null without an emperor
+};
+
+} // namespace liege::router

@@ -1,0 +1,115 @@
+// A connection's socket and its one deadline: the only code in the router that calls libuv for a
+// client or upstream connection.
+//
+// Lifetime: a Stream lives inside the connection that owns it. close() closes the socket and the
+// timer; libuv may still report pending writes, a shutdown and a connect (cancelled) before the
+// close callbacks run, so the owner stays alive until Owner::on_stream_closed, called once after
+// both close callbacks, where it frees itself. No other callback reaches the owner after that.
+//
+// Writes: send() writes what the socket takes at once and queues the rest, so a write that
+// completes at once costs no deferred callback. Backpressure is the owner's: queued() tells the
+// bytes libuv holds, not_taken() adds those in the kernel's send queue.
+#pragma once
+
+#include <uv.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "buffers.hpp"
+
+namespace liege {
+struct Backend;
+}
+
+namespace liege::router {
+
+class RouterThread;
+
+class Stream {
+public:
+    // What a stream reports; every call comes from the loop, never from inside a Stream method.
+    class Owner {
+    public:
+        // nread > 0: `chunk` holds the bytes (the owner takes the reference); nread < 0: EOF or
+        // error, and chunk is null.
+        virtual void on_stream_read(ssize_t nread, Chunk* chunk) = 0;
+        virtual void on_stream_written(int status) = 0; // a queued write finished
+        virtual void on_stream_deadline() = 0;
+        virtual void on_stream_shutdown(int status) = 0; // the FIN is out (or failed)
+        virtual void on_stream_connected(int status) = 0;
+        virtual void on_stream_closed() = 0; // last: the owner may free itself now
+
+    protected:
+        ~Owner() = default;
+    };
+
+    Stream(RouterThread& thread, Owner& owner) : thread_(thread), owner_(owner) {}
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+
+    // Takes an accepted socket; on failure the fd is closed and the stream must be closed.
+    int open(int fd, bool is_unix);
+    // Starts connecting to `backend`; on_stream_connected reports the outcome. A negative result
+    // is a failure at once (no callback follows); the stream must be closed.
+    int connect(const Backend& backend);
+
+    bool is_unix() const { return is_unix_; }
+    bool closing() const { return closing_; }
+
+    // The stream's one deadline, `ms` from now; cheap to move later (LazyDeadline).
+    void set_deadline(uint64_t ms) { deadline_.set(&timer_, ms, on_timer); }
+    void clear_deadline() { deadline_.clear(); }
+
+    void read(bool want); // starts or stops reading; idempotent
+    bool reading() const { return reading_; }
+
+    // Sends `op` (its owner field is set here). 1: written whole (recycled); 0: queued,
+    // on_stream_written follows; < 0: a libuv error (recycled).
+    int send(WriteOp* op);
+    size_t queued() const { return uv_stream_get_write_queue_size(&sock_.stream); }
+    size_t not_taken() const; // queued() plus the kernel's unsent and unacknowledged bytes
+    unsigned writes_in_flight() const { return writes_in_flight_; }
+
+    // Sends the FIN after the queued writes; on_stream_shutdown follows. False when it could not
+    // be started.
+    bool shutdown();
+    bool shutdown_requested() const { return shutdown_requested_; }
+    bool fin_sent() const { return fin_sent_; } // every queued write and the FIN are out
+
+    void close(); // idempotent; on_stream_closed follows once
+
+private:
+    union Handle {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+        uv_stream_t stream;
+        uv_handle_t handle;
+    };
+    int init(bool is_unix);
+
+    static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+    static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+    static void on_write(uv_write_t* req, int status);
+    static void on_timer(uv_timer_t* t);
+    static void on_shutdown(uv_shutdown_t* req, int status);
+    static void on_connect(uv_connect_t* req, int status);
+    static void on_close(uv_handle_t* h);
+
+    RouterThread& thread_;
+    Owner& owner_;
+    Handle sock_{};
+    uv_timer_t timer_{};
+    LazyDeadline deadline_;
+    uv_shutdown_t shutdown_req_{};
+    uv_connect_t connect_req_{};
+    int handles_open_ = 0;
+    unsigned writes_in_flight_ = 0;
+    bool is_unix_ = false;
+    bool reading_ = false;
+    bool closing_ = false;
+    bool shutdown_requested_ = false;
+    bool fin_sent_ = false;
+};
+
+} // namespace liege::router

@@ -122,17 +122,18 @@ void ClientConn::on_stream_read(ssize_t nread, Chunk* chunk) {
         peer_closed(nread);
         return;
     }
-    if (stream_.shutdown_requested()) {
-        thread_.chunks().unref(chunk); // our FIN is queued: input is read only to be dropped
-        return;
-    }
     if (phase_ == ClientPhase::Tunnel) {
+        // Even after the backend's half-close was passed on: the client may still send.
         if (up_ != nullptr) {
             out_up_.add(chunk, chunk->data, chunk->len);
         }
         thread_.chunks().unref(chunk);
         flush_upstream();
         update_reading();
+        return;
+    }
+    if (stream_.shutdown_requested()) {
+        thread_.chunks().unref(chunk); // our FIN is queued: input is read only to be dropped
         return;
     }
     if (in_ != nullptr) {
@@ -205,16 +206,15 @@ void ClientConn::flush_client() {
         ex_.resp_flushed = true;
     }
     WriteOp* ops = out_client_.take();
-    bool failed = false;
     while (ops != nullptr) {
         WriteOp* next = ops->next;
         ops->next = nullptr;
-        failed = stream_.send(ops) < 0 || failed;
+        if (stream_.send(ops) < 0) {
+            thread_.ops().put_list(next, thread_.chunks());
+            close_now();
+            return;
+        }
         ops = next;
-    }
-    if (failed) {
-        close_now();
-        return;
     }
     update_out_blocked();
 }
@@ -248,7 +248,16 @@ void ClientConn::on_stream_written(int status) {
 }
 
 void ClientConn::close_after_writes() {
-    if (closed() || stream_.shutdown_requested()) {
+    if (closed()) {
+        return;
+    }
+    if (stream_.shutdown_requested()) {
+        // A tunnel that passed the backend's half-close on: the FIN is queued or out already.
+        if (phase_ == ClientPhase::Tunnel) {
+            release_upstream(false);
+            set_phase(stream_.fin_sent() ? ClientPhase::Lingering : ClientPhase::Closing);
+            update_reading();
+        }
         return;
     }
     release_upstream(false);

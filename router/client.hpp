@@ -101,6 +101,7 @@ private:
     void response_end(Chunk* chunk, const char* rest, size_t rest_len, bool upgrade) override;
     void tunnel_data(Chunk* chunk, const char* data, size_t len) override;
     void upstream_eof() override;
+    void tunnel_done() override { close_after_writes(); }
     void upstream_wrote() override;
     // Backpressure on the response, with hysteresis: set once the client's write queue rises
     // above the high-water mark, cleared only when it falls below the low one.

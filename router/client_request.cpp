@@ -55,6 +55,9 @@ void ClientConn::process_input() {
         if (ex_.needs_upstream) {
             ex_.needs_upstream = false;
             start_upstream();
+            if (closed()) {
+                return;
+            }
         }
         flush_upstream();
         if (err == HPE_PAUSED_UPGRADE || (err == HPE_PAUSED && ex_.upgrade)) {
@@ -320,7 +323,7 @@ void ClientConn::start_upstream() {
         be.requests.fetch_add(1, std::memory_order_relaxed);
         ex_.text.backend = be.name;
         ex_.upstream_start_ns = uv_hrtime();
-        if (Upstream* idle = thread_.idle().newest(&be)) {
+        if (Upstream* idle = thread_.idle().take(&be)) {
             up_ = idle;
             idle->attach(this);
             write_pending_upstream();

@@ -36,7 +36,7 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
     Upstream* up = up_;
     AttemptFacts facts;
     facts.why = why;
-    facts.reused_connection = up != nullptr && up->reused();
+    facts.reused_connection = up == nullptr || up->reused(); // no fresh connection to blame
     facts.got_response_bytes = up != nullptr && up->got_response_bytes();
     facts.response_reached_client = ex_.resp_started && ex_.resp_flushed;
     facts.tunnel = phase_ == ClientPhase::Tunnel;
@@ -103,7 +103,8 @@ int ClientConn::response_head(const http::HeadCollector& head, int status, bool 
     facts.request_upgrade = ex_.upgrade;
     facts.request_done = ex_.done;
     facts.closing = draining_ || thread_.shutting_down();
-    if (!has_length && !chunked) {
+    if (!has_length && !chunked && !ex_.head_method && status >= 200 && status != 204 &&
+        status != 304) {
         bool coded = false;
         head.find("transfer-encoding", &coded);
         facts.transfer_encoding = coded;
@@ -204,6 +205,10 @@ void ClientConn::finish_exchange() {
     record_response(false);
     log_access();
     const bool close = ex_.resp_close;
+    if (head_ != nullptr) {
+        thread_.return_head(head_); // a chunked request's trailers took one: idle holds none
+        head_ = nullptr;
+    }
     reset_exchange();
     first_request_ = false;
     if (close || draining_ || thread_.shutting_down()) {

@@ -7,9 +7,15 @@
 
 namespace liege::router {
 
-Upstream* IdlePool::newest(Backend* backend) const {
+Upstream* IdlePool::take(Backend* backend) {
     auto it = by_backend_.find(backend);
-    return it == by_backend_.end() || it->second.empty() ? nullptr : it->second.back();
+    if (it == by_backend_.end() || it->second.empty()) {
+        return nullptr;
+    }
+    Upstream* up = it->second.back();
+    it->second.pop_back();
+    up->unlisted();
+    return up;
 }
 
 Upstream* IdlePool::park(Upstream* up, size_t max_per_backend) {
@@ -40,6 +46,9 @@ std::vector<Upstream*> IdlePool::take_all() {
         out.insert(out.end(), list.begin(), list.end());
     }
     by_backend_.clear();
+    for (Upstream* up : out) {
+        up->unlisted();
+    }
     return out;
 }
 
@@ -47,7 +56,10 @@ std::vector<Upstream*> IdlePool::take_not_served(const RouteSnapshot& routes) {
     std::vector<Upstream*> out;
     for (auto it = by_backend_.begin(); it != by_backend_.end();) {
         if (!routes.serves(it->first)) {
-            out.insert(out.end(), it->second.begin(), it->second.end());
+            for (Upstream* up : it->second) {
+                up->unlisted();
+                out.push_back(up);
+            }
             it = by_backend_.erase(it);
         } else {
             ++it;

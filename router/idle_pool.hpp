@@ -15,16 +15,17 @@ namespace liege::router {
 struct RouteSnapshot;
 class Upstream;
 
-// An upstream is listed here exactly while its state is Idle: Upstream::set_state() calls
-// forget() when it leaves Idle, so taking one for a request is newest() then attach().
+// An upstream is listed here only while Idle: parked when it turns Idle, taken out by take()
+// for a request (then attached), by forget() when it leaves Idle otherwise (the backend closed
+// it, it timed out, or it is evicted), or in bulk to be closed.
 class IdlePool {
 public:
-    // The most recently parked idle connection to `backend`, or nullptr.
-    Upstream* newest(Backend* backend) const;
+    // The most recently parked idle connection to `backend`, taken out; or nullptr.
+    Upstream* take(Backend* backend);
     // Adds `up`, just turned Idle. Returns the oldest connection to the same backend when the
     // list is over `max_per_backend`, for the caller to close, or nullptr.
     Upstream* park(Upstream* up, size_t max_per_backend);
-    // Takes `up` out (it leaves Idle). The newest is found at once.
+    // Takes `up` out (it leaves Idle while listed).
     void forget(Upstream* up);
     // Every listed connection, or those to backends `routes` no longer serves: taken out of the
     // pool to be closed at once.

@@ -31,7 +31,7 @@ bool is_no_socket(int uv_error);
 
 struct AttemptFacts {
     UpstreamFailure why = UpstreamFailure::Connect;
-    bool reused_connection = false;       // the attempt went out on a pooled connection
+    bool reused_connection = false;       // no fresh connection failed: it went out on a pooled one
     bool got_response_bytes = false;      // the backend sent some of a response
     bool response_reached_client = false; // some of it has been handed to the client's socket
     bool tunnel = false;                  // the exchange had become a tunnel

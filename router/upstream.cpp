@@ -45,7 +45,7 @@ Upstream* Upstream::connect(RouterThread& thread, const std::shared_ptr<Backend>
     up->client_ = client;
     llhttp_init(&up->parser_, HTTP_RESPONSE, settings());
     up->parser_.data = up;
-    up->stream_.set_deadline(static_cast<uint64_t>(thread.options().connect_timeout.count()));
+    up->set_deadline(static_cast<uint64_t>(thread.options().connect_timeout.count()));
     return up;
 }
 
@@ -53,8 +53,9 @@ void Upstream::set_state(UpstreamState s) {
     if (s == state_) {
         return;
     }
-    if (state_ == UpstreamState::Idle) {
+    if (listed_) {
         thread_.idle().forget(this);
+        listed_ = false;
     }
     thread_.count_upstream(state_, -1);
     thread_.count_upstream(s, +1);
@@ -63,10 +64,10 @@ void Upstream::set_state(UpstreamState s) {
     response_timer_ = false;
     switch (s) {
     case UpstreamState::Active:
-        stream_.clear_deadline(); // until the request is complete (arm_response_timer)
+        clear_deadline(); // until the request is complete (arm_response_timer)
         break;
     case UpstreamState::Idle:
-        stream_.set_deadline(static_cast<uint64_t>(o.upstream_idle_timeout.count()));
+        set_deadline(static_cast<uint64_t>(o.upstream_idle_timeout.count()));
         break;
     case UpstreamState::Connecting:
     case UpstreamState::ConnectError:
@@ -80,6 +81,19 @@ void Upstream::fail(UpstreamFailure why) {
         client_->upstream_failed(why); // the client closes us
     } else {
         close();
+    }
+}
+
+// A failure waiting to be reported owns the deadline (due at once): nothing moves it.
+void Upstream::set_deadline(uint64_t ms) {
+    if (!has_pending_failure_) {
+        stream_.set_deadline(ms);
+    }
+}
+
+void Upstream::clear_deadline() {
+    if (!has_pending_failure_) {
+        stream_.clear_deadline();
     }
 }
 
@@ -122,7 +136,8 @@ void Upstream::attach(Client* client) {
 
 bool Upstream::reusable() const {
     return state_ == UpstreamState::Active && !eof_ && !tunnel_ && message_done_ &&
-           stream_.writes_in_flight() == 0 && llhttp_should_keep_alive(&parser_) != 0;
+           !has_pending_failure_ && stream_.writes_in_flight() == 0 &&
+           llhttp_should_keep_alive(&parser_) != 0;
 }
 
 void Upstream::detach(bool reusable) {
@@ -137,6 +152,7 @@ void Upstream::detach(bool reusable) {
     }
     set_state(UpstreamState::Idle);
     update_reading();
+    listed_ = true;
     if (Upstream* oldest = thread_.idle().park(this, thread_.options().max_idle_upstream)) {
         oldest->close(); // which takes it out of the pool
     }
@@ -175,7 +191,7 @@ void Upstream::arm_response_timer() {
         return; // armed once connected, if the request is complete by then
     }
     response_timer_ = true;
-    stream_.set_deadline(static_cast<uint64_t>(thread_.options().upstream_timeout.count()));
+    set_deadline(static_cast<uint64_t>(thread_.options().upstream_timeout.count()));
 }
 
 void Upstream::on_stream_deadline() {
@@ -360,7 +376,7 @@ int Upstream::on_message_complete(llhttp_t* p) {
     }
     up->message_done_ = true;
     up->response_timer_ = false;
-    up->stream_.clear_deadline();
+    up->clear_deadline();
     up->client_->response_complete();
     return HPE_PAUSED;
 }
@@ -368,7 +384,7 @@ int Upstream::on_message_complete(llhttp_t* p) {
 void Upstream::start_tunnel() {
     tunnel_ = true;
     response_timer_ = false;
-    stream_.clear_deadline();
+    clear_deadline();
     update_reading();
 }
 
@@ -380,8 +396,7 @@ void Upstream::shutdown_write() {
 
 void Upstream::on_stream_shutdown(int status) {
     if ((status < 0 || eof_) && client_ != nullptr) {
-        // Both directions are done (or the FIN failed): the client leg finishes.
-        client_->upstream_eof();
+        client_->tunnel_done();
     }
 }
 

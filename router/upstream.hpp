@@ -9,7 +9,7 @@
 // Every transition is in set_state(), which keeps the thread's count of upstreams per state.
 // Each state owns the stream's one deadline: Connecting waits connect_timeout; Active waits
 // upstream_timeout once the request is complete (re-armed by every byte of response); Idle waits
-// upstream_idle_timeout. An Idle upstream is listed in the thread's IdlePool, and only then.
+// upstream_idle_timeout. Only an Idle upstream is listed in the thread's IdlePool.
 //
 // The upstream serves a Client (the client leg) through the interface below and knows nothing
 // else of it; it never calls the client from inside a call the client made (a write that fails
@@ -60,7 +60,10 @@ public:
         virtual void response_end(Chunk* chunk, const char* rest, size_t rest_len,
                                   bool upgrade) = 0;
         virtual void tunnel_data(Chunk* chunk, const char* data, size_t len) = 0;
-        virtual void upstream_eof() = 0;   // tunnel: the backend closed its side
+        virtual void upstream_eof() = 0; // tunnel: the backend closed its side
+        // Tunnel: the client's half-close reached the backend, which had closed its side too
+        // (or the FIN failed): nothing more flows.
+        virtual void tunnel_done() = 0;
         virtual void upstream_wrote() = 0; // a queued write to the backend completed
         // Backpressure: the client's queue is full, so the backend is not read.
         virtual bool response_paused() const = 0;
@@ -84,9 +87,10 @@ public:
     // The exchange is done and the connection can carry another one.
     bool reusable() const;
 
-    void attach(Client* client); // taken from the idle pool for a new exchange
-    void detach(bool reusable);  // the exchange is over: to the pool, or closed
-    void close();                // abandon; the client hears nothing more
+    void attach(Client* client);         // taken from the idle pool for a new exchange
+    void unlisted() { listed_ = false; } // the IdlePool took it out
+    void detach(bool reusable);          // the exchange is over: to the pool, or closed
+    void close();                        // abandon; the client hears nothing more
 
     void write(WriteOp* ops); // a list through WriteOp::next
     size_t queued() const { return stream_.queued(); }
@@ -101,6 +105,8 @@ private:
     void set_state(UpstreamState s);
     void fail(UpstreamFailure why); // tells the client, or closes when there is none
     void fail_later(UpstreamFailure why);
+    void set_deadline(uint64_t ms);
+    void clear_deadline();
     void process(Chunk* chunk);
     int count_trailer(size_t len); // llhttp callback result
 
@@ -136,6 +142,7 @@ private:
     bool response_timer_ = false; // Active: the deadline is the response's
     bool message_done_ = false;
     bool upgrading_ = false; // the client accepted a 101: the rest is a tunnel
+    bool listed_ = false;    // in the thread's IdlePool (only ever while Idle)
     bool tunnel_ = false;
     bool eof_ = false; // the backend closed its side (or sent bytes past the response)
 };

@@ -459,7 +459,14 @@ TEST_F(LiegeRun, RoutesByHostExactBeforeWildcardBeforeDefault) {
     for (const char* v : {"alpha", "beta", "exact", "fallback"}) {
         ASSERT_TRUE(wait_ready(v, 1)) << v;
     }
-    ASSERT_TRUE(wait_served_by("alpha.test", "alpha-"));
+    // Each vassal's route reaches the router a moment after its worker is ready.
+    for (const auto& [host, backend] :
+         std::vector<std::pair<std::string, std::string>>{{"alpha.test", "alpha-"},
+                                                          {"api.beta.test", "beta-"},
+                                                          {"www.beta.test", "exact-"},
+                                                          {"unknown.test", "fallback-"}}) {
+        ASSERT_TRUE(wait_served_by(host, backend)) << host;
+    }
 
     struct Case {
         std::string host;
@@ -505,12 +512,17 @@ TEST_F(LiegeRun, RoutesByLongestPathPrefix) {
         ASSERT_TRUE(wait_ready(v, 1)) << v;
     }
     // The backends answer 404 for paths they do not know; X-Backend says which one answered.
-    ASSERT_TRUE(poll_until(
-        [&] {
-            auto r = get("site.test", "/api/v2/id");
-            return r && backend_of(*r) == "apiv2-1";
-        },
-        kStart, 50ms));
+    // Each vassal's route reaches the router a moment after its worker is ready.
+    for (const auto& [target, backend] : std::vector<std::pair<std::string, std::string>>{
+             {"/api/v2/id", "apiv2-1"}, {"/api/id", "api-1"}, {"/id", "root-1"}}) {
+        ASSERT_TRUE(poll_until(
+            [&] {
+                auto r = get("site.test", target);
+                return r && backend_of(*r) == backend;
+            },
+            kStart, 50ms))
+            << target;
+    }
 
     struct Case {
         std::string target;

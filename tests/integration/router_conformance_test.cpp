@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <poll.h>
@@ -801,13 +802,20 @@ protected:
 TEST_F(LiegeRunConformance, AbsoluteFormTargetIsRoutedByItsAuthorityAndPath) {
     ASSERT_NO_FATAL_FAILURE(start(
         {{"site", ""}, {"api", "path = \"/api\"\n"}, {"alpha", "hosts = [\"alpha.test\"]\n"}}));
-    // Routes reach the router just after the workers are ready.
-    ASSERT_TRUE(poll_until(
-        [&] {
-            auto r = get("/api/id", "site.test");
-            return r && r->header("X-Backend") == "api-1";
-        },
-        kStart, 50ms));
+    // Each vassal's route reaches the router a moment after its worker is ready.
+    for (const auto& [target, host, backend] :
+         std::vector<std::tuple<std::string, std::string, std::string>>{
+             {"/api/id", "site.test", "api-1"},
+             {"/id", "alpha.test", "alpha-1"},
+             {"/id", "site.test", "site-1"}}) {
+        ASSERT_TRUE(poll_until(
+            [&] {
+                auto r = get(target, host);
+                return r && r->header("X-Backend") == backend;
+            },
+            kStart, 50ms))
+            << host << target;
+    }
     struct Case {
         std::string target;
         std::string host;

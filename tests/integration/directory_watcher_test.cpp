@@ -55,6 +55,20 @@ protected:
         return reports_.at(report).at(0);
     }
 
+    // Shows that nothing was reported after the `seen` reports so far: adds the vassal file
+    // marker.toml and expects report number seen + 1 to be its addition alone. Reports follow
+    // the order of the changes, so a report that should not have come would have come before the
+    // marker's, or been merged into it: a positive event bounds the wait, not a fixed time.
+    void expect_no_report_before_a_marker(std::size_t seen) {
+        EXPECT_EQ(reports_.size(), seen);
+        write_file(dir_ / "marker.toml", "marker = 1\n");
+        ASSERT_TRUE(wait_reports(seen + 1)) << "the marker was not reported";
+        ASSERT_EQ(reports_.size(), seen + 1);
+        ASSERT_EQ(reports_[seen].size(), 1u) << "more changes reported than the marker";
+        EXPECT_EQ(reports_[seen][0].name, "marker") << "a report came before the marker's";
+        EXPECT_EQ(reports_[seen][0].kind, liege::DirChange::Kind::Added);
+    }
+
     fs::path root_;
     fs::path dir_;
     std::unique_ptr<liege::DirWatcher> watcher_;
@@ -77,8 +91,7 @@ TEST_F(Watch, FirstReportListsExistingFilesAsAdded) {
     EXPECT_EQ(reports_[0][0].file, dir_ / "a.toml");
     EXPECT_EQ(reports_[0][0].content_hash, liege::content_hash("command = [\"a\"]\n"));
     EXPECT_EQ(reports_[0][1].name, "b");
-    run_for(300ms);
-    EXPECT_EQ(reports_.size(), 1u);
+    expect_no_report_before_a_marker(1);
 }
 
 TEST_F(Watch, AnEmptyDirectoryIsReportedOnceAsEmpty) {
@@ -91,26 +104,23 @@ TEST_F(Watch, ReportsAddChangeAndRemoveOnceEachWithinASecond) {
     start(dir_); // no periodic rescan within the test: inotify alone
     ASSERT_TRUE(wait_reports(1));
 
+    // Once each: the report after each one is the next change's (a second report of a change
+    // would come before it), and after the last one the marker's.
     write_file(dir_ / "app.toml", "workers = 1\n");
     ASSERT_TRUE(wait_reports(2));
     EXPECT_EQ(only_change(1).kind, liege::DirChange::Kind::Added);
     EXPECT_EQ(only_change(1).name, "app");
-    run_for(400ms);
-    EXPECT_EQ(reports_.size(), 2u);
 
     write_file(dir_ / "app.toml", "workers = 2\n");
     ASSERT_TRUE(wait_reports(3));
     EXPECT_EQ(only_change(2).kind, liege::DirChange::Kind::Changed);
     EXPECT_EQ(only_change(2).content_hash, liege::content_hash("workers = 2\n"));
-    run_for(400ms);
-    EXPECT_EQ(reports_.size(), 3u);
 
     fs::remove(dir_ / "app.toml");
     ASSERT_TRUE(wait_reports(4));
     EXPECT_EQ(only_change(3).kind, liege::DirChange::Kind::Removed);
     EXPECT_EQ(only_change(3).content_hash, 0u);
-    run_for(400ms);
-    EXPECT_EQ(reports_.size(), 4u);
+    expect_no_report_before_a_marker(4);
 }
 
 TEST_F(Watch, RewritingIdenticalContentIsNotAChange) {
@@ -119,9 +129,9 @@ TEST_F(Watch, RewritingIdenticalContentIsNotAChange) {
     ASSERT_TRUE(wait_reports(1));
     write_file(dir_ / "app.toml", "workers = 1\n");
     fs::last_write_time(dir_ / "app.toml", fs::file_time_type::clock::now() + 1h);
-    run_for(500ms);
+    expect_no_report_before_a_marker(1);
     watcher_->rescan();
-    EXPECT_EQ(reports_.size(), 1u);
+    EXPECT_EQ(reports_.size(), 2u) << "a rescan finds no change either";
 }
 
 TEST_F(Watch, ASaveThroughATempFileAndRenameIsOneChange) {
@@ -137,8 +147,7 @@ TEST_F(Watch, ASaveThroughATempFileAndRenameIsOneChange) {
     ASSERT_TRUE(wait_reports(2));
     EXPECT_EQ(only_change(1).kind, liege::DirChange::Kind::Changed);
     EXPECT_EQ(only_change(1).content_hash, liege::content_hash("workers = 3\n"));
-    run_for(500ms);
-    EXPECT_EQ(reports_.size(), 2u);
+    expect_no_report_before_a_marker(2);
 }
 
 TEST_F(Watch, IgnoredNamesAreNeverReported) {
@@ -147,9 +156,9 @@ TEST_F(Watch, IgnoredNamesAreNeverReported) {
     for (const char* ignored : {".x.toml", "_x.toml", "x.toml~", "x.toml.swp"}) {
         write_file(dir_ / ignored, "command = [\"x\"]\n");
     }
-    run_for(500ms);
+    expect_no_report_before_a_marker(1);
     watcher_->rescan();
-    EXPECT_EQ(reports_.size(), 1u);
+    EXPECT_EQ(reports_.size(), 2u) << "nor does an explicit rescan report them";
 }
 
 TEST_F(Watch, RescanReportsAtOnce) {
@@ -159,8 +168,7 @@ TEST_F(Watch, RescanReportsAtOnce) {
     watcher_->rescan(); // SIGHUP: no debounce
     ASSERT_EQ(reports_.size(), 2u);
     EXPECT_EQ(only_change(1).kind, liege::DirChange::Kind::Added);
-    run_for(400ms); // the inotify event that follows finds nothing new
-    EXPECT_EQ(reports_.size(), 2u);
+    expect_no_report_before_a_marker(2); // the inotify event that follows finds nothing new
 }
 
 TEST_F(Watch, ADirectoryThatAppearsLaterIsWatched) {

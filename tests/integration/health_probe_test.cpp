@@ -133,9 +133,28 @@ protected:
         inside = false;
         run_until([&] { return result.has_value(); }, timeout + 5s);
         EXPECT_FALSE(called_inside) << "the callback ran inside probe()";
-        run_for(20ms);
-        EXPECT_LE(calls, 1);
+        EXPECT_TRUE(a_later_probe_answers());
+        EXPECT_LE(calls, 1) << "the callback runs once";
         return result;
+    }
+
+    // Runs a probe started after everything else, a connect to a listener that never accepts,
+    // to its result: the event after which a callback still due for an earlier probe would have
+    // come, since results arrive through the loop in the order things happen. How a test shows
+    // that a callback does not come, without a fixed wait.
+    bool a_later_probe_answers() {
+        uint16_t port = 0;
+        int listener = liege::bind_loopback_listener(&port);
+        if (listener < 0) {
+            return false;
+        }
+        bool answered = false;
+        auto cancel = liege::probe(loop(), loopback(port), "", kBound,
+                                   [&](const liege::ProbeResult&) { answered = true; });
+        const bool ok = run_until([&] { return answered; });
+        cancel();
+        ::close(listener);
+        return ok;
     }
 
     TinyHttpServer& server(std::string response) {
@@ -227,24 +246,25 @@ TEST_F(Probe, AnswersFromPythonsHttpServer) {
     write_file(dir / "index.html", "hello\n");
     uint16_t port = liege::pick_free_port();
     liege::SpawnSpec spec;
-    spec.argv = {python(), "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)};
+    // Unbuffered (-u), so that its "Serving HTTP on" line arrives when it is printed: once it
+    // listens.
+    spec.argv = {python(), "-u", "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)};
     spec.cwd = dir.string();
     int err = 0;
+    bool serving = false;
     std::optional<liege::ExitStatus> exit;
     children_.push_back(liege::spawn_child(
-        loop(), spec, [](std::string_view, bool) {}, [&](liege::ExitStatus s) { exit = s; }, &err));
+        loop(), spec,
+        [&](std::string_view line, bool) {
+            serving = serving || line.starts_with("Serving HTTP on ");
+        },
+        [&](liege::ExitStatus s) { exit = s; }, &err));
     ASSERT_NE(children_.back(), nullptr) << err;
+    ASSERT_TRUE(run_until([&] { return serving || exit.has_value(); })) << "python never served";
+    ASSERT_FALSE(exit.has_value()) << "python exited: " << exit->str();
 
-    // Ready once a GET answers; a refused connect before that is expected.
-    std::optional<liege::ProbeResult> result;
-    auto deadline = Clock::now() + kBound;
-    while (Clock::now() < deadline && !exit) {
-        result = probe_once(loopback(port), "/", 1s);
-        if (result && result->ok) {
-            break;
-        }
-        run_for(50ms);
-    }
+    // Listening: the GET waits in its backlog until the server accepts, and is answered.
+    auto result = probe_once(loopback(port), "/", 2s);
     ASSERT_TRUE(result && result->ok) << (result ? result->error : "no result");
     EXPECT_EQ(result->status, 200);
 
@@ -294,9 +314,16 @@ TEST_F(Probe, ACancelledProbeNeverCallsBack) {
     auto cancel = liege::probe(loop(), loopback(silent.port()), "/", 100ms,
                                [&](const liege::ProbeResult&) { ++calls; });
     cancel();
-    run_for(300ms);
+    // A probe of the same silent server with the same timeout, started after it, times out
+    // after the cancelled one would have: once its result is in, that one's moment has passed.
+    std::optional<liege::ProbeResult> later;
+    auto cancel_later = liege::probe(loop(), loopback(silent.port()), "/", 100ms,
+                                     [&](const liege::ProbeResult& r) { later = r; });
+    ASSERT_TRUE(run_until([&] { return later.has_value(); }));
+    EXPECT_EQ(later->error, "timed out");
     EXPECT_EQ(calls, 0);
     cancel(); // twice is harmless
+    cancel_later();
 
     // Cancelling before the connect completed, and after the callback ran.
     cancel = liege::probe(loop(), loopback(liege::pick_free_port()), "", 1s,
@@ -304,7 +331,7 @@ TEST_F(Probe, ACancelledProbeNeverCallsBack) {
     run_until([&] { return calls == 1; });
     EXPECT_EQ(calls, 1);
     cancel();
-    run_for(50ms);
+    ASSERT_TRUE(a_later_probe_answers());
     EXPECT_EQ(calls, 1);
 }
 

@@ -79,11 +79,6 @@ protected:
         return condition();
     }
 
-    // Runs the loop for `duration`, to see that nothing (more) happens.
-    void run_for(Millis duration) {
-        run_until([] { return false; }, duration);
-    }
-
     uv_loop_t loop_{};
 };
 } // namespace liege::test

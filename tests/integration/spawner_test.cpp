@@ -7,6 +7,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -88,6 +89,16 @@ protected:
         return run_until([&] { return out.exit.has_value(); }, timeout);
     }
 
+    // Runs a child started after everything else to its exit: the event after which a callback
+    // still due for an earlier child would have come, since the reaper and the pipes deliver
+    // through the loop in the order things happen. How a test shows that a callback does not
+    // come, without a fixed wait.
+    bool a_later_child_exits() {
+        Output& out = later_outputs_.emplace_back();
+        return spawn({"true"}, out) != nullptr && wait_exit(out);
+    }
+
+    std::list<Output> later_outputs_; // outlives children_, which release() clears
     std::unique_ptr<liege::Reaper> reaper_;
     std::vector<std::unique_ptr<liege::Child>> children_;
 };
@@ -107,8 +118,8 @@ TEST_F(Spawn, DeliversStdoutAndStderrLinesThenTheExitCode) {
     EXPECT_FALSE(child->running());
     std::vector<std::string> last = child->last_lines();
     EXPECT_EQ(last.size(), 2u);
-    run_for(50ms);
-    EXPECT_EQ(out.exit_calls, 1);
+    ASSERT_TRUE(a_later_child_exits());
+    EXPECT_EQ(out.exit_calls, 1) << "the exit is reported once";
 }
 
 TEST_F(Spawn, DeliversAPartialLastLineWhenThePipeCloses) {
@@ -141,7 +152,7 @@ TEST_F(Spawn, MissingProgramFailsWithENOENT) {
     err = 0;
     EXPECT_EQ(spawn({"/nonexistent/dir/program"}, out, &err), nullptr);
     EXPECT_EQ(err, -ENOENT);
-    run_for(20ms);
+    ASSERT_TRUE(a_later_child_exits());
     EXPECT_EQ(out.exit_calls, 0) << "a failed spawn reports no exit";
 }
 
@@ -390,6 +401,7 @@ TEST_F(Spawn, AStopOutlivesTheChildObject) {
     child->stop(SIGTERM, 200ms);
     children_.clear(); // dropped right after stop(): SIGKILL must still follow
     EXPECT_TRUE(run_until([&] { return process_gone(pid); }));
+    ASSERT_TRUE(a_later_child_exits());
     EXPECT_EQ(out.exit_calls, 0) << "no callback after the Child is gone";
 }
 

@@ -5,8 +5,9 @@
 // The admin API listens on 127.0.0.1:0 in most tests (the emperor logs `admin API on ADDR`) so
 // the harness's HTTP client can talk to it; the unix socket default is covered by the CLI tests.
 // Figures the router reports arrive once a second, so every check of a figure is a bounded poll.
-// Tear-down stops the emperor with SIGTERM and asserts exit code 0, that every worker it
-// reported in /status is gone, and (unless a test provokes errors) no error-level log line.
+// The fixture is the harness's LiegeRunFixture: its tear-down stops the emperor with SIGTERM and
+// asserts exit code 0, that no process of the instance (every worker /status reported among
+// them) is left, and that it logged no error-level line but those a test declares.
 #include <gtest/gtest.h>
 
 #include <sys/socket.h>
@@ -19,8 +20,6 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -39,40 +38,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr Millis kStart = 20s; // anything that starts processes, on a loaded 2-core box
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-
 bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
-}
-
-size_t count_of(const std::string& haystack, const std::string& needle) {
-    size_t n = 0;
-    for (auto pos = haystack.find(needle); pos != std::string::npos;
-         pos = haystack.find(needle, pos + needle.size())) {
-        ++n;
-    }
-    return n;
-}
-
-// The port in the first "<prefix>127.0.0.1:PORT" of `text`.
-std::optional<uint16_t> port_after(const std::string& text, const std::string& prefix) {
-    auto pos = text.find(prefix + "127.0.0.1:");
-    if (pos == std::string::npos) {
-        return std::nullopt;
-    }
-    pos += prefix.size() + 10;
-    auto end = text.find_first_not_of("0123456789", pos);
-    if (end == pos) {
-        return std::nullopt;
-    }
-    return static_cast<uint16_t>(std::stoul(text.substr(pos, end - pos)));
 }
 
 // The value of one series in Prometheus text: `series` is the name with its labels.
@@ -116,122 +83,13 @@ std::string backend_vassal(int workers, bool log_requests = false) {
     return cmd + "]\nworkers = " + std::to_string(workers) + "\n";
 }
 
-class Admin : public ::testing::Test {
+// `liege run` with the admin API on an ephemeral loopback port and two router threads.
+class Admin : public LiegeRunFixture {
 protected:
-    void SetUp() override {
-        root_ = make_temp_dir("liege-admin-test");
-        vassals_ = root_ / "vassals.d";
-        fs::create_directories(vassals_);
-    }
-
-    void TearDown() override {
-        if (emperor_ && emperor_->running()) {
-            stop_emperor();
-        }
-        if (emperor_ && !allow_errors_) {
-            std::string errors = error_lines();
-            EXPECT_TRUE(errors.empty()) << "error-level log lines:" << errors;
-        }
-        if (emperor_ && HasFailure()) {
-            std::cerr << "---- emperor log ----\n" << log() << "---- end ----\n";
-        }
-        emperor_.reset();
-        std::error_code ec;
-        fs::remove_all(root_, ec);
-    }
-
-    void write_vassal(const std::string& name, const std::string& text) {
-        write_file(vassals_ / ("." + name + ".tmp"), text);
-        fs::rename(vassals_ / ("." + name + ".tmp"), vassals_ / (name + ".toml"));
-    }
-
     // Starts `liege run` with the admin API on `admin` (default: an ephemeral loopback port)
     // and waits for both addresses.
     void start(std::vector<std::string> extra = {}, std::string admin = "127.0.0.1:0") {
-        std::vector<std::string> argv = {
-            LIEGE_BINARY,  "run",     "--vassals", vassals_.string(), "--listen",
-            "127.0.0.1:0", "--admin", admin,       "--threads",       "2"};
-        argv.insert(argv.end(), extra.begin(), extra.end());
-        for (size_t i = 0; i + 1 < argv.size(); ++i) {
-            if (argv[i] == "--log-dir") {
-                log_dir_ = argv[i + 1];
-            }
-        }
-        admin_text_ = admin;
-        emperor_ = std::make_unique<Process>(argv);
-        ASSERT_TRUE(poll_until([&] { return contains(log(), "emperor: router started"); }, kStart))
-            << emperor_->describe();
-        auto port = port_after(log(), "info listening on ");
-        ASSERT_TRUE(port) << log();
-        port_ = *port;
-        if (!admin.starts_with("unix:")) {
-            auto admin_port = port_after(log(), "admin API on ");
-            ASSERT_TRUE(admin_port) << log();
-            admin_port_ = *admin_port;
-            admin_text_ = "127.0.0.1:" + std::to_string(admin_port_);
-        } else {
-            ASSERT_TRUE(contains(log(), "admin API on " + admin)) << log();
-        }
-    }
-
-    // The emperor's own log: stderr, or emperor.log (and its rotated predecessor) with
-    // --log-dir, where stderr keeps only warnings and errors.
-    std::string log() const {
-        if (log_dir_.empty()) {
-            return emperor_->err().text();
-        }
-        return slurp(log_dir_ / "emperor.log.1") + slurp(log_dir_ / "emperor.log") +
-               emperor_->err().text();
-    }
-
-    std::string error_lines() const {
-        std::string out;
-        std::istringstream in(log());
-        for (std::string line; std::getline(in, line);) {
-            if (contains(line, " error ") || contains(line, " critical ")) {
-                out += "\n  " + line;
-            }
-        }
-        return out;
-    }
-
-    void stop_emperor() {
-        std::vector<pid_t> pids;
-        if (admin_port_ != 0) {
-            if (auto s = status()) {
-                for (const auto& v : (*s)["vassals"]) {
-                    for (const auto& w : v["workers"]) {
-                        pids.push_back(w["pid"].get<pid_t>());
-                    }
-                }
-                pids.push_back((*s)["router"]["pid"].get<pid_t>());
-            }
-        }
-        emperor_->signal(SIGTERM);
-        auto st = emperor_->wait_exit(30s);
-        ASSERT_TRUE(st) << "the emperor did not exit within 30 s of SIGTERM";
-        EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << describe_status(*st);
-        for (pid_t pid : pids) {
-            EXPECT_TRUE(poll_until([&] { return process_gone(pid); }))
-                << "process " << pid << " outlived the emperor";
-        }
-    }
-
-    Response admin(const std::string& method, const std::string& target) const {
-        HttpClient c(admin_port_);
-        return c.request(method, target, {{"Connection", "close"}});
-    }
-
-    std::optional<json> status() const {
-        try {
-            Response r = admin("GET", "/status");
-            if (r.status != 200) {
-                return std::nullopt;
-            }
-            return json::parse(r.body);
-        } catch (const std::exception&) {
-            return std::nullopt;
-        }
+        start_liege({std::move(extra), std::move(admin), 2});
     }
 
     // The vassal's entry in /status, or null.
@@ -281,15 +139,6 @@ protected:
             return 0;
         }
     }
-
-    fs::path root_;
-    fs::path vassals_;
-    fs::path log_dir_;
-    std::unique_ptr<Process> emperor_;
-    uint16_t port_ = 0;
-    uint16_t admin_port_ = 0;
-    std::string admin_text_;
-    bool allow_errors_ = false;
 };
 
 } // namespace
@@ -398,8 +247,10 @@ TEST_F(Admin, StatusShowsARestartedWorkerAndItsError) {
     write_vassal("app", backend_vassal(1));
     start();
     ASSERT_TRUE(wait_running("app", 1));
-    allow_errors_ = true; // the emperor logs the crash at error level
     pid_t pid = vassal("app")["workers"][0]["pid"].get<pid_t>();
+    // The emperor logs the crash at error level.
+    expect_error_line({"vassal app: worker 1 (pid " + std::to_string(pid) +
+                       ") exited unexpectedly: killed by SIGKILL"});
     ASSERT_EQ(::kill(pid, SIGKILL), 0);
     json v = wait_vassal("app", [&](const json& j) {
         return j["restarts"] == 1 && j["workers_ready"] == 1 && j["workers"][0]["pid"] != pid;
@@ -434,7 +285,8 @@ TEST_F(Admin, FiguresDoNotGoBackwardsWhenTheRouterRestarts) {
         // Six 200s (wait_serving's and five more) reported means every request so far is.
         return v0["responses"]["2xx"] == 6 && v0["requests"].get<uint64_t>() == before;
     })) << status().value_or(json::object()).dump(2);
-    allow_errors_ = true; // the router's unexpected exit is logged as an error
+    // The router's unexpected exit is logged as an error.
+    expect_error_line({"emperor: router exited unexpectedly (killed by SIGKILL)"});
     pid_t router = status().value()["router"]["pid"].get<pid_t>();
     ASSERT_GT(router, 0);
     ASSERT_EQ(::kill(router, SIGKILL), 0);
@@ -599,7 +451,10 @@ TEST_F(Admin, AFailedReloadIsReportedAndTheOldGenerationKeepsServing) {
     write_vassal("app", backend_vassal(1));
     start();
     ASSERT_TRUE(wait_serving("app", 1));
-    allow_errors_ = true;
+    // The invalid file and each abandoned reload are logged as errors.
+    expect_error_line({"vassals.d/app.toml:3:1: error: unknown key 'no_such_key'"});
+    expect_error_line(
+        {"vassal app: reload to generation ", " abandoned: worker 1 exited: exit code 3"});
 
     // An invalid file: the watcher refuses it, and so does an explicit reload.
     write_vassal("app", backend_vassal(1) + "no_such_key = 1\n");
@@ -652,7 +507,11 @@ TEST_F(Admin, AFailedReloadIsReportedAndTheOldGenerationKeepsServing) {
 }
 
 TEST_F(Admin, ReloadOfAVassalThatNeverStartedIsAnsweredWithItsOutcome) {
-    allow_errors_ = true; // the invalid file and the failing workers are logged as errors
+    // The invalid files and the failing workers are logged as errors. The broken vassal's
+    // workers die either as its first generation or in the reload that starts it.
+    expect_error_line({"vassals.d/app.toml:1:1: error: "});
+    expect_error_line({"vassals.d/broken.toml:1:1: error: "});
+    expect_error_line({"vassal broken: ", "exit code 3"});
     write_vassal("app", "no_such_key = 1\n");
     start();
     json v = wait_vassal("app", [](const json& j) { return j["last_error"].is_string(); });
@@ -823,7 +682,9 @@ TEST_F(Admin, AnAccessLogThatCannotBeOpenedIsTriedAgainAndResumes) {
     // A directory where the vassal's access log goes: opening it fails (EISDIR), as it would
     // with the router out of descriptors or the directory unwritable for a while.
     fs::create_directories(logs / "app.access.log");
-    allow_errors_ = true; // the router reports the failed open at error level
+    // The router reports the failed open at error level.
+    expect_error_line(
+        {"[router] router: cannot open access log ", "app.access.log: Is a directory"});
     write_vassal("app", backend_vassal(1, true));
     start({"--log-dir", logs.string()});
     ASSERT_TRUE(wait_serving("app", 1));

@@ -10,9 +10,9 @@
 // whose argv[1] is "router". Every wait is a bounded poll; bounds are generous (process starts
 // get kStart) because the box running them may be a loaded 2-core one.
 //
-// Tear-down stops the emperor with SIGTERM and asserts exit code 0, that every process it had
-// started is gone, and that it logged no error-level line (tests that provoke errors on
-// purpose say so). On failure the emperor's log is printed.
+// The fixture is the harness's LiegeRunFixture: its tear-down stops the emperor with SIGTERM and
+// asserts exit code 0, that no process of the instance is left, and that it logged no
+// error-level line but those a test declares.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,7 +23,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -32,7 +31,6 @@
 #include <optional>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -47,9 +45,6 @@ using namespace liege::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Bound for anything that starts processes (an emperor, a router, a pool, a reload).
-constexpr Millis kStart = 20s;
 
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
@@ -138,134 +133,6 @@ Server().serve_forever()
 )PY";
 
 // ---- /proc ------------------------------------------------------------------------------------
-
-struct ProcStat {
-    pid_t pid = 0;
-    pid_t ppid = 0;
-    pid_t pgrp = 0;
-    char state = '?';
-    unsigned long long start_time = 0; // clock ticks after boot: tells a reused pid apart
-};
-
-std::optional<ProcStat> read_stat(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string text;
-    if (!std::getline(in, text)) {
-        return std::nullopt;
-    }
-    auto paren = text.rfind(')');
-    if (paren == std::string::npos) {
-        return std::nullopt;
-    }
-    std::istringstream fields(text.substr(paren + 2));
-    ProcStat s;
-    s.pid = pid;
-    fields >> s.state >> s.ppid >> s.pgrp;
-    std::string skip;
-    for (int i = 0; i < 16; ++i) { // fields 6..21
-        fields >> skip;
-    }
-    fields >> s.start_time; // field 22
-    if (!fields) {
-        return std::nullopt;
-    }
-    return s;
-}
-
-std::vector<ProcStat> all_processes() {
-    std::vector<ProcStat> out;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-        const std::string name = entry.path().filename().string();
-        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        if (auto s = read_stat(static_cast<pid_t>(std::stol(name)))) {
-            out.push_back(*s);
-        }
-    }
-    return out;
-}
-
-// Every living process below `root` (not `root` itself).
-std::vector<ProcStat> descendants(pid_t root) {
-    auto procs = all_processes();
-    std::vector<ProcStat> out;
-    std::set<pid_t> parents = {root};
-    bool grew = true;
-    while (grew) {
-        grew = false;
-        for (const auto& p : procs) {
-            if (parents.count(p.ppid) != 0 && parents.count(p.pid) == 0 && p.state != 'Z') {
-                parents.insert(p.pid);
-                out.push_back(p);
-                grew = true;
-            }
-        }
-    }
-    return out;
-}
-
-// The same process (not a reused pid) exists and is not a zombie.
-bool alive(const ProcStat& p) {
-    auto now = read_stat(p.pid);
-    return now && now->start_time == p.start_time && now->state != 'Z' && now->state != 'X';
-}
-
-std::vector<std::string> read_nul_separated(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::vector<std::string> out;
-    std::string item;
-    while (std::getline(in, item, '\0')) {
-        out.push_back(item);
-    }
-    return out;
-}
-
-std::map<std::string, std::string> environ_of(pid_t pid) {
-    std::map<std::string, std::string> env;
-    for (const auto& kv : read_nul_separated("/proc/" + std::to_string(pid) + "/environ")) {
-        auto eq = kv.find('=');
-        if (eq != std::string::npos) {
-            env[kv.substr(0, eq)] = kv.substr(eq + 1);
-        }
-    }
-    return env;
-}
-
-std::string cmdline_of(pid_t pid) {
-    std::string out;
-    for (const auto& arg : read_nul_separated("/proc/" + std::to_string(pid) + "/cmdline")) {
-        out += (out.empty() ? "" : " ") + arg;
-    }
-    return out;
-}
-
-std::string describe_procs(const std::vector<ProcStat>& procs) {
-    std::string out;
-    for (const auto& p : procs) {
-        out += "\n  pid " + std::to_string(p.pid) + " (" + std::string(1, p.state) +
-               "): " + cmdline_of(p.pid);
-    }
-    return out;
-}
-
-// Waits until none of `procs` is alive; returns the survivors.
-std::vector<ProcStat> wait_gone(const std::vector<ProcStat>& procs, Millis timeout = 10s) {
-    std::vector<ProcStat> left;
-    poll_until(
-        [&] {
-            left.clear();
-            for (const auto& p : procs) {
-                if (alive(p)) {
-                    left.push_back(p);
-                }
-            }
-            return left.empty();
-        },
-        timeout, 50ms);
-    return left;
-}
 
 struct WorkerProcess {
     ProcStat proc;
@@ -437,123 +304,10 @@ private:
 
 // ---- the fixture ------------------------------------------------------------------------------
 
-class LiegeRun : public ::testing::Test {
+class LiegeRun : public LiegeRunFixture {
 protected:
-    void SetUp() override {
-        root_ = make_temp_dir("liege-emperor-test");
-        vassals_ = root_ / "vassals.d";
-        fs::create_directories(vassals_);
-    }
-
-    void TearDown() override {
-        if (emperor_ && emperor_->running()) {
-            stop_emperor();
-        }
-        if (emperor_ && !allow_error_lines_) {
-            auto errors = error_lines();
-            EXPECT_TRUE(errors.empty()) << "error-level log lines:" << errors;
-        }
-        if (emperor_ && HasFailure()) {
-            std::cerr << "---- emperor log ----\n" << emperor_->err().text() << "---- end ----\n";
-        }
-        emperor_.reset();
-        std::error_code ec;
-        fs::remove_all(root_, ec);
-    }
-
-    // Writes a vassal file the way a deploy tool does: a hidden temporary file renamed into
-    // place, so the watcher never sees it half-written.
-    void write_vassal(const std::string& name, const std::string& text) {
-        write_file(vassals_ / ("." + name + ".toml.tmp"), text);
-        fs::rename(vassals_ / ("." + name + ".toml.tmp"), vassals_ / (name + ".toml"));
-    }
-
-    void remove_vassal(const std::string& name) { fs::remove(vassals_ / (name + ".toml")); }
-
     // Starts `liege run` and waits for its public port and its router.
-    void start(std::vector<std::string> extra = {}) {
-        std::vector<std::string> argv = {LIEGE_BINARY, "run",
-                                         "--vassals",  vassals_.string(),
-                                         "--listen",   "127.0.0.1:0",
-                                         "--admin",    "unix:" + (root_ / "liege.sock").string(),
-                                         "--threads",  "1"};
-        argv.insert(argv.end(), extra.begin(), extra.end());
-        emperor_ = std::make_unique<Process>(argv);
-        auto port = wait_for_port(emperor_->err(), kStart);
-        ASSERT_TRUE(port) << "no `listening on` line\n" << emperor_->describe();
-        port_ = *port;
-        ASSERT_TRUE(wait_log("emperor: router started (pid ")) << emperor_->describe();
-    }
-
-    pid_t emperor_pid() const { return emperor_->pid(); }
-
-    std::string log() const { return emperor_->err().text(); }
-    // A position in the log: wait_log(..., from = mark()) only looks at what comes after it.
-    std::size_t mark() const { return log().size(); }
-
-    // Waits until the log, from byte `from` on, has a line containing `needle`; returns it.
-    std::optional<std::string> wait_log(const std::string& needle, Millis timeout = kStart,
-                                        std::size_t from = 0) const {
-        std::optional<std::string> line;
-        poll_until(
-            [&] {
-                std::string text = log();
-                if (from > text.size()) {
-                    return false;
-                }
-                auto pos = text.find(needle, from);
-                if (pos == std::string::npos) {
-                    return false;
-                }
-                auto begin = text.rfind('\n', pos);
-                begin = begin == std::string::npos ? 0 : begin + 1;
-                auto end = text.find('\n', pos);
-                line = text.substr(begin, end == std::string::npos ? end : end - begin);
-                return true;
-            },
-            timeout, 20ms);
-        return line;
-    }
-
-    // How many times `needle` occurs in the log after `from`.
-    std::size_t count_log(const std::string& needle, std::size_t from = 0) const {
-        std::string text = log();
-        std::size_t n = 0;
-        for (auto pos = text.find(needle, from); pos != std::string::npos;
-             pos = text.find(needle, pos + needle.size())) {
-            ++n;
-        }
-        return n;
-    }
-
-    // Lines the emperor (or, nested in `[router]` lines, the router) logged at error level or
-    // above.
-    std::string error_lines() const {
-        std::string out;
-        std::istringstream in(log());
-        std::string line;
-        static const std::regex kError(
-            R"(^\S+ (error|critical) |^\S+ info \[router\] \S+ (error|critical) )");
-        while (std::getline(in, line)) {
-            if (std::regex_search(line, kError)) {
-                out += "\n  " + line;
-            }
-        }
-        return out;
-    }
-
-    // SIGTERM, then: exit code 0, and nothing the emperor started is left.
-    void stop_emperor() {
-        auto started = descendants(emperor_pid());
-        emperor_->signal(SIGTERM);
-        auto status = emperor_->wait_exit(30s);
-        ASSERT_TRUE(status) << "the emperor did not exit within 30 s of SIGTERM";
-        EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
-            << "the emperor " << describe_status(*status) << " after SIGTERM";
-        auto left = wait_gone(started, 10s);
-        EXPECT_TRUE(left.empty()) << "left behind after SIGTERM:" << describe_procs(left);
-        EXPECT_TRUE(wait_log("emperor: stopped", 1s));
-    }
+    void start(std::vector<std::string> extra = {}) { start_liege({std::move(extra)}); }
 
     // The emperor's direct children that belong to `vassal`, ordered by worker slot.
     std::vector<WorkerProcess> workers(const std::string& vassal) const {
@@ -640,12 +394,6 @@ protected:
         }
         return seen;
     }
-
-    fs::path root_;
-    fs::path vassals_;
-    std::unique_ptr<Process> emperor_;
-    uint16_t port_ = 0;
-    bool allow_error_lines_ = false;
 };
 
 // ---- spawn ------------------------------------------------------------------------------------
@@ -711,7 +459,14 @@ TEST_F(LiegeRun, RoutesByHostExactBeforeWildcardBeforeDefault) {
     for (const char* v : {"alpha", "beta", "exact", "fallback"}) {
         ASSERT_TRUE(wait_ready(v, 1)) << v;
     }
-    ASSERT_TRUE(wait_served_by("alpha.test", "alpha-"));
+    // Each vassal's route reaches the router a moment after its worker is ready.
+    for (const auto& [host, backend] :
+         std::vector<std::pair<std::string, std::string>>{{"alpha.test", "alpha-"},
+                                                          {"api.beta.test", "beta-"},
+                                                          {"www.beta.test", "exact-"},
+                                                          {"unknown.test", "fallback-"}}) {
+        ASSERT_TRUE(wait_served_by(host, backend)) << host;
+    }
 
     struct Case {
         std::string host;
@@ -757,12 +512,17 @@ TEST_F(LiegeRun, RoutesByLongestPathPrefix) {
         ASSERT_TRUE(wait_ready(v, 1)) << v;
     }
     // The backends answer 404 for paths they do not know; X-Backend says which one answered.
-    ASSERT_TRUE(poll_until(
-        [&] {
-            auto r = get("site.test", "/api/v2/id");
-            return r && backend_of(*r) == "apiv2-1";
-        },
-        kStart, 50ms));
+    // Each vassal's route reaches the router a moment after its worker is ready.
+    for (const auto& [target, backend] : std::vector<std::pair<std::string, std::string>>{
+             {"/api/v2/id", "apiv2-1"}, {"/api/id", "api-1"}, {"/id", "root-1"}}) {
+        ASSERT_TRUE(poll_until(
+            [&] {
+                auto r = get("site.test", target);
+                return r && backend_of(*r) == backend;
+            },
+            kStart, 50ms))
+            << target;
+    }
 
     struct Case {
         std::string target;
@@ -1017,7 +777,8 @@ TEST_F(LiegeRunReload, BlueGreenReloadUnderLoadFailsNoRequest) {
 // ---- invalid files and failing generations -----------------------------------------------------
 
 TEST_F(LiegeRun, InvalidFileKeepsTheOldGenerationServing) {
-    allow_error_lines_ = true; // the invalid file is reported at error level
+    // Each invalid file is reported at error level, at its line 3.
+    expect_error_line({"vassals.d/app.toml:3:", ": error: "});
     write_vassal("app", backend_command("good-${WORKER}") + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
@@ -1064,7 +825,7 @@ TEST_F(LiegeRun, InvalidFileKeepsTheOldGenerationServing) {
 }
 
 TEST_F(LiegeRun, InvalidNewFileStartsNothingAndIsReported) {
-    allow_error_lines_ = true;
+    expect_error_line({"vassals.d/broken.toml:1:", ": error: "});
     ASSERT_NO_FATAL_FAILURE(start());
     write_vassal("broken", "command = \"not an array\"\n");
     auto line = wait_log("broken.toml:1:");
@@ -1075,7 +836,7 @@ TEST_F(LiegeRun, InvalidNewFileStartsNothingAndIsReported) {
 }
 
 TEST_F(LiegeRun, NewGenerationThatExitsAtOnceIsAbandoned) {
-    allow_error_lines_ = true;
+    expect_error_line({"vassal app: reload to generation 2 abandoned: ", "exit code 3"});
     write_vassal("app", backend_command("good-${WORKER}") + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
@@ -1114,7 +875,7 @@ TEST_F(LiegeRun, NewGenerationThatExitsAtOnceIsAbandoned) {
 }
 
 TEST_F(LiegeRun, NewGenerationNeverReadyIsAbandonedAtStartTimeout) {
-    allow_error_lines_ = true;
+    expect_error_line({"vassal app: reload to generation 2 abandoned: ", "not ready after 1s"});
     write_vassal("app", backend_command("good-${WORKER}") + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
@@ -1165,7 +926,6 @@ TEST_F(LiegeRun, NewGenerationNeverReadyIsAbandonedAtStartTimeout) {
 // ---- crashes ----------------------------------------------------------------------------------
 
 TEST_F(LiegeRun, KilledWorkerIsRoutedAroundAndRestarted) {
-    allow_error_lines_ = true; // the unexpected exit is an error
     write_vassal("app", backend_command() + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
@@ -1173,6 +933,9 @@ TEST_F(LiegeRun, KilledWorkerIsRoutedAroundAndRestarted) {
     auto old = workers("app");
     ASSERT_EQ(old.size(), 2u);
     const pid_t victim = old[0].proc.pid;
+    // The unexpected exit is an error.
+    expect_error_line({"vassal app: worker 1 (pid " + std::to_string(victim) +
+                       ") exited unexpectedly: killed by SIGKILL"});
 
     // Killed between two of the loop's requests, so no request is in flight on it: every
     // request must succeed, including those that find the dead worker's pooled connections.
@@ -1202,7 +965,8 @@ TEST_F(LiegeRun, KilledWorkerIsRoutedAroundAndRestarted) {
 }
 
 TEST_F(LiegeRun, KilledRouterIsRestartedAndRefusesNoConnection) {
-    allow_error_lines_ = true; // the router's unexpected exit is an error
+    // The router's unexpected exit is an error.
+    expect_error_line({"emperor: router exited unexpectedly (killed by SIGKILL)"});
     write_vassal("app", backend_command() + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
@@ -1324,7 +1088,9 @@ TEST_F(LiegeRun, UnixSocketWorkers) {
 }
 
 TEST_F(LiegeRun, CrashingWorkerIsRetriedWithExponentialBackoff) {
-    allow_error_lines_ = true;
+    // Every crash is an error.
+    expect_error_line(
+        {"vassal crash: worker 1 (pid ", ") exited unexpectedly: exit code 1; restarting in "});
     ASSERT_NO_FATAL_FAILURE(start());
     write_vassal("crash", "command = [\"sh\", \"-c\", \"echo crash-marker; exit 1\"]\n");
     // 100, 200, 400, 800 ms: the fourth restart is 1.5 s in.
@@ -1369,7 +1135,6 @@ TEST_F(LiegeRun, RemovedFileDrainsRequestsInFlight) {
 }
 
 TEST_F(LiegeRun, DrainTimeoutStopsAWorkerThatStaysBusy) {
-    allow_error_lines_ = true; // the cut request may be logged as a backend error
     write_vassal("app", backend_command("v1", true) + "[reload]\ndrain_timeout = \"1s\"\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_served_by("app.test", "v1"));
@@ -1408,7 +1173,6 @@ TEST_F(LiegeRun, SighupRescansAndSigintStopsGracefully) {
 // ---- socket activation and health checks --------------------------------------------------------
 
 TEST_F(LiegeRun, InheritedSocketServesAndQueuesConnectionsAcrossARestart) {
-    allow_error_lines_ = true; // the worker is killed on purpose
     write_file(vassals_ / "app.py", kPythonApp);
     write_file(vassals_ / "ready", "");
     write_vassal("inh", "command = [\"python3\", \"app.py\"]\nworkers = 2\n"
@@ -1445,6 +1209,9 @@ TEST_F(LiegeRun, InheritedSocketServesAndQueuesConnectionsAcrossARestart) {
     // it is dead is not refused, and the restarted worker answers.
     const uint16_t worker_port = static_cast<uint16_t>(std::stoi(ws[0].env.at("PORT")));
     auto from = mark();
+    // Killed on purpose: its unexpected exit is an error.
+    expect_error_line({"vassal inh: worker 1 (pid " + std::to_string(ws[0].proc.pid) +
+                       ") exited unexpectedly: killed by SIGKILL"});
     ASSERT_EQ(::kill(ws[0].proc.pid, SIGKILL), 0);
     ASSERT_TRUE(poll_until([&] { return !alive(ws[0].proc); }));
     std::optional<Response> direct;
@@ -1485,7 +1252,8 @@ TEST_F(LiegeRun, HealthPathGatesReadiness) {
 }
 
 TEST_F(LiegeRun, FailingHealthChecksRestartTheWorker) {
-    allow_error_lines_ = true;
+    // The failing worker is stopped at error level.
+    expect_error_line({"vassal hc: worker 1: health checks failing: status 503"});
     write_file(vassals_ / "app.py", kPythonApp);
     write_file(vassals_ / "ready", "");
     write_vassal("hc", "command = [\"python3\", \"app.py\"]\nworkers = 2\n[health]\n"

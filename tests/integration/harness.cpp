@@ -9,6 +9,9 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <iterator>
+#include <regex>
+#include <set>
 #include <sstream>
 
 #include <arpa/inet.h>
@@ -21,6 +24,8 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+extern char** environ;
 
 namespace liege::test {
 
@@ -203,7 +208,8 @@ OutputBuffer::wait_for_line(const std::function<bool(std::string_view)>& matches
 
 // ---- Process ----
 
-Process::Process(std::vector<std::string> argv) : argv_(std::move(argv)) {
+Process::Process(std::vector<std::string> argv, const std::vector<std::string>& extra_env)
+    : argv_(std::move(argv)) {
     if (argv_.empty()) {
         throw std::runtime_error("Process: empty command line");
     }
@@ -212,6 +218,22 @@ Process::Process(std::vector<std::string> argv) : argv_(std::move(argv)) {
         args.push_back(a.data());
     }
     args.push_back(nullptr);
+    // Built before fork: the child may only make async-signal-safe calls.
+    std::vector<std::string> env_storage = extra_env;
+    std::vector<char*> env;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        const std::string_view entry(*e);
+        const bool replaced = std::any_of(env_storage.begin(), env_storage.end(), [&](auto& x) {
+            return entry.substr(0, entry.find('=') + 1) == x.substr(0, x.find('=') + 1);
+        });
+        if (!replaced) {
+            env.push_back(*e);
+        }
+    }
+    for (auto& e : env_storage) {
+        env.push_back(e.data());
+    }
+    env.push_back(nullptr);
 
     int out_pipe[2];
     int err_pipe[2];
@@ -240,7 +262,7 @@ Process::Process(std::vector<std::string> argv) : argv_(std::move(argv)) {
         ::dup2(dev_null, 0);
         ::dup2(out_pipe[1], 1);
         ::dup2(err_pipe[1], 2);
-        ::execv(args[0], args.data());
+        ::execve(args[0], args.data(), env.data());
         const char msg[] = "Process: exec failed\n";
         ssize_t ignored = ::write(2, msg, sizeof(msg) - 1);
         (void)ignored;
@@ -409,6 +431,164 @@ bool process_gone(pid_t pid) {
     }
     std::size_t paren = text.rfind(')');
     return paren == std::string::npos || paren + 2 >= text.size() || text[paren + 2] == 'Z';
+}
+
+// ---- processes in /proc ----
+
+std::optional<ProcStat> read_stat(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string text;
+    if (!std::getline(in, text)) {
+        return std::nullopt;
+    }
+    auto paren = text.rfind(')');
+    if (paren == std::string::npos) {
+        return std::nullopt;
+    }
+    std::istringstream fields(text.substr(paren + 2));
+    ProcStat s;
+    s.pid = pid;
+    fields >> s.state >> s.ppid >> s.pgrp;
+    std::string skip;
+    for (int i = 0; i < 16; ++i) { // fields 6..21
+        fields >> skip;
+    }
+    fields >> s.start_time; // field 22
+    if (!fields) {
+        return std::nullopt;
+    }
+    return s;
+}
+
+std::vector<ProcStat> all_processes() {
+    std::vector<ProcStat> out;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) {
+            continue;
+        }
+        if (auto s = read_stat(static_cast<pid_t>(std::stol(name)))) {
+            out.push_back(*s);
+        }
+    }
+    return out;
+}
+
+std::vector<ProcStat> descendants(pid_t root) {
+    auto procs = all_processes();
+    std::vector<ProcStat> out;
+    std::set<pid_t> parents = {root};
+    bool grew = true;
+    while (grew) {
+        grew = false;
+        for (const auto& p : procs) {
+            if (parents.count(p.ppid) != 0 && parents.count(p.pid) == 0 && p.state != 'Z') {
+                parents.insert(p.pid);
+                out.push_back(p);
+                grew = true;
+            }
+        }
+    }
+    return out;
+}
+
+bool alive(const ProcStat& p) {
+    auto now = read_stat(p.pid);
+    return now && now->start_time == p.start_time && now->state != 'Z' && now->state != 'X';
+}
+
+std::vector<std::string> read_nul_separated(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::vector<std::string> out;
+    std::string item;
+    while (std::getline(in, item, '\0')) {
+        out.push_back(item);
+    }
+    return out;
+}
+
+std::map<std::string, std::string> environ_of(pid_t pid) {
+    std::map<std::string, std::string> env;
+    for (const auto& kv : read_nul_separated("/proc/" + std::to_string(pid) + "/environ")) {
+        auto eq = kv.find('=');
+        if (eq != std::string::npos) {
+            env[kv.substr(0, eq)] = kv.substr(eq + 1);
+        }
+    }
+    return env;
+}
+
+std::string cmdline_of(pid_t pid) {
+    std::string out;
+    for (const auto& arg : read_nul_separated("/proc/" + std::to_string(pid) + "/cmdline")) {
+        out += (out.empty() ? "" : " ") + arg;
+    }
+    return out;
+}
+
+std::string describe_procs(const std::vector<ProcStat>& procs) {
+    std::string out;
+    for (const auto& p : procs) {
+        out += "\n  pid " + std::to_string(p.pid) + " (" + std::string(1, p.state) +
+               "): " + cmdline_of(p.pid);
+    }
+    return out;
+}
+
+namespace {
+
+// Those of `procs` that are still alive.
+std::vector<ProcStat> living(const std::vector<ProcStat>& procs) {
+    std::vector<ProcStat> out;
+    std::copy_if(procs.begin(), procs.end(), std::back_inserter(out), alive);
+    return out;
+}
+
+} // namespace
+
+std::vector<ProcStat> wait_gone(const std::vector<ProcStat>& procs, Millis timeout) {
+    std::vector<ProcStat> left;
+    poll_until(
+        [&] {
+            left = living(procs);
+            return left.empty();
+        },
+        timeout, 50ms);
+    return left;
+}
+
+// ---- files and text ----
+
+std::string slurp(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+std::size_t count_of(std::string_view haystack, std::string_view needle, std::size_t from) {
+    std::size_t n = 0;
+    for (auto pos = haystack.find(needle, from); pos != std::string_view::npos;
+         pos = haystack.find(needle, pos + needle.size())) {
+        ++n;
+    }
+    return n;
+}
+
+std::optional<uint16_t> port_after(std::string_view text, std::string_view prefix) {
+    const std::string anchor = std::string(prefix) + "127.0.0.1:";
+    auto pos = text.find(anchor);
+    if (pos == std::string_view::npos) {
+        return std::nullopt;
+    }
+    const char* digits = text.data() + pos + anchor.size();
+    unsigned port = 0;
+    auto [end, ec] = std::from_chars(digits, text.data() + text.size(), port);
+    if (ec != std::errc{} || end == digits || port == 0 || port > 65535) {
+        return std::nullopt;
+    }
+    return static_cast<uint16_t>(port);
 }
 
 std::filesystem::path make_temp_dir(std::string_view prefix) {
@@ -1214,6 +1394,270 @@ void RouterFixture::TearDown() {
     }
     router_.reset();
     backends_.clear();
+}
+
+// ---- LiegeRunFixture ----
+
+namespace {
+
+constexpr const char* kInstanceVariable = "LIEGE_TEST_INSTANCE";
+
+// A sanitizer's report is never expected, whatever a test declares.
+constexpr const char* kSanitizerReports[] = {"AddressSanitizer", "LeakSanitizer",
+                                             "UndefinedBehaviorSanitizer", "runtime error:"};
+
+} // namespace
+
+void LiegeRunFixture::SetUp() {
+    root_ = make_temp_dir("liege-run-test");
+    vassals_ = root_ / "vassals.d";
+    std::filesystem::create_directories(vassals_);
+    marker_ = root_.string(); // unique while the test runs
+}
+
+void LiegeRunFixture::TearDown() {
+    if (emperor_) {
+        if (emperor_->running()) {
+            stop_emperor();
+        } else {
+            // The test stopped or killed the emperor itself and checked how it went; what it
+            // had started must be gone all the same.
+            expect_nothing_left({}, "after the emperor exited");
+        }
+        check_error_lines();
+        if (HasFailure()) {
+            std::cerr << "---- emperor log ----\n" << log() << "---- end ----\n";
+        }
+        emperor_.reset();
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(root_, ec);
+}
+
+void LiegeRunFixture::write_vassal(const std::string& name, const std::string& text) {
+    const auto temporary = vassals_ / ("." + name + ".toml.tmp");
+    write_file(temporary, text);
+    std::filesystem::rename(temporary, vassals_ / (name + ".toml"));
+}
+
+void LiegeRunFixture::remove_vassal(const std::string& name) {
+    std::filesystem::remove(vassals_ / (name + ".toml"));
+}
+
+void LiegeRunFixture::start_liege(const Options& options) {
+    std::vector<std::string> argv = {LIEGE_BINARY, "run",
+                                     "--vassals",  vassals_.string(),
+                                     "--listen",   "127.0.0.1:0",
+                                     "--admin",    options.admin,
+                                     "--threads",  std::to_string(options.threads)};
+    argv.insert(argv.end(), options.extra.begin(), options.extra.end());
+    for (std::size_t i = 0; i + 1 < argv.size(); ++i) {
+        if (argv[i] == "--log-dir") {
+            log_dir_ = argv[i + 1];
+        }
+    }
+    admin_text_ = options.admin;
+    emperor_ = std::make_unique<Process>(
+        argv, std::vector<std::string>{std::string(kInstanceVariable) + "=" + marker_});
+    ASSERT_TRUE(poll_until(
+        [&] {
+            return log().find("emperor: router started (pid ") != std::string::npos ||
+                   !emperor_->running();
+        },
+        kStart))
+        << "no router started\n"
+        << emperor_->describe();
+    ASSERT_TRUE(emperor_->running()) << emperor_->describe();
+    auto port = port_after(log(), "info listening on ");
+    ASSERT_TRUE(port) << "no `listening on` line\n" << log();
+    port_ = *port;
+    if (options.admin.starts_with("unix:")) {
+        ASSERT_NE(log().find("admin API on " + options.admin), std::string::npos) << log();
+    } else {
+        auto admin_port = port_after(log(), "admin API on ");
+        ASSERT_TRUE(admin_port) << log();
+        admin_port_ = *admin_port;
+        admin_text_ = "127.0.0.1:" + std::to_string(admin_port_);
+    }
+}
+
+void LiegeRunFixture::stop_emperor() {
+    const auto tracked = instance_processes();
+    emperor_->signal(SIGTERM);
+    auto status = emperor_->wait_exit(30s);
+    ASSERT_TRUE(status) << "the emperor did not exit within 30 s of SIGTERM";
+    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+        << "the emperor " << describe_status(*status) << " after SIGTERM";
+    expect_nothing_left(tracked, "after SIGTERM");
+    EXPECT_TRUE(wait_log("emperor: stopped", 1s)) << "no `emperor: stopped` line";
+}
+
+void LiegeRunFixture::expect_error_line(std::vector<std::string> parts) {
+    error_lines_declared_.push_back({std::move(parts), true});
+}
+
+void LiegeRunFixture::allow_error_line(std::vector<std::string> parts) {
+    error_lines_declared_.push_back({std::move(parts), false});
+}
+
+bool LiegeRunFixture::ErrorLine::matches(std::string_view line) const {
+    return std::all_of(parts.begin(), parts.end(),
+                       [&](const std::string& p) { return line.find(p) != line.npos; });
+}
+
+std::string LiegeRunFixture::log() const {
+    if (log_dir_.empty()) {
+        return emperor_->err().text();
+    }
+    return slurp(log_dir_ / "emperor.log.1") + slurp(log_dir_ / "emperor.log") +
+           emperor_->err().text();
+}
+
+std::optional<std::string> LiegeRunFixture::wait_log(const std::string& needle, Millis timeout,
+                                                     std::size_t from) const {
+    std::optional<std::string> line;
+    poll_until(
+        [&] {
+            std::string text = log();
+            if (from > text.size()) {
+                return false;
+            }
+            auto pos = text.find(needle, from);
+            if (pos == std::string::npos) {
+                return false;
+            }
+            auto begin = text.rfind('\n', pos);
+            begin = begin == std::string::npos ? 0 : begin + 1;
+            auto end = text.find('\n', pos);
+            line = text.substr(begin, end == std::string::npos ? end : end - begin);
+            return true;
+        },
+        timeout, 20ms);
+    return line;
+}
+
+std::vector<std::string> LiegeRunFixture::error_lines() const {
+    // "2026-12-01T08:26:36.302 error ...": the emperor's own lines and the router's it relays at
+    // their level; the second form is a router line relayed whole.
+    static const std::regex kError(
+        R"(^\S+ (error|critical) |^\S+ \S+ \[router\] \S+ (error|critical) )");
+    std::vector<std::string> out;
+    std::istringstream in(log());
+    for (std::string line; std::getline(in, line);) {
+        if (std::regex_search(line, kError)) {
+            out.push_back(line);
+        }
+    }
+    return out;
+}
+
+void LiegeRunFixture::check_error_lines() {
+    std::string unexpected;
+    std::vector<bool> seen(error_lines_declared_.size(), false);
+    for (const auto& line : error_lines()) {
+        bool declared = false;
+        for (std::size_t i = 0; i < error_lines_declared_.size(); ++i) {
+            if (error_lines_declared_[i].matches(line)) {
+                seen[i] = true;
+                declared = true;
+            }
+        }
+        if (!declared) {
+            unexpected += "\n  " + line;
+        }
+    }
+    EXPECT_TRUE(unexpected.empty()) << "error-level log lines:" << unexpected;
+    for (std::size_t i = 0; i < error_lines_declared_.size(); ++i) {
+        std::string parts;
+        for (const auto& p : error_lines_declared_[i].parts) {
+            parts += (parts.empty() ? "`" : ", `") + p + "`";
+        }
+        EXPECT_TRUE(seen[i] || !error_lines_declared_[i].required)
+            << "the test expects an error-level line with " << parts << ", and none came";
+    }
+    const std::string text = log();
+    for (const char* report : kSanitizerReports) {
+        EXPECT_EQ(text.find(report), std::string::npos) << "the log contains `" << report << "`";
+    }
+}
+
+Response LiegeRunFixture::admin(const std::string& method, const std::string& target) const {
+    if (admin_port_ == 0) {
+        throw HttpError("the admin API is not on a TCP port");
+    }
+    HttpClient c(admin_port_);
+    return c.request(method, target, {{"Connection", "close"}});
+}
+
+std::optional<nlohmann::json> LiegeRunFixture::status() const {
+    try {
+        Response r = admin("GET", "/status");
+        if (r.status != 200) {
+            return std::nullopt;
+        }
+        return nlohmann::json::parse(r.body);
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+}
+
+std::vector<ProcStat> LiegeRunFixture::instance_processes() const {
+    auto out = descendants(emperor_pid());
+    std::vector<pid_t> reported;
+    if (auto s = status()) {
+        for (const auto& v : (*s)["vassals"]) {
+            for (const auto& w : v["workers"]) {
+                reported.push_back(w["pid"].get<pid_t>());
+            }
+        }
+        reported.push_back((*s)["router"]["pid"].get<pid_t>());
+    }
+    for (pid_t pid : reported) {
+        const bool known =
+            std::any_of(out.begin(), out.end(), [&](auto& p) { return p.pid == pid; });
+        if (auto p = read_stat(pid); p && !known && p->state != 'Z') {
+            out.push_back(*p);
+        }
+    }
+    return out;
+}
+
+std::vector<ProcStat> LiegeRunFixture::marked_processes() const {
+    const std::string entry = std::string(kInstanceVariable) + "=" + marker_;
+    std::vector<ProcStat> out;
+    for (const auto& p : all_processes()) {
+        if (p.state == 'Z' || p.state == 'X' || p.pid == ::getpid()) {
+            continue;
+        }
+        auto env = read_nul_separated("/proc/" + std::to_string(p.pid) + "/environ");
+        if (std::find(env.begin(), env.end(), entry) != env.end()) {
+            out.push_back(p);
+        }
+    }
+    return out;
+}
+
+void LiegeRunFixture::expect_nothing_left(const std::vector<ProcStat>& tracked,
+                                          const char* when) const {
+    std::vector<ProcStat> left;
+    poll_until(
+        [&] {
+            left = living(tracked);
+            for (const auto& p : marked_processes()) {
+                if (std::none_of(left.begin(), left.end(),
+                                 [&](auto& l) { return l.pid == p.pid; })) {
+                    left.push_back(p);
+                }
+            }
+            return left.empty();
+        },
+        kWait, 50ms);
+    EXPECT_TRUE(left.empty()) << "left behind " << when << ":" << describe_procs(left);
+    for (const auto& p : left) {
+        if (alive(p)) {
+            ::kill(p.pid, SIGKILL); // not left for the next test
+        }
+    }
 }
 
 } // namespace liege::test

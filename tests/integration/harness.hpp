@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -24,6 +25,7 @@
 #include <sys/types.h>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 namespace liege::test {
 
@@ -33,6 +35,8 @@ using namespace std::chrono_literals;
 
 // Bound for every wait in the integration tests: generous, since the box may be loaded.
 inline constexpr Millis kWait = 10s;
+// Bound for anything that starts processes (an emperor, a router, a pool, a reload).
+inline constexpr Millis kStart = 20s;
 
 // Polls `condition` every `interval` until it is true (returns true) or `timeout` passes
 // (returns false after one last check).
@@ -71,8 +75,9 @@ private:
 // A child process with its own process group, stdout and stderr captured.
 class Process {
 public:
-    // Starts argv[0] with the given arguments. Throws std::runtime_error if it cannot.
-    explicit Process(std::vector<std::string> argv);
+    // Starts argv[0] with the given arguments, in this process's environment plus `extra_env`
+    // ("NAME=value" entries). Throws std::runtime_error if it cannot.
+    explicit Process(std::vector<std::string> argv, const std::vector<std::string>& extra_env = {});
     Process(const Process&) = delete;
     Process& operator=(const Process&) = delete;
     // Kills the process group (SIGKILL), reaps the child and records a test failure if any
@@ -122,6 +127,42 @@ int open_fds(pid_t pid);
 
 // True once `pid` is no process any more (a zombie nobody reaped yet counts as gone).
 bool process_gone(pid_t pid);
+
+// ---- processes in /proc ----
+
+struct ProcStat {
+    pid_t pid = 0;
+    pid_t ppid = 0;
+    pid_t pgrp = 0;
+    char state = '?';
+    unsigned long long start_time = 0; // clock ticks after boot: tells a reused pid apart
+};
+
+// The process's /proc/PID/stat, or nullopt once it is gone.
+std::optional<ProcStat> read_stat(pid_t pid);
+std::vector<ProcStat> all_processes();
+// Every living process below `root` (not `root` itself).
+std::vector<ProcStat> descendants(pid_t root);
+// The same process (not a reused pid) exists and is not a zombie.
+bool alive(const ProcStat& p);
+std::vector<std::string> read_nul_separated(const std::string& path);
+std::map<std::string, std::string> environ_of(pid_t pid);
+std::string cmdline_of(pid_t pid);
+// One line per process: pid, state and command line.
+std::string describe_procs(const std::vector<ProcStat>& procs);
+// Waits until none of `procs` is alive; returns the survivors.
+std::vector<ProcStat> wait_gone(const std::vector<ProcStat>& procs, Millis timeout = kWait);
+
+// ---- files and text ----
+
+// The whole file, or "" if it cannot be read.
+std::string slurp(const std::filesystem::path& path);
+
+// How many times `needle` occurs in `haystack` from byte `from` on, without overlaps.
+std::size_t count_of(std::string_view haystack, std::string_view needle, std::size_t from = 0);
+
+// The port in the first "<prefix>127.0.0.1:PORT" of `text`.
+std::optional<uint16_t> port_after(std::string_view text, std::string_view prefix);
 
 // A new directory under the system's temporary directory, named PREFIX.XXXXXX; throws on error.
 std::filesystem::path make_temp_dir(std::string_view prefix);
@@ -434,6 +475,98 @@ protected:
     std::vector<std::unique_ptr<TestBackend>> backends_;
     std::unique_ptr<Process> router_;
     uint16_t port_ = 0;
+};
+
+// `liege run` as a user starts it, over a temporary vassals directory, with its public port and
+// (unless a test says otherwise) its admin API on 127.0.0.1:0. The fixture of every test of the
+// real emperor; test files derive their own fixtures from it for their helpers.
+//
+// Tear-down is the same for every test:
+// - an emperor still running gets SIGTERM and must exit 0 and log "emperor: stopped";
+// - no process of this liege instance may be left: not one of the emperor's descendants or of
+//   the workers and router /status reported just before the SIGTERM, nor any process that
+//   carries the instance's marker in its environment (every process the emperor starts inherits
+//   it, so this also finds one that was reparented, or outlived an emperor a test killed);
+// - its log may hold no error-level line (spdlog's "error" or "critical", the router's relayed
+//   lines included) but those a test declared with expect_error_line() or allow_error_line(),
+//   and no sanitizer report.
+// On failure the emperor's log is printed.
+class LiegeRunFixture : public ::testing::Test {
+protected:
+    struct Options {
+        std::vector<std::string> extra;    // more arguments of `liege run`
+        std::string admin = "127.0.0.1:0"; // --admin
+        int threads = 1;                   // --threads
+    };
+
+    void SetUp() override;
+    void TearDown() override;
+
+    // Writes a vassal file the way a deploy tool does: a hidden temporary file renamed into
+    // place, so the watcher never sees it half-written.
+    void write_vassal(const std::string& name, const std::string& text);
+    void remove_vassal(const std::string& name);
+
+    // Starts `liege run` and waits for its router, its public port and its admin address. Use
+    // with ASSERT_NO_FATAL_FAILURE.
+    void start_liege(const Options& options);
+
+    // SIGTERM, then asserts exit code 0, "emperor: stopped", and that nothing of this liege
+    // instance is left.
+    void stop_emperor();
+
+    // Declares that the test provokes error-level lines that contain every one of `parts`:
+    // tear-down requires at least one such line and accepts them all.
+    void expect_error_line(std::vector<std::string> parts);
+    // As expect_error_line, for lines the test may provoke but need not (a race it allows).
+    void allow_error_line(std::vector<std::string> parts);
+
+    pid_t emperor_pid() const { return emperor_->pid(); }
+
+    // The emperor's own log: stderr, or with --log-dir emperor.log (and its rotated
+    // predecessor) followed by stderr, which then keeps only warnings and errors.
+    std::string log() const;
+    // A position in the log: wait_log(..., from = mark()) only looks at what comes after it.
+    std::size_t mark() const { return log().size(); }
+    // Waits until the log, from byte `from` on, has a line containing `needle`; returns it.
+    std::optional<std::string> wait_log(const std::string& needle, Millis timeout = kStart,
+                                        std::size_t from = 0) const;
+    // How many times `needle` occurs in the log after `from`.
+    std::size_t count_log(const std::string& needle, std::size_t from = 0) const {
+        return count_of(log(), needle, from);
+    }
+    // Every error-level line of the log.
+    std::vector<std::string> error_lines() const;
+
+    // One request to the admin API on its own connection (TCP admin addresses only).
+    Response admin(const std::string& method, const std::string& target) const;
+    // GET /status, or nullopt if it cannot be had.
+    std::optional<nlohmann::json> status() const;
+
+    std::filesystem::path root_;
+    std::filesystem::path vassals_;
+    std::filesystem::path log_dir_;
+    std::unique_ptr<Process> emperor_;
+    uint16_t port_ = 0;
+    uint16_t admin_port_ = 0; // 0 with a unix admin socket
+    std::string admin_text_;  // the admin address as /status and the commands spell it
+
+private:
+    // What the instance runs now: the emperor's descendants and what /status reports.
+    std::vector<ProcStat> instance_processes() const;
+    // Living processes that carry this instance's marker in their environment.
+    std::vector<ProcStat> marked_processes() const;
+    // Waits until neither `tracked` nor any marked process is alive; a failure names them.
+    void expect_nothing_left(const std::vector<ProcStat>& tracked, const char* when) const;
+    void check_error_lines();
+
+    struct ErrorLine {
+        std::vector<std::string> parts;
+        bool required = false;
+        bool matches(std::string_view line) const;
+    };
+    std::vector<ErrorLine> error_lines_declared_;
+    std::string marker_; // LIEGE_TEST_INSTANCE=<value> in the environment of the instance
 };
 
 } // namespace liege::test

@@ -12,8 +12,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <csignal>
-#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <poll.h>
@@ -788,31 +787,21 @@ TEST_F(RouterConformance, TrailersThenA304WithALengthThenA200ShareOneKeepAliveCo
 namespace {
 
 // `liege run` over vassals of liege-test-backend workers, for what only an emperor's routes show
-// (path prefixes). Tear-down stops it with SIGTERM and expects exit 0.
-class LiegeRunConformance : public ::testing::Test {
+// (path prefixes). The harness's LiegeRunFixture stops it in tear-down and checks what is left.
+class LiegeRunConformance : public LiegeRunFixture {
 protected:
     // Starts `liege run` with one vassal per entry of `vassals` (name -> more TOML lines), each a
     // single worker answering GET /id with NAME-1, and waits until every worker is ready.
     void start(const std::map<std::string, std::string>& vassals) {
-        dir_ = make_temp_dir("liege-conformance");
-        const auto vassal_dir = dir_ / "vassals.d";
-        std::filesystem::create_directory(vassal_dir);
         for (const auto& [name, more] : vassals) {
-            write_file(vassal_dir / (name + ".toml"),
-                       "command = [\"" + std::string(LIEGE_TEST_BACKEND) +
-                           "\", \"--listen\", \"127.0.0.1:${PORT}\", \"--name\", "
-                           "\"${NAME}-${WORKER}\"]\n" +
-                           more);
+            write_vassal(name, "command = [\"" + std::string(LIEGE_TEST_BACKEND) +
+                                   "\", \"--listen\", \"127.0.0.1:${PORT}\", \"--name\", "
+                                   "\"${NAME}-${WORKER}\"]\n" +
+                                   more);
         }
-        emperor_ = std::make_unique<Process>(std::vector<std::string>{
-            LIEGE_BINARY, "run", "--vassals", vassal_dir.string(), "--listen", "127.0.0.1:0",
-            "--admin", "unix:" + (dir_ / "liege.sock").string(), "--threads", "1"});
-        auto port = wait_for_port(emperor_->err(), kStart);
-        ASSERT_TRUE(port) << emperor_->describe();
-        port_ = *port;
+        ASSERT_NO_FATAL_FAILURE(start_liege({}));
         for (const auto& [name, more] : vassals) {
-            ASSERT_TRUE(emperor_->err().wait_for_line_containing(
-                "vassal " + name + ": worker 1 ready in ", kStart))
+            ASSERT_TRUE(wait_log("vassal " + name + ": worker 1 ready in ", kStart))
                 << emperor_->describe();
         }
     }
@@ -823,35 +812,6 @@ protected:
             return c.request("GET", target, {{"Host", host}}, {}, kPrompt);
         });
     }
-
-    void TearDown() override {
-        if (emperor_ && emperor_->running()) {
-            emperor_->signal(SIGTERM);
-            auto status = emperor_->wait_exit(30s);
-            EXPECT_TRUE(status && describe_status(*status) == "exited 0")
-                << "after SIGTERM the emperor "
-                << (status ? describe_status(*status) : "still runs");
-        }
-        if (emperor_) {
-            const std::string log = emperor_->err().text();
-            for (const char* bad : {"AddressSanitizer", "runtime error:", " critical "}) {
-                EXPECT_EQ(log.find(bad), std::string::npos) << "the log contains '" << bad << "'";
-            }
-            if (HasFailure()) {
-                std::cerr << "==== liege run ====\n" << emperor_->describe(80);
-            }
-        }
-        emperor_.reset();
-        if (!dir_.empty()) {
-            std::filesystem::remove_all(dir_);
-        }
-    }
-
-    static constexpr Millis kStart = 20s; // anything that starts processes, on a loaded box
-
-    std::filesystem::path dir_;
-    std::unique_ptr<Process> emperor_;
-    uint16_t port_ = 0;
 };
 
 } // namespace
@@ -861,13 +821,20 @@ protected:
 TEST_F(LiegeRunConformance, AbsoluteFormTargetIsRoutedByItsAuthorityAndPath) {
     ASSERT_NO_FATAL_FAILURE(start(
         {{"site", ""}, {"api", "path = \"/api\"\n"}, {"alpha", "hosts = [\"alpha.test\"]\n"}}));
-    // Routes reach the router just after the workers are ready.
-    ASSERT_TRUE(poll_until(
-        [&] {
-            auto r = get("/api/id", "site.test");
-            return r && r->header("X-Backend") == "api-1";
-        },
-        kStart, 50ms));
+    // Each vassal's route reaches the router a moment after its worker is ready.
+    for (const auto& [target, host, backend] :
+         std::vector<std::tuple<std::string, std::string, std::string>>{
+             {"/api/id", "site.test", "api-1"},
+             {"/id", "alpha.test", "alpha-1"},
+             {"/id", "site.test", "site-1"}}) {
+        ASSERT_TRUE(poll_until(
+            [&] {
+                auto r = get(target, host);
+                return r && r->header("X-Backend") == backend;
+            },
+            kStart, 50ms))
+            << host << target;
+    }
     struct Case {
         std::string target;
         std::string host;

@@ -621,6 +621,16 @@ struct ExecPlan {
 
 } // namespace
 
+std::string format_last_lines(const Child* child) {
+    std::string out;
+    if (child != nullptr) {
+        for (const auto& l : child->last_lines()) {
+            out += "\n    | " + l;
+        }
+    }
+    return out;
+}
+
 std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child::LineFn on_line,
                                    Child::ExitFn on_exit, int* err) {
     auto fail = [err](int e) -> std::unique_ptr<Child> {

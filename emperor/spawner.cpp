@@ -1,5 +1,8 @@
 // Spawning, reaping and stopping children.
 //
+// One file past 700 lines: the fork/exec protocol, the reaper and the stop escalation share one
+// ChildCore and its invariants (below); split, each part would have to re-explain the others.
+//
 // fork() copies one thread of a process that may hold locks (malloc's, stdio's, spdlog's), so
 // between fork and exec the child may only make async-signal-safe calls: no allocation, no
 // setenv, no logging. Everything it needs (argv, envp, the PATH candidates for argv[0], the fd

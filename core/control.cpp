@@ -12,8 +12,10 @@ std::string encode(const RoutesMessage& m) {
     for (const auto& r : m.routes) {
         json backends = json::array();
         for (const auto& b : r.backends) {
-            backends.push_back(
-                {{"address", b.address}, {"worker", b.worker}, {"draining", b.draining}});
+            backends.push_back({{"address", b.address},
+                                {"worker", b.worker},
+                                {"draining", b.draining},
+                                {"generation", b.generation}});
         }
         routes.push_back({{"vassal", r.vassal},
                           {"generation", r.generation},
@@ -30,9 +32,8 @@ std::string encode_hello() {
 }
 
 std::string encode(const DrainedMessage& m) {
-    return json{{"type", "drained"}, {"address", m.address}}.dump(-1, ' ', false,
-                                                                  json::error_handler_t::replace) +
-           "\n";
+    json j = {{"type", "drained"}, {"address", m.address}, {"generation", m.generation}};
+    return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 std::string encode(const StatsMessage& m) {
@@ -138,7 +139,8 @@ RoutesMessage decode_routes(const json& j) {
         spec.path = r.value("path", std::string("/"));
         for (const auto& b : r.at("backends")) {
             spec.backends.push_back({b.at("address").get<std::string>(), b.value("worker", 0),
-                                     b.value("draining", false)});
+                                     b.value("draining", false),
+                                     b.value("generation", uint64_t{0})});
         }
         m.routes.push_back(std::move(spec));
     }
@@ -146,7 +148,7 @@ RoutesMessage decode_routes(const json& j) {
 }
 
 DrainedMessage decode_drained(const json& j) {
-    return {j.at("address").get<std::string>()};
+    return {j.at("address").get<std::string>(), j.value("generation", uint64_t{0})};
 }
 
 StatsMessage decode_stats(const json& j) {

@@ -23,6 +23,7 @@
 #include <map>
 
 #include "emperor.hpp"
+#include "liege/clock.hpp"
 #include "liege/http_head.hpp"
 #include "liege/log.hpp"
 #include "liege/metrics.hpp"
@@ -321,7 +322,7 @@ int AdminServer::Impl::start(const Address& address) {
                      bound.str());
     }
     spdlog::info("admin API on {}", bound.str());
-    emperor.on_router_stats([this] { rates.add(emperor.router_stats(), emperor::now_ms()); });
+    emperor.on_router_stats([this] { rates.add(emperor.router_stats(), steady_now_ms()); });
     return 0;
 }
 
@@ -603,7 +604,7 @@ void AdminServer::Impl::reload_all(Conn& c) {
 
 json AdminServer::Impl::status_document() const {
     json doc = emperor.status();
-    const int64_t now = emperor::now_ms();
+    const int64_t now = steady_now_ms();
     const control::StatsMessage& stats = emperor.router_stats();
     std::map<std::string, const control::VassalFigures*> figures;
     for (const auto& f : stats.vassals) {
@@ -655,14 +656,12 @@ json AdminServer::Impl::status_document() const {
             // is not counted until the router has it.
             int serving = 0;
             for (const emperor::Generation* gen : {rt.active.get(), rt.next.get()}) {
-                if (gen != nullptr) {
-                    for (const auto& w : gen->workers) {
-                        serving += w->state == emperor::WorkerState::Ready && w->routed ? 1 : 0;
-                    }
+                for (const emperor::WorkerProc* w : rt.members(gen)) {
+                    serving += w->serving() ? 1 : 0;
                 }
             }
             v["workers_ready"] = serving;
-            v["uptime_seconds"] = rt.started_unix != 0 ? emperor::now_unix() - rt.started_unix : 0;
+            v["uptime_seconds"] = rt.started_unix != 0 ? unix_now() - rt.started_unix : 0;
         }
     }
     return doc;

@@ -1,4 +1,5 @@
 // `liege run`: the emperor's loop and signals.
+#include <cassert>
 #include <csignal>
 
 #include "emperor.hpp"
@@ -88,9 +89,17 @@ int run_emperor(const EmperorOptions& options) {
     }
     // Let the handles closed by destructors finish closing.
     uv_run(&loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(&loop) != 0) {
-        spdlog::debug("emperor: loop still had handles at exit");
+    const int loop_closed = uv_loop_close(&loop);
+#ifndef NDEBUG
+    // Every handle has one owner that closes it: one still open here is a leak, so a debug build
+    // stops on it (with the list of what is open) instead of letting it go unnoticed.
+    if (loop_closed != 0) {
+        uv_print_all_handles(&loop, stderr);
     }
+    assert(loop_closed == 0);
+#else
+    (void)loop_closed;
+#endif
     spdlog::info("emperor: stopped");
     install_log_files(nullptr);
     return exit_code;

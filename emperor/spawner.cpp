@@ -1,5 +1,8 @@
 // Spawning, reaping and stopping children.
 //
+// One file past 700 lines: the fork/exec protocol, the reaper and the stop escalation share one
+// ChildCore and its invariants (below); split, each part would have to re-explain the others.
+//
 // fork() copies one thread of a process that may hold locks (malloc's, stdio's, spdlog's), so
 // between fork and exec the child may only make async-signal-safe calls: no allocation, no
 // setenv, no logging. Everything it needs (argv, envp, the PATH candidates for argv[0], the fd
@@ -620,6 +623,16 @@ struct ExecPlan {
 // --- end of the async-signal-safe part ---
 
 } // namespace
+
+std::string format_last_lines(const Child* child) {
+    std::string out;
+    if (child != nullptr) {
+        for (const auto& l : child->last_lines()) {
+            out += "\n    | " + l;
+        }
+    }
+    return out;
+}
 
 std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child::LineFn on_line,
                                    Child::ExitFn on_exit, int* err) {

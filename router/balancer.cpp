@@ -20,12 +20,6 @@ Backend::Backend(Address a) : address(std::move(a)), name(address.str()) {
     resolved = to_sockaddr(address, sockaddr, sockaddr_len) == 0;
 }
 
-int64_t steady_now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
-
 int64_t Backend::mark_failed(int64_t now_ms) {
     failures.fetch_add(1, std::memory_order_relaxed);
     int n = consecutive_failures.fetch_add(1, std::memory_order_relaxed);

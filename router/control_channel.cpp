@@ -26,20 +26,22 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
         pool.stats = vit != vassals_.end() ? vit->second : std::make_shared<VassalStats>();
         next_vassals[r.vassal] = pool.stats;
         for (const auto& b : r.backends) {
+            const std::string key = b.address + "@" + std::to_string(b.generation);
             std::shared_ptr<Backend> be;
-            if (auto it = next_backends.find(b.address); it != next_backends.end()) {
+            if (auto it = next_backends.find(key); it != next_backends.end()) {
                 be = it->second;
-            } else if (auto old = backends_.find(b.address); old != backends_.end()) {
+            } else if (auto old = backends_.find(key); old != backends_.end()) {
                 be = old->second;
             } else {
                 try {
                     be = std::make_shared<Backend>(parse_address(b.address));
+                    be->generation = b.generation;
                 } catch (const std::exception& e) {
                     spdlog::warn("router: ignoring backend '{}': {}", b.address, e.what());
                     continue;
                 }
             }
-            next_backends[b.address] = be;
+            next_backends[key] = be;
             if (b.draining) {
                 // Marked on the Backend only once every thread has stopped picking it.
                 if (!be->draining.load()) {
@@ -91,9 +93,9 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
 
 control::StatsMessage RouteBuilder::stats() const {
     control::StatsMessage m;
-    for (const auto& [name, be] : backends_) {
+    for (const auto& [key, be] : backends_) {
         control::BackendStats s;
-        s.address = name;
+        s.address = be->name;
         s.in_flight = be->in_flight.load(std::memory_order_relaxed);
         s.requests = be->requests.load(std::memory_order_relaxed);
         s.failures = be->failures.load(std::memory_order_relaxed);
@@ -124,52 +126,31 @@ control::StatsMessage RouteBuilder::stats() const {
 ControlChannel::ControlChannel(uv_loop_t* loop, int fd, Shared& shared,
                                std::vector<std::unique_ptr<RouterThread>>& threads,
                                std::function<void()> on_lost)
-    : loop_(loop), shared_(shared), threads_(threads), on_lost_(std::move(on_lost)),
-      builder_(shared.options.lb) {
-    pipe_ = new uv_pipe_t;
-    uv_pipe_init(loop, pipe_, 0);
-    uv_pipe_open(pipe_, fd);
-    pipe_->data = this;
-    uv_read_start(
-        reinterpret_cast<uv_stream_t*>(pipe_),
-        [](uv_handle_t*, size_t, uv_buf_t* buf) {
-            static thread_local char storage[64 * 1024];
-            *buf = uv_buf_init(storage, sizeof(storage));
-        },
-        [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
-            auto* self = static_cast<ControlChannel*>(s->data);
-            if (n < 0) {
-                spdlog::warn("router: control socket closed ({}); shutting down",
-                             n == UV_EOF ? "emperor gone" : uv_strerror(static_cast<int>(n)));
-                self->close();
-                if (self->on_lost_) {
-                    self->on_lost_();
-                }
-                return;
-            }
-            self->in_.append({buf->base, static_cast<size_t>(n)});
-            std::string line;
-            while (self->in_.next(line)) {
-                self->on_line(line);
-            }
-        });
-    drained_ = new uv_async_t;
-    uv_async_init(loop, drained_,
+    : shared_(shared), threads_(threads), on_lost_(std::move(on_lost)), builder_(shared.options.lb),
+      link_(
+          loop, fd, [this](const std::string& line) { on_line(line); },
+          [this](int status) {
+              spdlog::warn("router: control socket closed ({}); shutting down",
+                           status == UV_EOF ? "emperor gone" : uv_strerror(status));
+              close();
+              if (on_lost_) {
+                  on_lost_();
+              }
+          }) {
+    uv_async_init(loop, drained_.get(),
                   [](uv_async_t* a) { static_cast<ControlChannel*>(a->data)->send_drained(); });
     drained_->data = this;
     {
         std::lock_guard lock(shared_.drained_mu);
-        shared_.drained_async = drained_;
+        shared_.drained_async = drained_.get();
     }
-    drain_timer_ = new uv_timer_t;
-    uv_timer_init(loop, drain_timer_);
+    uv_timer_init(loop, drain_timer_.get());
     drain_timer_->data = this;
-    stats_timer_ = new uv_timer_t;
-    uv_timer_init(loop, stats_timer_);
+    uv_timer_init(loop, stats_timer_.get());
     stats_timer_->data = this;
     uv_timer_start(
-        stats_timer_, [](uv_timer_t* t) { static_cast<ControlChannel*>(t->data)->send_stats(); },
-        1000, 1000);
+        stats_timer_.get(),
+        [](uv_timer_t* t) { static_cast<ControlChannel*>(t->data)->send_stats(); }, 1000, 1000);
     send(control::encode_hello());
 }
 
@@ -186,25 +167,10 @@ void ControlChannel::close() {
         std::lock_guard lock(shared_.drained_mu);
         shared_.drained_async = nullptr;
     }
-    auto free_handle = [](uv_handle_t* h) {
-        switch (h->type) {
-        case UV_NAMED_PIPE:
-            delete reinterpret_cast<uv_pipe_t*>(h);
-            break;
-        case UV_ASYNC:
-            delete reinterpret_cast<uv_async_t*>(h);
-            break;
-        case UV_TIMER:
-            delete reinterpret_cast<uv_timer_t*>(h);
-            break;
-        default:
-            break;
-        }
-    };
-    uv_close(reinterpret_cast<uv_handle_t*>(pipe_), free_handle);
-    uv_close(reinterpret_cast<uv_handle_t*>(drained_), free_handle);
-    uv_close(reinterpret_cast<uv_handle_t*>(stats_timer_), free_handle);
-    uv_close(reinterpret_cast<uv_handle_t*>(drain_timer_), free_handle);
+    link_.close();
+    drained_.reset();
+    stats_timer_.reset();
+    drain_timer_.reset();
 }
 
 void ControlChannel::on_line(const std::string& line) {
@@ -244,19 +210,8 @@ void ControlChannel::on_line(const std::string& line) {
 }
 
 void ControlChannel::send(std::string text) {
-    if (closed_) {
-        return;
-    }
-    struct Req {
-        uv_write_t w;
-        std::string data;
-    };
-    auto* r = new Req{{}, std::move(text)};
-    uv_buf_t buf = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
-    r->w.data = r;
-    if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(pipe_), &buf, 1,
-                 [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
-        delete r;
+    if (!closed_) {
+        link_.send(std::move(text));
     }
 }
 
@@ -268,36 +223,36 @@ void ControlChannel::check_drains() {
     for (const auto& w : threads_) {
         applied = std::min(applied, w->routes_version());
     }
-    std::vector<std::string> idle;
+    std::vector<control::DrainedMessage> idle;
     std::erase_if(pending_drains_, [&](PendingDrain& p) {
         if (p.version > applied) {
             return false;
         }
         for (auto& be : p.backends) {
             if (!be->draining.exchange(true) && be->in_flight.load() == 0) {
-                idle.push_back(be->name);
+                idle.push_back({be->name, be->generation});
             }
         }
         return true;
     });
-    for (const auto& name : idle) {
-        send(control::encode(control::DrainedMessage{name}));
+    for (const auto& m : idle) {
+        send(control::encode(m));
     }
     if (!pending_drains_.empty() && !closed_) {
         uv_timer_start(
-            drain_timer_,
+            drain_timer_.get(),
             [](uv_timer_t* t) { static_cast<ControlChannel*>(t->data)->check_drains(); }, 2, 0);
     }
 }
 
 void ControlChannel::send_drained() {
-    std::vector<std::string> names;
+    std::vector<control::DrainedMessage> drained;
     {
         std::lock_guard lock(shared_.drained_mu);
-        names.swap(shared_.drained);
+        drained.swap(shared_.drained);
     }
-    for (const auto& n : names) {
-        send(control::encode(control::DrainedMessage{n}));
+    for (const auto& m : drained) {
+        send(control::encode(m));
     }
 }
 

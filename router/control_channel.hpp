@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "liege/control.hpp"
+#include "liege/control_link.hpp"
+#include "liege/uv.hpp"
 #include "router_thread.hpp"
 
 namespace liege::router {
@@ -32,6 +34,7 @@ public:
 private:
     LbPolicy policy_;
     uint64_t version_ = 1;
+    // By address and generation (see control::BackendSpec).
     std::map<std::string, std::shared_ptr<Backend>> backends_;
     std::map<std::string, std::shared_ptr<VassalStats>> vassals_;
 };
@@ -56,17 +59,15 @@ private:
         std::vector<std::shared_ptr<Backend>> backends;
     };
     std::vector<PendingDrain> pending_drains_;
-    uv_timer_t* drain_timer_ = nullptr;
 
-    uv_loop_t* loop_;
     Shared& shared_;
     std::vector<std::unique_ptr<RouterThread>>& threads_;
     std::function<void()> on_lost_;
     RouteBuilder builder_;
-    control::LineBuffer in_;
-    uv_pipe_t* pipe_ = nullptr;
-    uv_async_t* drained_ = nullptr;
-    uv_timer_t* stats_timer_ = nullptr;
+    control::ControlLink link_;
+    UvHandle<uv_async_t> drained_;
+    UvHandle<uv_timer_t> drain_timer_;
+    UvHandle<uv_timer_t> stats_timer_;
     bool closed_ = false;
     bool accepting_ = false;
 };

@@ -14,6 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cassert>
 #include <csignal>
 #include <cstring>
 #include <memory>
@@ -236,7 +237,16 @@ int run_router(const RouterOptions& options) {
     });
     uv_run(&loop, UV_RUN_DEFAULT);
     joiner.join();
-    uv_loop_close(&loop);
+    const int loop_closed = uv_loop_close(&loop);
+#ifndef NDEBUG
+    // The control thread's handles are all closed by now; one left open is a leak.
+    if (loop_closed != 0) {
+        uv_print_all_handles(&loop, stderr);
+    }
+    assert(loop_closed == 0);
+#else
+    (void)loop_closed;
+#endif
     router_threads.clear();
     if (log_fd > STDERR_FILENO) {
         ::close(log_fd);

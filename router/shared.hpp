@@ -13,6 +13,7 @@
 
 #include "access_log.hpp"
 #include "liege/balancer.hpp"
+#include "liege/control.hpp"
 #include "liege/router.hpp"
 
 namespace liege::router {
@@ -30,18 +31,18 @@ struct Shared {
     void release_backend(Backend& b) {
         if (b.in_flight.fetch_sub(1, std::memory_order_acq_rel) == 1 &&
             b.draining.load(std::memory_order_acquire)) {
-            report_drained(b.name);
+            report_drained(b);
         }
     }
-    void report_drained(const std::string& name) {
+    void report_drained(const Backend& b) {
         std::lock_guard lock(drained_mu);
-        drained.push_back(name);
+        drained.push_back({b.name, b.generation});
         if (drained_async != nullptr) {
             uv_async_send(drained_async);
         }
     }
     std::mutex drained_mu;
-    std::vector<std::string> drained;
+    std::vector<control::DrainedMessage> drained;
     uv_async_t* drained_async = nullptr; // the control thread's; null without an emperor
 };
 

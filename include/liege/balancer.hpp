@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "liege/address.hpp"
+#include "liege/clock.hpp" // steady_now_ms(), the clock Backend::is_up() and mark_failed() take
 
 namespace liege {
 
@@ -30,6 +31,7 @@ struct Backend {
     sockaddr_storage sockaddr{};
     socklen_t sockaddr_len = 0;
     bool resolved = false;
+    uint64_t generation = 0;               // of the vassal; set before any thread sees it
     std::atomic<bool> draining{false};     // gets no new requests; reported once idle
     std::atomic<bool> retired{false};      // gone from the routes: pooled connections close
     std::atomic<int> in_flight{0};         // requests assigned and not finished
@@ -52,8 +54,6 @@ struct Backend {
         }
     }
 };
-
-int64_t steady_now_ms();
 
 class Balancer {
 public:

@@ -14,10 +14,13 @@
 
 namespace liege::control {
 
+// A backend is one worker of one generation: the address alone is not enough, since a port a
+// gone worker used may be given to a new one while the router still drains the old.
 struct BackendSpec {
     std::string address; // HOST:PORT or unix:PATH, as parse_address() reads it
     int worker = 0;
-    bool draining = false; // no new requests; report "drained" once none is in flight
+    bool draining = false;   // no new requests; report "drained" once none is in flight
+    uint64_t generation = 0; // the vassal generation the worker belongs to; 0 = static backend
 };
 
 struct RouteSpec {
@@ -37,6 +40,7 @@ struct RoutesMessage {
 // Router → emperor: a draining backend has no request in flight.
 struct DrainedMessage {
     std::string address;
+    uint64_t generation = 0; // as the backend's BackendSpec said
 };
 
 struct BackendStats {

@@ -80,6 +80,10 @@ public:
     virtual std::vector<std::string> last_lines() const = 0;
 };
 
+// The child's last lines (Child::last_lines), each on its own indented line after a newline, to
+// append to a failure report; "" for no child.
+std::string format_last_lines(const Child* child);
+
 // Spawns a child on `loop`. on_line gets each output line (without newline; a partial last line
 // is delivered when the pipe closes; a very long line is cut at 8 KiB); on_exit runs once, after
 // the process is reaped and its output pipes are drained. Returns nullptr and sets *err (negative

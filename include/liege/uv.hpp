@@ -4,10 +4,14 @@
 // never deletes directly: destruction (or reset()) calls uv_close() and the storage is freed in
 // the close callback. A handle that was never initialised (type UV_UNKNOWN_HANDLE) is freed at
 // once.
+//
+// post() is how a completion reaches its caller: from the loop, never from inside the function
+// that started the operation (the caller may still be iterating what the completion changes).
 #pragma once
 
 #include <uv.h>
 
+#include <functional>
 #include <utility>
 
 namespace liege {
@@ -50,5 +54,25 @@ public:
 private:
     T* handle_;
 };
+
+// Runs `fn` on `loop` on its next iteration (a zero-delay timer that closes itself).
+inline void post(uv_loop_t* loop, std::function<void()> fn) {
+    struct Posted {
+        UvHandle<uv_timer_t> timer;
+        std::function<void()> fn;
+    };
+    auto* p = new Posted{{}, std::move(fn)};
+    uv_timer_init(loop, p->timer.get());
+    p->timer->data = p;
+    uv_timer_start(
+        p->timer.get(),
+        [](uv_timer_t* t) {
+            auto* posted = static_cast<Posted*>(t->data);
+            auto run = std::move(posted->fn);
+            delete posted; // closes the timer; its memory goes in the close callback
+            run();
+        },
+        0, 0);
+}
 
 } // namespace liege

@@ -488,8 +488,8 @@ protected:
 //   carries the instance's marker in its environment (every process the emperor starts inherits
 //   it, so this also finds one that was reparented, or outlived an emperor a test killed);
 // - its log may hold no error-level line (spdlog's "error" or "critical", the router's relayed
-//   lines included) but those a test declared with expect_error_line() or allow_error_line(),
-//   and no sanitizer report.
+//   lines included) but those a test declared with expect_error_line(), and no sanitizer
+//   report.
 // On failure the emperor's log is printed.
 class LiegeRunFixture : public ::testing::Test {
 protected:
@@ -518,8 +518,6 @@ protected:
     // Declares that the test provokes error-level lines that contain every one of `parts`:
     // tear-down requires at least one such line and accepts them all.
     void expect_error_line(std::vector<std::string> parts);
-    // As expect_error_line, for lines the test may provoke but need not (a race it allows).
-    void allow_error_line(std::vector<std::string> parts);
 
     pid_t emperor_pid() const { return emperor_->pid(); }
 
@@ -560,12 +558,8 @@ private:
     void expect_nothing_left(const std::vector<ProcStat>& tracked, const char* when) const;
     void check_error_lines();
 
-    struct ErrorLine {
-        std::vector<std::string> parts;
-        bool required = false;
-        bool matches(std::string_view line) const;
-    };
-    std::vector<ErrorLine> error_lines_declared_;
+    // What expect_error_line() declared: each entry the parts of one kind of line.
+    std::vector<std::vector<std::string>> error_lines_expected_;
     std::string marker_; // LIEGE_TEST_INSTANCE=<value> in the environment of the instance
 };
 

@@ -109,3 +109,36 @@ TEST(Control, ThreadCountsOfDifferentLengthsAddPerIndex) {
 }
 
 } // namespace
+
+TEST(Control, BackendsCarryTheirGeneration) {
+    liege::control::RoutesMessage m;
+    m.version = 4;
+    liege::control::RouteSpec r;
+    r.vassal = "hello";
+    r.generation = 3;
+    r.backends = {{"127.0.0.1:4000", 1, false, 3}, {"127.0.0.1:4001", 2, true, 2}};
+    m.routes.push_back(r);
+    std::string line = liege::control::encode(m);
+    auto back =
+        liege::control::decode_routes(liege::control::parse_line(line.substr(0, line.size() - 1)));
+    ASSERT_EQ(back.routes.size(), 1u);
+    ASSERT_EQ(back.routes[0].backends.size(), 2u);
+    EXPECT_EQ(back.routes[0].backends[0].generation, 3u);
+    EXPECT_EQ(back.routes[0].backends[1].generation, 2u);
+    EXPECT_TRUE(back.routes[0].backends[1].draining);
+}
+
+TEST(Control, DrainedNamesAddressAndGeneration) {
+    std::string line = liege::control::encode(liege::control::DrainedMessage{"unix:/x.sock", 7});
+    auto j = liege::control::parse_line(line.substr(0, line.size() - 1));
+    EXPECT_EQ(j["type"], "drained");
+    auto m = liege::control::decode_drained(j);
+    EXPECT_EQ(m.address, "unix:/x.sock");
+    EXPECT_EQ(m.generation, 7u);
+}
+
+TEST(Control, ABackendWithoutAGenerationIsStatic) {
+    auto m = liege::control::decode_routes(liege::control::parse_line(
+        R"({"type":"routes","routes":[{"vassal":"v","backends":[{"address":"127.0.0.1:1"}]}]})"));
+    EXPECT_EQ(m.routes.at(0).backends.at(0).generation, 0u);
+}

@@ -1,16 +1,13 @@
-// Pure logic of the emperor's spawner, watcher and health probe: no processes, no sockets.
+// Pure logic of the emperor's spawner: splitting a child's output into lines, describing how it
+// exited. No processes.
 #include <gtest/gtest.h>
 
 #include <csignal>
 #include <string>
 #include <vector>
 
-#include "liege/health.hpp"
 #include "liege/spawner.hpp"
-#include "liege/watcher.hpp"
 
-using liege::DirChange;
-using liege::DirSnapshot;
 using liege::ExitStatus;
 using liege::LineSplitter;
 
@@ -99,58 +96,4 @@ TEST(ExitStatus, DecodesWaitStatuses) {
     ExitStatus dumped = ExitStatus::from_wait_status(SIGABRT | 0x80);
     EXPECT_TRUE(dumped.core_dumped);
     EXPECT_EQ(dumped.str(), "killed by SIGABRT (core dumped)");
-}
-
-TEST(DirDiff, ReportsAddedChangedAndRemovedSortedByName) {
-    DirSnapshot before{{"a.toml", 1}, {"b.toml", 2}, {"c.toml", 3}};
-    DirSnapshot after{{"b.toml", 2}, {"c.toml", 30}, {"d.toml", 4}};
-    std::vector<DirChange> changes = liege::diff_snapshots("vassals.d", before, after);
-    ASSERT_EQ(changes.size(), 3u);
-    EXPECT_EQ(changes[0].kind, DirChange::Kind::Removed);
-    EXPECT_EQ(changes[0].name, "a");
-    EXPECT_EQ(changes[0].file, std::filesystem::path("vassals.d/a.toml"));
-    EXPECT_EQ(changes[0].content_hash, 0u);
-    EXPECT_EQ(changes[1].kind, DirChange::Kind::Changed);
-    EXPECT_EQ(changes[1].name, "c");
-    EXPECT_EQ(changes[1].content_hash, 30u);
-    EXPECT_EQ(changes[2].kind, DirChange::Kind::Added);
-    EXPECT_EQ(changes[2].name, "d");
-    EXPECT_EQ(changes[2].content_hash, 4u);
-}
-
-TEST(DirDiff, EqualHashesAreNoChange) {
-    DirSnapshot same{{"a.toml", 7}};
-    EXPECT_TRUE(liege::diff_snapshots("d", same, same).empty());
-    EXPECT_TRUE(liege::diff_snapshots("d", {}, {}).empty());
-}
-
-TEST(DirDiff, EverythingIsAddedFromNothing) {
-    std::vector<DirChange> changes =
-        liege::diff_snapshots("d", {}, DirSnapshot{{"x.toml", 1}, {"y.toml", 2}});
-    ASSERT_EQ(changes.size(), 2u);
-    EXPECT_EQ(changes[0].kind, DirChange::Kind::Added);
-    EXPECT_EQ(changes[1].kind, DirChange::Kind::Added);
-    EXPECT_EQ(changes[1].name, "y");
-}
-
-TEST(HttpStatusLine, ParsesTheStatus) {
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 200 OK\r\n"), 200);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.0 503 Service Unavailable\r\nX: y\r\n"), 503);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 204\r\n"), 204);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 302 Found\n"), 302);
-}
-
-TEST(HttpStatusLine, AsksForMoreUntilTheLineIsComplete) {
-    EXPECT_EQ(liege::parse_http_status_line(""), 0);
-    EXPECT_EQ(liege::parse_http_status_line("HTT"), 0);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 200 O"), 0);
-}
-
-TEST(HttpStatusLine, RejectsWhatIsNotHttp1) {
-    EXPECT_EQ(liege::parse_http_status_line("SSH-2.0-OpenSSH\r\n"), -1);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/2 200\r\n"), -1);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 20 OK\r\n"), -1);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 2000 OK\r\n"), -1);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 099 Low\r\n"), -1);
-    EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 " + std::string(2000, '1')), -1);
 }

@@ -1,0 +1,69 @@
+// One vassal as the emperor runs it: its generations, every worker it still has, its state as
+// /status reports it, and the reload callers waiting for an outcome.
+//
+// All of a vassal's workers live in one list until they are gone, whatever their generation: a
+// worker's own phase says whether it serves, drains or leaves, so nothing moves workers between
+// containers. The workers of a generation are the ones of that generation not retiring.
+#pragma once
+
+#include <uv.h>
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "generation.hpp"
+#include "liege/reload_plan.hpp"
+#include "worker_proc.hpp"
+
+namespace liege::emperor {
+
+enum class VassalState { Starting, Running, Reloading, Failed, Stopping };
+std::string_view to_string(VassalState s);
+
+struct VassalRt {
+    using Waiter = std::function<void(bool ok, std::string message)>;
+
+    std::string name;
+    std::filesystem::path file;
+    uint64_t content_hash = 0; // last content seen (valid or not)
+    VassalState state = VassalState::Starting;
+    GenerationPtr active;
+    GenerationPtr next;               // a reload in progress
+    std::unique_ptr<ReloadPlan> plan; // next's
+    std::vector<std::unique_ptr<WorkerProc>> workers;
+    uint64_t next_generation = 1;
+    std::string last_error;
+    int64_t last_error_unix = 0;
+    uint64_t reloads = 0;
+    uint64_t failed_reloads = 0;
+    int64_t started_unix = 0;
+    bool removing = false;
+    // Callers of reload() waiting for this vassal's outcome.
+    std::vector<Waiter> waiters;
+
+    // The workers of `g` (not retiring), in the order they were started.
+    std::vector<WorkerProc*> members(const Generation* g) const;
+    WorkerProc* member(const Generation* g, int slot) const;
+    int ready_count(const Generation* g) const;
+    // Every worker in the order /status and the route set list them: the active generation's,
+    // the next one's, then the retiring ones.
+    std::vector<const WorkerProc*> in_order() const;
+    bool is_next(const WorkerProc& w) const {
+        return next != nullptr && &w.generation() == next.get() && !w.retiring();
+    }
+    // Nothing left running: a removed vassal can go.
+    bool empty() const { return active == nullptr && next == nullptr && workers.empty(); }
+
+    // Derives `state` from the generations and the active workers' failures.
+    void update_state();
+    // Answers every waiter, from the loop (never inside the caller).
+    void notify(uv_loop_t* loop, bool ok, const std::string& message);
+    // Answers a reload that started a vassal's first generation: ok once every worker is ready,
+    // failed (with `failure`) as soon as a worker fails.
+    void settle_first_start(uv_loop_t* loop, const std::string* failure);
+};
+
+} // namespace liege::emperor

@@ -1,0 +1,436 @@
+#include "worker_proc.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "liege/clock.hpp"
+#include "liege/health.hpp"
+#include "liege/log.hpp"
+
+namespace liege::emperor {
+
+namespace {
+
+constexpr int kLivenessFailures = 3; // consecutive failed probes that restart a worker
+// Readiness probes (a loopback connect) start 5 ms after the spawn and back off to every 100 ms:
+// a fast app is routed within milliseconds of listening, a slow one costs ~10 probes a second.
+constexpr uint64_t kFirstReadinessPollMs = 5;
+constexpr uint64_t kReadinessPollMs = 100;
+
+using P = WorkerPhase;
+
+bool allowed(P from, P to) {
+    switch (from) {
+    case P::Starting:
+        return to == P::Standby || to == P::Restarting || to == P::Backoff || to == P::Retiring ||
+               to == P::Stopped;
+    case P::Standby:
+        return to == P::Serving || to == P::Restarting || to == P::Backoff || to == P::Retiring ||
+               to == P::Stopped;
+    case P::Serving:
+        return to == P::Draining || to == P::Restarting || to == P::Backoff || to == P::Retiring ||
+               to == P::Stopped;
+    case P::Draining:
+        return to == P::Retiring || to == P::Stopped;
+    case P::Restarting:
+        return to == P::Backoff || to == P::Retiring;
+    case P::Retiring:
+        return to == P::Stopped;
+    case P::Backoff:
+        return to == P::Starting || to == P::Stopped;
+    case P::Stopped:
+        return false;
+    }
+    return false;
+}
+
+} // namespace
+
+std::string_view to_string(WorkerState s) {
+    switch (s) {
+    case WorkerState::Starting:
+        return "starting";
+    case WorkerState::Ready:
+        return "ready";
+    case WorkerState::Draining:
+        return "draining";
+    case WorkerState::Stopped:
+        return "stopped";
+    case WorkerState::Backoff:
+        return "backoff";
+    }
+    return "unknown";
+}
+
+std::string_view to_string(WorkerPhase p) {
+    switch (p) {
+    case P::Starting:
+        return "starting";
+    case P::Standby:
+        return "standby";
+    case P::Serving:
+        return "serving";
+    case P::Draining:
+        return "draining";
+    case P::Restarting:
+        return "restarting";
+    case P::Retiring:
+        return "retiring";
+    case P::Backoff:
+        return "backoff";
+    case P::Stopped:
+        return "stopped";
+    }
+    return "unknown";
+}
+
+WorkerProc::WorkerProc(WorkerHost& host, std::string vassal, GenerationPtr generation, int slot)
+    : host_(host), vassal_(std::move(vassal)), generation_(std::move(generation)), slot_(slot) {
+    uv_timer_init(host_.loop(), timer_.get());
+    timer_->data = this;
+}
+
+WorkerProc::~WorkerProc() {
+    if (cancel_probe_) {
+        cancel_probe_();
+    }
+    if (listen_fd_ >= 0) {
+        ::close(listen_fd_);
+    }
+    if (address_.is_unix()) {
+        ::unlink(address_.path.c_str());
+    }
+}
+
+WorkerState WorkerProc::state() const {
+    switch (phase_) {
+    case P::Starting:
+        return WorkerState::Starting;
+    case P::Standby:
+    case P::Serving:
+        return WorkerState::Ready;
+    case P::Draining:
+        return WorkerState::Draining;
+    case P::Backoff:
+        return WorkerState::Backoff;
+    case P::Stopped:
+        return WorkerState::Stopped;
+    case P::Restarting:
+    case P::Retiring:
+        return shown_; // until it has exited, it is what it was when asked to stop
+    }
+    return WorkerState::Stopped;
+}
+
+void WorkerProc::set_state(WorkerPhase next) {
+    if (next == phase_) {
+        return;
+    }
+    if (!allowed(phase_, next)) {
+        spdlog::critical("vassal {}: worker {}: no transition from {} to {}", vassal_, slot_,
+                         to_string(phase_), to_string(next));
+        std::abort();
+    }
+    if (next == P::Restarting || next == P::Retiring) {
+        if (phase_ != P::Restarting) {
+            shown_ = state();
+        }
+    }
+    if (next == P::Standby) {
+        ready_ms_ = steady_now_ms();
+        probe_failures_ = 0;
+    }
+    phase_ = next;
+}
+
+std::string WorkerProc::last_lines() const {
+    return format_last_lines(child_.get());
+}
+
+void WorkerProc::arm(uint64_t ms) {
+    uv_timer_start(
+        timer_.get(), [](uv_timer_t* t) { static_cast<WorkerProc*>(t->data)->on_timer(); }, ms, 0);
+}
+
+void WorkerProc::disarm() {
+    if (cancel_probe_) {
+        cancel_probe_();
+        cancel_probe_ = nullptr;
+    }
+    uv_timer_stop(timer_.get());
+}
+
+void WorkerProc::spawn() {
+    const Vassal& cfg = generation_->config;
+    set_state(P::Starting);
+    signalled_ = false;
+    probe_failures_ = 0;
+    ready_ms_ = 0;
+    spawn_error_.clear();
+    PlaceholderValues values;
+    values.name = cfg.name;
+    values.worker = slot_;
+    switch (cfg.socket) {
+    case SocketKind::Tcp:
+        address_ = parse_address("127.0.0.1:0");
+        address_.port = pick_free_port();
+        values.port = address_.port;
+        break;
+    case SocketKind::Unix:
+        address_ = Address{};
+        address_.kind = Address::Kind::Unix;
+        address_.path = (host_.runtime_dir() / (cfg.name + "-" + std::to_string(generation_->id) +
+                                                "-" + std::to_string(slot_) + ".sock"))
+                            .string();
+        ::unlink(address_.path.c_str());
+        values.socket = address_.path;
+        break;
+    case SocketKind::Inherit:
+        if (listen_fd_ < 0) {
+            uint16_t port = 0;
+            listen_fd_ = bind_loopback_listener(&port);
+            address_ = parse_address("127.0.0.1:0");
+            address_.port = port;
+        }
+        values.port = address_.port;
+        break;
+    }
+    SpawnSpec spec;
+    for (const auto& arg : cfg.command) {
+        spec.argv.push_back(expand(arg, values));
+    }
+    for (const auto& [k, v] : cfg.env) {
+        spec.env.emplace_back(k, expand(v, values));
+    }
+    if (!address_.is_unix()) {
+        spec.env.emplace_back("PORT", std::to_string(address_.port));
+    } else {
+        spec.env.emplace_back("LIEGE_SOCKET", address_.path);
+    }
+    spec.env.emplace_back("LIEGE_VASSAL", cfg.name);
+    spec.env.emplace_back("LIEGE_WORKER", std::to_string(slot_));
+    spec.env.emplace_back("LIEGE_GENERATION", std::to_string(generation_->id));
+    if (!host_.profile().empty()) {
+        spec.env.emplace_back("LIEGE_ENV", host_.profile());
+    }
+    spec.cwd = cfg.working_dir(values).string();
+    spec.listen_fd = cfg.socket == SocketKind::Inherit ? listen_fd_ : -1;
+    spec.tag = tag();
+    int err = 0;
+    WorkerHost* host = &host_;
+    child_ = spawn_child(
+        host_.loop(), spec,
+        [host, t = tag()](std::string_view line, bool is_stderr) {
+            host->log_line(t, line, is_stderr);
+        },
+        [this](ExitStatus st) { exited(st); }, &err);
+    started_ms_ = steady_now_ms();
+    start_deadline_ms_ = started_ms_ + cfg.health.start_timeout.count();
+    if (child_ == nullptr) {
+        spawn_error_ = std::string("cannot start ") + (spec.argv.empty() ? "" : spec.argv[0]) +
+                       ": " + std::strerror(-err);
+        arm(0);
+        return;
+    }
+    spdlog::info("vassal {}: worker {} started (pid {}, generation {}, {})", cfg.name, slot_,
+                 child_->pid(), generation_->id, address_.str());
+    readiness_poll_ms_ = kFirstReadinessPollMs;
+    arm(readiness_poll_ms_);
+}
+
+void WorkerProc::on_timer() {
+    const Vassal& cfg = generation_->config;
+    switch (phase_) {
+    case P::Starting:
+        if (!spawn_error_.empty()) {
+            host_.worker_failed(*this, spawn_error_);
+            return;
+        }
+        if (cancel_probe_) {
+            arm(kReadinessPollMs); // a probe is still out
+            return;
+        }
+        if (steady_now_ms() >= start_deadline_ms_) {
+            host_.worker_failed(*this,
+                                "not ready after " + format_duration(cfg.health.start_timeout));
+            return;
+        }
+        probe_now();
+        break;
+    case P::Standby:
+    case P::Serving:
+        probe_now();
+        arm(static_cast<uint64_t>(cfg.health.interval.count()));
+        break;
+    case P::Draining:
+        spdlog::info("vassal {}: worker {} not drained after {}, stopping it", vassal_, slot_,
+                     format_duration(cfg.reload.drain_timeout));
+        stop_process(P::Retiring);
+        break;
+    case P::Backoff:
+        ++restarts_;
+        spawn();
+        break;
+    case P::Stopped:
+        host_.worker_gone(*this);
+        break;
+    case P::Restarting:
+    case P::Retiring:
+        break;
+    }
+}
+
+void WorkerProc::probe_now() {
+    if (cancel_probe_) {
+        return;
+    }
+    const HealthCheck& h = generation_->config.health;
+    cancel_probe_ = probe(host_.loop(), address_, h.path, h.timeout, [this](const ProbeResult& r) {
+        cancel_probe_ = nullptr;
+        on_probe(r.ok, r.error);
+    });
+}
+
+void WorkerProc::on_probe(bool ok, const std::string& error) {
+    if (phase_ == P::Starting) {
+        if (!ok) {
+            arm(readiness_poll_ms_);
+            readiness_poll_ms_ = std::min(readiness_poll_ms_ * 2, kReadinessPollMs);
+            return;
+        }
+        set_state(P::Standby);
+        spdlog::info("vassal {}: worker {} ready in {} ms", vassal_, slot_,
+                     ready_ms_ - started_ms_);
+        arm(static_cast<uint64_t>(generation_->config.health.interval.count()));
+        host_.worker_ready(*this);
+        return;
+    }
+    if (!ready()) {
+        return;
+    }
+    if (ok) {
+        probe_failures_ = 0;
+        return;
+    }
+    if (++probe_failures_ >= kLivenessFailures) {
+        spdlog::warn("vassal {}: worker {} failed {} health checks ({}); restarting it", vassal_,
+                     slot_, probe_failures_, error);
+        host_.worker_failed(*this, "health checks failing: " + error);
+    }
+}
+
+void WorkerProc::exited(ExitStatus st) {
+    disarm();
+    switch (phase_) {
+    case P::Draining:
+    case P::Retiring:
+        set_state(P::Stopped);
+        host_.worker_gone(*this);
+        return;
+    case P::Restarting:
+        backoff_after_restart();
+        host_.worker_backing_off(*this);
+        return;
+    case P::Starting:
+    case P::Standby:
+    case P::Serving:
+        host_.worker_exited(*this, st);
+        return;
+    case P::Backoff:
+    case P::Stopped:
+        break; // no process to exit
+    }
+}
+
+void WorkerProc::route() {
+    set_state(P::Serving);
+}
+
+void WorkerProc::retire(bool drain) {
+    switch (phase_) {
+    case P::Serving:
+        if (drain && has_process()) {
+            disarm();
+            set_state(P::Draining);
+            arm(static_cast<uint64_t>(generation_->config.reload.drain_timeout.count()));
+            return;
+        }
+        stop_process(P::Retiring);
+        return;
+    case P::Draining:
+        if (!drain) {
+            stop_process(P::Retiring);
+        }
+        return;
+    case P::Starting:
+    case P::Standby:
+    case P::Restarting:
+        stop_process(P::Retiring);
+        return;
+    case P::Backoff:
+        disarm();
+        set_state(P::Stopped);
+        stopped_without_process();
+        return;
+    case P::Retiring:
+    case P::Stopped:
+        return;
+    }
+}
+
+void WorkerProc::drained() {
+    if (phase_ == P::Draining) {
+        stop_process(P::Retiring);
+    }
+}
+
+void WorkerProc::restart() {
+    backoff_.failed(steady_now_ms());
+    stop_process(P::Restarting);
+}
+
+std::chrono::milliseconds WorkerProc::back_off() {
+    auto delay = backoff_.failed(steady_now_ms(), ready_ms_);
+    enter_backoff(delay);
+    return delay;
+}
+
+void WorkerProc::enter_backoff(std::chrono::milliseconds delay) {
+    disarm();
+    set_state(P::Backoff);
+    arm(static_cast<uint64_t>(delay.count()));
+}
+
+void WorkerProc::backoff_after_restart() {
+    auto delay = restart_backoff(backoff_.failures());
+    spdlog::info("vassal {}: restarting worker {} in {} ms", vassal_, slot_, delay.count());
+    enter_backoff(delay);
+}
+
+void WorkerProc::stop_process(WorkerPhase next) {
+    disarm();
+    if (!has_process()) {
+        if (next == P::Restarting) {
+            backoff_after_restart(); // nothing to stop: the spawn failed
+            return;
+        }
+        set_state(P::Stopped);
+        stopped_without_process();
+        return;
+    }
+    set_state(next);
+    if (!signalled_) {
+        signalled_ = true;
+        const StopPolicy& sp = generation_->config.stop;
+        child_->stop(sp.signal, sp.timeout);
+    }
+}
+
+void WorkerProc::stopped_without_process() {
+    arm(0); // on_timer in Stopped reports it
+}
+
+} // namespace liege::emperor

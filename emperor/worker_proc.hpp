@@ -1,0 +1,167 @@
+// A worker process of one vassal generation, from its first spawn until it is gone for good.
+//
+// Its whole lifecycle is the phase below; every change goes through set_state(), which aborts
+// on a transition this table does not list.
+//
+//   Starting   → Standby     readiness probe answered (host: worker_ready)
+//              → Restarting  not ready by start_timeout, or the spawn failed (host: restart())
+//              → Backoff     exited on its own (host: back_off())
+//   Standby    → Serving     routed: at once, or when its generation is complete (host: route())
+//   Standby,
+//   Serving    → Restarting  liveness probes failing (host: restart())
+//              → Backoff     exited on its own (host: back_off())
+//   Serving    → Draining    retired: draining in the route set until drained or drain_timeout
+//   Draining   → Retiring    the router reported it drained, or drain_timeout passed
+//   Restarting → Backoff     exited after the stop signal; the backoff timer runs
+//   Backoff    → Starting    the backoff timer fired: spawned again
+//   any but Draining, Stopped
+//              → Retiring    retired while it has a process: the stop signal, SIGKILL later
+//              → Stopped     retired with no process left (host: worker_gone, from the loop)
+//   Draining,
+//   Retiring   → Stopped     exited (host: worker_gone)
+//
+// Retiring and Stopped are for good: a retired worker is never routed or restarted again, and
+// once Stopped its host destroys it (after the callback that reported it returned).
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "generation.hpp"
+#include "liege/address.hpp"
+#include "liege/restart_backoff.hpp"
+#include "liege/spawner.hpp"
+#include "liege/uv.hpp"
+
+namespace liege::emperor {
+
+class WorkerProc;
+
+// What /status reports (DESIGN.md, "Admin API").
+enum class WorkerState { Starting, Ready, Draining, Stopped, Backoff };
+std::string_view to_string(WorkerState s);
+
+enum class WorkerPhase {
+    Starting,
+    Standby,
+    Serving,
+    Draining,
+    Restarting,
+    Retiring,
+    Backoff,
+    Stopped
+};
+std::string_view to_string(WorkerPhase p);
+
+// The emperor, as a worker sees it. Every event is called from a libuv callback, never from
+// inside a WorkerProc method the host called.
+class WorkerHost {
+public:
+    virtual uv_loop_t* loop() const = 0;
+    virtual std::filesystem::path runtime_dir() const = 0;
+    virtual const std::string& profile() const = 0;
+    virtual void log_line(const std::string& tag, std::string_view line, bool is_stderr) = 0;
+
+    // Now Standby: route() it, or hold it until its generation is complete.
+    virtual void worker_ready(WorkerProc& w) = 0;
+    // Could not start (spawn error, start_timeout) or stopped answering health checks: the
+    // host calls restart() or retire().
+    virtual void worker_failed(WorkerProc& w, const std::string& why) = 0;
+    // Exited while nobody asked it to: the host calls back_off() or retire().
+    virtual void worker_exited(WorkerProc& w, ExitStatus st) = 0;
+    // Entered Backoff after a restart().
+    virtual void worker_backing_off(WorkerProc& w) = 0;
+    // Stopped for good; the host may destroy it once this returns.
+    virtual void worker_gone(WorkerProc& w) = 0;
+
+protected:
+    ~WorkerHost() = default;
+};
+
+class WorkerProc {
+public:
+    WorkerProc(WorkerHost& host, std::string vassal, GenerationPtr generation, int slot);
+    ~WorkerProc();
+    WorkerProc(const WorkerProc&) = delete;
+    WorkerProc& operator=(const WorkerProc&) = delete;
+
+    // Starts the process (Starting). A spawn that fails is reported from the loop.
+    void spawn();
+    // Standby → Serving.
+    void route();
+    // Leaves for good: a serving worker drains first when `drain` (no router, nothing to drain
+    // through: stop at once); anything else stops now. A draining worker keeps draining unless
+    // !drain.
+    void retire(bool drain = true);
+    // The router has no request in flight on it (Draining → Retiring).
+    void drained();
+    // After worker_failed: stop the process and back off (Restarting, then Backoff).
+    void restart();
+    // After worker_exited: back off before the next spawn. Returns the wait.
+    std::chrono::milliseconds back_off();
+
+    WorkerPhase phase() const { return phase_; }
+    WorkerState state() const;
+    bool serving() const { return phase_ == WorkerPhase::Serving; }
+    bool ready() const { return phase_ == WorkerPhase::Standby || phase_ == WorkerPhase::Serving; }
+    // Retired: leaves once stopped, whatever generation it belongs to.
+    bool retiring() const {
+        return phase_ == WorkerPhase::Draining || phase_ == WorkerPhase::Retiring ||
+               phase_ == WorkerPhase::Stopped;
+    }
+    const std::string& vassal() const { return vassal_; }
+    const Generation& generation() const { return *generation_; }
+    int slot() const { return slot_; }
+    const Address& address() const { return address_; }
+    int pid() const { return child_ != nullptr ? child_->pid() : 0; }
+    int restarts() const { return restarts_; }
+    int failures() const { return backoff_.failures(); }
+    int64_t started_ms() const { return started_ms_; }
+    std::string tag() const { return vassal_ + "/" + std::to_string(slot_); }
+    // The child's last output lines, each on its own indented line, for failure reports.
+    std::string last_lines() const;
+
+private:
+    void set_state(WorkerPhase next);
+    void arm(uint64_t ms);
+    void disarm();
+    void on_timer();
+    void probe_now();
+    void on_probe(bool ok, const std::string& error);
+    void exited(ExitStatus st);
+    // Sends the stop signal (unless it went already) and moves to `next`.
+    void stop_process(WorkerPhase next);
+    bool has_process() const { return child_ != nullptr && child_->running(); }
+    void enter_backoff(std::chrono::milliseconds delay);
+    void backoff_after_restart();
+    // Stopped with no exit to report it: worker_gone from the loop.
+    void stopped_without_process();
+
+    WorkerHost& host_;
+    std::string vassal_;
+    GenerationPtr generation_;
+    int slot_;
+    WorkerPhase phase_ = WorkerPhase::Starting;
+    WorkerState shown_ = WorkerState::Starting; // what /status says while Restarting/Retiring
+    std::unique_ptr<Child> child_;
+    Address address_;
+    int listen_fd_ = -1; // socket activation: the emperor's copy
+    std::string spawn_error_;
+    bool signalled_ = false;
+    int restarts_ = 0;
+    RestartBackoff backoff_;
+    int probe_failures_ = 0;
+    int64_t started_ms_ = 0;
+    int64_t ready_ms_ = 0; // 0 until ready in the current run
+    int64_t start_deadline_ms_ = 0;
+    uint64_t readiness_poll_ms_ = 0; // the next wait between readiness probes; grows to a cap
+    std::function<void()> cancel_probe_;
+    UvHandle<uv_timer_t> timer_;
+};
+
+} // namespace liege::emperor

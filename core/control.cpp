@@ -60,6 +60,7 @@ std::string encode(const StatsMessage& m) {
               {"requests", m.requests},
               {"thread_requests", m.thread_requests},
               {"thread_connections", m.thread_connections},
+              {"upstream_connections", m.upstream_connections},
               {"backends", std::move(backends)},
               {"vassals", std::move(vassals)}};
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
@@ -157,6 +158,7 @@ StatsMessage decode_stats(const json& j) {
     m.requests = j.value("requests", uint64_t{0});
     m.thread_requests = j.value("thread_requests", std::vector<uint64_t>{});
     m.thread_connections = j.value("thread_connections", std::vector<int64_t>{});
+    m.upstream_connections = j.value("upstream_connections", std::map<std::string, int64_t>{});
     for (const auto& b : j.at("backends")) {
         BackendStats s;
         s.address = b.at("address").get<std::string>();

@@ -559,7 +559,8 @@ nlohmann::json Emperor::status() const {
                    {"connections", stats.connections},
                    {"requests", stats.requests},
                    {"thread_requests", stats.thread_requests},
-                   {"thread_connections", stats.thread_connections}};
+                   {"thread_connections", stats.thread_connections},
+                   {"upstream_connections", stats.upstream_connections}};
     json listen = json::array();
     for (const auto& a : bound_) {
         listen.push_back(a.str());

@@ -307,6 +307,11 @@ std::string prometheus_text(const json& status, const control::StatsMessage& sta
         e.sample("liege_router_thread_connections", {"thread", std::to_string(i)},
                  stats.thread_connections[i]);
     }
+    e.family("liege_router_upstream_connections", "gauge",
+             "The router's connections to workers, by state (connecting, active, idle).");
+    for (const auto& [state, n] : stats.upstream_connections) {
+        e.sample("liege_router_upstream_connections", {"state", state}, n);
+    }
     if (status.contains("emperor") && status["emperor"].contains("uptime_seconds")) {
         e.family("liege_uptime_seconds", "gauge", "Time since the emperor started.");
         e.sample("liege_uptime_seconds", {}, status["emperor"]["uptime_seconds"].get<int64_t>());

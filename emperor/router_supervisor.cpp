@@ -108,6 +108,7 @@ void RouterSupervisor::keep_counters(const std::set<std::string>& live_backends,
                                      const std::set<std::string>& live_vassals) {
     stats_.connections = 0;
     stats_.thread_connections.clear();
+    stats_.upstream_connections.clear();
     std::erase_if(stats_.backends,
                   [&](const auto& b) { return !live_backends.contains(b.address); });
     std::erase_if(stats_.vassals, [&](const auto& f) { return !live_vassals.contains(f.vassal); });

@@ -89,17 +89,7 @@ int run_emperor(const EmperorOptions& options) {
     }
     // Let the handles closed by destructors finish closing.
     uv_run(&loop, UV_RUN_DEFAULT);
-    const int loop_closed = uv_loop_close(&loop);
-#ifndef NDEBUG
-    // Every handle has one owner that closes it: one still open here is a leak, so a debug build
-    // stops on it (with the list of what is open) instead of letting it go unnoticed.
-    if (loop_closed != 0) {
-        uv_print_all_handles(&loop, stderr);
-    }
-    assert(loop_closed == 0);
-#else
-    (void)loop_closed;
-#endif
+    close_loop(&loop, "emperor");
     spdlog::info("emperor: stopped");
     install_log_files(nullptr);
     return exit_code;

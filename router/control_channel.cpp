@@ -62,11 +62,8 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
         entries.push_back(std::move(e));
         pools.push_back(std::move(pool));
     }
-    for (auto& [name, be] : backends_) {
-        if (!next_backends.contains(name)) {
-            be->retired.store(true);
-        }
-    }
+    // A backend missing from the message is retired: no snapshot serves it, so its pooled
+    // connections close (RouterThread::apply_routes) and it is freed with the last snapshot.
     backends_ = std::move(next_backends);
     vassals_ = std::move(next_vassals);
 
@@ -263,6 +260,12 @@ void ControlChannel::send_stats() {
     for (const auto& w : threads_) {
         m.thread_requests.push_back(w->requests());
         m.thread_connections.push_back(w->load());
+        for (int s = 0; s < kUpstreamStates; ++s) {
+            const auto state = static_cast<UpstreamState>(s);
+            if (state != UpstreamState::Closing) {
+                m.upstream_connections[std::string(to_string(state))] += w->upstreams(state);
+            }
+        }
     }
     send(control::encode(m));
 }

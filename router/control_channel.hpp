@@ -22,8 +22,6 @@ namespace liege::router {
 class RouteBuilder {
 public:
     explicit RouteBuilder(LbPolicy policy) : policy_(policy) {}
-    // One snapshot per thread; marks backends draining/retired as the message says. Backends
-    // that are draining and already idle are appended to `idle_draining`.
     // One snapshot per thread, all with the same new version. Backends the message newly marks
     // draining are appended to `to_drain` (their Backend::draining is left to the caller).
     std::vector<std::shared_ptr<const RouteSnapshot>>

@@ -237,16 +237,7 @@ int run_router(const RouterOptions& options) {
     });
     uv_run(&loop, UV_RUN_DEFAULT);
     joiner.join();
-    const int loop_closed = uv_loop_close(&loop);
-#ifndef NDEBUG
-    // The control thread's handles are all closed by now; one left open is a leak.
-    if (loop_closed != 0) {
-        uv_print_all_handles(&loop, stderr);
-    }
-    assert(loop_closed == 0);
-#else
-    (void)loop_closed;
-#endif
+    close_loop(&loop, "router control thread");
     router_threads.clear();
     if (log_fd > STDERR_FILENO) {
         ::close(log_fd);

@@ -2,8 +2,6 @@
 
 #include <unistd.h>
 
-#include <cassert>
-
 #include "client.hpp"
 #include "liege/log.hpp"
 
@@ -37,17 +35,7 @@ RouterThread::~RouterThread() {
     for (auto* h : free_heads_) {
         delete h;
     }
-    if (uv_loop_close(&loop_) != 0) {
-        // A handle outlived the connections that own them: a leak, and a broken invariant.
-        uv_walk(
-            &loop_,
-            [](uv_handle_t* h, void*) {
-                spdlog::critical("router thread: {} handle still open at exit",
-                                 uv_handle_type_name(h->type));
-            },
-            nullptr);
-        assert(false && "router thread: handles still open at exit");
-    }
+    close_loop(&loop_, "router thread");
 }
 
 void RouterThread::add_listener(int fd, bool owns_fd, bool is_unix) {

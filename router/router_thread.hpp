@@ -76,8 +76,13 @@ public:
 
     void client_opened(ListNode* node);
     void client_closed(ListNode* node);
+    // Upstream connections by state; written by this thread only, read by the control thread.
     void count_upstream(UpstreamState state, int delta) {
-        upstreams_[static_cast<int>(state)] += delta;
+        auto& n = upstreams_[static_cast<int>(state)];
+        n.store(n.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+    }
+    int64_t upstreams(UpstreamState state) const {
+        return upstreams_[static_cast<int>(state)].load(std::memory_order_relaxed);
     }
 
     // Client connections this thread serves, plus those handed to it and not yet opened.
@@ -127,7 +132,7 @@ private:
     ListNode clients_;
     AccessLog access_log_;
     std::unordered_map<std::string, std::unique_ptr<AccessLog>> vassal_logs_;
-    int64_t upstreams_[kUpstreamStates] = {};
+    std::atomic<int64_t> upstreams_[kUpstreamStates] = {};
     std::atomic<int> shutdown_request_{0}; // 1 graceful, 2 immediate
     bool shutting_down_ = false;
     bool accepting_paused_ = false;

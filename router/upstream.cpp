@@ -18,6 +18,22 @@ Upstream* upstream_of(llhttp_t* p) {
 
 } // namespace
 
+std::string_view to_string(UpstreamState s) {
+    switch (s) {
+    case UpstreamState::Connecting:
+        return "connecting";
+    case UpstreamState::ConnectError:
+        return "connect_error";
+    case UpstreamState::Active:
+        return "active";
+    case UpstreamState::Idle:
+        return "idle";
+    case UpstreamState::Closing:
+        return "closing";
+    }
+    return "unknown";
+}
+
 const llhttp_settings_t* Upstream::settings() {
     static const llhttp_settings_t s = [] {
         llhttp_settings_t v = message_settings(on_message_begin, on_header_field, on_header_value,

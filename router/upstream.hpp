@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string_view>
 
 #include "buffers.hpp"
 #include "liege/http_head.hpp"
@@ -36,6 +37,7 @@ class RouterThread;
 
 enum class UpstreamState { Connecting, ConnectError, Active, Idle, Closing };
 constexpr int kUpstreamStates = 5;
+std::string_view to_string(UpstreamState s); // "connecting", "connect_error", "active", ...
 
 // What the response timer found when it ran out while the client leg held reading back.
 enum class ResponseStall {

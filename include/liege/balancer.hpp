@@ -33,7 +33,6 @@ struct Backend {
     bool resolved = false;
     uint64_t generation = 0;               // of the vassal; set before any thread sees it
     std::atomic<bool> draining{false};     // gets no new requests; reported once idle
-    std::atomic<bool> retired{false};      // gone from the routes: pooled connections close
     std::atomic<int> in_flight{0};         // requests assigned and not finished
     std::atomic<int64_t> down_until_ms{0}; // steady-clock ms; 0 = up
     std::atomic<int> consecutive_failures{0};

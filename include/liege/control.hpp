@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -67,6 +68,8 @@ struct StatsMessage {
     uint64_t requests = 0;
     std::vector<uint64_t> thread_requests;
     std::vector<int64_t> thread_connections; // client connections each thread serves (a gauge)
+    // Upstream connections by state ("connecting", "active", "idle", ...), all threads (a gauge).
+    std::map<std::string, int64_t> upstream_connections;
     std::vector<BackendStats> backends;
     std::vector<VassalFigures> vassals;
 };

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include <functional>
+#include <string_view>
 #include <utility>
 
 namespace liege {
@@ -54,6 +55,12 @@ public:
 private:
     T* handle_;
 };
+
+// Closes a loop whose handles have all been closed and their callbacks run. A handle still open
+// is a leak (every handle has one owner that closes it): each is logged as critical, naming
+// `owner` and the handle's type, which the integration tests catch in every build, and a debug
+// build stops on it. Returns whether the loop closed.
+bool close_loop(uv_loop_t* loop, std::string_view owner);
 
 // Runs `fn` on `loop` on its next iteration (a zero-delay timer that closes itself).
 inline void post(uv_loop_t* loop, std::function<void()> fn) {

@@ -309,6 +309,36 @@ TEST_F(Admin, FiguresDoNotGoBackwardsWhenTheRouterRestarts) {
         << m.body;
 }
 
+// The router's connections to workers, by state: one held by a request in flight is active; once
+// its response is done, it waits idle in the pool for the next request.
+TEST_F(Admin, RouterReportsItsConnectionsToWorkersByState) {
+    write_vassal("app", backend_vassal(1));
+    start_liege({{}, "127.0.0.1:0", 1}); // one router thread: one pool
+    ASSERT_TRUE(wait_serving("app", 1));
+    auto upstreams = [&] {
+        json s = status().value_or(json::object());
+        return s.contains("router") ? s["router"].value("upstream_connections", json::object())
+                                    : json::object();
+    };
+    auto count = [](const json& u, const char* state) { return u.value(state, int64_t{-1}); };
+    HttpClient slow(port_);
+    slow.send(build_request("GET", "/slow?ms=3000"));
+    json u;
+    ASSERT_TRUE(poll_until([&] {
+        u = upstreams();
+        return count(u, "active") == 1;
+    })) << u.dump();
+    EXPECT_EQ(count(u, "connecting"), 0) << u.dump();
+    EXPECT_EQ(slow.read_response().status, 200);
+    ASSERT_TRUE(poll_until([&] {
+        u = upstreams();
+        return count(u, "active") == 0 && count(u, "idle") == 1;
+    })) << u.dump();
+    Response m = admin("GET", "/metrics");
+    EXPECT_TRUE(contains(m.body, "liege_router_upstream_connections{state=\"idle\"} 1\n"))
+        << m.body;
+}
+
 TEST_F(Admin, RouterThreadsHoldAnEvenShareOfKeepAliveConnections) {
     write_vassal("app", backend_vassal(1));
     start();

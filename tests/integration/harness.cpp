@@ -1194,6 +1194,26 @@ bool RawBackend::Connection::hold(Millis timeout) {
     return fd_ >= 0 && wait(POLLIN, Clock::now()) == Wait::Ready;
 }
 
+std::optional<std::string> RawBackend::Connection::read_until(std::string_view marker,
+                                                              Millis timeout) {
+    auto deadline = Clock::now() + timeout;
+    std::size_t at;
+    while ((at = in_.find(marker)) == std::string::npos) {
+        if (fd_ < 0 || !fill(deadline)) {
+            return std::nullopt;
+        }
+    }
+    std::string bytes = in_.substr(0, at + marker.size());
+    in_.erase(0, at + marker.size());
+    return bytes;
+}
+
+void RawBackend::Connection::half_close() {
+    if (fd_ >= 0) {
+        ::shutdown(fd_, SHUT_WR);
+    }
+}
+
 void RawBackend::Connection::close(Millis timeout) {
     if (fd_ < 0) {
         return;

@@ -368,6 +368,11 @@ public:
         bool write(std::string_view bytes, Millis timeout = kWait);
         // Waits until the peer closes, dropping whatever it sends. True if it did.
         bool hold(Millis timeout = kWait);
+        // Reads until `marker` has arrived (after any request already read); returns all the
+        // bytes up to and including it, or nullopt on EOF, error or timeout.
+        std::optional<std::string> read_until(std::string_view marker, Millis timeout = kWait);
+        // Sends FIN and goes on reading (a half-close).
+        void half_close();
         // Sends FIN, then waits (bounded) until the peer closes too before closing the socket,
         // so bytes the peer sent that were never read cannot turn the close into a reset that
         // destroys the response on its way.

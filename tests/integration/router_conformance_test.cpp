@@ -583,6 +583,44 @@ TEST_F(RouterConformance, UnsolicitedSwitchingProtocolsGets502AndOpensNoTunnel) 
     EXPECT_EQ(after.find("RAWBYTES"), std::string::npos) << "tunnelled to the client: " << after;
 }
 
+// A tunnel is two directions: when the backend closes its side first, the client's half-close
+// reaches the client, and what the client still sends reaches the backend; once the client
+// closes too, the tunnel ends.
+TEST_F(RouterConformance, TunnelWhoseBackendHalfClosesFirstStillCarriesTheClientsBytes) {
+    std::atomic<bool> got_late_bytes{false};
+    RawBackend backend([&](RawBackend::Connection& conn) {
+        if (!conn.read_request()) {
+            return;
+        }
+        conn.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\n"
+                   "Connection: upgrade\r\n\r\nfrom-backend");
+        conn.half_close();
+        if (conn.read_until("late-bytes")) {
+            got_late_bytes = true;
+        }
+        conn.hold();
+    });
+    ASSERT_NO_FATAL_FAILURE(start_router({backend.address()}, {"--threads", "1"}));
+    auto c = client();
+    c.send(build_request("GET", "/", {{"Connection", "upgrade"}, {"Upgrade", "foo"}}));
+    auto r = c.read_response(kPrompt, true);
+    ASSERT_EQ(r.status, 101) << r.head;
+    std::string from_backend;
+    while (from_backend.find("from-backend") == std::string::npos) {
+        const std::string more = c.read_some(4096, kPrompt);
+        ASSERT_FALSE(more.empty())
+            << "the tunnel ended before the backend's bytes: " << from_backend;
+        from_backend += more;
+    }
+    // The backend's FIN reaches the client as the end of its side of the tunnel.
+    EXPECT_TRUE(c.read_some(4096, kPrompt).empty()) << "no half-close reached the client";
+    c.send("late-bytes");
+    EXPECT_TRUE(poll_until([&] { return got_late_bytes.load(); }))
+        << "the client's bytes after the backend's half-close did not reach it";
+    ::shutdown(c.fd(), SHUT_WR);
+    EXPECT_TRUE(c.wait_closed()) << "the tunnel did not end once both sides had closed";
+}
+
 // ---- requests ----
 
 // RFC 9112 3.2.2: the authority of an absolute-form target replaces Host, and the request goes on

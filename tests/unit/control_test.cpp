@@ -46,6 +46,7 @@ TEST(Control, StatsRoundTrip) {
     m.requests = 42;
     m.thread_requests = {20, 22};
     m.thread_connections = {2, 1};
+    m.upstream_connections = {{"active", 2}, {"idle", 5}};
     m.backends.push_back(backend("127.0.0.1:9000", 40, 1));
     m.vassals.push_back(figures("app", 40, 1));
     std::string line = liege::control::encode(m);
@@ -54,6 +55,8 @@ TEST(Control, StatsRoundTrip) {
     EXPECT_EQ(back.requests, 42u);
     EXPECT_EQ(back.thread_requests, (std::vector<uint64_t>{20, 22}));
     EXPECT_EQ(back.thread_connections, (std::vector<int64_t>{2, 1}));
+    EXPECT_EQ(back.upstream_connections,
+              (std::map<std::string, int64_t>{{"active", 2}, {"idle", 5}}));
     ASSERT_EQ(back.backends.size(), 1u);
     EXPECT_EQ(back.backends[0].address, "127.0.0.1:9000");
     EXPECT_EQ(back.backends[0].responses[2], 40u);

@@ -42,6 +42,7 @@ StatsMessage stats_for_app() {
     s.requests = 17;
     s.thread_requests = {10, 7};
     s.thread_connections = {2, 1};
+    s.upstream_connections = {{"active", 1}, {"idle", 4}};
     VassalFigures f;
     f.vassal = "app";
     f.responses[2] = 12;
@@ -107,6 +108,8 @@ TEST(Prometheus, WorkersReloadsAndRouter) {
     EXPECT_TRUE(has_line(text, R"(liege_router_thread_requests_total{thread="1"} 7)"));
     EXPECT_TRUE(has_line(text, R"(liege_router_thread_connections{thread="0"} 2)"));
     EXPECT_TRUE(has_line(text, R"(liege_router_thread_connections{thread="1"} 1)"));
+    EXPECT_TRUE(has_line(text, R"(liege_router_upstream_connections{state="active"} 1)"));
+    EXPECT_TRUE(has_line(text, R"(liege_router_upstream_connections{state="idle"} 4)"));
     EXPECT_TRUE(has_line(text, "liege_uptime_seconds 42"));
 }
 

@@ -77,7 +77,8 @@ def main():
     for s in samples:
         if s["config"] not in configs:
             configs.append(s["config"])
-    order = {"direct": 0, "liege": 1, "nginx": 2, "haproxy": 3, "floor-epoll": 4, "floor-uring": 5}
+    order = {"direct": 0, "liege": 1, "liege-base": 1.5, "nginx": 2, "haproxy": 3, "floor-epoll": 4,
+             "floor-uring": 5}
     configs.sort(key=lambda c: (split_config(c)[1], order.get(split_config(c)[0], 9)))
 
     med = {}
@@ -166,6 +167,23 @@ def main():
         p()
         p("Targets (issue 2): req/s ratios >= 1.30; p99 ratio <= 1.00. "
           "A CPU ratio above 1 means liege spends less CPU per request.")
+
+    if any(f"liege-base:{t}" in med for t in threads_seen):
+        p()
+        p("## liege against its baseline (BASELINE=)")
+        p()
+        p("| threads | req/s ratio | p99 ratio | CPU µs/req liege | CPU µs/req baseline | "
+          "baseline CPU/req ÷ liege CPU/req |")
+        p("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for t in threads_seen:
+            lg = med.get(f"liege:{t}")
+            bs = med.get(f"liege-base:{t}")
+            if lg is None or bs is None:
+                continue
+            p(f"| {t} | {fmt(ratio(lg['rps'], bs['rps']), 3)} | {fmt(ratio(lg['p99'], bs['p99']), 3)} | "
+              f"{fmt(lg['cpu'], 1)} | {fmt(bs['cpu'], 1)} | {fmt(ratio(bs['cpu'], lg['cpu']), 3)} |")
+        p()
+        p("A CPU ratio above 1 means this build spends less CPU per request than the baseline.")
 
     floor_threads = [t for t in threads_seen if f"liege:{t}" in med and
                      any(f"floor-{m}:{t}" in med for m in ("epoll", "uring"))]

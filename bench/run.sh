@@ -18,6 +18,8 @@
 #   PROXY_CPUS [0]       CPUs for 1-thread proxies (more threads: unpinned)
 #   BACKEND_CPUS [all]   CPUs for the backend nginx ("all": unpinned)
 #   SKIP_BUILD [0]       1: use the existing build-bench/liege as is
+#   BASELINE []          another liege binary, measured as "liege-base" in the same interleaved
+#                        rounds (a before/after pair for a change to the data path)
 #   QUIET_WAIT [60]      seconds to wait for other load to stop before measuring
 #   FD_LIMIT [20000]     fd limit (ulimit -n) of every proxy and of the backends
 #
@@ -43,6 +45,7 @@ WRK_CPUS=${WRK_CPUS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 BACKEND_CPUS=${BACKEND_CPUS:-all}
 SKIP_BUILD=${SKIP_BUILD:-0}
+BASELINE=${BASELINE:-}
 QUIET_WAIT=${QUIET_WAIT:-60}
 FD_LIMIT=${FD_LIMIT:-20000} # fd limit of every proxy; the hard limit on the reference box
 
@@ -197,6 +200,10 @@ RELAY="$ROOT/build-bench/liege-floor-relay"
 # ---------------------------------------------------------------- configs
 read -r -a THREADS <<<"$THREADS_LIST"
 read -r -a PROXY_NAMES <<<"$PROXIES"
+if [[ -n $BASELINE ]]; then
+    [[ -x $BASELINE ]] || die "BASELINE=$BASELINE is not an executable"
+    PROXY_NAMES+=(liege-base)
+fi
 read -r -a FLOOR_MODES <<<"$FLOORS"
 # Every proxy configuration (PROXY:THREADS), in base order; the floor relays run with as many
 # threads as the proxies, pinned like them.
@@ -347,9 +354,11 @@ launch() {
     local key=$1 p=${1%:*} t=${1#*:} cpus port=${PORT[$1]}
     cpus=$(proxy_cpus "$t")
     case $p in
-    liege)
-        [[ -x $LIEGE ]] || die "$LIEGE not built"
-        start "$key" "$cpus" "$LIEGE" router --listen "127.0.0.1:$port" --backend "127.0.0.1:$B1" \
+    liege | liege-base)
+        local bin=$LIEGE
+        [[ $p == liege-base ]] && bin=$BASELINE
+        [[ -x $bin ]] || die "$bin not built"
+        start "$key" "$cpus" "$bin" router --listen "127.0.0.1:$port" --backend "127.0.0.1:$B1" \
             --backend "127.0.0.1:$B2" --threads "$t" --access-log off
         ;;
     nginx)
@@ -402,7 +411,7 @@ ensure_running() {
 UNFINISHED=() # proxies that did not start or serve
 for key in "${KEYS[@]}"; do
     if ! launch "$key"; then
-        [[ $key == liege:* || $key == floor-* ]] || die "$key failed to start"
+        [[ $key == liege* || $key == floor-* ]] || die "$key failed to start"
         log "WARNING: $key does not serve; it is left out of this run"
         UNFINISHED+=("$key")
     fi

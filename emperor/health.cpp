@@ -1,11 +1,13 @@
 // Health probes: one connect (and one GET) per call, on the emperor's loop.
 //
-// A probe owns a timer and a stream and has requests (connect, write) in flight, whose callbacks
-// libuv still runs, with UV_ECANCELED, when the stream is closed. So the probe's memory is not
-// owned by one RAII handle but counted down by the close callbacks of both handles, which libuv
-// runs after any cancelled request callback: the probe is freed in the last one, and nothing
-// touches it after that. The caller's cancel function reaches the probe through a small shared
-// control block that the probe clears when it finishes, so cancelling late is a no-op.
+// Lifetimes, by the rule at the top of liege/uv.hpp. A Probe owns itself: it is deleted as soon
+// as it finishes or is cancelled, before its callback runs, and nothing reaches it after that.
+// Its timer and its stream are UvHandles, so their memory goes in their close callbacks. The
+// connect and write requests live in the stream's block (StreamRequests), because libuv still
+// calls them back, with UV_ECANCELED, after the stream is closed; by then the stream's data is
+// null and those callbacks return without touching the (deleted) probe. The caller's cancel
+// function reaches the probe through a small shared control block that the probe clears when it
+// is deleted, so cancelling late is a no-op.
 #include "liege/health.hpp"
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <sys/un.h>
 
 #include "liege/log.hpp"
+#include "liege/uv.hpp"
 
 namespace liege {
 
@@ -52,6 +55,12 @@ struct ProbeControl {
     Probe* probe = nullptr; // null once the probe finished or was cancelled
 };
 
+// The requests a probe's stream may have in flight; they are freed with the stream.
+struct StreamRequests {
+    uv_connect_t connect;
+    uv_write_t write;
+};
+
 class Probe {
 public:
     Probe(uv_loop_t* loop, std::string http_path, std::function<void(const ProbeResult&)> done)
@@ -59,33 +68,34 @@ public:
           control_(std::make_shared<ProbeControl>()) {
         control_->probe = this;
     }
+    ~Probe() { control_->probe = nullptr; }
     Probe(const Probe&) = delete;
     Probe& operator=(const Probe&) = delete;
 
     std::shared_ptr<ProbeControl> control() const { return control_; }
 
     void start(const Address& addr, std::chrono::milliseconds timeout) {
-        uv_timer_init(loop_, &timer_);
-        timer_.data = this;
-        open_handles_ = 1;
+        uv_timer_init(loop_, timer_.get());
+        timer_->data = this;
         uv_timer_start(
-            &timer_, [](uv_timer_t* t) { static_cast<Probe*>(t->data)->on_timer(); },
+            timer_.get(), [](uv_timer_t* t) { static_cast<Probe*>(t->data)->on_timer(); },
             static_cast<uint64_t>(std::max<int64_t>(timeout.count(), 0)), 0);
 
-        connect_.data = this;
         auto on_connect = [](uv_connect_t* req, int status) {
-            static_cast<Probe*>(req->data)->on_connect(status);
+            if (auto* self = request_owner<Probe>(req)) {
+                self->on_connect(status);
+            } // else UV_ECANCELED: the probe is gone
         };
         if (addr.is_unix()) {
             if (addr.path.size() >= sizeof(sockaddr_un{}.sun_path)) {
                 post({false, 0, "socket path too long: " + addr.path});
                 return;
             }
-            uv_pipe_init(loop_, &pipe_, 0);
-            pipe_.data = this;
-            stream_ = reinterpret_cast<uv_stream_t*>(&pipe_);
-            ++open_handles_;
-            uv_pipe_connect(&connect_, &pipe_, addr.path.c_str(), on_connect);
+            uv_pipe_init(loop_, pipe_.get(), 0);
+            pipe_->data = this;
+            stream_ = pipe_.stream();
+            requests_ = &pipe_.requests();
+            uv_pipe_connect(&requests_->connect, pipe_.get(), addr.path.c_str(), on_connect);
             return;
         }
         sockaddr_storage ss;
@@ -95,29 +105,27 @@ public:
             post({false, 0, "cannot resolve " + addr.str()});
             return;
         }
-        uv_tcp_init(loop_, &tcp_);
-        tcp_.data = this;
-        stream_ = reinterpret_cast<uv_stream_t*>(&tcp_);
-        ++open_handles_;
-        rc = uv_tcp_connect(&connect_, &tcp_, reinterpret_cast<const sockaddr*>(&ss), on_connect);
+        uv_tcp_init(loop_, tcp_.get());
+        tcp_->data = this;
+        stream_ = tcp_.stream();
+        requests_ = &tcp_.requests();
+        rc = uv_tcp_connect(&requests_->connect, tcp_.get(), reinterpret_cast<const sockaddr*>(&ss),
+                            on_connect);
         if (rc != 0) {
             post({false, 0, uv_strerror(rc)});
         }
     }
 
-    void cancel() {
-        done_ = nullptr;
-        close();
-    }
+    void cancel() { delete this; }
 
 private:
     // Reports `result` from the loop, not from the caller's stack.
     void post(ProbeResult result) {
         posted_ = std::move(result);
         has_posted_ = true;
-        uv_timer_stop(&timer_);
+        uv_timer_stop(timer_.get());
         uv_timer_start(
-            &timer_, [](uv_timer_t* t) { static_cast<Probe*>(t->data)->on_timer(); }, 0, 0);
+            timer_.get(), [](uv_timer_t* t) { static_cast<Probe*>(t->data)->on_timer(); }, 0, 0);
     }
 
     void on_timer() {
@@ -129,9 +137,6 @@ private:
     }
 
     void on_connect(int status) {
-        if (closing_) {
-            return; // UV_ECANCELED from close()
-        }
         if (status < 0) {
             finish({false, 0, uv_strerror(status)});
             return;
@@ -144,13 +149,13 @@ private:
                    " HTTP/1.1\r\nHost: localhost\r\nUser-Agent: liege-health\r\n"
                    "Accept: */*\r\nConnection: close\r\n\r\n";
         uv_buf_t buf = uv_buf_init(request_.data(), static_cast<unsigned>(request_.size()));
-        write_.data = this;
-        int rc = uv_write(&write_, stream_, &buf, 1, [](uv_write_t* req, int write_status) {
-            auto* self = static_cast<Probe*>(req->data);
-            if (!self->closing_ && write_status < 0) {
-                self->finish({false, 0, uv_strerror(write_status)});
-            }
-        });
+        int rc =
+            uv_write(&requests_->write, stream_, &buf, 1, [](uv_write_t* req, int write_status) {
+                auto* self = request_owner<Probe>(req);
+                if (self != nullptr && write_status < 0) {
+                    self->finish({false, 0, uv_strerror(write_status)});
+                }
+            });
         if (rc != 0) {
             finish({false, 0, uv_strerror(rc)});
             return;
@@ -167,9 +172,6 @@ private:
     }
 
     void on_read(ssize_t nread, const uv_buf_t* buf) {
-        if (closing_) {
-            return;
-        }
         if (nread < 0) {
             finish({false, 0,
                     nread == UV_EOF ? "connection closed before a response"
@@ -190,32 +192,13 @@ private:
         }
     }
 
+    // The probe is deleted first (its handles close), so the callback may cancel and start
+    // probes freely, and no later libuv callback can report a second result.
     void finish(ProbeResult result) {
-        if (closing_) {
-            return;
-        }
         auto done = std::move(done_);
-        close();
+        delete this;
         if (done) {
-            done(result); // `this` stays allocated until the close callbacks
-        }
-    }
-
-    void close() {
-        if (closing_) {
-            return;
-        }
-        closing_ = true;
-        control_->probe = nullptr;
-        auto on_close = [](uv_handle_t* h) {
-            auto* self = static_cast<Probe*>(h->data);
-            if (--self->open_handles_ == 0) {
-                delete self;
-            }
-        };
-        uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_close);
-        if (stream_ != nullptr) {
-            uv_close(reinterpret_cast<uv_handle_t*>(stream_), on_close);
+            done(result);
         }
     }
 
@@ -224,18 +207,15 @@ private:
     std::function<void(const ProbeResult&)> done_;
     std::shared_ptr<ProbeControl> control_;
 
-    uv_timer_t timer_{};
-    uv_tcp_t tcp_{};
-    uv_pipe_t pipe_{};
-    uv_stream_t* stream_ = nullptr; // &tcp_ or &pipe_ once initialised
-    uv_connect_t connect_{};
-    uv_write_t write_{};
-    int open_handles_ = 0;
-    bool closing_ = false;
+    UvHandle<uv_timer_t> timer_;
+    UvHandle<uv_tcp_t, StreamRequests> tcp_;
+    UvHandle<uv_pipe_t, StreamRequests> pipe_;
+    uv_stream_t* stream_ = nullptr;      // tcp_ or pipe_ once initialised
+    StreamRequests* requests_ = nullptr; // that stream's requests
 
     ProbeResult posted_;
     bool has_posted_ = false;
-    std::string request_;
+    std::string request_; // read by libuv only while the stream is open
     std::string received_;
     char buffer_[2048];
 };

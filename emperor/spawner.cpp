@@ -31,6 +31,14 @@
 // else started (libuv's uv_spawn, popen, a test harness). A child's exit is delivered once the
 // process is reaped *and* both output pipes reached EOF, so the last lines come before the exit;
 // a grandchild that keeps the pipes open delays it by at most kPipeLinger.
+//
+// Lifetimes, by the rule at the top of liege/uv.hpp: the output pipes and the timers are
+// UvHandles, closed when the ChildCore drops them (or is destroyed) and freed in their close
+// callbacks, so a ChildCore may go at any moment, from inside one of its handles' callbacks too.
+// The ChildCore itself is an ordinary object with more than one holder, hence a shared_ptr: the
+// Child handle; the registry, weakly (a child whose Child is gone is still reaped, reporting to
+// nobody); the core itself while a detached stop still has to escalate to SIGKILL (keep_alive_);
+// and each of its callbacks for its duration, since on_line and on_exit may destroy the Child.
 #include "liege/spawner.hpp"
 
 #include <algorithm>
@@ -94,11 +102,6 @@ constexpr uint64_t kPipeLingerMs = 1000;
 constexpr uint64_t kGroupPollMs = 50;
 
 class ChildCore;
-
-template <typename T> bool is_active(const UvHandle<T>& handle) {
-    return handle.get() != nullptr && handle.base()->type != UV_UNKNOWN_HANDLE &&
-           uv_is_active(handle.base()) != 0;
-}
 
 // Our unreaped children by pid. One emperor loop per process, so no lock. Weak: a Child that
 // was destroyed without being stopped is still reaped (no zombie) but reports to nobody.
@@ -212,10 +215,10 @@ public:
             return;
         }
         // A second stop() does not push the deadline further out.
-        if (is_active(kill_timer_)) {
+        if (kill_timer_.active()) {
             return;
         }
-        if (kill_timer_.get() == nullptr || kill_timer_.base()->type == UV_UNKNOWN_HANDLE) {
+        if (!kill_timer_.initialised()) {
             kill_timer_ = UvHandle<uv_timer_t>();
             uv_timer_init(loop_, kill_timer_.get());
             kill_timer_->data = this;
@@ -242,7 +245,7 @@ public:
     // SIGKILL, so the core keeps itself alive until then.
     void detach() {
         detached_ = true;
-        if (is_active(kill_timer_)) {
+        if (kill_timer_.active()) {
             keep_alive_ = shared_from_this();
         }
     }
@@ -355,7 +358,7 @@ private:
         if (group_gone()) {
             kill_timer_.reset();
             keep_alive_.reset();
-        } else if (is_active(kill_timer_)) {
+        } else if (kill_timer_.active()) {
             const uint64_t now = uv_now(loop_);
             const uint64_t left = kill_deadline_ > now ? kill_deadline_ - now : 0;
             start_kill_timer(std::min<uint64_t>(left, kGroupPollMs), kGroupPollMs);

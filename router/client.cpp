@@ -17,8 +17,6 @@ namespace liege::router {
 
 namespace {
 
-constexpr size_t kHighWater = 256 * 1024;
-constexpr size_t kLowWater = 64 * 1024;
 constexpr uint64_t kLingerMs = 2000;
 
 void peer_name(int fd, char* out, size_t cap) {
@@ -221,10 +219,10 @@ void ClientConn::flush_client() {
 
 void ClientConn::update_out_blocked() {
     const size_t queued = stream_.queued();
-    if (!out_blocked_ && queued > kHighWater) {
+    if (!out_blocked_ && queued > Stream::kHighWater) {
         out_blocked_ = true;
         blocked_left_ = stream_.not_taken();
-    } else if (out_blocked_ && queued < kLowWater) {
+    } else if (out_blocked_ && queued < Stream::kLowWater) {
         out_blocked_ = false;
     }
 }
@@ -342,7 +340,7 @@ void ClientConn::update_reading() {
         if (up_ != nullptr && up_->connected()) {
             if (!up_paused_ && up_->write_queue_high()) {
                 up_paused_ = true;
-            } else if (up_paused_ && up_->queued() < kLowWater) {
+            } else if (up_paused_ && up_->queued() < Stream::kLowWater) {
                 up_paused_ = false;
             }
             want = !up_paused_ && in_ == nullptr && !peer_eof_;

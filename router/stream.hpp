@@ -67,6 +67,10 @@ public:
     // Sends `op` (its owner field is set here). 1: written whole (recycled); 0: queued,
     // on_stream_written follows; < 0: a libuv error (recycled).
     int send(WriteOp* op);
+    // Backpressure marks for queued(): stop feeding a stream above the high one, resume below
+    // the low one (both legs use them, each for the stream it writes to).
+    static constexpr size_t kHighWater = 256 * 1024;
+    static constexpr size_t kLowWater = 64 * 1024;
     size_t queued() const { return uv_stream_get_write_queue_size(&sock_.stream); }
     size_t not_taken() const; // queued() plus the kernel's unsent and unacknowledged bytes
     unsigned writes_in_flight() const { return writes_in_flight_; }

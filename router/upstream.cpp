@@ -9,7 +9,6 @@ namespace liege::router {
 
 namespace {
 
-constexpr size_t kHighWater = 256 * 1024;
 constexpr size_t kMaxResponseHead = 64 * 1024; // and as much again for a chunked body's trailers
 
 Upstream* upstream_of(llhttp_t* p) {
@@ -189,7 +188,7 @@ void Upstream::write(WriteOp* ops) {
 }
 
 bool Upstream::write_queue_high() const {
-    return stream_.queued() > kHighWater;
+    return stream_.queued() > Stream::kHighWater;
 }
 
 void Upstream::on_stream_written(int status) {

@@ -3,7 +3,8 @@
 # Usage: scripts/deps.sh [--bench]   (--bench adds wrk, nginx, haproxy and liburing for bench/)
 set -euo pipefail
 packages=(build-essential cmake pkg-config python3 libuv1-dev node-llhttp libtomlplusplus-dev
-          libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev)
+          libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
+          uwsgi uwsgi-plugin-python3 gunicorn python3-flask)
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(wrk nginx-light haproxy procps util-linux liburing-dev)
 fi

@@ -21,7 +21,12 @@ std::string encode(const RoutesMessage& m) {
                           {"generation", r.generation},
                           {"hosts", r.hosts},
                           {"path", r.path},
-                          {"backends", std::move(backends)}});
+                          {"backends", std::move(backends)},
+                          {"concurrency", r.concurrency},
+                          {"queue_size", r.queue_size},
+                          {"queue_timeout_ms", r.queue_timeout_ms},
+                          {"failed", r.failed},
+                          {"last_error", r.last_error}});
     }
     json j = {{"type", "routes"}, {"version", m.version}, {"routes", std::move(routes)}};
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
@@ -47,13 +52,19 @@ std::string encode(const StatsMessage& m) {
     }
     json vassals = json::array();
     for (const auto& v : m.vassals) {
-        vassals.push_back({{"vassal", v.vassal},
-                           {"responses", std::vector<uint64_t>(v.responses, v.responses + 6)},
-                           {"router_errors", v.router_errors},
-                           {"in_flight", v.in_flight},
-                           {"latency_bounds_ms", v.latency_bounds_ms},
-                           {"latency_buckets", v.latency_buckets},
-                           {"latency_sum_us", v.latency_sum_us}});
+        vassals.push_back(
+            {{"vassal", v.vassal},
+             {"responses", std::vector<uint64_t>(v.responses, v.responses + 6)},
+             {"router_errors", v.router_errors},
+             {"in_flight", v.in_flight},
+             {"latency_bounds_ms", v.latency_bounds_ms},
+             {"latency_buckets", v.latency_buckets},
+             {"latency_sum_us", v.latency_sum_us},
+             {"queued", v.queued},
+             {"rejected", std::vector<uint64_t>(v.rejected, v.rejected + kRejections)},
+             {"queue_wait_bounds_ms", v.queue_wait_bounds_ms},
+             {"queue_wait_buckets", v.queue_wait_buckets},
+             {"queue_wait_sum_us", v.queue_wait_sum_us}});
     }
     json j = {{"type", "stats"},
               {"connections", m.connections},
@@ -66,7 +77,31 @@ std::string encode(const StatsMessage& m) {
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
+std::string_view to_string(Rejection r) {
+    switch (r) {
+    case Rejection::QueueFull:
+        return "queue_full";
+    case Rejection::QueueTimeout:
+        return "queue_timeout";
+    case Rejection::Failed:
+        return "failed";
+    }
+    return "unknown";
+}
+
 namespace {
+
+// Adds the per-bucket counts of a histogram to another with the same bounds (a histogram with
+// other bounds, from a router of another version, is not added).
+void add_buckets(std::vector<uint64_t>& into, const std::vector<double>& into_bounds,
+                 const std::vector<uint64_t>& past, const std::vector<double>& past_bounds) {
+    if (into_bounds != past_bounds || into.size() != past.size()) {
+        return;
+    }
+    for (size_t i = 0; i < past.size(); ++i) {
+        into[i] += past[i];
+    }
+}
 
 // For each item of `past`: add its counters to the item of `into` with the same key, or keep it
 // (without its in-flight gauge) when `into` has none.
@@ -81,6 +116,9 @@ void add_each(std::vector<T>& into, const std::vector<T>& past, Key T::*key, Add
         }
         T gone = p;
         gone.in_flight = 0;
+        if constexpr (requires { gone.queued; }) {
+            gone.queued = 0;
+        }
         into.push_back(std::move(gone));
     }
 }
@@ -111,12 +149,14 @@ StatsMessage add_counters(const StatsMessage& past, const StatsMessage& now) {
                  }
                  into.router_errors += v.router_errors;
                  into.latency_sum_us += v.latency_sum_us;
-                 if (into.latency_bounds_ms == v.latency_bounds_ms &&
-                     into.latency_buckets.size() == v.latency_buckets.size()) {
-                     for (size_t i = 0; i < v.latency_buckets.size(); ++i) {
-                         into.latency_buckets[i] += v.latency_buckets[i];
-                     }
+                 add_buckets(into.latency_buckets, into.latency_bounds_ms, v.latency_buckets,
+                             v.latency_bounds_ms);
+                 for (int i = 0; i < kRejections; ++i) {
+                     into.rejected[i] += v.rejected[i];
                  }
+                 into.queue_wait_sum_us += v.queue_wait_sum_us;
+                 add_buckets(into.queue_wait_buckets, into.queue_wait_bounds_ms,
+                             v.queue_wait_buckets, v.queue_wait_bounds_ms);
              });
     return sum;
 }
@@ -138,6 +178,11 @@ RoutesMessage decode_routes(const json& j) {
         spec.generation = r.value("generation", uint64_t{0});
         spec.hosts = r.value("hosts", std::vector<std::string>{"*"});
         spec.path = r.value("path", std::string("/"));
+        spec.concurrency = r.value("concurrency", 0);
+        spec.queue_size = r.value("queue_size", uint32_t{0});
+        spec.queue_timeout_ms = r.value("queue_timeout_ms", int64_t{30'000});
+        spec.failed = r.value("failed", false);
+        spec.last_error = r.value("last_error", std::string());
         for (const auto& b : r.at("backends")) {
             spec.backends.push_back({b.at("address").get<std::string>(), b.value("worker", 0),
                                      b.value("draining", false),
@@ -183,6 +228,14 @@ StatsMessage decode_stats(const json& j) {
         f.latency_bounds_ms = v.value("latency_bounds_ms", std::vector<double>{});
         f.latency_buckets = v.value("latency_buckets", std::vector<uint64_t>{});
         f.latency_sum_us = v.value("latency_sum_us", uint64_t{0});
+        f.queued = v.value("queued", int64_t{0});
+        auto rejected = v.value("rejected", std::vector<uint64_t>{});
+        for (size_t i = 0; i < rejected.size() && i < kRejections; ++i) {
+            f.rejected[i] = rejected[i];
+        }
+        f.queue_wait_bounds_ms = v.value("queue_wait_bounds_ms", std::vector<double>{});
+        f.queue_wait_buckets = v.value("queue_wait_buckets", std::vector<uint64_t>{});
+        f.queue_wait_sum_us = v.value("queue_wait_sum_us", uint64_t{0});
         m.vassals.push_back(std::move(f));
     }
     return m;

@@ -30,6 +30,16 @@ struct RouteSpec {
     std::vector<std::string> hosts{"*"};
     std::string path = "/";
     std::vector<BackendSpec> backends;
+    // Requests one backend is sent at once, counted across router threads; 0 = no limit.
+    int concurrency = 0;
+    // Requests that may wait for a free backend slot (or for a first ready backend); 0 = none
+    // wait, a request finding no free slot gets 503 at once (as a static router does).
+    uint32_t queue_size = 0;
+    int64_t queue_timeout_ms = 30'000; // a request waiting longer gets 503
+    // The vassal gave up (its workers keep failing): requests get 503 at once naming last_error
+    // instead of waiting.
+    bool failed = false;
+    std::string last_error;
 };
 
 // Emperor → router.
@@ -52,6 +62,11 @@ struct BackendStats {
     uint64_t responses[6] = {0, 0, 0, 0, 0, 0}; // by status class: [1]=1xx ... [5]=5xx
 };
 
+// Why the router refused a request of a vassal with 503 (liege_requests_rejected_total).
+enum class Rejection { QueueFull, QueueTimeout, Failed };
+constexpr int kRejections = 3;
+std::string_view to_string(Rejection r); // "queue_full", "queue_timeout", "failed"
+
 struct VassalFigures {
     std::string vassal;
     uint64_t responses[6] = {0, 0, 0, 0, 0, 0}; // by status class
@@ -60,6 +75,12 @@ struct VassalFigures {
     std::vector<double> latency_bounds_ms; // histogram bucket upper bounds
     std::vector<uint64_t> latency_buckets; // counts per bucket (not cumulative), last = +Inf
     uint64_t latency_sum_us = 0;
+    int64_t queued = 0;                         // requests waiting now (a gauge)
+    uint64_t rejected[kRejections] = {0, 0, 0}; // by Rejection
+    // Time spent in the queue by each request that waited (histogram, as the latency one).
+    std::vector<double> queue_wait_bounds_ms;
+    std::vector<uint64_t> queue_wait_buckets;
+    uint64_t queue_wait_sum_us = 0;
 };
 
 // Router → emperor, once a second: load figures for /status and /metrics.

@@ -145,3 +145,54 @@ TEST(Control, ABackendWithoutAGenerationIsStatic) {
         R"({"type":"routes","routes":[{"vassal":"v","backends":[{"address":"127.0.0.1:1"}]}]})"));
     EXPECT_EQ(m.routes.at(0).backends.at(0).generation, 0u);
 }
+
+TEST(Control, RoutesCarryConcurrencyQueueAndFailure) {
+    liege::control::RoutesMessage m;
+    liege::control::RouteSpec r;
+    r.vassal = "shop";
+    r.concurrency = 1;
+    r.queue_size = 100;
+    r.queue_timeout_ms = 2500;
+    r.failed = true;
+    r.last_error = "worker 1 exited with status 3";
+    m.routes.push_back(r);
+    auto back =
+        liege::control::decode_routes(liege::control::parse_line(liege::control::encode(m)));
+    ASSERT_EQ(back.routes.size(), 1u);
+    EXPECT_EQ(back.routes[0].concurrency, 1);
+    EXPECT_EQ(back.routes[0].queue_size, 100u);
+    EXPECT_EQ(back.routes[0].queue_timeout_ms, 2500);
+    EXPECT_TRUE(back.routes[0].failed);
+    EXPECT_EQ(back.routes[0].last_error, "worker 1 exited with status 3");
+}
+
+TEST(Control, QueueCountersCarryOverAndTheQueueLengthDoesNot) {
+    auto with_queue = [](uint64_t full, uint64_t waited, int64_t queued) {
+        StatsMessage m;
+        liege::control::VassalFigures f;
+        f.vassal = "app";
+        f.queued = queued;
+        f.rejected[static_cast<int>(liege::control::Rejection::QueueFull)] = full;
+        f.queue_wait_bounds_ms = {10, 100};
+        f.queue_wait_buckets = {waited, 0, 1};
+        f.queue_wait_sum_us = waited * 1000;
+        m.vassals.push_back(f);
+        return m;
+    };
+    StatsMessage past = with_queue(3, 5, 7);
+    past.vassals.push_back(with_queue(1, 1, 4).vassals[0]);
+    past.vassals[1].vassal = "gone";
+    StatsMessage sum = add_counters(past, with_queue(2, 1, 1));
+    ASSERT_EQ(sum.vassals.size(), 2u);
+    EXPECT_EQ(sum.vassals[0].queued, 1);
+    EXPECT_EQ(sum.vassals[0].rejected[0], 5u);
+    EXPECT_EQ(sum.vassals[0].queue_wait_buckets, (std::vector<uint64_t>{6, 0, 2}));
+    EXPECT_EQ(sum.vassals[0].queue_wait_sum_us, 6000u);
+    EXPECT_EQ(sum.vassals[1].queued, 0); // a gauge of a router that has gone
+    auto round =
+        liege::control::decode_stats(liege::control::parse_line(liege::control::encode(sum)));
+    EXPECT_EQ(round.vassals[0].rejected[0], 5u);
+    EXPECT_EQ(round.vassals[0].queued, 1);
+    EXPECT_EQ(round.vassals[0].queue_wait_bounds_ms, (std::vector<double>{10, 100}));
+    EXPECT_EQ(liege::control::to_string(liege::control::Rejection::QueueTimeout), "queue_timeout");
+}

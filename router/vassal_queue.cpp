@@ -58,7 +58,7 @@ VassalQueue::Joined VassalQueue::join(const std::shared_ptr<Waiter>& w) {
     std::vector<std::shared_ptr<Waiter>> handed;
     {
         std::lock_guard lock(mu_);
-        if (settings_.failed) {
+        if (refuses(steady_now_ms())) {
             return Joined::Failed;
         }
         if (q_.size() >= settings_.size) {
@@ -89,6 +89,14 @@ bool VassalQueue::leave(Waiter& w) {
     return true;
 }
 
+bool VassalQueue::refuses(int64_t now) const {
+    if (!settings_.failed) {
+        return false;
+    }
+    bool busy = false;
+    return balancer_ == nullptr || (balancer_->pick(0, now, &busy) < 0 && !busy);
+}
+
 void VassalQueue::pump() {
     if (length() == 0) {
         return;
@@ -105,16 +113,15 @@ void VassalQueue::pump_locked(std::vector<std::shared_ptr<Waiter>>& handed) {
     const int64_t now = steady_now_ms();
     while (!q_.empty()) {
         std::shared_ptr<Backend> be;
-        if (!settings_.failed) {
-            if (balancer_ == nullptr) {
-                return;
+        if (balancer_ != nullptr) {
+            if (const Balancer::Claim c = balancer_->claim(0, now); c.index >= 0) {
+                be = balancer_->backends()[static_cast<size_t>(c.index)];
             }
-            const Balancer::Claim c = balancer_->claim(0, now);
-            if (c.index < 0) {
-                return; // no free slot: the next request to leave a worker pumps again
-            }
-            be = balancer_->backends()[static_cast<size_t>(c.index)];
         }
+        if (be == nullptr && !refuses(now)) {
+            return; // no free slot: the next request to leave a worker pumps again
+        }
+        // A slot, or a refusal: the vassal failed and has no worker left to wait for.
         std::shared_ptr<Waiter> w = std::move(q_.front());
         q_.pop_front();
         length_.fetch_sub(1, std::memory_order_seq_cst);

@@ -72,15 +72,16 @@ public:
     std::string failure() const;
 
     // Control thread: the settings and the workers of the latest route set. Pumps, so waiters
-    // get the workers that became ready; if the vassal failed, they are all refused.
+    // get the workers that became ready; if the vassal failed with no worker up, they are
+    // refused.
     void update(const QueueSettings& settings, LbPolicy policy,
                 std::vector<std::shared_ptr<Backend>> backends, std::vector<char> draining);
     // The vassal is gone from the route set: every waiter is refused.
     void close();
 
     enum class Joined { Waiting, Full, Failed };
-    // Lists `w` at the back (Waiting) unless the queue is full or the vassal failed, then pumps
-    // (a slot may have come free since the caller looked).
+    // Lists `w` at the back (Waiting) unless the queue is full or the vassal failed with no
+    // worker up, then pumps (a slot may have come free since the caller looked).
     Joined join(const std::shared_ptr<Waiter>& w);
     // Takes `w` out; false when it is no longer listed (a slot or a refusal is on its way).
     bool leave(Waiter& w);
@@ -88,8 +89,11 @@ public:
     void pump();
 
 private:
-    // Under mu_: one slot per waiter while there are both; refuses them all when failed.
+    // Under mu_: one slot per waiter while there are both; when the vassal failed and no
+    // worker is left that could serve them, the waiters are refused.
     void pump_locked(std::vector<std::shared_ptr<Waiter>>& handed);
+    // Under mu_: the vassal failed and none of its workers is up (a busy one still serves).
+    bool refuses(int64_t now) const;
     void hand_over(std::vector<std::shared_ptr<Waiter>>& handed);
 
     const std::string vassal_;

@@ -144,6 +144,22 @@ TEST_F(QueueFixture, AFailedVassalRefusesNewcomersAndThoseWaiting) {
     EXPECT_EQ(queue->join(waiter()), VassalQueue::Joined::Failed);
 }
 
+TEST_F(QueueFixture, AFailedVassalWithAWorkerStillServingKeepsQueueing) {
+    // One worker keeps failing, the other serves: its requests wait for it as before.
+    serve(1, 1);
+    backends[0]->in_flight = 1;
+    QueueSettings failed = sized(3);
+    failed.failed = true;
+    queue->update(failed, LbPolicy::LeastConn, backends, {});
+    auto w = waiter();
+    EXPECT_EQ(queue->join(w), VassalQueue::Joined::Waiting);
+    EXPECT_TRUE(handed.empty());
+    backends[0]->in_flight = 0;
+    queue->pump();
+    ASSERT_EQ(handed.size(), 1u);
+    EXPECT_EQ(handed[0]->backend, backends[0]);
+}
+
 TEST_F(QueueFixture, ARemovedVassalRefusesThoseWaiting) {
     serve(0, 0);
     queue->join(waiter());

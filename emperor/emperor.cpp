@@ -136,6 +136,7 @@ void Emperor::apply_file(const std::string& name, const fs::path& file) {
         }
         v->content_hash = load.content_hash;
         failed(*v, first);
+        publish_failure(*v);
         v->notify(loop_, false, "invalid vassal file: " + first);
         return;
     }
@@ -237,6 +238,7 @@ void Emperor::reload(const std::string& name, VassalRt::Waiter done) {
     if (!load.ok()) {
         std::string msg = load.errors.empty() ? "unreadable file" : load.errors.front().str();
         failed(v, msg);
+        publish_failure(v);
         post(loop_, [done = std::move(done), msg] { done(false, "invalid vassal file: " + msg); });
         return;
     }
@@ -350,6 +352,8 @@ void Emperor::worker_failed(WorkerProc& w, const std::string& why) {
     v.update_state();
     if (was_serving) {
         publish_routes();
+    } else {
+        publish_failure(v);
     }
 }
 
@@ -370,11 +374,15 @@ void Emperor::worker_exited(WorkerProc& w, ExitStatus st) {
     v.update_state();
     if (was_serving) {
         publish_routes();
+    } else {
+        publish_failure(v);
     }
 }
 
 void Emperor::worker_backing_off(WorkerProc& w) {
-    vassal_of(w).update_state();
+    VassalRt& v = vassal_of(w);
+    v.update_state();
+    publish_failure(v);
 }
 
 void Emperor::worker_gone(WorkerProc& w) {
@@ -414,6 +422,8 @@ void Emperor::publish_routes() {
     control::RoutesMessage m;
     m.version = ++routes_version_;
     for (const auto& [name, v] : vassals_) {
+        v->routed_failed = v->refused();
+        v->routed_error = v->last_error;
         const Generation* shown = v->active != nullptr ? v->active.get() : v->next.get();
         if (shown == nullptr) {
             if (v->workers.empty()) {
@@ -426,6 +436,11 @@ void Emperor::publish_routes() {
         r.generation = shown->id;
         r.hosts = shown->config.hosts;
         r.path = shown->config.path;
+        r.concurrency = shown->config.concurrency;
+        r.queue_size = shown->config.queue.size;
+        r.queue_timeout_ms = shown->config.queue.timeout.count();
+        r.failed = v->routed_failed;
+        r.last_error = v->last_error;
         for (const WorkerProc* w : v->in_order()) {
             if (w->serving() || w->phase() == WorkerPhase::Draining) {
                 r.backends.push_back(
@@ -435,6 +450,12 @@ void Emperor::publish_routes() {
         m.routes.push_back(std::move(r));
     }
     router_.send_routes(m);
+}
+
+void Emperor::publish_failure(VassalRt& v) {
+    if (v.failure_unrouted()) {
+        publish_routes();
+    }
 }
 
 void Emperor::router_exited(ExitStatus st) {

@@ -87,6 +87,9 @@ private:
     void maybe_erase(VassalRt& v);
     void on_drained(const control::DrainedMessage& m);
     void publish_routes();
+    // Publishes the routes if the vassal's failure (RouteSpec.failed, last_error) changed
+    // without a change of its backends.
+    void publish_failure(VassalRt& v);
     void router_exited(ExitStatus st);
     void maybe_finish_shutdown();
     void failed(VassalRt& v, std::string error);

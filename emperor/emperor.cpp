@@ -14,17 +14,26 @@ namespace liege::emperor {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// The router's figures for each worker, by address (as the route set names the backends).
+std::map<std::string, const control::BackendStats*>
+backends_by_address(const control::StatsMessage& stats) {
+    std::map<std::string, const control::BackendStats*> out;
+    for (const auto& b : stats.backends) {
+        out[b.address] = &b;
+    }
+    return out;
+}
+
+} // namespace
+
 Emperor::Emperor(uv_loop_t* loop, EmperorOptions options)
     : loop_(loop), options_(std::move(options)),
       router_(loop, options_,
               {[this] { publish_routes(); },
                [this](const control::DrainedMessage& m) { on_drained(m); },
-               [this] {
-                   if (stats_listener_) {
-                       stats_listener_();
-                   }
-               },
-               [this](ExitStatus st) { router_exited(st); }}) {
+               [this] { router_stats_arrived(); }, [this](ExitStatus st) { router_exited(st); }}) {
     uv_idle_init(loop_, graveyard_idle_.get());
     graveyard_idle_->data = this;
     started_unix_ = unix_now();
@@ -458,6 +467,20 @@ void Emperor::publish_failure(VassalRt& v) {
     }
 }
 
+void Emperor::router_stats_arrived() {
+    const auto by_address = backends_by_address(router_.stats());
+    for (auto& [name, v] : vassals_) {
+        for (auto& w : v->workers) {
+            if (auto it = by_address.find(w->address().str()); it != by_address.end()) {
+                w->router_report(*it->second);
+            }
+        }
+    }
+    if (stats_listener_) {
+        stats_listener_();
+    }
+}
+
 void Emperor::router_exited(ExitStatus st) {
     std::set<std::string> live;
     std::set<std::string> names;
@@ -523,10 +546,7 @@ void Emperor::maybe_finish_shutdown() {
 nlohmann::json Emperor::status() const {
     using nlohmann::json;
     const control::StatsMessage& stats = router_.stats();
-    std::map<std::string, const control::BackendStats*> by_address;
-    for (const auto& b : stats.backends) {
-        by_address[b.address] = &b;
-    }
+    const auto by_address = backends_by_address(stats);
     std::map<std::string, const control::VassalFigures*> figures;
     for (const auto& f : stats.vassals) {
         figures[f.vassal] = &f;

@@ -578,6 +578,7 @@ nlohmann::json Emperor::status() const {
                    {"file", v->file.string()},
                    {"hosts", g != nullptr ? json(g->config.hosts) : json::array()},
                    {"path", g != nullptr ? g->config.path : std::string("/")},
+                   {"concurrency", g != nullptr ? g->config.concurrency : 0},
                    {"workers", std::move(workers)},
                    {"reloads", v->reloads},
                    {"failed_reloads", v->failed_reloads},
@@ -586,14 +587,17 @@ nlohmann::json Emperor::status() const {
                     v->last_error_unix != 0 ? json(v->last_error_unix) : json(nullptr)}};
         uint64_t requests = 0;
         uint64_t errors = 0;
+        int64_t queued = 0;
         if (auto it = figures.find(name); it != figures.end()) {
             for (uint64_t c : it->second->responses) {
                 requests += c;
             }
             errors = it->second->responses[5];
+            queued = it->second->queued;
         }
         jv["requests"] = requests;
         jv["errors"] = errors;
+        jv["queued"] = queued;
         vassals.push_back(std::move(jv));
     }
     json router = {{"pid", router_.pid()},

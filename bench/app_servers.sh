@@ -51,6 +51,7 @@ SERVER_CPUS=${SERVER_CPUS:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 QUIET_WAIT=${QUIET_WAIT:-60}
 RELEASE_TIMEOUT=30 # seconds a new release or a dropped vassal may take before it counts as never
+export PYTHONDONTWRITEBYTECODE=1 # the helpers import each other: no __pycache__ in bench/
 
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
@@ -186,7 +187,7 @@ start_server() {
         done
         [[ -n $PORT ]] || die "liege run did not report its port: $(tail -5 "$dir/server.log")"
     fi
-    wait_for_body app.test "release $s-$r-0" "$EPOCHREALTIME" >/dev/null ||
+    wait_for_body app.test "release $s-$r-0" >/dev/null ||
         die "$s never served its app: $(tail -20 "$dir/server.log")"
 }
 
@@ -213,25 +214,18 @@ app_master_pids() {
 }
 
 # ---------------------------------------------------------------- polls and load
-now_us() { echo "${EPOCHREALTIME//[!0-9]/}"; }
-
-# wait_for_body HOST BODY T0: poll GET / with that Host every POLL s until it answers BODY;
-# prints the seconds from T0 (an EPOCHREALTIME) to that answer, or "nan" after RELEASE_TIMEOUT.
+# wait_for_body HOST BODY [TRACE [FILE TEXT]]: poll GET / with that Host every POLL s until it
+# answers BODY (bench/poll_release.py, pinned with wrk); prints the seconds that took, or "nan"
+# after RELEASE_TIMEOUT. TRACE gets one line per poll. With FILE and TEXT, writes TEXT as FILE's
+# new content first (renamed into place by the poller) and times from that rename.
 wait_for_body() {
-    local host=$1 want=$2 t0=${3//[!0-9]/} body now
-    while :; do
-        body=$( (pin "$WRK_CPUS" curl -s --max-time 1 -H "Host: $host" "http://127.0.0.1:$PORT/") || true)
-        now=$(now_us)
-        if [[ $body == "$want" ]]; then
-            awk -v d=$((now - t0)) 'BEGIN { printf "%.3f\n", d / 1e6 }'
-            return 0
-        fi
-        if ((now - t0 > RELEASE_TIMEOUT * 1000000)); then
-            echo nan
-            return 1
-        fi
-        sleep "$POLL"
-    done
+    local rename=()
+    if [[ $# -ge 5 ]]; then
+        printf '%s\n' "$5" >"$TMP/.write.tmp"
+        rename=(--rename "$TMP/.write.tmp" "$4")
+    fi
+    (pin "$WRK_CPUS" python3 "$BENCH/poll_release.py" "$PORT" "$1" "$2" --interval "$POLL" \
+        --timeout "$RELEASE_TIMEOUT" --trace "${3:-/dev/null}" "${rename[@]}")
 }
 
 # wrk_start OUTFILE [DURATION]: wrk against the app in the background (default: until
@@ -255,7 +249,7 @@ STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT="$BENCH/results/app-servers-$STAMP"
 mkdir -p "$OUT/raw"
 SAMPLES="$OUT/samples.tsv"
-printf 'round\tserver\trps\tp50_ms\tp99_ms\terrors\tcpu_us_per_req\trss_kib\tapp_master_rss_kib\treload_requests\treload_failed\treload_s\tbroken_requests\tbroken_failed\trestore_s\tdrop_s\tbusy_before_pct\n' >"$SAMPLES"
+printf 'round\tserver\trps\tp50_ms\tp99_ms\terrors\tcpu_us_per_req\trss_kib\tapp_master_rss_kib\treload_requests\treload_failed\treload_s\tworker_ready_ms\tbroken_requests\tbroken_failed\trestore_s\tdrop_s\tbusy_before_pct\n' >"$SAMPLES"
 
 # The liege vassal must be valid for this build (concurrency is a newer key).
 if [[ " $SERVERS " == *" liege "* ]]; then
@@ -269,7 +263,7 @@ read -r -a SERVER_NAMES <<<"$SERVERS"
 
 # session SERVER ROUND: start the server, measure everything once, stop it; one samples.tsv row.
 session() {
-    local s=$1 r=$2 raw="$OUT/raw/round$2-$1" busy i t0 lat reload_s=() release
+    local s=$1 r=$2 raw="$OUT/raw/round$2-$1" busy i lat reload_s=() release
     busy=$(cpu_busy 1) # nothing of ours runs now: this is everyone else
     start_server "$s" "$r"
     local file="$VDIR/app.$SUFFIX"
@@ -294,14 +288,20 @@ session() {
     sleep 1
     for ((i = 1; i <= RELOADS; i++)); do
         release="$s-$r-$i"
-        t0=$EPOCHREALTIME
-        write_file "$file" "$(vassal_text "$s" app.test "$release" "$SOCK_PORT")"
-        lat=$(wait_for_body app.test "release $release" "$t0") || true
+        lat=$(wait_for_body app.test "release $release" "$raw-polls-rewrite$i.tsv" "$file" \
+            "$(vassal_text "$s" app.test "$release" "$SOCK_PORT")") || true
         reload_s+=("$lat")
         sleep 1.1 # uWSGI's Emperor compares whole-second mtimes
     done
     wrk_stop
     read -r _ _ _ rl_failed rl_reqs <<<"$(parse_wrk "$raw-reloads.txt")"
+    # liege logs each worker's time from spawn to ready; a rolling reload starts with worker 1,
+    # and its readiness gates the new release's first answer.
+    local ready_ms=nan
+    if [[ $s == liege ]]; then
+        ready_ms=$(awk '/vassal app: worker 1 ready in [0-9]+ ms/ && n++ { out = out (out ? "," : "") $(NF - 1) }
+            END { print out ? out : "nan" }' "$TMP/$s-round$r/server.log")
+    fi
 
     # A broken file under load, for BROKEN_SECONDS; then a valid one again.
     local br_reqs br_failed restore
@@ -313,22 +313,20 @@ session() {
     wrk_stop
     read -r _ _ _ br_failed br_reqs <<<"$(parse_wrk "$raw-broken.txt")"
     release="$s-$r-restored"
-    t0=$EPOCHREALTIME
-    write_file "$file" "$(vassal_text "$s" app.test "$release" "$SOCK_PORT")"
-    restore=$(wait_for_body app.test "release $release" "$t0") || true
+    restore=$(wait_for_body app.test "release $release" "$raw-polls-restore.tsv" "$file" \
+        "$(vassal_text "$s" app.test "$release" "$SOCK_PORT")") || true
 
     # Drop a second vassal; time until it answers.
     local drop
-    t0=$EPOCHREALTIME
-    write_file "$VDIR/drop.$SUFFIX" "$(vassal_text "$s" drop.test "$s-$r-drop" "$DROP_SOCK_PORT")"
-    drop=$(wait_for_body drop.test "release $s-$r-drop" "$t0") || true
+    drop=$(wait_for_body drop.test "release $s-$r-drop" "$raw-polls-drop.tsv" "$VDIR/drop.$SUFFIX" \
+        "$(vassal_text "$s" drop.test "$s-$r-drop" "$DROP_SOCK_PORT")") || true
 
     cp "$TMP/$s-round$r/server.log" "$raw-server.log"
     stop_pid "$EMPEROR"
     local IFS=,
-    printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$rps" \
+    printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$rps" \
         "$p50" "$p99" "$errs" "$cpu" "$rss" "$app_rss" "$rl_reqs" "$rl_failed" "${reload_s[*]}" \
-        "$br_reqs" "$br_failed" "$restore" "$drop" "$busy" >>"$SAMPLES"
+        "$ready_ms" "$br_reqs" "$br_failed" "$restore" "$drop" "$busy" >>"$SAMPLES"
     log "round $r/$ROUNDS $(printf '%-5s' "$s") $rps req/s  p99 $p99 ms  errors $errs  cpu $cpu us/req  rss $((rss / 1024)) MiB | rewrites: ${rl_failed} failed (${rl_reqs} responses), new release after ${reload_s[*]} s | broken file: ${br_failed} failed (${br_reqs} responses), restored after $restore s | drop: $drop s  (busy before: $busy%)"
 }
 

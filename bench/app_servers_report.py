@@ -64,6 +64,7 @@ def figures(rows):
         "reloads_never": len(lat) - len(seen),
         "reload_med": statistics.median(seen) if seen else None,
         "reload_max": max(seen) if seen else None,
+        "ready_ms": median_or_none(v for s in rows for v in floats(s.get("worker_ready_ms"))),
         "broken_failed": total(rows, "broken_failed"),
         "restore": median_or_none(num(s, "restore_s") for s in rows),
         "drop": median_or_none(num(s, "drop_s") for s in rows),
@@ -149,6 +150,8 @@ def main():
     p(f"| rewrite → new release answers, s (median of {lg['reloads']}) | {latency(lg)} | "
       f"{latency(uw)} | {fmt(ratio(lg['reload_med'], uw['reload_med']), 2)} | "
       f"<= {TARGET_RELEASE} s, every rewrite | {yes_no(release_ok)} |")
+    p(f"| of which liege's first new worker, spawn → ready, ms (median, from its log) | "
+      f"{fmt(lg['ready_ms'])} | | | | |")
     p(f"| failed requests while the file is broken | "
       f"{failed_of([x for x in samples if x['server'] == 'liege'], 'broken_failed', 'broken_requests')} | "
       f"{failed_of([x for x in samples if x['server'] == 'uwsgi'], 'broken_failed', 'broken_requests')} | "
@@ -170,14 +173,15 @@ def main():
     p("## Every round")
     p()
     p("| round | server | req/s | p99 ms | errors | CPU µs/req | RSS MiB | rewrites: failed (responses) "
-      "| rewrite → release, s | broken file: failed (responses) | restore s | drop s | busy % |")
-    p("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+      "| rewrite → release, s | worker ready ms | broken file: failed (responses) | restore s | drop s | busy % |")
+    p("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for s in samples:
         lat = ", ".join(fmt(v, 3) for v in floats(s["reload_s"]))
         p(f"| {s['round']} | {LABELS.get(s['server'], s['server'])} | {fmt(num(s, 'rps'))} | "
           f"{fmt(num(s, 'p99_ms'), 2)} | {fmt(count(s, 'errors'))} | "
           f"{fmt(num(s, 'cpu_us_per_req'), 1)} | {fmt(mib(num(s, 'rss_kib')), 1)} | "
           f"{failed_of([s], 'reload_failed', 'reload_requests')} | {lat} | "
+          f"{', '.join(fmt(v) for v in floats(s.get('worker_ready_ms')))} | "
           f"{failed_of([s], 'broken_failed', 'broken_requests')} | {fmt(num(s, 'restore_s'), 3)} | "
           f"{fmt(num(s, 'drop_s'), 3)} | {s['busy_before_pct']} |")
 

@@ -169,12 +169,13 @@ start_server() {
         local keepalive=()
         [[ $UWSGI_KEEPALIVE == 1 ]] && keepalive=(--http-keepalive)
         # The master (--master) is what spawns the HTTP router; SIGINT stops it and everything
-        # under it (SIGTERM would be a reload).
+        # under it (SIGTERM would be a reload), in about 4 s.
         (cd "$dir" && pin "$SERVER_CPUS" setsid uwsgi --master --plugin http --http "127.0.0.1:$PORT" \
             "${keepalive[@]}" --http-subscription-server "127.0.0.1:$SUB_PORT" --emperor "$VDIR") \
             >"$dir/server.log" 2>&1 </dev/null &
         EMPEROR=$!
         STOP_WITH[$EMPEROR]=INT
+        STOP_WAIT[$EMPEROR]=15
         ;;
     esac
     PIDS+=("$EMPEROR")

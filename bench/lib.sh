@@ -17,6 +17,7 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/liege-bench.XXXXXX")
 PIDS=()               # every long-running process we started, stopped in reverse order
 declare -A STOP_WITH  # pid -> the signal that stops it cleanly (default TERM)
 declare -A LEADS      # pid -> 1 when it leads its own process group: stop the whole group
+declare -A STOP_WAIT  # pid -> seconds it may take to stop before SIGKILL (default 5)
 
 # signal_pid SIGNAL PID: to PID, or to its process group when it leads one.
 signal_pid() {
@@ -36,13 +37,15 @@ alive() {
     fi
 }
 
-# reap PID: wait up to 5 s for PID to go after its stop signal, then SIGKILL it (its group).
+# reap PID: wait up to STOP_WAIT[PID] (5 s) for PID to go after its stop signal, then SIGKILL
+# it (its group).
 reap() {
     local pid=$1
-    for _ in $(seq 50); do
+    for _ in $(seq $((${STOP_WAIT[$pid]:-5} * 10))); do
         alive "$pid" || break
         sleep 0.1
     done
+    alive "$pid" && log "pid $pid did not stop within ${STOP_WAIT[$pid]:-5} s; killing it"
     signal_pid KILL "$pid"
     wait "$pid" 2>/dev/null || true
 }
@@ -52,7 +55,7 @@ forget() {
     local keep=() x
     for x in "${PIDS[@]}"; do [[ $x == "$1" ]] || keep+=("$x"); done
     PIDS=("${keep[@]}")
-    unset "STOP_WITH[$1]" "LEADS[$1]"
+    unset "STOP_WITH[$1]" "LEADS[$1]" "STOP_WAIT[$1]"
 }
 
 # stop_pid PID: stop one process we started (its stop signal, then SIGKILL) and forget it.

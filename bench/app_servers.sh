@@ -21,7 +21,7 @@
 #                          (--http-keepalive); 0: it closes each after one response
 #   SERVERS ["liege uwsgi"]
 #   PIN [1]                pin with taskset (0: let the scheduler place everything)
-#   WRK_CPUS [1]           CPUs for wrk and the curl polls
+#   WRK_CPUS [1]           CPUs for wrk and the polls (bench/poll_release.py)
 #   SERVER_CPUS [0]        CPUs for each server: emperor, router and app processes
 #   SKIP_BUILD [0]         1: use the existing build-bench/liege as is
 #   QUIET_WAIT [60]        seconds to wait for other load to stop before measuring

@@ -114,18 +114,15 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-# wait_http PORT PID NAME [HOST]: until GET / (with that Host header) answers 200, bounded to
-# 10 s; fails if PID dies.
+# wait_http PORT PID NAME: until GET / answers 200, bounded; fails if PID dies.
 wait_http() {
-    local port=$1 pid=$2 name=$3 host=${4:-} code
-    local hdr=()
-    [[ -n $host ]] && hdr=(-H "Host: $host")
+    local port=$1 pid=$2 name=$3 code
     for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || {
             log "$name exited during startup"
             return 1
         }
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "${hdr[@]}" "http://127.0.0.1:$port/" || true)
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" || true)
         [[ $code == 200 ]] && return 0
         sleep 0.1
     done

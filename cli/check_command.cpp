@@ -46,7 +46,9 @@ std::string summary(const Vassal& v) {
     for (const auto& arg : v.command) {
         command += (command.empty() ? "" : " ") + shell_word(arg);
     }
-    return v.name + ": workers=" + std::to_string(v.workers) + " hosts=" + hosts +
+    const std::string concurrency =
+        v.concurrency != 0 ? " concurrency=" + std::to_string(v.concurrency) : "";
+    return v.name + ": workers=" + std::to_string(v.workers) + concurrency + " hosts=" + hosts +
            " path=" + v.path + " socket=" + std::string(to_string(v.socket)) +
            " command=" + command;
 }

@@ -129,9 +129,10 @@ std::string format_rate(double per_second) {
 }
 
 std::string format_vassal_table(const json& status, const TableStyle& style) {
+    // QUEUED comes after the columns earlier versions printed, which keep their places.
     static const std::vector<std::string> kHeads = {"VASSAL",   "STATE", "GEN",    "WORKERS",
                                                     "REQUESTS", "REQ/S", "ERRORS", "RESTARTS",
-                                                    "RSS",      "UPTIME"};
+                                                    "QUEUED",   "RSS",   "UPTIME"};
     std::vector<std::vector<Cell>> rows;
     for (const json& v : array(status, "vassals")) {
         const std::string state = text(v, "state", "?");
@@ -146,6 +147,7 @@ std::string format_vassal_table(const json& status, const TableStyle& style) {
             total = static_cast<int64_t>(workers.size());
         }
         const int64_t errors = integer(v, "errors");
+        const int64_t queued = integer(v, "queued");
         const char* workers_colour = ready >= total ? nullptr : ready == 0 ? kRed : kYellow;
         rows.push_back({
             {text(v, "name", "?"), nullptr, false},
@@ -157,6 +159,7 @@ std::string format_vassal_table(const json& status, const TableStyle& style) {
             {std::to_string(errors), errors > 0 ? kRed : nullptr, true},
             {std::to_string(integer(v, "restarts")), integer(v, "restarts") > 0 ? kYellow : nullptr,
              true},
+            {std::to_string(queued), queued > 0 ? kYellow : nullptr, true},
             {format_bytes(v.contains("rss_bytes") ? integer(v, "rss_bytes") : -1), nullptr, true},
             {format_uptime(integer(v, "uptime_seconds")), nullptr, true},
         });

@@ -234,10 +234,12 @@ fs::path Vassal::working_dir(const PlaceholderValues& values) const {
 
 namespace {
 
-constexpr std::array<std::string_view, 10> kTopKeys = {
-    "command", "workers", "hosts", "path", "cwd", "env", "socket", "health", "reload", "stop"};
+constexpr std::array<std::string_view, 12> kTopKeys = {
+    "command", "workers", "concurrency", "hosts", "path",   "cwd",
+    "env",     "socket",  "health",      "queue", "reload", "stop"};
 constexpr std::array<std::string_view, 4> kHealthKeys = {"path", "interval", "timeout",
                                                          "start_timeout"};
+constexpr std::array<std::string_view, 2> kQueueKeys = {"size", "timeout"};
 constexpr std::array<std::string_view, 2> kReloadKeys = {"strategy", "drain_timeout"};
 constexpr std::array<std::string_view, 2> kStopKeys = {"signal", "timeout"};
 constexpr std::array<std::string_view, 4> kPlaceholderNames = {"PORT", "SOCKET", "NAME", "WORKER"};
@@ -245,6 +247,8 @@ constexpr std::array<std::string_view, 4> kPlaceholderNames = {"PORT", "SOCKET",
 constexpr std::array<std::string_view, 6> kReservedEnv = {
     "PORT", "LIEGE_VASSAL", "LIEGE_WORKER", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"};
 constexpr int kMaxWorkers = 1024;
+constexpr int kMaxConcurrency = 1024;
+constexpr int kMaxQueueSize = 100'000;
 
 // Optimal string alignment distance, ignoring case: insertions, deletions, substitutions and
 // swaps of neighbours ("PROT" → "PORT") each cost one.
@@ -383,6 +387,11 @@ public:
         if (auto* node = root.get("workers")) {
             workers(*node, v);
         }
+        if (auto* node = root.get("concurrency")) {
+            if (auto n = bounded_integer(*node, "concurrency", 0, kMaxConcurrency)) {
+                v.concurrency = static_cast<int>(*n);
+            }
+        }
         if (auto* node = root.get("hosts")) {
             v.hosts_at = position_of(node->source());
             hosts(*node, v);
@@ -412,6 +421,14 @@ public:
             duration(*table, "health.timeout", "timeout", v.health.timeout, false);
             duration(*table, "health.start_timeout", "start_timeout", v.health.start_timeout,
                      false);
+        }
+        if (auto* table = section(root, "queue", kQueueKeys)) {
+            if (auto* node = table->get("size")) {
+                if (auto n = bounded_integer(*node, "queue.size", 0, kMaxQueueSize)) {
+                    v.queue.size = static_cast<uint32_t>(*n);
+                }
+            }
+            duration(*table, "queue.timeout", "timeout", v.queue.timeout, false);
         }
         if (auto* table = section(root, "reload", kReloadKeys)) {
             if (auto* node = table->get("strategy")) {
@@ -469,6 +486,9 @@ private:
         }
         if (in(kStopKeys)) {
             return "stop";
+        }
+        if (in(kQueueKeys)) {
+            return "queue";
         }
         return std::nullopt;
     }
@@ -547,6 +567,23 @@ private:
         } catch (const std::invalid_argument& e) {
             error(*node, std::string(key) + ": " + e.what());
         }
+    }
+
+    // An integer from `min` to `max`; anything else is an error naming what was expected.
+    std::optional<int64_t> bounded_integer(const toml::node& node, std::string_view key,
+                                           int64_t min, int64_t max) {
+        const std::string expected = std::string(key) + ": expected an integer from " +
+                                     std::to_string(min) + " to " + std::to_string(max) + ", got ";
+        const auto* n = node.as_integer();
+        if (!n) {
+            error(node, expected + std::string(type_name(node)));
+            return std::nullopt;
+        }
+        if (n->get() < min || n->get() > max) {
+            error(node, expected + std::to_string(n->get()));
+            return std::nullopt;
+        }
+        return n->get();
     }
 
     void command(const toml::node& node, Vassal& v) {

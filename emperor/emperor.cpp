@@ -14,17 +14,26 @@ namespace liege::emperor {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// The router's figures for each worker, by address (as the route set names the backends).
+std::map<std::string, const control::BackendStats*>
+backends_by_address(const control::StatsMessage& stats) {
+    std::map<std::string, const control::BackendStats*> out;
+    for (const auto& b : stats.backends) {
+        out[b.address] = &b;
+    }
+    return out;
+}
+
+} // namespace
+
 Emperor::Emperor(uv_loop_t* loop, EmperorOptions options)
     : loop_(loop), options_(std::move(options)),
       router_(loop, options_,
               {[this] { publish_routes(); },
                [this](const control::DrainedMessage& m) { on_drained(m); },
-               [this] {
-                   if (stats_listener_) {
-                       stats_listener_();
-                   }
-               },
-               [this](ExitStatus st) { router_exited(st); }}) {
+               [this] { router_stats_arrived(); }, [this](ExitStatus st) { router_exited(st); }}) {
     uv_idle_init(loop_, graveyard_idle_.get());
     graveyard_idle_->data = this;
     started_unix_ = unix_now();
@@ -136,6 +145,7 @@ void Emperor::apply_file(const std::string& name, const fs::path& file) {
         }
         v->content_hash = load.content_hash;
         failed(*v, first);
+        publish_failure(*v);
         v->notify(loop_, false, "invalid vassal file: " + first);
         return;
     }
@@ -237,6 +247,7 @@ void Emperor::reload(const std::string& name, VassalRt::Waiter done) {
     if (!load.ok()) {
         std::string msg = load.errors.empty() ? "unreadable file" : load.errors.front().str();
         failed(v, msg);
+        publish_failure(v);
         post(loop_, [done = std::move(done), msg] { done(false, "invalid vassal file: " + msg); });
         return;
     }
@@ -350,6 +361,8 @@ void Emperor::worker_failed(WorkerProc& w, const std::string& why) {
     v.update_state();
     if (was_serving) {
         publish_routes();
+    } else {
+        publish_failure(v);
     }
 }
 
@@ -370,11 +383,15 @@ void Emperor::worker_exited(WorkerProc& w, ExitStatus st) {
     v.update_state();
     if (was_serving) {
         publish_routes();
+    } else {
+        publish_failure(v);
     }
 }
 
 void Emperor::worker_backing_off(WorkerProc& w) {
-    vassal_of(w).update_state();
+    VassalRt& v = vassal_of(w);
+    v.update_state();
+    publish_failure(v);
 }
 
 void Emperor::worker_gone(WorkerProc& w) {
@@ -414,6 +431,8 @@ void Emperor::publish_routes() {
     control::RoutesMessage m;
     m.version = ++routes_version_;
     for (const auto& [name, v] : vassals_) {
+        v->routed_failed = v->refused();
+        v->routed_error = v->last_error;
         const Generation* shown = v->active != nullptr ? v->active.get() : v->next.get();
         if (shown == nullptr) {
             if (v->workers.empty()) {
@@ -426,6 +445,11 @@ void Emperor::publish_routes() {
         r.generation = shown->id;
         r.hosts = shown->config.hosts;
         r.path = shown->config.path;
+        r.concurrency = shown->config.concurrency;
+        r.queue_size = shown->config.queue.size;
+        r.queue_timeout_ms = shown->config.queue.timeout.count();
+        r.failed = v->routed_failed;
+        r.last_error = v->last_error;
         for (const WorkerProc* w : v->in_order()) {
             if (w->serving() || w->phase() == WorkerPhase::Draining) {
                 r.backends.push_back(
@@ -435,6 +459,26 @@ void Emperor::publish_routes() {
         m.routes.push_back(std::move(r));
     }
     router_.send_routes(m);
+}
+
+void Emperor::publish_failure(VassalRt& v) {
+    if (v.failure_unrouted()) {
+        publish_routes();
+    }
+}
+
+void Emperor::router_stats_arrived() {
+    const auto by_address = backends_by_address(router_.stats());
+    for (auto& [name, v] : vassals_) {
+        for (auto& w : v->workers) {
+            if (auto it = by_address.find(w->address().str()); it != by_address.end()) {
+                w->router_report(*it->second);
+            }
+        }
+    }
+    if (stats_listener_) {
+        stats_listener_();
+    }
 }
 
 void Emperor::router_exited(ExitStatus st) {
@@ -502,10 +546,7 @@ void Emperor::maybe_finish_shutdown() {
 nlohmann::json Emperor::status() const {
     using nlohmann::json;
     const control::StatsMessage& stats = router_.stats();
-    std::map<std::string, const control::BackendStats*> by_address;
-    for (const auto& b : stats.backends) {
-        by_address[b.address] = &b;
-    }
+    const auto by_address = backends_by_address(stats);
     std::map<std::string, const control::VassalFigures*> figures;
     for (const auto& f : stats.vassals) {
         figures[f.vassal] = &f;
@@ -537,6 +578,7 @@ nlohmann::json Emperor::status() const {
                    {"file", v->file.string()},
                    {"hosts", g != nullptr ? json(g->config.hosts) : json::array()},
                    {"path", g != nullptr ? g->config.path : std::string("/")},
+                   {"concurrency", g != nullptr ? g->config.concurrency : 0},
                    {"workers", std::move(workers)},
                    {"reloads", v->reloads},
                    {"failed_reloads", v->failed_reloads},
@@ -545,14 +587,17 @@ nlohmann::json Emperor::status() const {
                     v->last_error_unix != 0 ? json(v->last_error_unix) : json(nullptr)}};
         uint64_t requests = 0;
         uint64_t errors = 0;
+        int64_t queued = 0;
         if (auto it = figures.find(name); it != figures.end()) {
             for (uint64_t c : it->second->responses) {
                 requests += c;
             }
             errors = it->second->responses[5];
+            queued = it->second->queued;
         }
         jv["requests"] = requests;
         jv["errors"] = errors;
+        jv["queued"] = queued;
         vassals.push_back(std::move(jv));
     }
     json router = {{"pid", router_.pid()},

@@ -86,7 +86,12 @@ private:
     void retire_generation(VassalRt& v, const Generation* g, bool drain);
     void maybe_erase(VassalRt& v);
     void on_drained(const control::DrainedMessage& m);
+    // Each worker gets its figures (liveness); then the stats listener runs.
+    void router_stats_arrived();
     void publish_routes();
+    // Publishes the routes if the vassal's failure (RouteSpec.failed, last_error) changed
+    // without a change of its backends.
+    void publish_failure(VassalRt& v);
     void router_exited(ExitStatus st);
     void maybe_finish_shutdown();
     void failed(VassalRt& v, std::string error);

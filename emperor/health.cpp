@@ -47,6 +47,25 @@ int parse_http_status_line(std::string_view received) {
     return (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
 }
 
+void RouterActivity::report(uint64_t requests, uint64_t responses, int64_t in_flight,
+                            int64_t now_ms) {
+    const bool answered = have_baseline_ && (requests > requests_ || responses > responses_);
+    have_baseline_ = true;
+    requests_ = requests;
+    responses_ = responses;
+    last_busy_ = answered || in_flight > 0;
+    last_ms_ = now_ms;
+    window_busy_ = window_busy_ || last_busy_;
+}
+
+bool RouterActivity::busy(int64_t now_ms) const {
+    return window_busy_ || (last_busy_ && now_ms - last_ms_ <= 2 * kReportMs);
+}
+
+bool liveness_failure_counts(const ProbeResult& result, bool busy) {
+    return !result.ok && !(result.timed_out && busy);
+}
+
 namespace {
 
 class Probe;
@@ -132,7 +151,7 @@ private:
         if (has_posted_) {
             finish(std::move(posted_));
         } else {
-            finish({false, 0, "timed out"});
+            finish({false, 0, "timed out", true});
         }
     }
 

@@ -160,6 +160,35 @@ std::string le_value(double bound_ms) {
     return fmt::format("{}", bound_ms / 1000.0);
 }
 
+// Where a histogram is in the router's figures of a vassal: bucket bounds in milliseconds,
+// per-bucket counts (not cumulative; the last one past the largest bound), the sum in
+// microseconds.
+struct HistogramOf {
+    std::vector<double> control::VassalFigures::*bounds_ms;
+    std::vector<uint64_t> control::VassalFigures::*buckets;
+    uint64_t control::VassalFigures::*sum_us;
+};
+
+// One vassal's histogram, in seconds, with cumulative buckets.
+void histogram(Exposition& e, const std::string& family, const std::string& vassal,
+               const control::VassalFigures& f, const HistogramOf& field) {
+    const auto& bounds_ms = f.*field.bounds_ms;
+    const auto& buckets = f.*field.buckets;
+    const std::string bucket = family + "_bucket";
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < bounds_ms.size() && i < buckets.size(); ++i) {
+        cumulative += buckets[i];
+        e.sample(bucket, {"vassal", vassal, "le", le_value(bounds_ms[i])}, cumulative);
+    }
+    uint64_t count = 0;
+    for (uint64_t b : buckets) {
+        count += b;
+    }
+    e.sample(bucket, {"vassal", vassal, "le", "+Inf"}, count);
+    e.sample(family + "_sum", {"vassal", vassal}, static_cast<double>(f.*field.sum_us) / 1e6);
+    e.sample(family + "_count", {"vassal", vassal}, count);
+}
+
 } // namespace
 
 std::string prometheus_text(const json& status, const control::StatsMessage& stats) {
@@ -190,44 +219,57 @@ std::string prometheus_text(const json& status, const control::StatsMessage& sta
         }
     }
 
-    e.family("liege_router_errors_total", "counter",
-             "Responses the router made itself for a vassal (502, 503, 504).");
-    for (const auto& v : vassals) {
-        const auto* f = figures_of(v);
-        e.sample("liege_router_errors_total", {"vassal", v.value("name", std::string())},
-                 f != nullptr ? f->router_errors : 0);
-    }
-
-    e.family("liege_requests_in_flight", "gauge",
-             "Requests of a vassal the router has sent on and not yet answered.");
-    for (const auto& v : vassals) {
-        const auto* f = figures_of(v);
-        e.sample("liege_requests_in_flight", {"vassal", v.value("name", std::string())},
-                 f != nullptr ? f->in_flight : 0);
-    }
-
-    e.family("liege_request_duration_seconds", "histogram",
-             "Time from a request reaching the router to its response head, per vassal.");
-    for (const auto& v : vassals) {
-        const auto* f = figures_of(v);
-        if (f == nullptr) {
-            continue; // no histogram until the router has reported on the vassal
+    // A family with one sample per vassal; a vassal the router has not reported on counts 0.
+    auto per_vassal = [&](std::string_view family, std::string_view type, std::string_view help,
+                          auto value_of) {
+        e.family(family, type, help);
+        for (const auto& v : vassals) {
+            const auto* f = figures_of(v);
+            e.sample(family, {"vassal", v.value("name", std::string())},
+                     value_of(f != nullptr ? *f : kNone));
         }
+    };
+    // A histogram family, one histogram per vassal the router has reported on.
+    auto histograms = [&](const std::string& family, std::string_view help,
+                          const HistogramOf& field) {
+        e.family(family, "histogram", help);
+        for (const auto& v : vassals) {
+            if (const auto* f = figures_of(v)) {
+                histogram(e, family, v.value("name", std::string()), *f, field);
+            }
+        }
+    };
+    using Figures = control::VassalFigures;
+
+    per_vassal("liege_router_errors_total", "counter",
+               "Responses the router made itself for a vassal (502, 503, 504).",
+               [](const Figures& f) { return f.router_errors; });
+    per_vassal("liege_requests_in_flight", "gauge",
+               "Requests of a vassal the router has sent on and not yet answered.",
+               [](const Figures& f) { return f.in_flight; });
+    histograms("liege_request_duration_seconds",
+               "Time from a request reaching the router to its response head, per vassal.",
+               {&Figures::latency_bounds_ms, &Figures::latency_buckets, &Figures::latency_sum_us});
+    per_vassal("liege_queue_length", "gauge",
+               "Requests of a vassal waiting in the router for a free worker slot.",
+               [](const Figures& f) { return f.queued; });
+    histograms("liege_queue_wait_seconds",
+               "Time a request of a vassal waited in the router's queue, per request that waited.",
+               {&Figures::queue_wait_bounds_ms, &Figures::queue_wait_buckets,
+                &Figures::queue_wait_sum_us});
+
+    e.family("liege_requests_rejected_total", "counter",
+             "Requests of a vassal the router refused with 503: its queue was full, the request "
+             "waited past the queue timeout, or the vassal had failed.");
+    for (const auto& v : vassals) {
+        const auto* f = figures_of(v);
         const std::string name = v.value("name", std::string());
-        uint64_t cumulative = 0;
-        for (size_t i = 0; i < f->latency_bounds_ms.size() && i < f->latency_buckets.size(); ++i) {
-            cumulative += f->latency_buckets[i];
-            e.sample("liege_request_duration_seconds_bucket",
-                     {"vassal", name, "le", le_value(f->latency_bounds_ms[i])}, cumulative);
+        for (int r = 0; r < control::kRejections; ++r) {
+            e.sample(
+                "liege_requests_rejected_total",
+                {"vassal", name, "reason", control::to_string(static_cast<control::Rejection>(r))},
+                (f != nullptr ? f : &kNone)->rejected[r]);
         }
-        uint64_t count = 0;
-        for (uint64_t b : f->latency_buckets) {
-            count += b;
-        }
-        e.sample("liege_request_duration_seconds_bucket", {"vassal", name, "le", "+Inf"}, count);
-        e.sample("liege_request_duration_seconds_sum", {"vassal", name},
-                 static_cast<double>(f->latency_sum_us) / 1e6);
-        e.sample("liege_request_duration_seconds_count", {"vassal", name}, count);
     }
 
     // Workers are labelled with their generation too: during a reload, worker 1 of the old and

@@ -96,6 +96,11 @@ void VassalRt::update_state() {
     }
 }
 
+bool VassalRt::refused() const {
+    return state == VassalState::Failed &&
+           std::none_of(workers.begin(), workers.end(), [](const auto& w) { return w->serving(); });
+}
+
 void VassalRt::notify(uv_loop_t* loop, bool ok, const std::string& message) {
     if (waiters.empty()) {
         return;

@@ -43,6 +43,9 @@ struct VassalRt {
     bool removing = false;
     // Callers of reload() waiting for this vassal's outcome.
     std::vector<Waiter> waiters;
+    // What the last route set said of the vassal's failure (RouteSpec.failed, last_error).
+    bool routed_failed = false;
+    std::string routed_error;
 
     // The workers of `g` (not retiring), in the order they were started.
     std::vector<WorkerProc*> members(const Generation* g) const;
@@ -59,6 +62,14 @@ struct VassalRt {
 
     // Derives `state` from the generations and the active workers' failures.
     void update_state();
+    // Whether the router refuses its requests at once (503 naming last_error) instead of
+    // queueing them: the vassal is failed and none of its workers serves. A failed vassal with a
+    // worker still serving keeps being routed to it.
+    bool refused() const;
+    // The route set's failure fields are out of date: refused() or last_error changed since.
+    bool failure_unrouted() const {
+        return refused() != routed_failed || last_error != routed_error;
+    }
     // Answers every waiter, from the loop (never inside the caller).
     void notify(uv_loop_t* loop, bool ok, const std::string& message);
     // Answers a reload that started a vassal's first generation: ok once every worker is ready,

@@ -168,6 +168,7 @@ void WorkerProc::spawn() {
     set_state(P::Starting);
     signalled_ = false;
     probe_failures_ = 0;
+    activity_ = RouterActivity{};
     ready_ms_ = 0;
     spawn_error_.clear();
     PlaceholderValues values;
@@ -290,13 +291,21 @@ void WorkerProc::probe_now() {
     const HealthCheck& h = generation_->config.health;
     cancel_probe_ = probe(host_.loop(), address_, h.path, h.timeout, [this](const ProbeResult& r) {
         cancel_probe_ = nullptr;
-        on_probe(r.ok, r.error);
+        on_probe(r);
     });
 }
 
-void WorkerProc::on_probe(bool ok, const std::string& error) {
+void WorkerProc::router_report(const control::BackendStats& stats) {
+    uint64_t responses = 0;
+    for (uint64_t n : stats.responses) {
+        responses += n;
+    }
+    activity_.report(stats.requests, responses, stats.in_flight, steady_now_ms());
+}
+
+void WorkerProc::on_probe(const ProbeResult& result) {
     if (phase_ == P::Starting) {
-        if (!ok) {
+        if (!result.ok) {
             arm(readiness_poll_ms_);
             readiness_poll_ms_ = std::min(readiness_poll_ms_ * 2, kReadinessPollMs);
             return;
@@ -311,14 +320,21 @@ void WorkerProc::on_probe(bool ok, const std::string& error) {
     if (!ready()) {
         return;
     }
-    if (ok) {
+    const bool busy = activity_.busy(steady_now_ms());
+    activity_.checked();
+    if (result.ok) {
         probe_failures_ = 0;
+        return;
+    }
+    if (!liveness_failure_counts(result, busy)) {
+        spdlog::debug("vassal {}: worker {} health check {} while serving requests; not counted",
+                      vassal_, slot_, result.error);
         return;
     }
     if (++probe_failures_ >= kLivenessFailures) {
         spdlog::warn("vassal {}: worker {} failed {} health checks ({}); restarting it", vassal_,
-                     slot_, probe_failures_, error);
-        host_.worker_failed(*this, "health checks failing: " + error);
+                     slot_, probe_failures_, result.error);
+        host_.worker_failed(*this, "health checks failing: " + result.error);
     }
 }
 

@@ -34,6 +34,8 @@
 
 #include "generation.hpp"
 #include "liege/address.hpp"
+#include "liege/control.hpp"
+#include "liege/health.hpp"
 #include "liege/restart_backoff.hpp"
 #include "liege/spawner.hpp"
 #include "liege/uv.hpp"
@@ -104,6 +106,9 @@ public:
     void restart();
     // After worker_exited: back off before the next spawn. Returns the wait.
     std::chrono::milliseconds back_off();
+    // The router's latest figures for the worker's address: whether it is busy decides whether
+    // a liveness check that times out counts (liege/health.hpp).
+    void router_report(const control::BackendStats& stats);
 
     WorkerPhase phase() const { return phase_; }
     WorkerState state() const;
@@ -132,7 +137,7 @@ private:
     void disarm();
     void on_timer();
     void probe_now();
-    void on_probe(bool ok, const std::string& error);
+    void on_probe(const ProbeResult& result);
     void exited(ExitStatus st);
     // Sends the stop signal (unless it went already) and moves to `next`.
     void stop_process(WorkerPhase next);
@@ -156,6 +161,7 @@ private:
     int restarts_ = 0;
     RestartBackoff backoff_;
     int probe_failures_ = 0;
+    RouterActivity activity_; // of the current process
     int64_t started_ms_ = 0;
     int64_t ready_ms_ = 0; // 0 until ready in the current run
     int64_t start_deadline_ms_ = 0;

@@ -58,8 +58,8 @@ void AccessLog::append(const Entry& e) {
                           static_cast<unsigned long long>(e.generation));
         b.append(num, static_cast<size_t>(n));
     }
-    n = std::snprintf(num, sizeof(num), " rt=%.3f urt=%.3f backend=", e.seconds,
-                      e.upstream_seconds);
+    n = std::snprintf(num, sizeof(num), " rt=%.3f urt=%.3f qt=%.3f backend=", e.seconds,
+                      e.upstream_seconds, e.queue_seconds);
     b.append(num, static_cast<size_t>(n));
     b.append(e.backend.empty() ? std::string_view("-") : e.backend);
     b.push_back('\n');

@@ -1,5 +1,6 @@
 // Access logs: a thread's buffered log (one per destination), the files all threads share, and
-// the line format (combined log format, then total time, upstream time and backend).
+// the line format (combined log format, then total time, upstream time, time queued and
+// backend).
 //
 // Descriptors are shared by all threads (appends of whole lines); reopening (SIGUSR1, after
 // logrotate) puts a new file under the same descriptor number with dup2, so threads never see a
@@ -33,6 +34,7 @@ public:
         uint64_t generation = 0;
         double seconds = 0;          // total
         double upstream_seconds = 0; // to the response head
+        double queue_seconds = 0;    // waiting in the vassal's queue
         std::string_view backend;    // empty when none was tried
     };
     void append(const Entry& e); // buffered; flushed when large or by the thread's housekeeping

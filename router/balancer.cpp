@@ -29,7 +29,7 @@ int64_t Backend::mark_failed(int64_t now_ms) {
     return cool_off;
 }
 
-int Balancer::pick(uint64_t exclude, int64_t now_ms) {
+int Balancer::pick(uint64_t exclude, int64_t now_ms, bool* busy) {
     const size_t n = backends_.size();
     if (n == 0) {
         return -1;
@@ -46,6 +46,10 @@ int Balancer::pick(uint64_t exclude, int64_t now_ms) {
         if (excluded_[i] != 0 || !b.is_up(now_ms)) {
             continue;
         }
+        if (busy != nullptr && !b.has_free_slot()) {
+            *busy = true;
+            continue;
+        }
         if (policy_ == LbPolicy::RoundRobin) {
             return static_cast<int>(i);
         }
@@ -56,6 +60,25 @@ int Balancer::pick(uint64_t exclude, int64_t now_ms) {
         }
     }
     return best;
+}
+
+Balancer::Claim Balancer::claim(uint64_t exclude, int64_t now_ms) {
+    Claim c;
+    // Another thread may take the slot between the pick and the claim: pick again, leaving out
+    // the backends already lost that way.
+    for (size_t attempt = 0; attempt <= backends_.size(); ++attempt) {
+        const int idx = pick(exclude, now_ms, &c.busy);
+        if (idx < 0) {
+            return c;
+        }
+        if (backends_[static_cast<size_t>(idx)]->try_claim()) {
+            c.index = idx;
+            return c;
+        }
+        c.busy = true;
+        exclude |= idx < 64 ? (1ull << idx) : 0;
+    }
+    return c;
 }
 
 } // namespace liege

@@ -185,6 +185,12 @@ void ClientConn::peer_closed(ssize_t nread) {
         stream_.read(false);
         break;
     case ClientPhase::AwaitResponse:
+        if (waiter_ != nullptr) {
+            // It left while its request waited for a worker: nobody is sent a request whose
+            // client has gone, and the place in the queue goes to the next one.
+            close_now();
+            break;
+        }
         // A half-closed client still gets its response, then the connection closes.
         draining_ = true;
         stream_.read(false);

@@ -18,6 +18,8 @@
 //
 // The request and response of the exchange in progress are an Exchange (exchange.hpp); the
 // attempt that carries it is an Upstream, which reports through the Upstream::Client interface;
+// while no worker has a free slot for it, it waits in its vassal's queue (vassal_queue.hpp),
+// in the phase it was in (Body or AwaitResponse) with no upstream;
 // what happens when an attempt fails is decide_retry (retry_policy.hpp), and how its response
 // is framed to the client is response_framing (response_framing.hpp).
 //
@@ -38,6 +40,7 @@
 #include "list_node.hpp"
 #include "stream.hpp"
 #include "upstream.hpp"
+#include "vassal_queue.hpp"
 
 namespace liege::router {
 
@@ -54,6 +57,10 @@ public:
     void close_now();
     // Graceful shutdown: close when idle, otherwise after the current response.
     void drain();
+    // The request waiting in its vassal's queue got a slot on `backend`, or was refused (null:
+    // the vassal failed or went away).
+    void dispatch(std::shared_ptr<Backend> backend);
+    void queue_timed_out(); // it waited the vassal's whole queue timeout
 
 private:
     explicit ClientConn(RouterThread& thread);
@@ -66,6 +73,15 @@ private:
     void begin_request();
     void reset_exchange();
     void start_upstream();
+    // Sends the request to `backend`, whose slot it holds (`index` in the pool's balancer, or
+    // -1): on a pooled connection or a new one. False when the connection failed at once (the
+    // slot is given back, the backend marked down): the caller tries another.
+    bool send_to(const std::shared_ptr<Backend>& backend, int index);
+    void wait_in_queue();
+    void leave_queue();
+    void stop_waiting(); // counts the wait: in the histogram and the access log
+    void reject(control::Rejection why, std::string_view text);
+    void release_slot(); // the exchange's backend slot, to the next waiter if there is one
     void flush_upstream();
     void write_pending_upstream();
     void replay_head();
@@ -148,6 +164,7 @@ private:
 
     http::HeadCollector* head_ = nullptr; // the request head being parsed
     Upstream* up_ = nullptr;              // the attempt carrying the exchange
+    std::shared_ptr<Waiter> waiter_;      // while the exchange waits in its vassal's queue
     Exchange ex_;
     char peer_[48] = {};
 };

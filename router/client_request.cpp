@@ -1,8 +1,10 @@
 // The client leg's requests: parsing them (llhttp callbacks), checking, routing and rewriting
 // their heads, and sending them to an upstream attempt.
 #include <cstring>
+#include <utility>
 
 #include "client.hpp"
+#include "liege/duration.hpp"
 #include "liege/log.hpp"
 #include "llhttp_settings.hpp"
 #include "router_thread.hpp"
@@ -300,54 +302,164 @@ void ClientConn::reset_exchange() {
 
 void ClientConn::start_upstream() {
     ex_.sent_bytes = 0; // a new attempt: nothing of the request has gone to it yet
-    Balancer& bal = const_cast<Pool*>(ex_.pool)->balancer;
+    Pool& pool = *const_cast<Pool*>(ex_.pool);
     const unsigned max_tries = thread_.options().max_tries;
     while (!closed()) {
         if (ex_.tries >= max_tries) {
             respond_error(502, "no backend could take the request");
             return;
         }
-        const int idx = bal.pick(ex_.tried, steady_now_ms());
-        if (idx < 0) {
-            respond_error(ex_.tried != 0 ? 502 : 503, ex_.tried != 0 ? "every backend tried failed"
-                                                                     : "no backend is available");
-            return;
+        // Requests already waiting go first: a slot that frees goes to the oldest of them.
+        Balancer::Claim c;
+        if (pool.queue->length() == 0) {
+            c = pool.balancer.claim(ex_.tried, steady_now_ms());
         }
-        ex_.tried |= (idx < 64 ? (1ull << idx) : 0);
-        ++ex_.tries;
-        const std::shared_ptr<Backend>& bep = bal.backends()[static_cast<size_t>(idx)];
-        Backend& be = *bep;
-        ex_.backend = &be;
-        ex_.backend_index = idx;
-        be.in_flight.fetch_add(1, std::memory_order_relaxed);
-        be.requests.fetch_add(1, std::memory_order_relaxed);
-        ex_.text.backend = be.name;
-        ex_.upstream_start_ns = uv_hrtime();
-        if (Upstream* idle = thread_.idle().take(&be)) {
-            up_ = idle;
-            idle->attach(this);
-            write_pending_upstream();
-            if (ex_.done) {
-                up_->arm_response_timer();
+        if (c.index < 0) {
+            if (ex_.tried != 0 && !c.busy && pool.queue->length() == 0) {
+                respond_error(502, "every backend tried failed");
+            } else {
+                wait_in_queue(); // every worker busy, or none ready yet
             }
             return;
         }
-        int err = 0;
-        up_ = Upstream::connect(thread_, bep, this, &err);
-        if (up_ != nullptr) {
+        ex_.tried |= (c.index < 64 ? (1ull << c.index) : 0);
+        ++ex_.tries;
+        if (send_to(pool.balancer.backends()[static_cast<size_t>(c.index)], c.index)) {
             return;
         }
-        if (is_no_socket(err)) {
-            respond_error(503, failure_text(UpstreamFailure::NoSocket)); // releases the backend
-            return;
-        }
-        thread_.shared().release_backend(be);
-        ex_.backend = nullptr;
-        ex_.backend_index = -1;
-        const int64_t cool = be.mark_failed(steady_now_ms());
-        spdlog::warn("backend {} connect failed: {}; down for {} ms", be.name, uv_strerror(err),
-                     cool);
     }
+}
+
+bool ClientConn::send_to(const std::shared_ptr<Backend>& bep, int index) {
+    Backend& be = *bep;
+    ex_.backend = &be;
+    ex_.backend_index = index;
+    be.requests.fetch_add(1, std::memory_order_relaxed);
+    ex_.text.backend = be.name;
+    ex_.upstream_start_ns = uv_hrtime();
+    Upstream* idle = nullptr;
+    if (!std::exchange(ex_.fresh_only, false)) {
+        idle = thread_.idle().take(&be, ex_.idempotent, uv_now(thread_.loop()));
+    }
+    if (idle != nullptr) {
+        up_ = idle;
+        idle->attach(this);
+        write_pending_upstream();
+        if (ex_.done) {
+            up_->arm_response_timer();
+        }
+        return true;
+    }
+    int err = 0;
+    up_ = Upstream::connect(thread_, bep, this, &err);
+    if (up_ != nullptr) {
+        return true;
+    }
+    if (is_no_socket(err)) {
+        respond_error(503, failure_text(UpstreamFailure::NoSocket)); // releases the backend
+        return true;
+    }
+    release_slot();
+    const int64_t cool = be.mark_failed(steady_now_ms());
+    spdlog::warn("backend {} connect failed: {}; down for {} ms", be.name, uv_strerror(err), cool);
+    return false;
+}
+
+void ClientConn::release_slot() {
+    if (ex_.backend == nullptr) {
+        return;
+    }
+    thread_.shared().release_backend(*ex_.backend);
+    ex_.backend = nullptr;
+    ex_.backend_index = -1;
+    ex_.pool->queue->pump();
+}
+
+void ClientConn::wait_in_queue() {
+    const std::shared_ptr<VassalQueue>& q = ex_.pool->queue;
+    if (!q->holds()) {
+        respond_error(503, "no backend is available"); // nothing may wait (a static router)
+        return;
+    }
+    auto w = std::make_shared<Waiter>();
+    w->thread = &thread_;
+    w->conn = this;
+    w->queue = q;
+    w->since_ms = steady_now_ms();
+    w->deadline_ms = w->since_ms + q->timeout_ms();
+    w->since_ns = uv_hrtime();
+    switch (q->join(w)) {
+    case VassalQueue::Joined::Waiting:
+        waiter_ = w;
+        thread_.add_waiter(std::move(w));
+        return;
+    case VassalQueue::Joined::Full:
+        reject(control::Rejection::QueueFull,
+               fmt::format("vassal {}: queue full ({} waiting)", q->vassal(), q->length()));
+        return;
+    case VassalQueue::Joined::Failed:
+        reject(control::Rejection::Failed,
+               fmt::format("vassal {} failed: {}", q->vassal(), q->failure()));
+        return;
+    }
+}
+
+void ClientConn::stop_waiting() {
+    if (waiter_ == nullptr) {
+        return;
+    }
+    const uint64_t waited = uv_hrtime() - waiter_->since_ns;
+    ex_.queued_ns += waited;
+    ex_.pool->stats->queue_wait.record(static_cast<double>(waited) / 1e6);
+    waiter_->conn = nullptr;
+    waiter_.reset();
+}
+
+void ClientConn::leave_queue() {
+    if (waiter_ != nullptr) {
+        // When it is no longer listed, a slot is on its way: the thread gives it back.
+        waiter_->queue->leave(*waiter_);
+        stop_waiting();
+    }
+}
+
+void ClientConn::dispatch(std::shared_ptr<Backend> backend) {
+    const std::shared_ptr<VassalQueue> q = waiter_->queue;
+    stop_waiting();
+    if (backend == nullptr) {
+        reject(control::Rejection::Failed,
+               fmt::format("vassal {} failed: {}", q->vassal(), q->failure()));
+        return;
+    }
+    // The queue knows the latest route set's workers, which this thread may not route by yet:
+    // then the worker is not in the pool's balancer, and not marked tried.
+    const auto& all = ex_.pool->balancer.backends();
+    int index = -1;
+    for (size_t i = 0; i < all.size(); ++i) {
+        if (all[i] == backend) {
+            index = static_cast<int>(i);
+        }
+    }
+    ex_.tried |= (index >= 0 && index < 64 ? (1ull << index) : 0);
+    ++ex_.tries;
+    if (!send_to(backend, index)) {
+        start_upstream();
+    }
+}
+
+void ClientConn::queue_timed_out() {
+    const std::shared_ptr<VassalQueue> q = waiter_->queue;
+    stop_waiting();
+    reject(control::Rejection::QueueTimeout,
+           fmt::format("vassal {}: no worker was free within {}", q->vassal(),
+                       format_duration(Millis(q->timeout_ms()))));
+}
+
+void ClientConn::reject(control::Rejection why, std::string_view text) {
+    ex_.pool->stats->reject(why);
+    ex_.retry_after = why == control::Rejection::Failed ? 10 : 1;
+    ex_.text.error_body.assign(text);
+    respond_error(503, text);
 }
 
 void ClientConn::flush_upstream() {

@@ -85,6 +85,10 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
         if (d.same_backend_ok && failed_idx >= 0 && failed_idx < 64) {
             ex_.tried &= ~(1ull << failed_idx);
         }
+        if (d.fresh_connection) {
+            ex_.fresh_only = true;
+            --ex_.tries; // racing the backend's idle timeout is not a failed attempt
+        }
         start_upstream();
         return;
     }
@@ -224,15 +228,14 @@ void ClientConn::finish_exchange() {
 }
 
 void ClientConn::release_upstream(bool reusable) {
-    if (ex_.backend != nullptr) {
-        thread_.shared().release_backend(*ex_.backend);
-        ex_.backend = nullptr;
-        ex_.backend_index = -1;
-    }
+    leave_queue();
+    // The connection is parked before the slot goes on, so that a waiter of this thread that
+    // gets the slot finds it.
     if (Upstream* up = up_) {
         up_ = nullptr;
         up->detach(reusable);
     }
+    release_slot();
 }
 
 void ClientConn::log_access() {
@@ -252,6 +255,7 @@ void ClientConn::log_access() {
     }
     e.seconds = static_cast<double>(uv_hrtime() - ex_.start_ns) / 1e9;
     e.upstream_seconds = static_cast<double>(ex_.upstream_ns) / 1e9;
+    e.queue_seconds = static_cast<double>(ex_.queued_ns) / 1e9;
     e.backend = ex_.text.backend;
     log->append(e);
 }
@@ -267,12 +271,16 @@ void ClientConn::respond_error(int status, std::string_view detail) {
     Chunk* c = thread_.chunks().get();
     const std::string_view extra = ex_.text.error_body;
     const size_t body_len = 3 + 1 + reason.size() + 1 + (extra.empty() ? 0 : extra.size() + 1);
+    char retry_after[40] = "";
+    if (ex_.retry_after > 0) {
+        std::snprintf(retry_after, sizeof(retry_after), "Retry-After: %d\r\n", ex_.retry_after);
+    }
     const int n =
         std::snprintf(c->data, Chunk::kSize,
                       "HTTP/1.1 %d %.*s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%d %.*s\n%.*s%s",
-                      status, static_cast<int>(reason.size()), reason.data(), body_len, status,
-                      static_cast<int>(reason.size()), reason.data(),
+                      "Content-Length: %zu\r\n%sConnection: close\r\n\r\n%d %.*s\n%.*s%s",
+                      status, static_cast<int>(reason.size()), reason.data(), body_len, retry_after,
+                      status, static_cast<int>(reason.size()), reason.data(),
                       static_cast<int>(extra.size()), extra.data(), extra.empty() ? "" : "\n");
     c->len = static_cast<uint32_t>(n);
     out_client_.add(c, c->data, c->len);

@@ -11,20 +11,25 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
                     std::vector<std::shared_ptr<Backend>>& to_drain) {
     std::map<std::string, std::shared_ptr<Backend>> next_backends;
     std::map<std::string, std::shared_ptr<VassalStats>> next_vassals;
+    std::map<std::string, std::shared_ptr<VassalQueue>> next_queues;
     struct PoolSpec {
         std::string vassal;
         uint64_t generation;
         std::vector<std::shared_ptr<Backend>> backends;
         std::vector<char> draining;
         std::shared_ptr<VassalStats> stats;
+        std::shared_ptr<VassalQueue> queue;
     };
     std::vector<PoolSpec> pools;
     std::vector<RouteEntry> entries;
     for (const auto& r : m.routes) {
-        PoolSpec pool{r.vassal, r.generation, {}, {}, nullptr};
+        PoolSpec pool{r.vassal, r.generation, {}, {}, nullptr, nullptr};
         auto vit = vassals_.find(r.vassal);
         pool.stats = vit != vassals_.end() ? vit->second : std::make_shared<VassalStats>();
         next_vassals[r.vassal] = pool.stats;
+        auto qit = queues_.find(r.vassal);
+        pool.queue = qit != queues_.end() ? qit->second : std::make_shared<VassalQueue>(r.vassal);
+        next_queues[r.vassal] = pool.queue;
         for (const auto& b : r.backends) {
             const std::string key = b.address + "@" + std::to_string(b.generation);
             std::shared_ptr<Backend> be;
@@ -42,6 +47,7 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
                 }
             }
             next_backends[key] = be;
+            be->concurrency.store(std::max(r.concurrency, 0), std::memory_order_relaxed);
             if (b.draining) {
                 // Marked on the Backend only once every thread has stopped picking it.
                 if (!be->draining.load()) {
@@ -53,6 +59,13 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
             pool.backends.push_back(be);
             pool.draining.push_back(b.draining ? 1 : 0);
         }
+        QueueSettings qs;
+        qs.size = r.queue_size;
+        qs.timeout_ms = std::max<int64_t>(r.queue_timeout_ms, 1);
+        qs.failed = r.failed;
+        qs.last_error = r.last_error.empty() ? "its workers keep failing" : r.last_error;
+        // Waiters get the workers of this route set; every thread routes by it shortly.
+        pool.queue->update(qs, policy_, pool.backends, pool.draining);
         RouteEntry e;
         e.vassal = r.vassal;
         e.generation = r.generation;
@@ -66,6 +79,12 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
     // connections close (RouterThread::apply_routes) and it is freed with the last snapshot.
     backends_ = std::move(next_backends);
     vassals_ = std::move(next_vassals);
+    for (auto& [name, q] : queues_) {
+        if (next_queues.count(name) == 0) {
+            q->close(); // the vassal is gone: nothing it waits for will come
+        }
+    }
+    queues_ = std::move(next_queues);
 
     std::vector<std::shared_ptr<const RouteSnapshot>> out;
     const uint64_t version = version_++;
@@ -75,7 +94,7 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
         snap->table = RouteTable(entries);
         for (const auto& p : pools) {
             snap->pools.push_back(std::make_unique<Pool>(p.vassal, p.generation, policy_,
-                                                         p.backends, p.draining, p.stats));
+                                                         p.backends, p.draining, p.stats, p.queue));
             for (size_t i = 0; i < p.backends.size(); ++i) {
                 if (p.draining[i] == 0) {
                     snap->serving.push_back(p.backends[i].get());
@@ -109,12 +128,14 @@ control::StatsMessage RouteBuilder::stats() const {
         }
         f.router_errors = st->router_errors.load(std::memory_order_relaxed);
         f.in_flight = st->in_flight.load(std::memory_order_relaxed);
-        f.latency_bounds_ms.assign(VassalStats::kLatencyBoundsMs,
-                                   VassalStats::kLatencyBoundsMs + VassalStats::kBuckets);
-        for (const auto& b : st->latency_buckets) {
-            f.latency_buckets.push_back(b.load(std::memory_order_relaxed));
+        st->latency.report(f.latency_bounds_ms, f.latency_buckets, f.latency_sum_us);
+        st->queue_wait.report(f.queue_wait_bounds_ms, f.queue_wait_buckets, f.queue_wait_sum_us);
+        for (int i = 0; i < control::kRejections; ++i) {
+            f.rejected[i] = st->rejected[i].load(std::memory_order_relaxed);
         }
-        f.latency_sum_us = st->latency_sum_us.load(std::memory_order_relaxed);
+        if (auto q = queues_.find(name); q != queues_.end()) {
+            f.queued = q->second->length();
+        }
         m.vassals.push_back(std::move(f));
     }
     return m;

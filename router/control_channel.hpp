@@ -17,8 +17,8 @@
 
 namespace liege::router {
 
-// Builds the per-thread snapshots from a route set, reusing Backend and VassalStats objects by
-// name so their figures survive updates.
+// Builds the per-thread snapshots from a route set, reusing Backend, VassalStats and VassalQueue
+// objects by name so their figures, and the requests waiting, survive updates.
 class RouteBuilder {
 public:
     explicit RouteBuilder(LbPolicy policy) : policy_(policy) {}
@@ -35,6 +35,7 @@ private:
     // By address and generation (see control::BackendSpec).
     std::map<std::string, std::shared_ptr<Backend>> backends_;
     std::map<std::string, std::shared_ptr<VassalStats>> vassals_;
+    std::map<std::string, std::shared_ptr<VassalQueue>> queues_;
 };
 
 class ControlChannel {

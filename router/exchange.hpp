@@ -50,6 +50,8 @@ struct Exchange {
     int backend_index = -1;                        // in the pool's balancer, for `tried`
     uint64_t tried = 0;                            // a bit per backend index tried (< 64)
     unsigned tries = 0;
+    bool fresh_only = false; // the next attempt opens a new connection (a pooled one went stale)
+    uint64_t queued_ns = 0;  // time spent waiting in the vassal's queue
 
     // The response.
     bool resp_started = false; // its head has been queued to the client
@@ -58,6 +60,7 @@ struct Exchange {
     bool resp_rechunk = false;
     bool resp_close = false;
     int status = 0;
+    int retry_after = 0; // seconds, for an error response the router makes; 0 = no header
     uint64_t resp_bytes = 0;
 
     uint64_t start_ns = 0;

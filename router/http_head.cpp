@@ -2,6 +2,7 @@
 
 #include "liege/ascii.hpp"
 
+#include <charconv>
 #include <cstring>
 
 namespace liege::http {
@@ -469,6 +470,25 @@ std::string_view reason_phrase(int status) {
     default:
         return "Unknown";
     }
+}
+
+int64_t keep_alive_timeout_ms(std::string_view value) {
+    int64_t ms = -1;
+    for_each_token(value, [&](std::string_view param) {
+        const size_t eq = param.find('=');
+        if (ms >= 0 || eq == std::string_view::npos ||
+            !iequals(trim(param.substr(0, eq)), "timeout")) {
+            return;
+        }
+        const std::string_view n = trim(param.substr(eq + 1));
+        int64_t seconds = 0;
+        const auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), seconds);
+        if (ec == std::errc() && end == n.data() + n.size() && !n.empty() && seconds >= 0 &&
+            seconds <= 86'400) {
+            ms = seconds * 1000;
+        }
+    });
+    return ms;
 }
 
 bool is_idempotent(std::string_view method) {

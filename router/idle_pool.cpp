@@ -7,12 +7,15 @@
 
 namespace liege::router {
 
-Upstream* IdlePool::take(Backend* backend) {
+Upstream* IdlePool::take(Backend* backend, bool idempotent, uint64_t now_ms) {
     auto it = by_backend_.find(backend);
     if (it == by_backend_.end() || it->second.empty()) {
         return nullptr;
     }
     Upstream* up = it->second.back();
+    if (!idempotent && !up->safe_for_non_idempotent(now_ms)) {
+        return nullptr; // the youngest is too old already, so every other one is too
+    }
     it->second.pop_back();
     up->unlisted();
     return up;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <unordered_map>
 #include <vector>
 
@@ -20,8 +21,11 @@ class Upstream;
 // it, it timed out, or it is evicted), or in bulk to be closed.
 class IdlePool {
 public:
-    // The most recently parked idle connection to `backend`, taken out; or nullptr.
-    Upstream* take(Backend* backend);
+    // The most recently parked idle connection to `backend`, taken out; or nullptr. For a
+    // request that is not idempotent, only one idle for a short while (see
+    // Upstream::safe_for_non_idempotent), since it cannot be retried if the backend closes the
+    // connection as it arrives.
+    Upstream* take(Backend* backend, bool idempotent = true, uint64_t now_ms = 0);
     // Adds `up`, just turned Idle. Returns the oldest connection to the same backend when the
     // list is over `max_per_backend`, for the caller to close, or nullptr.
     Upstream* park(Upstream* up, size_t max_per_backend);

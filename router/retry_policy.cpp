@@ -51,9 +51,13 @@ RetryDecision decide_retry(const AttemptFacts& f) {
         retry = true; // the head reached the backend but no byte came back: replay it
         d.replay_head = true;
     }
-    if (retry && f.tries < f.max_tries) {
+    // The backend closed a pooled connection as the request arrived (its idle timeout).
+    const bool stale =
+        f.why == UpstreamFailure::Reset && f.reused_connection && !f.got_response_bytes;
+    if (retry && (f.tries < f.max_tries || stale)) {
         d.outcome = AttemptOutcome::Retry;
         d.same_backend_ok = !connect_phase && f.reused_connection;
+        d.fresh_connection = stale;
         return d;
     }
     d.replay_head = false;

@@ -3,12 +3,15 @@
 // A request that never reached a backend (connect refused or timed out) is retried on another
 // backend, up to max_tries. A request whose bytes may have reached a backend is retried only if
 // its method is idempotent, no body byte was sent, its head is still kept for a replay, and no
-// response byte has reached the client. A reused pooled connection that went stale is no fault
-// of the backend: the same backend may be tried again. Only a connection that failed before any
-// response byte counts against its backend (as nginx's max_fails counts): a backend that answered
-// is up, even if this answer broke off. A socket the router cannot create (out of descriptors or
-// socket memory, NoSocket) is the router's own shortage: no backend is marked down for it, none
-// is tried instead (each would fail alike), and the client gets a 503 at once.
+// response byte has reached the client. A reused pooled connection that closed before any
+// response byte raced the backend's idle timeout, which is no fault of the backend: it is never
+// marked down for it, and an idempotent request is sent again at once on a fresh connection (to
+// the same backend or another), an attempt that does not count against max_tries. Only a connection
+// that failed before any response byte counts against its backend (as nginx's max_fails counts): a
+// backend that answered is up, even if this answer broke off. A socket the router cannot create
+// (out of descriptors or socket memory, NoSocket) is the router's own shortage: no backend is
+// marked down for it, none is tried instead (each would fail alike), and the client gets a 503 at
+// once.
 #pragma once
 
 namespace liege::router {
@@ -54,6 +57,7 @@ struct RetryDecision {
     bool mark_backend_down = false;
     bool replay_head = false;         // with Retry: the head must be written again
     bool same_backend_ok = false;     // with Retry: the failed backend may be picked again
+    bool fresh_connection = false;    // with Retry: on a new connection; this try does not count
     bool log_broken_response = false; // the backend broke off a response the client was getting
     int status = 502;                 // with Respond
 };

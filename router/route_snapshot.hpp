@@ -1,8 +1,9 @@
 // What a router thread routes by: an immutable route table and the pools it points to.
 //
 // The control thread builds a fresh snapshot for every routes message and gives each thread its
-// own copy (so the reference counts of different threads never share a cache line); Backend and
-// VassalStats objects are shared between the copies, since their figures are per backend.
+// own copy (so the reference counts of different threads never share a cache line); Backend,
+// VassalStats and VassalQueue objects are shared between the copies, since they are per backend
+// or per vassal.
 #pragma once
 
 #include <algorithm>
@@ -13,43 +14,72 @@
 #include <vector>
 
 #include "liege/balancer.hpp"
+#include "liege/control.hpp"
 #include "liege/route_table.hpp"
 
 namespace liege::router {
 
+class VassalQueue;
+
+// Times in buckets (upper bounds kBoundsMs, the last bucket past them), for a Prometheus
+// histogram.
+struct LatencyHistogram {
+    static constexpr int kBuckets = 12;
+    static constexpr double kBoundsMs[kBuckets] = {1,   2.5, 5,   10,   25,   50,
+                                                   100, 250, 500, 1000, 2500, 10000};
+    std::atomic<uint64_t> buckets[kBuckets + 1] = {}; // per bucket, not cumulative; last = +Inf
+    std::atomic<uint64_t> sum_us{0};
+
+    void record(double ms) {
+        int b = 0;
+        while (b < kBuckets && ms > kBoundsMs[b]) {
+            ++b;
+        }
+        buckets[b].fetch_add(1, std::memory_order_relaxed);
+        sum_us.fetch_add(static_cast<uint64_t>(ms * 1000), std::memory_order_relaxed);
+    }
+    // Into the control protocol's bounds / buckets / sum triple.
+    void report(std::vector<double>& bounds, std::vector<uint64_t>& counts, uint64_t& sum) const {
+        bounds.assign(kBoundsMs, kBoundsMs + kBuckets);
+        counts.clear();
+        for (const auto& b : buckets) {
+            counts.push_back(b.load(std::memory_order_relaxed));
+        }
+        sum = sum_us.load(std::memory_order_relaxed);
+    }
+};
+
 // Per-vassal figures the router reports to the emperor (for /status and /metrics).
 struct VassalStats {
-    static constexpr int kBuckets = 12; // latency upper bounds, see kLatencyBoundsMs
-    static constexpr double kLatencyBoundsMs[kBuckets] = {1,   2.5, 5,   10,   25,   50,
-                                                          100, 250, 500, 1000, 2500, 10000};
     std::atomic<uint64_t> responses[6] = {}; // by status class
     std::atomic<uint64_t> router_errors{0};  // 502/503/504 the router made itself
     std::atomic<int64_t> in_flight{0};
-    std::atomic<uint64_t> latency_buckets[kBuckets + 1] = {}; // last = +Inf
-    std::atomic<uint64_t> latency_sum_us{0};
+    LatencyHistogram latency;    // every response, from its request's first byte
+    LatencyHistogram queue_wait; // every request that waited in the vassal's queue
+    std::atomic<uint64_t> rejected[control::kRejections] = {}; // 503s by control::Rejection
 
     void record(int status, double ms) {
         if (status >= 100 && status < 600) {
             responses[status / 100].fetch_add(1, std::memory_order_relaxed);
         }
-        int b = 0;
-        while (b < kBuckets && ms > kLatencyBoundsMs[b]) {
-            ++b;
-        }
-        latency_buckets[b].fetch_add(1, std::memory_order_relaxed);
-        latency_sum_us.fetch_add(static_cast<uint64_t>(ms * 1000), std::memory_order_relaxed);
+        latency.record(ms);
+    }
+    void reject(control::Rejection why) {
+        rejected[static_cast<int>(why)].fetch_add(1, std::memory_order_relaxed);
     }
 };
 
 struct Pool {
     Pool(std::string v, uint64_t g, LbPolicy policy, std::vector<std::shared_ptr<Backend>> b,
-         std::vector<char> draining, std::shared_ptr<VassalStats> st)
+         std::vector<char> draining, std::shared_ptr<VassalStats> st,
+         std::shared_ptr<VassalQueue> q)
         : vassal(std::move(v)), generation(g), balancer(policy, std::move(b), std::move(draining)),
-          stats(std::move(st)) {}
+          stats(std::move(st)), queue(std::move(q)) {}
     std::string vassal;
     uint64_t generation;
     Balancer balancer;
     std::shared_ptr<VassalStats> stats;
+    std::shared_ptr<VassalQueue> queue; // the vassal's, shared by every snapshot and thread
 };
 
 struct RouteSnapshot {

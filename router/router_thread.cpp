@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <utility>
+
 #include "client.hpp"
 #include "liege/log.hpp"
 
@@ -10,6 +13,9 @@ namespace liege::router {
 namespace {
 constexpr uint64_t kHousekeepingMs = 200;
 constexpr int64_t kAcceptPauseMs = 100;
+// While requests wait: how often their deadlines are checked and their queues pumped (a
+// worker marked down is back up once its cool-off ends, and nothing else would notice).
+constexpr uint64_t kQueueTickMs = 50;
 } // namespace
 
 RouterThread::RouterThread(unsigned index, Shared& shared, int access_log_fd)
@@ -22,6 +28,8 @@ RouterThread::RouterThread(unsigned index, Shared& shared, int access_log_fd)
     housekeeping_->data = this;
     uv_timer_init(&loop_, shutdown_timer_.get());
     shutdown_timer_->data = this;
+    uv_timer_init(&loop_, queue_timer_.get());
+    queue_timer_->data = this;
 }
 
 RouterThread::~RouterThread() {
@@ -31,6 +39,7 @@ RouterThread::~RouterThread() {
     }
     housekeeping_.reset();
     shutdown_timer_.reset();
+    queue_timer_.reset();
     uv_run(&loop_, UV_RUN_DEFAULT); // the close callbacks of whatever was still open
     for (auto* h : free_heads_) {
         delete h;
@@ -215,8 +224,104 @@ void RouterThread::open_handed_over() {
     }
 }
 
+void RouterThread::add_waiter(std::shared_ptr<Waiter> w) {
+    waiters_.push_back(std::move(w));
+    if (!queue_timer_.active() && queue_timer_.initialised()) {
+        uv_timer_start(
+            queue_timer_.get(),
+            [](uv_timer_t* t) { static_cast<RouterThread*>(t->data)->on_queue_timer(); },
+            kQueueTickMs, kQueueTickMs);
+    }
+}
+
+void RouterThread::on_queue_timer() {
+    const int64_t now = steady_now_ms();
+    std::vector<VassalQueue*> pumped;
+    // A waiter that times out is answered at once, which may make others stop waiting: the
+    // list is walked by index over a copy of its entries.
+    std::vector<std::shared_ptr<Waiter>> live;
+    live.swap(waiters_);
+    for (auto& w : live) {
+        if (w->conn == nullptr) {
+            continue; // dispatched, refused or gone
+        }
+        if (now >= w->deadline_ms && w->queue->leave(*w)) {
+            ClientConn* c = std::exchange(w->conn, nullptr);
+            c->queue_timed_out();
+            continue;
+        }
+        if (std::find(pumped.begin(), pumped.end(), w->queue.get()) == pumped.end()) {
+            pumped.push_back(w->queue.get());
+        }
+        waiters_.push_back(std::move(w));
+    }
+    if (waiters_.empty()) {
+        uv_timer_stop(queue_timer_.get());
+    }
+    for (VassalQueue* q : pumped) {
+        q->pump();
+    }
+}
+
+void RouterThread::assign(std::shared_ptr<Waiter> w) {
+    {
+        std::lock_guard lock(handoff_mu_);
+        if (!finished_taking_) {
+            assigned_.push_back(std::move(w));
+            uv_async_send(&wake_);
+            return;
+        }
+    }
+    give_back(*w); // the thread has stopped: its waiters are all gone
+}
+
+void RouterThread::give_back(Waiter& w) {
+    if (w.backend != nullptr) {
+        // Its client went while the slot was on its way: the slot goes to the next waiter.
+        shared_.release_backend(*w.backend);
+        w.backend = nullptr;
+        w.queue->pump();
+    }
+}
+
+void RouterThread::shed_idle(std::shared_ptr<Backend> b) {
+    std::lock_guard lock(handoff_mu_);
+    if (!finished_taking_) {
+        shed_.push_back(std::move(b));
+        uv_async_send(&wake_);
+    }
+}
+
+void RouterThread::take_assigned() {
+    std::vector<std::shared_ptr<Waiter>> assigned;
+    std::vector<std::shared_ptr<Backend>> shed;
+    {
+        std::lock_guard lock(handoff_mu_);
+        assigned.swap(assigned_);
+        shed.swap(shed_);
+    }
+    for (auto& w : assigned) {
+        if (ClientConn* c = std::exchange(w->conn, nullptr)) {
+            c->dispatch(std::move(w->backend));
+        } else {
+            give_back(*w);
+        }
+    }
+    for (auto& b : shed) {
+        const int limit = b->concurrency.load(std::memory_order_relaxed);
+        while (limit > 0 && b->connections.load(std::memory_order_relaxed) > limit) {
+            Upstream* up = idle_.take(b.get());
+            if (up == nullptr) {
+                break;
+            }
+            up->close();
+        }
+    }
+}
+
 void RouterThread::on_wake() {
     apply_routes();
+    take_assigned();
     if (accept_requested_.load()) {
         begin_accepting();
     }
@@ -275,9 +380,15 @@ void RouterThread::maybe_finish() {
     uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
     housekeeping_.reset();
     shutdown_timer_.reset();
+    queue_timer_.reset();
     for (auto& l : listeners_) {
         l->close();
     }
+    {
+        std::lock_guard lock(handoff_mu_);
+        finished_taking_ = true; // assign() gives slots back itself from now on
+    }
+    take_assigned(); // hand-overs to connections gone: their slots are given back
 }
 
 http::HeadCollector* RouterThread::take_head() {

@@ -26,6 +26,7 @@
 #include "route_snapshot.hpp"
 #include "shared.hpp"
 #include "upstream.hpp"
+#include "vassal_queue.hpp"
 
 namespace liege::router {
 
@@ -88,6 +89,15 @@ public:
     // Client connections this thread serves, plus those handed to it and not yet opened.
     int load() const { return load_.load(std::memory_order_relaxed); }
 
+    // A request of this thread starts waiting in its vassal's queue: its deadline is watched
+    // here, and the queue is pumped while it waits (a worker marked down comes back up).
+    void add_waiter(std::shared_ptr<Waiter> w);
+    // Thread-safe: a queue hands `w` (a waiter of this thread) its slot, or refuses it.
+    void assign(std::shared_ptr<Waiter> w);
+    // Thread-safe: `b` has more connections than its concurrency (another thread just opened
+    // one); close this thread's idle ones to it while that lasts.
+    void shed_idle(std::shared_ptr<Backend> b);
+
 private:
     void run();
     void on_wake();
@@ -101,6 +111,9 @@ private:
     void apply_routes();
     void close_idle_upstreams();
     void flush_logs();
+    void on_queue_timer();
+    void take_assigned();      // on the loop: the hand-overs from assign() and shed_idle()
+    void give_back(Waiter& w); // a slot handed to a waiter that no longer waits
     // Serves `fd`, just accepted here, on this thread or on a less loaded one
     // (thread_for_connection).
     void place(int fd, bool is_unix);
@@ -144,6 +157,11 @@ private:
     std::mutex handoff_mu_;
     std::vector<std::pair<int, bool>> handed_over_; // fd, is_unix; guarded by handoff_mu_
     bool takes_handoffs_ = false;                   // guarded by handoff_mu_
+    std::vector<std::shared_ptr<Waiter>> assigned_; // guarded by handoff_mu_
+    std::vector<std::shared_ptr<Backend>> shed_;    // guarded by handoff_mu_
+    bool finished_taking_ = false;                  // guarded by handoff_mu_
+    std::vector<std::shared_ptr<Waiter>> waiters_;  // this thread's, until they stop waiting
+    UvHandle<uv_timer_t> queue_timer_;              // runs while waiters_ is not empty
 };
 
 } // namespace liege::router

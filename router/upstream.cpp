@@ -1,5 +1,7 @@
 #include "upstream.hpp"
 
+#include <algorithm>
+
 #include "liege/balancer.hpp"
 #include "liege/log.hpp"
 #include "llhttp_settings.hpp"
@@ -46,6 +48,31 @@ const llhttp_settings_t* Upstream::settings() {
 Upstream::Upstream(RouterThread& thread, std::shared_ptr<Backend> backend)
     : thread_(thread), backend_(std::move(backend)), stream_(thread, *this) {
     thread_.count_upstream(state_, +1);
+    backend_->connections.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool Upstream::over_connection_limit() const {
+    const int limit = backend_->concurrency.load(std::memory_order_relaxed);
+    return limit > 0 && backend_->connections.load(std::memory_order_relaxed) > limit;
+}
+
+uint64_t Upstream::idle_timeout_ms() const {
+    auto ms = static_cast<uint64_t>(thread_.options().upstream_idle_timeout.count());
+    if (keepalive_ms_ >= 0) {
+        ms = std::min(ms, static_cast<uint64_t>(keepalive_ms_) * 3 / 4);
+    }
+    if (backend_->concurrency.load(std::memory_order_relaxed) > 0) {
+        ms = std::min(ms, kLimitedIdleMs);
+    }
+    return ms;
+}
+
+bool Upstream::safe_for_non_idempotent(uint64_t now_ms) const {
+    uint64_t limit = kSafeReuseMs;
+    if (keepalive_ms_ >= 0) {
+        limit = std::min(limit, static_cast<uint64_t>(keepalive_ms_) / 2);
+    }
+    return now_ms - idle_since_ms_ < limit;
 }
 
 Upstream* Upstream::connect(RouterThread& thread, const std::shared_ptr<Backend>& backend,
@@ -61,6 +88,14 @@ Upstream* Upstream::connect(RouterThread& thread, const std::shared_ptr<Backend>
     llhttp_init(&up->parser_, HTTP_RESPONSE, settings());
     up->parser_.data = up;
     up->set_deadline(static_cast<uint64_t>(thread.options().connect_timeout.count()));
+    if (up->over_connection_limit()) {
+        // Another thread's idle connection holds the slot this request took: have it closed.
+        for (RouterThread* t : thread.shared().threads) {
+            if (t != &thread) {
+                t->shed_idle(backend);
+            }
+        }
+    }
     return up;
 }
 
@@ -75,14 +110,14 @@ void Upstream::set_state(UpstreamState s) {
     thread_.count_upstream(state_, -1);
     thread_.count_upstream(s, +1);
     state_ = s;
-    const RouterOptions& o = thread_.options();
     response_timer_ = false;
     switch (s) {
     case UpstreamState::Active:
         clear_deadline(); // until the request is complete (arm_response_timer)
         break;
     case UpstreamState::Idle:
-        set_deadline(static_cast<uint64_t>(o.upstream_idle_timeout.count()));
+        idle_since_ms_ = uv_now(thread_.loop());
+        set_deadline(idle_timeout_ms());
         break;
     case UpstreamState::Connecting:
     case UpstreamState::ConnectError:
@@ -157,7 +192,8 @@ bool Upstream::reusable() const {
 
 void Upstream::detach(bool reusable) {
     client_ = nullptr;
-    if (!reusable || thread_.shutting_down() || !thread_.routes()->serves(backend_.get())) {
+    if (!reusable || thread_.shutting_down() || !thread_.routes()->serves(backend_.get()) ||
+        over_connection_limit()) {
         close();
         return;
     }
@@ -368,6 +404,11 @@ int Upstream::count_trailer(size_t len) {
 
 int Upstream::on_headers_complete(llhttp_t* p) {
     auto* up = upstream_of(p);
+    bool announced = false;
+    const std::string_view keep_alive = up->head_->find("keep-alive", &announced);
+    if (announced) {
+        up->keepalive_ms_ = http::keep_alive_timeout_ms(keep_alive);
+    }
     const int rc =
         up->client_->response_head(*up->head_, p->status_code, (p->flags & F_CONTENT_LENGTH) != 0,
                                    (p->flags & F_CHUNKED) != 0);
@@ -420,6 +461,7 @@ void Upstream::close() {
         return;
     }
     set_state(UpstreamState::Closing);
+    backend_->connections.fetch_sub(1, std::memory_order_relaxed);
     if (head_ != nullptr) {
         thread_.return_head(head_);
         head_ = nullptr;

@@ -9,7 +9,18 @@
 // Every transition is in set_state(), which keeps the thread's count of upstreams per state.
 // Each state owns the stream's one deadline: Connecting waits connect_timeout; Active waits
 // upstream_timeout once the request is complete (re-armed by every byte of response); Idle waits
-// upstream_idle_timeout. Only an Idle upstream is listed in the thread's IdlePool.
+// idle_timeout_ms(). Only an Idle upstream is listed in the thread's IdlePool.
+//
+// Keep-alive against real servers, which close idle connections on their own clock (gunicorn
+// after 2 s, uWSGI after 4 s): an idle connection is closed before the backend would, at 3/4 of
+// the `Keep-Alive: timeout=N` it announced, and after kLimitedIdleMs to a backend with a
+// concurrency limit (a one-connection-at-a-time worker serves nobody else, not even its health
+// check, while the router holds a connection open). A request that is not idempotent goes only
+// on a new connection or one idle for less than kSafeReuseMs (and under half the announced
+// timeout): it cannot be retried if the backend closes the connection as it arrives. Connections
+// to a backend with a concurrency limit are counted across threads (Backend::connections) and
+// kept to that limit: one more is closed rather than parked, and a thread that opens one past
+// it has the other threads close their idle ones.
 //
 // The upstream serves a Client (the client leg) through the interface below and knows nothing
 // else of it; it never calls the client from inside a call the client made (a write that fails
@@ -88,6 +99,10 @@ public:
     bool got_response_bytes() const { return got_bytes_; }
     // The exchange is done and the connection can carry another one.
     bool reusable() const;
+    // Idle for so short a while that the backend cannot be closing it as a request arrives.
+    bool safe_for_non_idempotent(uint64_t now_ms) const;
+    static constexpr uint64_t kLimitedIdleMs = 500;
+    static constexpr uint64_t kSafeReuseMs = 1000;
 
     void attach(Client* client);         // taken from the idle pool for a new exchange
     void unlisted() { listed_ = false; } // the IdlePool took it out
@@ -105,6 +120,8 @@ public:
 private:
     Upstream(RouterThread& thread, std::shared_ptr<Backend> backend);
     void set_state(UpstreamState s);
+    uint64_t idle_timeout_ms() const;
+    bool over_connection_limit() const;
     void fail(UpstreamFailure why); // tells the client, or closes when there is none
     void fail_later(UpstreamFailure why);
     void set_deadline(uint64_t ms);
@@ -137,6 +154,8 @@ private:
     http::HeadCollector* head_ = nullptr; // the response head being parsed
     Chunk* parsing_ = nullptr;            // the chunk llhttp is parsing, for zero-copy bodies
     size_t trailer_bytes_ = 0;
+    int64_t keepalive_ms_ = -1;  // the backend's announced idle timeout; -1 = none
+    uint64_t idle_since_ms_ = 0; // loop time it turned Idle
     bool has_pending_failure_ = false;
     UpstreamFailure pending_failure_ = UpstreamFailure::Reset;
     bool reused_ = false;

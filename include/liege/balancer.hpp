@@ -34,6 +34,8 @@ struct Backend {
     uint64_t generation = 0;               // of the vassal; set before any thread sees it
     std::atomic<bool> draining{false};     // gets no new requests; reported once idle
     std::atomic<int> in_flight{0};         // requests assigned and not finished
+    std::atomic<int> concurrency{0};       // requests it may be sent at once; 0 = no limit
+    std::atomic<int> connections{0};       // the router's open connections to it, all threads
     std::atomic<int64_t> down_until_ms{0}; // steady-clock ms; 0 = up
     std::atomic<int> consecutive_failures{0};
     std::atomic<uint64_t> requests{0};
@@ -46,6 +48,26 @@ struct Backend {
     // A connect failure or reset: down for 1 s, doubling per consecutive failure, up to 30 s.
     // Returns the cool-off applied in ms.
     int64_t mark_failed(int64_t now_ms);
+    bool has_free_slot() const {
+        const int limit = concurrency.load(std::memory_order_relaxed);
+        return limit == 0 || in_flight.load(std::memory_order_relaxed) < limit;
+    }
+    // Takes one of its request slots (in_flight + 1), unless all `concurrency` are taken,
+    // counted across threads.
+    bool try_claim() {
+        const int limit = concurrency.load(std::memory_order_relaxed);
+        if (limit == 0) {
+            in_flight.fetch_add(1, std::memory_order_seq_cst);
+            return true;
+        }
+        int n = in_flight.load(std::memory_order_relaxed);
+        while (n < limit) {
+            if (in_flight.compare_exchange_weak(n, n + 1, std::memory_order_seq_cst)) {
+                return true;
+            }
+        }
+        return false;
+    }
     void mark_ok() {
         if (consecutive_failures.load(std::memory_order_relaxed) != 0) {
             consecutive_failures.store(0, std::memory_order_relaxed);
@@ -67,8 +89,17 @@ public:
     // Picks a backend that is up, not draining and not in `exclude` (indices already tried for this
     // request, as a bit mask over the first 64 backends). Returns its index, or -1 when no backend
     // is both up and untried. Ties in least_conn go to the first candidate after a rotating start,
-    // so equal backends share the load instead of the first one taking it all.
-    int pick(uint64_t exclude, int64_t now_ms);
+    // so equal backends share the load instead of the first one taking it all. With `busy` set,
+    // a backend with no free request slot (Backend::concurrency) is passed over, and *busy says
+    // whether one was.
+    int pick(uint64_t exclude, int64_t now_ms, bool* busy = nullptr);
+
+    struct Claim {
+        int index = -1;    // the backend whose slot was taken, or -1
+        bool busy = false; // with -1: some backend was passed over only for want of a free slot
+    };
+    // Picks as pick() does among backends with a free slot, and takes a slot on the one picked.
+    Claim claim(uint64_t exclude, int64_t now_ms);
 
     const std::vector<std::shared_ptr<Backend>>& backends() const { return backends_; }
     LbPolicy policy() const { return policy_; }

@@ -1,9 +1,18 @@
-// Asynchronous readiness/liveness probes of one worker, on the emperor's loop.
+// Asynchronous readiness/liveness probes of one worker, on the emperor's loop, and the rule that
+// decides which failed liveness checks count.
+//
+// A worker that serves one connection at a time (uWSGI --http11-socket, gunicorn sync workers)
+// cannot answer a check while the router's request, or its pooled keep-alive connection, holds
+// it: the check times out although the worker is fine. So a ready worker's check that times out
+// does not count toward restarting it when the router reported, since the worker's previous
+// check, that it answered a request or had one in flight. A refused connection, a reset or a bad
+// status always counts, and readiness checks before a worker is routed are not affected.
 #pragma once
 
 #include <uv.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -14,8 +23,9 @@ namespace liege {
 
 struct ProbeResult {
     bool ok = false;
-    int status = 0;    // HTTP status when a GET was made
-    std::string error; // "connection refused", "timed out", "status 500", ...
+    int status = 0;         // HTTP status when a GET was made
+    std::string error;      // "connection refused", "timed out", "status 500", ...
+    bool timed_out = false; // no answer within the timeout (error "timed out")
 };
 
 // Probes `addr` once: with `http_path` empty, a TCP (or unix) connect that succeeds is ok;
@@ -26,6 +36,36 @@ struct ProbeResult {
 std::function<void()> probe(uv_loop_t* loop, const Address& addr, const std::string& http_path,
                             std::chrono::milliseconds timeout,
                             std::function<void(const ProbeResult&)> done);
+
+// What the router's load reports (once a second) said about one worker, between two of its
+// liveness checks. Pure: the caller passes the time, from a steady clock.
+class RouterActivity {
+public:
+    static constexpr int64_t kReportMs = 1000; // how often the router reports
+
+    // A report: the router's counters for the worker (requests sent, responses by class,
+    // summed) and its requests in flight now. The first report only sets the baseline of the
+    // counters, since a new worker may reuse the address (and so the counters) of a gone one.
+    void report(uint64_t requests, uint64_t responses, int64_t in_flight, int64_t now_ms);
+    // Whether the worker answered a request or had one in flight since the previous check: a
+    // report since then says so, or, when checks come more often than reports, the latest report
+    // said so and is fresh (at most two report periods old, so a silent router excuses nothing).
+    bool busy(int64_t now_ms) const;
+    // A check's outcome was taken: the next check looks at reports from now on.
+    void checked() { window_busy_ = false; }
+
+private:
+    bool have_baseline_ = false;
+    uint64_t requests_ = 0;
+    uint64_t responses_ = 0;
+    bool window_busy_ = false; // a report since the last checked() showed the worker busy
+    bool last_busy_ = false;   // the latest report did
+    int64_t last_ms_ = 0;
+};
+
+// Whether a ready worker's failed liveness check counts toward restarting it, given
+// RouterActivity::busy() for the worker: a timeout while busy does not, every other failure does.
+bool liveness_failure_counts(const ProbeResult& result, bool busy);
 
 // Parses the status line at the start of a response ("HTTP/1.1 200 OK\r\n..."). Returns the
 // status (100..999), 0 when more bytes are needed, or -1 when this is not an HTTP/1.x response.

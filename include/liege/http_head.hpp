@@ -125,4 +125,8 @@ std::string_view reason_phrase(int status);
 // True for methods a proxy may resend after a failure (RFC 9110 9.2.2).
 bool is_idempotent(std::string_view method);
 
+// The idle timeout a server announces in `Keep-Alive: timeout=N, max=M` (RFC 2068 19.7.1.1, as
+// Apache, uWSGI and others send it), in ms; -1 when the value has no valid timeout.
+int64_t keep_alive_timeout_ms(std::string_view value);
+
 } // namespace liege::http

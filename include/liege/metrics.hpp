@@ -57,7 +57,8 @@ std::string prometheus_escape(std::string_view value);
 // /metrics in the Prometheus text exposition format (version 0.0.4). `status` is the admin
 // API's /status document (vassals with their workers' restarts and rss_bytes, reloads and
 // failed_reloads, emperor uptime); `stats` the router's latest figures (responses by class,
-// requests in flight, latency histograms in milliseconds, connections).
+// requests in flight, latency and queue-wait histograms in milliseconds, queue lengths,
+// rejections, connections).
 std::string prometheus_text(const nlohmann::json& status, const control::StatsMessage& stats);
 
 } // namespace liege

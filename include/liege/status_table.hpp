@@ -22,8 +22,9 @@ struct TableStyle {
     int64_t now_unix = 0; // for "last error 3m ago"; 0 leaves the age out
 };
 
-// The vassal table: VASSAL STATE GEN WORKERS REQUESTS REQ/S ERRORS RESTARTS RSS UPTIME, columns
-// aligned on the text without colour codes. Every line ends with '\n'.
+// The vassal table: VASSAL STATE GEN WORKERS REQUESTS REQ/S ERRORS RESTARTS QUEUED RSS UPTIME,
+// columns aligned on the text without colour codes. QUEUED is the requests waiting in the
+// router for a free worker slot. Every line ends with '\n'.
 std::string format_vassal_table(const nlohmann::json& status, const TableStyle& style);
 
 // The summary lines, the table and the last errors.

@@ -8,6 +8,8 @@
 // Keys (defaults in brackets):
 //   command = ["prog", "arg", ...]   required, non-empty array of strings; placeholders allowed
 //   workers = N                      [1] pool size, 1..1024
+//   concurrency = N                  [0] requests one worker is sent at once, 0..1024; 0 = no
+//                                    limit. The router keeps the rest in the vassal's queue.
 //   hosts   = ["a.test", "*.b.test", "*"]   ["*"] Host patterns. A vassal without `hosts` is a
 //                                    default vassal: it serves any host that no exact or
 //                                    wildcard pattern of another vassal claims.
@@ -21,6 +23,9 @@
 //                                    inherit: systemd-style socket activation, the emperor binds
 //                                    a loopback TCP socket and passes it as fd 3 (LISTEN_FDS=1,
 //                                    LISTEN_PID); PORT / ${PORT} still name its port.
+//   [queue]  size [100] requests that may wait for a free worker slot (or a first ready
+//            worker), 0..100000, 0 = none wait; timeout ["30s"] above zero, a request waiting
+//            longer gets 503
 //   [health] path ["" = TCP connect], interval ["2s"], timeout ["1s"], start_timeout ["30s"]
 //   [reload] strategy "rolling"|"bluegreen" ["rolling"], drain_timeout ["30s"]
 //   [stop]   signal ["SIGTERM"] (a name: SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2,
@@ -94,6 +99,13 @@ struct HealthCheck {
     Millis start_timeout{30'000}; // a new worker must be ready within this
 };
 
+// Requests of a vassal waiting in the router for a free worker slot; beyond `size`, or after
+// `timeout`, they get 503 with Retry-After.
+struct QueuePolicy {
+    uint32_t size = 100;
+    Millis timeout{30'000};
+};
+
 struct ReloadPolicy {
     ReloadStrategy strategy = ReloadStrategy::Rolling;
     Millis drain_timeout{30'000};
@@ -112,12 +124,14 @@ struct Vassal {
 
     std::vector<std::string> command; // unexpanded: placeholders are filled per worker
     int workers = 1;
+    int concurrency = 0;                 // requests one worker is sent at once; 0 = no limit
     std::vector<std::string> hosts{"*"}; // lower-cased, no duplicates
     std::string path = "/";
     std::string cwd = ".";                                // as written, unexpanded
     std::vector<std::pair<std::string, std::string>> env; // sorted by name; values unexpanded
     SocketKind socket = SocketKind::Tcp;
     HealthCheck health;
+    QueuePolicy queue;
     ReloadPolicy reload;
     StopPolicy stop;
 

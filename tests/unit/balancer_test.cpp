@@ -1,7 +1,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
+#include <thread>
+#include <vector>
 
 #include "liege/balancer.hpp"
 
@@ -117,4 +120,75 @@ TEST(ThreadForConnection, ConnectionsAllAcceptedByOneThreadEndUpEven) {
         loads[thread_for_connection(n % 3, 4, load)]++;
     }
     EXPECT_GE(loads[3], 248);
+}
+
+TEST(Balancer, ClaimTakesASlotAndNeverMoreThanTheConcurrency) {
+    auto backends = make_backends(2);
+    for (auto& be : backends) {
+        be->concurrency = 2;
+    }
+    Balancer b(LbPolicy::LeastConn, backends);
+    std::map<int, int> got;
+    for (int i = 0; i < 4; ++i) {
+        Balancer::Claim c = b.claim(0, 0);
+        ASSERT_GE(c.index, 0) << "slot " << i;
+        got[c.index]++;
+    }
+    EXPECT_EQ(got[0], 2);
+    EXPECT_EQ(got[1], 2);
+    EXPECT_EQ(backends[0]->in_flight.load(), 2);
+    Balancer::Claim full = b.claim(0, 0);
+    EXPECT_EQ(full.index, -1);
+    EXPECT_TRUE(full.busy) << "every backend is up, only busy";
+    backends[1]->in_flight--;
+    EXPECT_EQ(b.claim(0, 0).index, 1) << "the slot that came free";
+}
+
+TEST(Balancer, ClaimWithoutAConcurrencyLimitNeverRunsOut) {
+    auto backends = make_backends(1);
+    Balancer b(LbPolicy::LeastConn, backends);
+    for (int i = 0; i < 100; ++i) {
+        ASSERT_EQ(b.claim(0, 0).index, 0);
+    }
+    EXPECT_EQ(backends[0]->in_flight.load(), 100);
+}
+
+TEST(Balancer, ClaimThatFindsNothingUpIsNotBusy) {
+    auto backends = make_backends(2);
+    backends[0]->concurrency = 1;
+    backends[0]->in_flight = 1;
+    backends[1]->mark_failed(0);
+    Balancer b(LbPolicy::LeastConn, backends);
+    Balancer::Claim c = b.claim(/*exclude=*/0, 10);
+    EXPECT_EQ(c.index, -1);
+    EXPECT_TRUE(c.busy) << "backend 0 is up, only full";
+    Balancer::Claim none = b.claim(/*exclude=*/1, 10);
+    EXPECT_EQ(none.index, -1);
+    EXPECT_FALSE(none.busy) << "backend 0 tried, backend 1 down: waiting would not help";
+}
+
+TEST(Balancer, ClaimsFromManyThreadsStayWithinTheLimit) {
+    auto backends = make_backends(3);
+    for (auto& be : backends) {
+        be->concurrency = 5;
+    }
+    Balancer b(LbPolicy::LeastConn, backends);
+    std::atomic<int> claimed{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < 100; ++i) {
+                if (b.claim(0, 0).index >= 0) {
+                    claimed++;
+                }
+            }
+        });
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    EXPECT_EQ(claimed.load(), 15);
+    for (auto& be : backends) {
+        EXPECT_EQ(be->in_flight.load(), 5);
+    }
 }

@@ -1,4 +1,4 @@
-// The health probe's reading of an HTTP status line.
+// The health probe's reading of an HTTP status line, and which failed liveness checks count.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -25,4 +25,85 @@ TEST(HttpStatusLine, RejectsWhatIsNotHttp1) {
     EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 2000 OK\r\n"), -1);
     EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 099 Low\r\n"), -1);
     EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 " + std::string(2000, '1')), -1);
+}
+
+namespace {
+
+liege::ProbeResult timed_out() {
+    return {false, 0, "timed out", true};
+}
+
+} // namespace
+
+TEST(LivenessRule, ATimeoutWhileTheRouterSawTheWorkerBusyDoesNotCount) {
+    EXPECT_FALSE(liege::liveness_failure_counts(timed_out(), true));
+    EXPECT_TRUE(liege::liveness_failure_counts(timed_out(), false));
+}
+
+TEST(LivenessRule, RefusedResetAndBadStatusAlwaysCount) {
+    for (bool busy : {false, true}) {
+        EXPECT_TRUE(liege::liveness_failure_counts({false, 0, "connection refused"}, busy));
+        EXPECT_TRUE(liege::liveness_failure_counts(
+            {false, 0, "connection closed before a response"}, busy));
+        EXPECT_TRUE(liege::liveness_failure_counts({false, 500, "status 500"}, busy));
+        EXPECT_FALSE(liege::liveness_failure_counts({true, 200, ""}, busy)) << "not a failure";
+    }
+}
+
+TEST(RouterActivity, NoReportIsNotBusy) {
+    liege::RouterActivity a;
+    EXPECT_FALSE(a.busy(0));
+}
+
+TEST(RouterActivity, TheFirstReportSetsTheBaselineOnly) {
+    // A new worker may reuse a gone one's address, and with it the router's counters.
+    liege::RouterActivity a;
+    a.report(500, 500, 0, 1000);
+    EXPECT_FALSE(a.busy(1000));
+}
+
+TEST(RouterActivity, RequestsOrResponsesThatGrewSinceThePreviousCheckAreBusy) {
+    liege::RouterActivity a;
+    a.report(10, 10, 0, 1000);
+    a.checked();
+    a.report(11, 10, 0, 2000); // a request went out
+    EXPECT_TRUE(a.busy(2100));
+    a.checked();
+    a.report(11, 11, 0, 3000); // and its response came back
+    EXPECT_TRUE(a.busy(3100));
+    a.checked();
+    a.report(11, 11, 0, 4000); // nothing since
+    EXPECT_FALSE(a.busy(4100));
+}
+
+TEST(RouterActivity, ARequestInFlightIsBusy) {
+    liege::RouterActivity a;
+    a.report(3, 3, 1, 1000); // even in the first report: the worker holds a request now
+    EXPECT_TRUE(a.busy(1100));
+    a.checked();
+    a.report(3, 3, 1, 2000); // one long request, no counter moved
+    EXPECT_TRUE(a.busy(2100));
+}
+
+TEST(RouterActivity, AnyReportInTheWindowCounts) {
+    liege::RouterActivity a;
+    a.report(1, 1, 0, 1000);
+    a.checked();
+    a.report(2, 2, 0, 2000);
+    a.report(2, 2, 0, 3000); // idle in the latest report, but it answered since the last check
+    EXPECT_TRUE(a.busy(3100));
+    a.checked();
+    EXPECT_FALSE(a.busy(3200)) << "the latest report said idle";
+}
+
+TEST(RouterActivity, ChecksMoreOftenThanReportsUseTheLatestFreshReport) {
+    liege::RouterActivity a;
+    a.report(1, 1, 0, 1000);
+    a.checked();
+    a.report(1, 1, 2, 2000);
+    a.checked(); // a check came and went; no report since
+    EXPECT_TRUE(a.busy(2500));
+    EXPECT_TRUE(a.busy(2000 + 2 * liege::RouterActivity::kReportMs));
+    // A router that stopped reporting excuses nothing.
+    EXPECT_FALSE(a.busy(2001 + 2 * liege::RouterActivity::kReportMs));
 }

@@ -292,3 +292,17 @@ TEST(RequestHeaders, TheSamePassFindsTheFirstRefererAndUserAgent) {
     EXPECT_EQ(r.referer, "http://a.test/");
     EXPECT_EQ(r.user_agent, "curl/8");
 }
+
+TEST(KeepAlive, TheAnnouncedTimeoutIsReadInMilliseconds) {
+    using liege::http::keep_alive_timeout_ms;
+    EXPECT_EQ(keep_alive_timeout_ms("timeout=5"), 5000);
+    EXPECT_EQ(keep_alive_timeout_ms("timeout=5, max=100"), 5000);
+    EXPECT_EQ(keep_alive_timeout_ms("max=100, Timeout = 2"), 2000);
+    EXPECT_EQ(keep_alive_timeout_ms("timeout=0"), 0);
+    EXPECT_EQ(keep_alive_timeout_ms("max=100"), -1);
+    EXPECT_EQ(keep_alive_timeout_ms(""), -1);
+    EXPECT_EQ(keep_alive_timeout_ms("timeout="), -1);
+    EXPECT_EQ(keep_alive_timeout_ms("timeout=5s"), -1);
+    EXPECT_EQ(keep_alive_timeout_ms("timeout=-1"), -1);
+    EXPECT_EQ(keep_alive_timeout_ms("timeout=99999999999999999999"), -1);
+}

@@ -53,6 +53,12 @@ StatsMessage stats_for_app() {
     f.latency_bounds_ms = {1, 2.5, 10};
     f.latency_buckets = {3, 0, 6, 8}; // last = +Inf
     f.latency_sum_us = 1'500'000;
+    f.queued = 7;
+    f.rejected[static_cast<int>(liege::control::Rejection::QueueFull)] = 9;
+    f.rejected[static_cast<int>(liege::control::Rejection::Failed)] = 2;
+    f.queue_wait_bounds_ms = {5, 100};
+    f.queue_wait_buckets = {4, 1, 2}; // last = +Inf
+    f.queue_wait_sum_us = 2'250'000;
     s.vassals.push_back(f);
     return s;
 }
@@ -83,6 +89,28 @@ TEST(Prometheus, LatencyHistogramIsCumulativeInSeconds) {
         has_line(text, R"(liege_request_duration_seconds_bucket{vassal="app",le="+Inf"} 17)"));
     EXPECT_TRUE(has_line(text, R"(liege_request_duration_seconds_sum{vassal="app"} 1.5)"));
     EXPECT_TRUE(has_line(text, R"(liege_request_duration_seconds_count{vassal="app"} 17)"));
+}
+
+TEST(Prometheus, QueueLengthAndRejectionsByReason) {
+    std::string text = prometheus_text(status_with_app(), stats_for_app());
+    EXPECT_TRUE(has_line(text, "# TYPE liege_queue_length gauge")) << text;
+    EXPECT_TRUE(has_line(text, R"(liege_queue_length{vassal="app"} 7)"));
+    EXPECT_TRUE(has_line(text, "# TYPE liege_requests_rejected_total counter"));
+    EXPECT_TRUE(
+        has_line(text, R"(liege_requests_rejected_total{vassal="app",reason="queue_full"} 9)"));
+    EXPECT_TRUE(
+        has_line(text, R"(liege_requests_rejected_total{vassal="app",reason="queue_timeout"} 0)"));
+    EXPECT_TRUE(has_line(text, R"(liege_requests_rejected_total{vassal="app",reason="failed"} 2)"));
+}
+
+TEST(Prometheus, QueueWaitHistogramIsCumulativeInSeconds) {
+    std::string text = prometheus_text(status_with_app(), stats_for_app());
+    EXPECT_TRUE(has_line(text, "# TYPE liege_queue_wait_seconds histogram")) << text;
+    EXPECT_TRUE(has_line(text, R"(liege_queue_wait_seconds_bucket{vassal="app",le="0.005"} 4)"));
+    EXPECT_TRUE(has_line(text, R"(liege_queue_wait_seconds_bucket{vassal="app",le="0.1"} 5)"));
+    EXPECT_TRUE(has_line(text, R"(liege_queue_wait_seconds_bucket{vassal="app",le="+Inf"} 7)"));
+    EXPECT_TRUE(has_line(text, R"(liege_queue_wait_seconds_sum{vassal="app"} 2.25)"));
+    EXPECT_TRUE(has_line(text, R"(liege_queue_wait_seconds_count{vassal="app"} 7)"));
 }
 
 TEST(Prometheus, WorkersReloadsAndRouter) {
@@ -145,7 +173,11 @@ TEST(Prometheus, AVassalTheRouterHasNotReportedOnHasZerosAndNoHistogram) {
     std::string text = prometheus_text(status_with_app(), empty);
     EXPECT_TRUE(has_line(text, R"(liege_requests_total{vassal="app",code="2xx"} 0)"));
     EXPECT_TRUE(has_line(text, R"(liege_requests_in_flight{vassal="app"} 0)"));
+    EXPECT_TRUE(has_line(text, R"(liege_queue_length{vassal="app"} 0)"));
+    EXPECT_TRUE(
+        has_line(text, R"(liege_requests_rejected_total{vassal="app",reason="queue_full"} 0)"));
     EXPECT_EQ(text.find("liege_request_duration_seconds_bucket"), std::string::npos);
+    EXPECT_EQ(text.find("liege_queue_wait_seconds_bucket"), std::string::npos);
     EXPECT_TRUE(has_line(text, "liege_router_connections 0"));
 }
 

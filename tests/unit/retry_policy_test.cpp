@@ -56,6 +56,7 @@ void expect_decision(const RetryDecision& got, const RetryDecision& want) {
     EXPECT_EQ(got.mark_backend_down, want.mark_backend_down) << "mark_backend_down";
     EXPECT_EQ(got.replay_head, want.replay_head) << "replay_head";
     EXPECT_EQ(got.same_backend_ok, want.same_backend_ok) << "same_backend_ok";
+    EXPECT_EQ(got.fresh_connection, want.fresh_connection) << "fresh_connection";
     EXPECT_EQ(got.log_broken_response, want.log_broken_response) << "log_broken_response";
     EXPECT_EQ(got.status, want.status) << "status";
 }
@@ -197,13 +198,14 @@ TEST(RetryPolicy, ResetOnAFreshConnectionIsReplayedElsewhereAndMarksTheBackendDo
                      .log_broken_response = false});
 }
 
-TEST(RetryPolicy, StaleReusedConnectionIsRetriedOnTheSameBackendWithoutBlame) {
+TEST(RetryPolicy, StaleReusedConnectionIsRetriedOnAFreshOneWithoutBlame) {
     AttemptFacts f = first_try(UpstreamFailure::Reset);
     f.reused_connection = true;
     expect_decision(decide_retry(f), {.outcome = AttemptOutcome::Retry,
                                       .mark_backend_down = false,
                                       .replay_head = true,
                                       .same_backend_ok = true,
+                                      .fresh_connection = true,
                                       .log_broken_response = false});
 }
 
@@ -256,14 +258,23 @@ TEST(RetryPolicy, ReplayableResetOnTheLastTryGets502WithoutAReplay) {
                      .status = 502});
 }
 
-TEST(RetryPolicy, StaleReusedConnectionOnTheLastTryGets502WithoutBlame) {
+TEST(RetryPolicy, StaleReusedConnectionIsRetriedFreshEvenOnTheLastTry) {
+    // Racing the backend's idle timeout is not an attempt that failed: it does not count.
     AttemptFacts f = last_try(UpstreamFailure::Reset);
     f.reused_connection = true;
-    expect_decision(decide_retry(f), {.outcome = AttemptOutcome::Respond,
+    expect_decision(decide_retry(f), {.outcome = AttemptOutcome::Retry,
                                       .mark_backend_down = false,
-                                      .replay_head = false,
-                                      .same_backend_ok = false,
-                                      .status = 502});
+                                      .replay_head = true,
+                                      .same_backend_ok = true,
+                                      .fresh_connection = true});
+}
+
+TEST(RetryPolicy, ReusedConnectionThatTimedOutIsNotRetriedFresh) {
+    // Only a close before any response byte is the idle race; silence is the backend's.
+    AttemptFacts f = last_try(UpstreamFailure::Timeout);
+    f.reused_connection = true;
+    expect_decision(decide_retry(f),
+                    {.outcome = AttemptOutcome::Respond, .replay_head = false, .status = 504});
 }
 
 TEST(RetryPolicy, BackendThatAnsweredIsNotMarkedDownWhenItsAnswerBreaksOff) {

@@ -34,7 +34,8 @@ json sample_status() {
                    "thread_requests": [600, 634], "thread_requests_per_second": [28, 28.25]},
         "vassals": [
             {"name": "hello", "state": "running", "generation": 3, "workers_ready": 2,
-             "workers_total": 2, "requests": 1200, "requests_per_second": 55.5, "errors": 0,
+             "workers_total": 2, "queued": 3, "requests": 1200, "requests_per_second": 55.5,
+             "errors": 0,
              "restarts": 0, "rss_bytes": 31457280, "uptime_seconds": 3700,
              "last_error": null, "workers": []},
             {"name": "static-files", "state": "failed", "generation": 1, "workers_ready": 0,
@@ -71,11 +72,12 @@ TEST(StatusTable, OneAlignedRowPerVassal) {
     auto lines = lines_of(format_vassal_table(sample_status(), {}));
     ASSERT_EQ(lines.size(), 3u);
     EXPECT_EQ(lines[0], "VASSAL        STATE    GEN  WORKERS  REQUESTS  REQ/S  ERRORS  RESTARTS"
-                        "       RSS  UPTIME");
+                        "  QUEUED       RSS  UPTIME");
     EXPECT_EQ(lines[1], "hello         running    3      2/2      1200   55.5       0         0"
-                        "  30.0 MiB   1h01m");
+                        "       3  30.0 MiB   1h01m");
+    // A vassal without "queued" (from an older emperor) shows 0.
     EXPECT_EQ(lines[2], "static-files  failed     1      0/1        34      0      34         7"
-                        "       0 B     59s");
+                        "       0       0 B     59s");
     // Every line is as wide as the header: the columns line up.
     for (const auto& l : lines) {
         EXPECT_EQ(l.size(), lines[0].size()) << l;
@@ -89,6 +91,7 @@ TEST(StatusTable, NoColourUnlessAsked) {
     EXPECT_NE(coloured.find("\033[32mrunning\033[0m"), std::string::npos);
     EXPECT_NE(coloured.find("\033[31mfailed\033[0m"), std::string::npos);
     EXPECT_NE(coloured.find("\033[31m34\033[0m"), std::string::npos) << "errors in red";
+    EXPECT_NE(coloured.find("\033[33m3\033[0m"), std::string::npos) << "a queue in yellow";
 }
 
 TEST(StatusTable, ColourDoesNotShiftColumns) {

@@ -93,6 +93,9 @@ TEST_F(VassalParse, MinimalFileGetsDefaults) {
     EXPECT_EQ(v.dir, dir_.path());
     EXPECT_EQ(v.command, std::vector<std::string>{"app"});
     EXPECT_EQ(v.workers, 1);
+    EXPECT_EQ(v.concurrency, 0);
+    EXPECT_EQ(v.queue.size, 100u);
+    EXPECT_EQ(v.queue.timeout, 30s);
     EXPECT_EQ(v.hosts, std::vector<std::string>{"*"});
     EXPECT_EQ(v.path, "/");
     EXPECT_EQ(v.cwd, ".");
@@ -189,6 +192,29 @@ TEST_F(VassalParse, TypeErrorsNameLineColumnAndWhatWasExpected) {
         {cmd + "workers = 0\n", "2:11: workers: expected an integer ≥ 1, got 0"},
         {cmd + "workers = 1.5\n", "2:11: workers: expected an integer ≥ 1, got float"},
         {cmd + "workers = 100000\n", "2:11: workers: expected at most 1024 workers, got 100000"},
+        {cmd + "concurrency = \"1\"\n",
+         "2:15: concurrency: expected an integer from 0 to 1024, got string"},
+        {cmd + "concurrency = 1.0\n",
+         "2:15: concurrency: expected an integer from 0 to 1024, got float"},
+        {cmd + "concurrency = -1\n",
+         "2:15: concurrency: expected an integer from 0 to 1024, got -1"},
+        {cmd + "concurrency = 1025\n",
+         "2:15: concurrency: expected an integer from 0 to 1024, got 1025"},
+        {cmd + "queue = 100\n",
+         "2:9: queue: expected a table ([queue] with size, timeout), got integer"},
+        {cmd + "[queue]\nsize = \"100\"\n",
+         "3:8: queue.size: expected an integer from 0 to 100000, got string"},
+        {cmd + "[queue]\nsize = -1\n",
+         "3:8: queue.size: expected an integer from 0 to 100000, got -1"},
+        {cmd + "[queue]\nsize = 100001\n",
+         "3:8: queue.size: expected an integer from 0 to 100000, got 100001"},
+        {cmd + "[queue]\ntimeout = 30\n",
+         "3:11: queue.timeout: expected a duration like \"2s\" or \"500ms\", got integer"},
+        {cmd + "[queue]\ntimeout = \"0s\"\n",
+         "3:11: queue.timeout: expected a duration above zero, got \"0s\""},
+        {cmd + "[queue]\ntimeout = \"30\"\n",
+         "3:11: queue.timeout: invalid duration '30': expected a number with a unit, like 500ms, "
+         "2s, 5m, 1h"},
         {cmd + "hosts = \"a.test\"\n",
          "2:9: hosts: expected an array of host patterns, like [\"app.example.com\", "
          "\"*.example.com\", \"*\"], got string"},
@@ -260,6 +286,27 @@ TEST_F(VassalParse, TypeErrorsNameLineColumnAndWhatWasExpected) {
     }
 }
 
+TEST_F(VassalParse, ConcurrencyAndQueueBounds) {
+    VassalLoad load = parse("command = [\"app\"]\nconcurrency = 1\n"
+                            "[queue]\nsize = 0\ntimeout = \"250ms\"\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_EQ(load.vassal->concurrency, 1);
+    EXPECT_EQ(load.vassal->queue.size, 0u); // nothing waits: no free slot is an immediate 503
+    EXPECT_EQ(load.vassal->queue.timeout, 250ms);
+
+    load = parse("command = [\"app\"]\nconcurrency = 1024\n[queue]\nsize = 100000\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_EQ(load.vassal->concurrency, 1024);
+    EXPECT_EQ(load.vassal->queue.size, 100000u);
+    EXPECT_EQ(load.vassal->queue.timeout, 30s) << "a [queue] without timeout keeps the default";
+
+    load = parse("command = [\"app\"]\nconcurrency = 0\n[queue]\ntimeout = \"2m\"\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_EQ(load.vassal->concurrency, 0);
+    EXPECT_EQ(load.vassal->queue.size, 100u);
+    EXPECT_EQ(load.vassal->queue.timeout, 120s);
+}
+
 TEST_F(VassalParse, ZeroDurationsAllowedWhereTheyMeanImmediately) {
     VassalLoad load = parse("command = [\"app\"]\n[reload]\ndrain_timeout = \"0s\"\n"
                             "[stop]\ntimeout = \"0ms\"\nsignal = \"int\"\n");
@@ -286,21 +333,28 @@ TEST_F(VassalParse, SyntaxErrorIsReportedWhereTomlSawIt) {
 
 TEST_F(VassalParse, UnknownKeysSuggestTheClosestOne) {
     const std::string cmd = "command = [\"app\"]\n";
-    EXPECT_EQ(only_error(cmd + "workrs = 2\n"),
-              "2:1: unknown key 'workrs'; did you mean 'workers'?");
-    EXPECT_EQ(only_error(cmd + "Hosts = [\"a\"]\n"),
-              "2:1: unknown key 'Hosts'; did you mean 'hosts'?");
-    EXPECT_EQ(only_error(cmd + "[helth]\npath = \"/\"\n"),
-              "2:2: unknown key 'helth'; did you mean 'health'?");
-    EXPECT_EQ(only_error(cmd + "[health]\nintervall = \"1s\"\n"),
-              "3:1: unknown key 'intervall' in [health]; did you mean 'interval'?");
-    EXPECT_EQ(only_error(cmd + "drain_timeout = \"1s\"\n"),
-              "2:1: unknown key 'drain_timeout'; did you mean 'drain_timeout' in [reload]?");
-    EXPECT_EQ(only_error(cmd + "frobnicate = true\n"),
-              "2:1: unknown key 'frobnicate'; expected one of command, workers, hosts, path, cwd, "
-              "env, socket, health, reload, stop");
-    EXPECT_EQ(only_error(cmd + "[stop]\nsignal = \"SIGTERM\"\ngrace = \"1s\"\n"),
-              "4:1: unknown key 'grace' in [stop]; expected one of signal, timeout");
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"workrs = 2\n", "2:1: unknown key 'workrs'; did you mean 'workers'?"},
+        {"Hosts = [\"a\"]\n", "2:1: unknown key 'Hosts'; did you mean 'hosts'?"},
+        {"concurency = 1\n", "2:1: unknown key 'concurency'; did you mean 'concurrency'?"},
+        {"[helth]\npath = \"/\"\n", "2:2: unknown key 'helth'; did you mean 'health'?"},
+        {"[health]\nintervall = \"1s\"\n",
+         "3:1: unknown key 'intervall' in [health]; did you mean 'interval'?"},
+        {"[queue]\nsise = 10\n", "3:1: unknown key 'sise' in [queue]; did you mean 'size'?"},
+        {"drain_timeout = \"1s\"\n",
+         "2:1: unknown key 'drain_timeout'; did you mean 'drain_timeout' in [reload]?"},
+        {"size = 10\n", "2:1: unknown key 'size'; did you mean 'size' in [queue]?"},
+        {"frobnicate = true\n",
+         "2:1: unknown key 'frobnicate'; expected one of command, workers, concurrency, hosts, "
+         "path, cwd, env, socket, health, queue, reload, stop"},
+        {"[stop]\nsignal = \"SIGTERM\"\ngrace = \"1s\"\n",
+         "4:1: unknown key 'grace' in [stop]; expected one of signal, timeout"},
+        {"[queue]\nlength = 10\n",
+         "3:1: unknown key 'length' in [queue]; expected one of size, timeout"},
+    };
+    for (const auto& [toml, expected] : cases) {
+        EXPECT_EQ(only_error(cmd + toml), expected) << toml;
+    }
 }
 
 TEST_F(VassalParse, EveryErrorOfAFileIsReportedInFileOrder) {

@@ -30,7 +30,6 @@
 #include <iostream>
 #include <latch>
 #include <map>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <regex>
@@ -57,7 +56,7 @@ namespace {
 // were inside the app (this process) when this one came in, itself included: the most a worker
 // was sent at once. `/healthz` prints `health check` (to the emperor's log, tagged with the
 // worker), so a test can count the checks that reached the app.
-constexpr const char* kWsgiApp = R"PY(import os, sys, threading, time, urllib.parse
+constexpr const char* kWsgiApp = R"PY(import os, threading, time, urllib.parse
 
 lock = threading.Lock()
 inside = 0
@@ -640,7 +639,8 @@ TEST_P(AppServerKind, RollingAndBlueGreenReloadsUnderABurstFailNothing) {
     EXPECT_EQ(load.failed(), 0u) << "of " << load.done() << ":" << load.failures();
     std::cout << "[          ] " << load.done() << " requests during two reloads\n";
 
-    // The last release serves, from both of its workers, and none of them was restarted.
+    // The last release answers, both of its workers hold its environment, and none of them was
+    // restarted.
     std::set<std::string> greetings;
     for (int i = 0; i < 4; ++i) {
         std::string error;

@@ -598,10 +598,11 @@ TEST_F(LiegeRun, ChangedCommandReloadsToANewGeneration) {
     auto from = mark();
     write_vassal("app", backend_command("v2-${WORKER}") + "workers = 2\n");
     ASSERT_TRUE(wait_log("vassal app: generation 2 serving", kStart, from));
-    EXPECT_EQ(backends_answering("app.test", 10), (std::set<std::string>{"v2-1", "v2-2"}));
-
+    // The router applies the route set the emperor sent at that moment a little later; once
+    // the old workers have drained and gone, only the new ones can answer.
     auto left = wait_gone(procs_of(old));
     EXPECT_TRUE(left.empty()) << "old workers still running:" << describe_procs(left);
+    EXPECT_EQ(backends_answering("app.test", 10), (std::set<std::string>{"v2-1", "v2-2"}));
     auto now = workers("app");
     ASSERT_EQ(now.size(), 2u);
     for (const auto& w : now) {
@@ -1235,14 +1236,19 @@ TEST_F(LiegeRun, InheritedSocketServesAndQueuesConnectionsAcrossARestart) {
 TEST_F(LiegeRun, HealthPathGatesReadiness) {
     write_file(vassals_ / "app.py", kPythonApp);
     write_vassal("hc", "command = [\"python3\", \"app.py\"]\n[health]\npath = \"/healthz\"\n"
-                       "interval = \"200ms\"\nstart_timeout = \"60s\"\n");
+                       "interval = \"200ms\"\nstart_timeout = \"60s\"\n"
+                       "[queue]\ntimeout = \"300ms\"\n");
     ASSERT_NO_FATAL_FAILURE(start());
-    // Running and answering, but its health path says 503: no request may reach it.
+    // Running and answering, but its health path says 503: no request may reach it. A request
+    // waits for a ready worker, here for the queue's 300 ms, then gets 503.
     ASSERT_TRUE(wait_log("[hc/1] serving hc-1 on its own port"));
     ASSERT_TRUE(wait_log("\"GET /healthz HTTP/1.1\" 503"));
     auto r = get("hc.test", "/id");
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 503) << "no ready worker yet: " << r->body;
+    EXPECT_NE(r->body.find("vassal hc: no worker was free within 300ms"), std::string::npos)
+        << r->body;
+    EXPECT_EQ(r->header("Retry-After").value_or(""), "1");
     EXPECT_FALSE(r->header("X-Backend"));
     EXPECT_EQ(count_log("vassal hc: worker 1 ready in "), 0u);
 

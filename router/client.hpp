@@ -81,12 +81,16 @@ private:
     void leave_queue();
     void stop_waiting(); // counts the wait: in the histogram and the access log
     void reject(control::Rejection why, std::string_view text);
-    void release_slot(); // the exchange's backend slot, to the next waiter if there is one
+    // The exchange's backend slot, to the next waiter if there is one; true when it went to a
+    // waiter on another thread.
+    bool release_slot();
     void flush_upstream();
     void write_pending_upstream();
     void replay_head();
     void drop_upstream_output(); // request bytes queued for an upstream that will never go
-    void respond_error(int status, std::string_view detail);
+    // An error response the router makes: `STATUS REASON` and the exchange's error_body as the
+    // body, or (detail_only) the error_body alone, as one line.
+    void respond_error(int status, std::string_view detail, bool detail_only = false);
     void finish_exchange();
     void release_upstream(bool reusable);
     void close_after_writes();

@@ -365,14 +365,14 @@ bool ClientConn::send_to(const std::shared_ptr<Backend>& bep, int index) {
     return false;
 }
 
-void ClientConn::release_slot() {
+bool ClientConn::release_slot() {
     if (ex_.backend == nullptr) {
-        return;
+        return false;
     }
     thread_.shared().release_backend(*ex_.backend);
     ex_.backend = nullptr;
     ex_.backend_index = -1;
-    ex_.pool->queue->pump();
+    return ex_.pool->queue->pump(&thread_);
 }
 
 void ClientConn::wait_in_queue() {
@@ -459,7 +459,12 @@ void ClientConn::reject(control::Rejection why, std::string_view text) {
     ex_.pool->stats->reject(why);
     ex_.retry_after = why == control::Rejection::Failed ? 10 : 1;
     ex_.text.error_body.assign(text);
-    respond_error(503, text);
+    for (char& ch : ex_.text.error_body) {
+        if (ch == '\n' || ch == '\r') {
+            ch = ' '; // one line, whatever the app's last error held
+        }
+    }
+    respond_error(503, ex_.text.error_body, /*detail_only=*/true);
 }
 
 void ClientConn::flush_upstream() {

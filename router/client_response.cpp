@@ -12,6 +12,9 @@ namespace liege::router {
 
 namespace {
 
+// The most of an error_body an error response carries (a vassal's last error can be long).
+constexpr size_t kMaxErrorLine = 2048;
+
 std::string_view or_dash(const std::string& s) {
     return s.empty() ? std::string_view("-") : std::string_view(s);
 }
@@ -229,13 +232,16 @@ void ClientConn::finish_exchange() {
 
 void ClientConn::release_upstream(bool reusable) {
     leave_queue();
-    // The connection is parked before the slot goes on, so that a waiter of this thread that
-    // gets the slot finds it.
-    if (Upstream* up = up_) {
-        up_ = nullptr;
-        up->detach(reusable);
+    Upstream* up = std::exchange(up_, nullptr);
+    // The slot goes on first: to a waiter of this thread, which finds the connection parked
+    // when it is dispatched (from the loop, after this), or to one of another thread, which
+    // opens its own: then a worker with a concurrency limit must not keep this one too.
+    const bool limited =
+        ex_.backend != nullptr && ex_.backend->concurrency.load(std::memory_order_relaxed) > 0;
+    const bool handed_elsewhere = release_slot();
+    if (up != nullptr) {
+        up->detach(reusable && !(limited && handed_elsewhere));
     }
-    release_slot();
 }
 
 void ClientConn::log_access() {
@@ -260,7 +266,7 @@ void ClientConn::log_access() {
     log->append(e);
 }
 
-void ClientConn::respond_error(int status, std::string_view detail) {
+void ClientConn::respond_error(int status, std::string_view detail, bool detail_only) {
     if (closed()) {
         return;
     }
@@ -269,19 +275,27 @@ void ClientConn::respond_error(int status, std::string_view detail) {
     ex_.status = status;
     const std::string_view reason = http::reason_phrase(status);
     Chunk* c = thread_.chunks().get();
-    const std::string_view extra = ex_.text.error_body;
-    const size_t body_len = 3 + 1 + reason.size() + 1 + (extra.empty() ? 0 : extra.size() + 1);
+    const std::string_view extra = std::string_view(ex_.text.error_body).substr(0, kMaxErrorLine);
+    const bool status_line = !detail_only || extra.empty();
+    const size_t body_len =
+        (status_line ? 3 + 1 + reason.size() + 1 : 0) + (extra.empty() ? 0 : extra.size() + 1);
     char retry_after[40] = "";
     if (ex_.retry_after > 0) {
         std::snprintf(retry_after, sizeof(retry_after), "Retry-After: %d\r\n", ex_.retry_after);
     }
-    const int n =
-        std::snprintf(c->data, Chunk::kSize,
-                      "HTTP/1.1 %d %.*s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                      "Content-Length: %zu\r\n%sConnection: close\r\n\r\n%d %.*s\n%.*s%s",
-                      status, static_cast<int>(reason.size()), reason.data(), body_len, retry_after,
-                      status, static_cast<int>(reason.size()), reason.data(),
-                      static_cast<int>(extra.size()), extra.data(), extra.empty() ? "" : "\n");
+    int n = std::snprintf(c->data, Chunk::kSize,
+                          "HTTP/1.1 %d %.*s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                          "Content-Length: %zu\r\n%sConnection: close\r\n\r\n",
+                          status, static_cast<int>(reason.size()), reason.data(), body_len,
+                          retry_after);
+    if (status_line) {
+        n += std::snprintf(c->data + n, Chunk::kSize - static_cast<size_t>(n), "%d %.*s\n", status,
+                           static_cast<int>(reason.size()), reason.data());
+    }
+    if (!extra.empty()) {
+        n += std::snprintf(c->data + n, Chunk::kSize - static_cast<size_t>(n), "%.*s\n",
+                           static_cast<int>(extra.size()), extra.data());
+    }
     c->len = static_cast<uint32_t>(n);
     out_client_.add(c, c->data, c->len);
     thread_.chunks().unref(c);

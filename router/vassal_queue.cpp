@@ -1,5 +1,7 @@
 #include "vassal_queue.hpp"
 
+#include <algorithm>
+
 #include "router_thread.hpp"
 
 namespace liege::router {
@@ -97,16 +99,20 @@ bool VassalQueue::refuses(int64_t now) const {
     return balancer_ == nullptr || (balancer_->pick(0, now, &busy) < 0 && !busy);
 }
 
-void VassalQueue::pump() {
+bool VassalQueue::pump(const RouterThread* self) {
     if (length() == 0) {
-        return;
+        return false;
     }
     std::vector<std::shared_ptr<Waiter>> handed;
     {
         std::lock_guard lock(mu_);
         pump_locked(handed);
     }
+    const bool elsewhere = std::any_of(handed.begin(), handed.end(), [&](const auto& w) {
+        return w->backend != nullptr && w->thread != self;
+    });
     hand_over(handed);
+    return elsewhere;
 }
 
 void VassalQueue::pump_locked(std::vector<std::shared_ptr<Waiter>>& handed) {

@@ -85,8 +85,9 @@ public:
     Joined join(const std::shared_ptr<Waiter>& w);
     // Takes `w` out; false when it is no longer listed (a slot or a refusal is on its way).
     bool leave(Waiter& w);
-    // Hands free slots to the oldest waiters.
-    void pump();
+    // Hands free slots to the oldest waiters. Returns whether one went to a waiter on another
+    // thread than `self` (its request will need a connection of its own).
+    bool pump(const RouterThread* self = nullptr);
 
 private:
     // Under mu_: one slot per waiter while there are both; when the vassal failed and no

@@ -47,7 +47,7 @@ public:
 // that does not exist (yet) is not an error: it is rescanned until it appears.
 std::unique_ptr<DirWatcher>
 watch_directory(uv_loop_t* loop, const std::filesystem::path& dir, DirWatcher::ChangeFn on_change,
-                std::chrono::milliseconds debounce = std::chrono::milliseconds(150),
+                std::chrono::milliseconds debounce = std::chrono::milliseconds(50),
                 std::chrono::milliseconds rescan_every = std::chrono::seconds(2));
 
 } // namespace liege

@@ -5,11 +5,18 @@
 // pieces (never held whole), so a 256 MiB transfer through it costs no memory, and any growth
 // the tests measure belongs to the router.
 //
-//   liege-test-backend --listen 127.0.0.1:0 [--name NAME] [--log-requests]
+//   liege-test-backend --listen 127.0.0.1:0 [--name NAME] [--log-requests] [--idle-timeout MS]
 //
 // After binding it prints exactly one line, `listening on HOST:PORT`, to stdout. With
 // --log-requests it also prints `request METHOD TARGET` once each request head has been read,
-// so a test can wait until a request has really reached the backend. Endpoints (any method):
+// so a test can wait until a request has really reached the backend.
+//
+// With --idle-timeout, a request that arrives on a connection idle for MS ms or more (since the
+// previous response) is not answered: the connection is closed at once, and with --log-requests
+// `idle timeout: closed a connection idle for N ms, METHOD TARGET unanswered` is printed. That is
+// the race every server with a keep-alive timeout has with a client reusing its idle connection
+// (the server's timer fires while the request is on its way), made certain, so a test can show
+// what a proxy does when it loses that race. Endpoints (any method):
 //
 //   /id                 200, body = NAME
 //   /echo               200, the request body streamed back as it arrives (chunked if the
@@ -23,10 +30,13 @@
 //   /status?code=C      status C
 //   /slow?ms=M          waits M ms, then 200
 //   /hang               reads the request and never answers
+//   /until?file=PATH    waits until the file PATH exists (looked for every 10 ms, for at most
+//                       60 s), then 200 `released`; 504 if it never came
 //   /reset              closes the connection with a RST, without answering
 //   /ws                 WebSocket handshake (101), then every frame echoed unmasked until close
 //   /count              200, `requests=R connections=C open=O`: requests read (this one
 //                       included), TCP connections accepted, connections open now
+//   /env?name=VAR       200, body = the value of the environment variable VAR; 404 if unset
 //
 // Every response carries `X-Backend: NAME`.
 #include <atomic>
@@ -34,6 +44,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -64,6 +75,7 @@ constexpr std::size_t kMaxHead = 1024 * 1024;
 
 std::string g_name = "backend";
 bool g_log_requests = false;
+std::chrono::milliseconds g_idle_timeout{0}; // 0: idle connections are kept open forever
 std::atomic<uint64_t> g_requests{0};
 std::atomic<uint64_t> g_connections{0};
 std::atomic<int64_t> g_open{0};
@@ -758,6 +770,25 @@ bool handle(Conn& conn, const Request& req) {
         std::this_thread::sleep_for(std::chrono::milliseconds(req.param("ms", 1000)));
         return respond(conn, req, 200, "slow\n");
     }
+    if (p == "/until") {
+        // A request that holds its worker until a test lets it go, whatever the proxy in front
+        // does with the client meanwhile.
+        const std::string path = req.text_param("file");
+        const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        while (::access(path.c_str(), F_OK) != 0) {
+            if (std::chrono::steady_clock::now() >= give_up) {
+                return respond(conn, req, 504, "no " + path + " within 60 s\n");
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        return respond(conn, req, 200, "released\n");
+    }
+    if (p == "/env") {
+        const std::string name = req.text_param("name");
+        const char* value = name.empty() ? nullptr : std::getenv(name.c_str());
+        return value != nullptr ? respond(conn, req, 200, value)
+                                : respond(conn, req, 404, "no variable " + name + "\n");
+    }
     if (p == "/count") {
         return respond(conn, req, 200,
                        "requests=" + std::to_string(g_requests.load()) +
@@ -786,11 +817,28 @@ void serve(int fd) {
         int one = 1;
         ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         bool linger = true;
+        std::optional<std::chrono::steady_clock::time_point> idle_since; // after a response
         for (;;) {
             Request req;
             HeadResult r = read_request(conn, req);
             if (r == HeadResult::Eof) {
                 break;
+            }
+            if (idle_since && g_idle_timeout.count() > 0) {
+                auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - *idle_since);
+                if (idle >= g_idle_timeout) {
+                    if (g_log_requests) {
+                        std::lock_guard lock(g_stdout_mutex);
+                        std::printf("idle timeout: closed a connection idle for %lld ms, %s %s "
+                                    "unanswered\n",
+                                    static_cast<long long>(idle.count()), req.method.c_str(),
+                                    req.target.c_str());
+                        std::fflush(stdout);
+                    }
+                    linger = false; // closed as the server's idle timer would: no lingering
+                    break;
+                }
             }
             if (r != HeadResult::Ok) {
                 req.keep_alive = false;
@@ -811,6 +859,7 @@ void serve(int fd) {
             if (!again || !req.keep_alive) {
                 break;
             }
+            idle_since = std::chrono::steady_clock::now();
         }
         if (linger) {
             lingering_close(conn);
@@ -841,7 +890,9 @@ int listen_on(const liege::Address& addr) {
 }
 
 int usage(const char* argv0) {
-    std::fprintf(stderr, "usage: %s --listen ADDR [--name NAME] [--log-requests]\n", argv0);
+    std::fprintf(stderr,
+                 "usage: %s --listen ADDR [--name NAME] [--log-requests] [--idle-timeout MS]\n",
+                 argv0);
     return 2;
 }
 
@@ -858,6 +909,12 @@ int main(int argc, char** argv) {
                 g_name = argv[++i];
             } else if (arg == "--log-requests") {
                 g_log_requests = true;
+            } else if (arg == "--idle-timeout" && i + 1 < argc) {
+                auto ms = to_u64(argv[++i]);
+                if (!ms) {
+                    return usage(argv[0]);
+                }
+                g_idle_timeout = std::chrono::milliseconds(*ms);
             } else {
                 return usage(argv[0]);
             }

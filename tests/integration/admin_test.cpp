@@ -92,31 +92,6 @@ protected:
         start_liege({std::move(extra), std::move(admin), 2});
     }
 
-    // The vassal's entry in /status, or null.
-    json vassal(const std::string& name) const {
-        if (auto s = status()) {
-            for (const auto& v : (*s)["vassals"]) {
-                if (v["name"] == name) {
-                    return v;
-                }
-            }
-        }
-        return nullptr;
-    }
-
-    // Polls /status until `pred(vassal)` holds; returns the last entry seen.
-    json wait_vassal(const std::string& name, const std::function<bool(const json&)>& pred,
-                     Millis timeout = kStart) const {
-        json last;
-        poll_until(
-            [&] {
-                last = vassal(name);
-                return !last.is_null() && pred(last);
-            },
-            timeout, 50ms);
-        return last;
-    }
-
     bool wait_running(const std::string& name, int workers) const {
         json v = wait_vassal(name, [&](const json& j) {
             return j["state"] == "running" && j["workers_ready"] == workers;

@@ -120,6 +120,51 @@ TEST(Backend, ResetAndHang) {
     EXPECT_THROW(hang.read_response(300ms), HttpError);
 }
 
+TEST(Backend, EnvAnswersWithItsEnvironment) {
+    Process p({LIEGE_TEST_BACKEND, "--listen", "127.0.0.1:0"}, {"LIEGE_TEST_GREETING=hello"});
+    auto port = wait_for_port(p.out());
+    ASSERT_TRUE(port) << p.describe();
+    HttpClient c(*port);
+    auto r = c.get("/env?name=LIEGE_TEST_GREETING");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, "hello");
+    EXPECT_EQ(c.get("/env?name=LIEGE_TEST_NOT_SET").status, 404);
+}
+
+TEST(Backend, UntilHoldsTheRequestUntilTheFileExists) {
+    TestBackend b("alpha");
+    const auto dir = make_temp_dir("liege-backend-test");
+    const auto file = dir / "release";
+    HttpClient c(b.port());
+    c.send(build_request("GET", "/until?file=" + file.string()));
+    ASSERT_TRUE(b.wait_for_request("GET /until?file=" + file.string()));
+    EXPECT_THROW(c.read_response(300ms), HttpError) << "answered before the file existed";
+    write_file(file, "");
+    auto r = c.read_response();
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, "released\n");
+    std::filesystem::remove_all(dir);
+}
+
+TEST(Backend, IdleTimeoutLeavesARequestOnAConnectionIdleTooLongUnanswered) {
+    Process p({LIEGE_TEST_BACKEND, "--listen", "127.0.0.1:0", "--log-requests", "--idle-timeout",
+               "1000"});
+    auto port = wait_for_port(p.out());
+    ASSERT_TRUE(port) << p.describe();
+    HttpClient c(*port);
+    EXPECT_EQ(c.get("/id").status, 200);
+    EXPECT_EQ(c.get("/id?again").status, 200) << "a connection in use is not idle";
+    // Idle past the timeout. The time passing is what is tested: there is no event to wait for.
+    const auto answered = Clock::now();
+    poll_until([&] { return Clock::now() - answered >= 1100ms; }, 2s, 50ms);
+    c.send(build_request("GET", "/id?late"));
+    EXPECT_FALSE(c.try_read_response()) << "a request after the idle timeout was answered";
+    EXPECT_TRUE(p.out().wait_for_line_containing("idle timeout: closed a connection idle for "));
+    EXPECT_EQ(p.out().text().find("request GET /id?late"), std::string::npos);
+    HttpClient fresh(*port);
+    EXPECT_EQ(fresh.get("/id").status, 200) << "a new connection is served";
+}
+
 TEST(Backend, WebSocketEcho) {
     TestBackend b("alpha");
     HttpClient c(b.port());

@@ -1617,6 +1617,30 @@ std::optional<nlohmann::json> LiegeRunFixture::status() const {
     }
 }
 
+nlohmann::json LiegeRunFixture::vassal(const std::string& name) const {
+    if (auto s = status()) {
+        for (const auto& v : (*s)["vassals"]) {
+            if (v["name"] == name) {
+                return v;
+            }
+        }
+    }
+    return nullptr;
+}
+
+nlohmann::json LiegeRunFixture::wait_vassal(const std::string& name,
+                                            const std::function<bool(const nlohmann::json&)>& holds,
+                                            Millis timeout) const {
+    nlohmann::json last;
+    poll_until(
+        [&] {
+            last = vassal(name);
+            return !last.is_null() && holds(last);
+        },
+        timeout, 50ms);
+    return last;
+}
+
 std::vector<ProcStat> LiegeRunFixture::instance_processes() const {
     auto out = descendants(emperor_pid());
     std::vector<pid_t> reported;

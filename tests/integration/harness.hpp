@@ -545,6 +545,13 @@ protected:
     Response admin(const std::string& method, const std::string& target) const;
     // GET /status, or nullopt if it cannot be had.
     std::optional<nlohmann::json> status() const;
+    // The vassal's entry in /status, or null.
+    nlohmann::json vassal(const std::string& name) const;
+    // Polls /status until `holds(entry)` for the vassal; returns the last entry seen (null if
+    // there was none).
+    nlohmann::json wait_vassal(const std::string& name,
+                               const std::function<bool(const nlohmann::json&)>& holds,
+                               Millis timeout = kStart) const;
 
     std::filesystem::path root_;
     std::filesystem::path vassals_;

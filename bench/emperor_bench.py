@@ -25,8 +25,9 @@ def free_port():
     return port
 
 
-def http_get(port, host, path="/id", timeout=2.0):
-    """One GET on a fresh connection; returns the status or None."""
+def http_fetch(port, host, path="/id", timeout=2.0):
+    """One GET on a fresh connection; returns (status, body bytes), or (None, b"") when it got no
+    HTTP response."""
     try:
         s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -37,10 +38,15 @@ def http_get(port, host, path="/id", timeout=2.0):
                 break
             data += chunk
         s.close()
-        m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
-        return int(m.group(1)) if m else None
     except OSError:
-        return None
+        return None, b""
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    return (int(m.group(1)), data.partition(b"\r\n\r\n")[2]) if m else (None, b"")
+
+
+def http_get(port, host, path="/id", timeout=2.0):
+    """One GET on a fresh connection; returns the status or None."""
+    return http_fetch(port, host, path, timeout)[0]
 
 
 def vassal_toml(backend, name, host, workers=2, strategy="rolling", marker="a"):

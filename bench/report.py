@@ -28,6 +28,15 @@ def read_tsv(path):
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+def read_meta(path):
+    """meta.txt's key=value lines as a dict."""
+    meta = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        meta[key] = value
+    return meta
+
+
 def split_config(config):
     """'nginx:2' -> ('nginx', '2'); 'direct' -> ('direct', '-')."""
     name, _, threads = config.partition(":")
@@ -66,10 +75,7 @@ def ratio(a, b):
 
 def main():
     out = Path(sys.argv[1])
-    meta = {}
-    for line in (out / "meta.txt").read_text().splitlines():
-        key, _, value = line.partition("=")
-        meta[key] = value
+    meta = read_meta(out / "meta.txt")
     samples = read_tsv(out / "samples.tsv")
     idle = read_tsv(out / "idle.tsv")
 

@@ -49,41 +49,8 @@ BASELINE=${BASELINE:-}
 QUIET_WAIT=${QUIET_WAIT:-60}
 FD_LIMIT=${FD_LIMIT:-20000} # fd limit of every proxy; the hard limit on the reference box
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-# ---------------------------------------------------------------- cleanup
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/liege-bench.XXXXXX")
-PIDS=() # every long-running process we started, stopped in reverse order
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local i pid
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        pid=${PIDS[i]}
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ $rc -ne 0 && -d "$TMP" ]]; then
-        log "logs kept in $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 # ---------------------------------------------------------------- helpers
 hard=$(ulimit -Hn)
@@ -91,96 +58,9 @@ if [[ $hard != unlimited && $hard -lt $FD_LIMIT ]]; then
     log "WARNING: fd hard limit $hard is below FD_LIMIT=$FD_LIMIT; using $hard"
     FD_LIMIT=$hard
 fi
-ncpu=$(nproc)
-if [[ $PIN == 1 ]] && { ! command -v taskset >/dev/null || [[ $ncpu -lt 2 ]]; }; then
-    log "pinning disabled (needs taskset and at least 2 CPUs)"
-    PIN=0
-fi
-
-# pin CPUS CMD...: run CMD on CPUS when pinning is on; CPUS "" or "all" means unpinned.
-pin() {
-    local cpus=$1
-    shift
-    if [[ $PIN == 1 && -n $cpus && $cpus != all ]]; then
-        exec taskset -c "$cpus" "$@"
-    fi
-    exec "$@"
-}
-
 # CPUs for a proxy with T threads: a 1-thread proxy gets PROXY_CPUS, apart
 # from wrk; with more threads than that it cannot be pinned apart on 2 cores.
 proxy_cpus() { if [[ $1 == 1 ]]; then echo "$PROXY_CPUS"; else echo all; fi; }
-
-# free_ports N: N loopback ports that are free right now.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# wait_http PORT PID NAME: until GET / answers 200, bounded; fails if PID dies.
-wait_http() {
-    local port=$1 pid=$2 name=$3 code
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || {
-            log "$name exited during startup"
-            return 1
-        }
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" || true)
-        [[ $code == 200 ]] && return 0
-        sleep 0.1
-    done
-    log "$name did not answer 200 on port $port within 10s (last status: ${code:-none})"
-    return 1
-}
-
-# rss_kb PID...: summed VmRSS in KiB.
-rss_kb() {
-    local total=0 pid v
-    for pid in "$@"; do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
-# cpu_ticks PID...: summed utime+stime (fields 14 and 15 of /proc/PID/stat) in
-# clock ticks; the stat of a process's main pid covers all its threads, dead
-# ones included. "nan" when there is no pid or one of them is gone.
-cpu_ticks() {
-    local total=0 pid stat fields
-    [[ $# -gt 0 ]] || {
-        echo nan
-        return
-    }
-    for pid in "$@"; do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || {
-            echo nan
-            return
-        }
-        # comm (field 2) may hold spaces and ")": fields 3.. follow its last ")".
-        read -r -a fields <<<"${stat##*) }"
-        total=$((total + fields[11] + fields[12])) # fields 14 and 15
-    done
-    echo "$total"
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-# cpu_busy SECONDS: percent of all CPUs busy over SECONDS (everything, not only ours).
-cpu_busy() {
-    local a b
-    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-    sleep "$1"
-    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x); split(b, y); d = y[2] - x[2];
-        printf "%d\n", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }'
-}
 
 # ---------------------------------------------------------------- build
 cd "$ROOT"
@@ -384,13 +264,6 @@ launch() {
     log "$key on 127.0.0.1:$port (pids: $(rss_pids "$key" | tr '\n' ' ')CPUs $cpus)"
 }
 
-# forget PID: drop a reaped pid from PIDS so cleanup never signals a reused one.
-forget() {
-    local keep=() x
-    for x in "${PIDS[@]}"; do [[ $x == "$1" ]] || keep+=("$x"); done
-    PIDS=("${keep[@]}")
-}
-
 # ensure_running CONFIG: if the proxy exited (crashed, or killed from outside
 # the script), say so, count it, and start it again; fails if it will not serve.
 declare -A RESTARTS
@@ -431,32 +304,6 @@ mkdir -p "$OUT/raw"
 SAMPLES="$OUT/samples.tsv"
 printf 'round\tconfig\trps\tp50_ms\tp99_ms\trss_kib\terrors\tbusy_before_pct\tcpu_us_per_req\n' >"$SAMPLES"
 
-# parse_wrk FILE: "rps p50_ms p99_ms errors requests" from wrk --latency output
-# (requests: the completed ones, from "N requests in Xs").
-parse_wrk() {
-    awk '
-        function ms(v) {
-            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
-            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
-            if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
-            if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
-            return v + 0
-        }
-        /^Requests\/sec:/ { rps = $2 }
-        / requests in / { reqs = $1 }
-        /Latency Distribution/ { dist = 1; next }
-        dist && $1 == "50%" { p50 = ms($2) }
-        dist && $1 == "99%" { p99 = ms($2); dist = 0 }
-        /Non-2xx or 3xx responses:/ { err += $NF }
-        /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
-        END {
-            if (rps == "") { print "nan nan nan -1 nan"; exit }  # wrk did not run
-            printf "%s %s %s %d %s\n", rps, p50 == "" ? "nan" : p50, p99 == "" ? "nan" : p99, err,
-                reqs == "" ? "nan" : reqs
-        }
-    ' "$1"
-}
-
 run_wrk() { # CONFIG DURATION OUTFILE
     local port
     port=$(config_port "$1")
@@ -469,24 +316,7 @@ if [[ $WARMUP != 0 ]]; then
     for c in "${CONFIGS[@]}"; do run_wrk "$c" "$WARMUP" "$OUT/raw/warmup-${c/:/-}.txt"; done
 fi
 
-# cpu_per_req TICKS_BEFORE TICKS_AFTER REQUESTS: CPU microseconds per request, or nan.
-cpu_per_req() {
-    awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {
-        if (a !~ /^[0-9]+$/ || b !~ /^[0-9]+$/ || n !~ /^[0-9]+$/ || n == 0 || b < a) { print "nan"; exit }
-        printf "%.2f\n", (b - a) * 1e6 / hz / n }'
-}
-
-# The box is shared: give other load (a build, another tenant) a chance to end.
-BUSY_BEFORE=$(cpu_busy 2)
-waited=0
-while [[ $BUSY_BEFORE -gt 10 && $waited -lt $QUIET_WAIT ]]; do
-    [[ $waited == 0 ]] && log "CPUs ${BUSY_BEFORE}% busy with other work; waiting up to ${QUIET_WAIT}s for quiet"
-    BUSY_BEFORE=$(cpu_busy 5)
-    waited=$((waited + 5))
-done
-if [[ $BUSY_BEFORE -gt 10 ]]; then
-    log "WARNING: the CPUs are ${BUSY_BEFORE}% busy before any load: figures will be noisy"
-fi
+BUSY_BEFORE=$(wait_quiet "$QUIET_WAIT")
 
 n=${#CONFIGS[@]}
 log "measuring: $ROUNDS rounds x $n configurations x $DURATION (wrk -t$WRK_THREADS -c$CONNECTIONS, CPUs $WRK_CPUS)"

@@ -418,13 +418,13 @@ void ClientConn::stop_waiting() {
 void ClientConn::leave_queue() {
     if (waiter_ != nullptr) {
         // When it is no longer listed, a slot is on its way: the thread gives it back.
-        waiter_->queue->leave(*waiter_);
+        ex_.pool->queue->leave(*waiter_);
         stop_waiting();
     }
 }
 
 void ClientConn::dispatch(std::shared_ptr<Backend> backend) {
-    const std::shared_ptr<VassalQueue> q = waiter_->queue;
+    const std::shared_ptr<VassalQueue>& q = ex_.pool->queue;
     stop_waiting();
     if (backend == nullptr) {
         reject(control::Rejection::Failed,
@@ -448,7 +448,7 @@ void ClientConn::dispatch(std::shared_ptr<Backend> backend) {
 }
 
 void ClientConn::queue_timed_out() {
-    const std::shared_ptr<VassalQueue> q = waiter_->queue;
+    const std::shared_ptr<VassalQueue>& q = ex_.pool->queue;
     stop_waiting();
     reject(control::Rejection::QueueTimeout,
            fmt::format("vassal {}: no worker was free within {}", q->vassal(),

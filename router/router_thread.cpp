@@ -236,29 +236,30 @@ void RouterThread::add_waiter(std::shared_ptr<Waiter> w) {
 
 void RouterThread::on_queue_timer() {
     const int64_t now = steady_now_ms();
-    std::vector<VassalQueue*> pumped;
+    std::vector<std::shared_ptr<VassalQueue>> pumped;
     // A waiter that times out is answered at once, which may make others stop waiting: the
-    // list is walked by index over a copy of its entries.
+    // list is walked over a copy of its entries.
     std::vector<std::shared_ptr<Waiter>> live;
     live.swap(waiters_);
     for (auto& w : live) {
-        if (w->conn == nullptr) {
+        std::shared_ptr<VassalQueue> q = w->queue.lock();
+        if (w->conn == nullptr || q == nullptr) {
             continue; // dispatched, refused or gone
         }
-        if (now >= w->deadline_ms && w->queue->leave(*w)) {
+        if (now >= w->deadline_ms && q->leave(*w)) {
             ClientConn* c = std::exchange(w->conn, nullptr);
             c->queue_timed_out();
             continue;
         }
-        if (std::find(pumped.begin(), pumped.end(), w->queue.get()) == pumped.end()) {
-            pumped.push_back(w->queue.get());
+        if (std::find(pumped.begin(), pumped.end(), q) == pumped.end()) {
+            pumped.push_back(std::move(q));
         }
         waiters_.push_back(std::move(w));
     }
     if (waiters_.empty()) {
         uv_timer_stop(queue_timer_.get());
     }
-    for (VassalQueue* q : pumped) {
+    for (const auto& q : pumped) {
         q->pump();
     }
 }
@@ -280,7 +281,9 @@ void RouterThread::give_back(Waiter& w) {
         // Its client went while the slot was on its way: the slot goes to the next waiter.
         shared_.release_backend(*w.backend);
         w.backend = nullptr;
-        w.queue->pump();
+        if (auto q = w.queue.lock()) {
+            q->pump();
+        }
     }
 }
 

@@ -38,7 +38,8 @@ class VassalQueue;
 struct Waiter {
     RouterThread* thread = nullptr;
     ClientConn* conn = nullptr; // on `thread` only; null once the request stopped waiting
-    std::shared_ptr<VassalQueue> queue;
+    // Weak: the queue lists its waiters, and its requests' route snapshot keeps it alive.
+    std::weak_ptr<VassalQueue> queue;
     int64_t since_ms = 0; // steady clock
     int64_t deadline_ms = 0;
     uint64_t since_ns = 0; // uv_hrtime(), for the wait it reports

@@ -208,6 +208,10 @@ int ClientConn::headers_complete() {
     }
     ex_.pool = ex_.snapshot->pools[route->index].get();
     ex_.pool->stats->in_flight.fetch_add(1, std::memory_order_relaxed);
+    if (ex_.pool->tls_redirect && !tls_ && !is_acme_challenge(target.path)) {
+        redirect_to_https(target);
+        return -1;
+    }
     ex_.chunked = (p->flags & F_CHUNKED) != 0;
     if (checked.transfer_encoding && !ex_.chunked) {
         // llhttp refuses other codings but lets an empty Transfer-Encoding through; a backend
@@ -229,6 +233,8 @@ int ClientConn::headers_complete() {
     Chunk* out = thread_.chunks().get();
     http::RequestForward fwd;
     fwd.client_ip = peer_;
+    fwd.trusted = trusted_peer_;
+    fwd.proto = tls_ ? "https" : "http";
     fwd.upgrade = ex_.upgrade;
     fwd.target = &target;
     const size_t n = http::write_request_head(*head_, fwd, out->data, Chunk::kSize);

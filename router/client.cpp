@@ -54,7 +54,7 @@ void ClientConn::accept(RouterThread& thread, int fd, bool is_unix, bool tls) {
     }
     if (tls) {
         c->tls_ = true;
-        // The stream takes up TLS with the next commit.
+        c->stream_.start_tls(thread.shared().tls->snapshot());
     }
     c->trusted_peer_ = peer_name(fd, c->peer_, sizeof(c->peer_), thread.options().trusted_proxies);
     llhttp_init(&c->parser_, HTTP_REQUEST, settings());

@@ -20,7 +20,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -36,6 +38,22 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The program `name` as found on PATH (Process runs a path, not a name).
+std::string tool(const std::string& name) {
+    const char* path = std::getenv("PATH");
+    std::string dirs = path != nullptr ? path : "/usr/bin:/bin";
+    size_t from = 0;
+    while (from <= dirs.size()) {
+        const size_t to = std::min(dirs.find(':', from), dirs.size());
+        const fs::path candidate = fs::path(dirs.substr(from, to - from)) / name;
+        if (::access(candidate.c_str(), X_OK) == 0) {
+            return candidate.string();
+        }
+        from = to + 1;
+    }
+    return name;
+}
+
 // Runs a command to its end; its exit code (or -1) and both streams.
 struct Ran {
     int code = -1;
@@ -43,6 +61,7 @@ struct Ran {
     std::string err;
 };
 Ran run(std::vector<std::string> argv, Millis timeout = kWait) {
+    argv[0] = tool(argv[0]);
     Process p(std::move(argv));
     Ran r;
     auto st = p.wait_exit(timeout);
@@ -208,6 +227,41 @@ public:
         r.body = in.substr(head_end + 4, want);
         std::from_chars(r.head.data() + 9, r.head.data() + r.head.size(), r.status);
         return r;
+    }
+
+    // Sends a GET without reading the response (see read_body_bytes).
+    bool send_get(const std::string& host, const std::string& target) {
+        const std::string req = "GET " + target + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n";
+        return SSL_write(ssl_, req.data(), static_cast<int>(req.size())) > 0;
+    }
+    // Reads a Content-Length framed response, keeping only the body's length.
+    uint64_t read_body_bytes() {
+        std::string head;
+        char buf[65536];
+        uint64_t body = 0;
+        uint64_t want = UINT64_MAX;
+        while (body < want) {
+            const int n = SSL_read(ssl_, buf, sizeof(buf));
+            if (n <= 0) {
+                break;
+            }
+            if (want != UINT64_MAX) {
+                body += static_cast<uint64_t>(n);
+                continue;
+            }
+            head.append(buf, static_cast<size_t>(n));
+            const size_t end = head.find("\r\n\r\n");
+            if (end == std::string::npos) {
+                continue;
+            }
+            const size_t cl = head.find("Content-Length: ");
+            want = 0;
+            if (cl != std::string::npos && cl < end) {
+                std::from_chars(head.data() + cl + 16, head.data() + end, want);
+            }
+            body = head.size() - end - 4;
+        }
+        return body;
     }
 
 private:
@@ -475,8 +529,11 @@ TEST_F(Tls, RedirectSendsPlainHttpToHttpsButNotAcmeChallenges) {
     EXPECT_EQ(r.body, "plain");
 
     // curl follows it to the HTTPS port.
-    Ran followed = run({"curl", "-sS", "--max-time", "10", "-L", "--insecure", "-H",
-                        "Host: shop.test", "http://127.0.0.1:" + std::to_string(port_) + "/id"});
+    Ran followed =
+        run({"curl", "-sS", "--max-time", "10", "-L", "--cacert", ca_->ca().string(), "--insecure",
+             "--resolve", "shop.test:" + std::to_string(port_) + ":127.0.0.1", "--resolve",
+             "shop.test:" + std::to_string(tls_port_) + ":127.0.0.1",
+             "http://shop.test:" + std::to_string(port_) + "/id"});
     EXPECT_EQ(followed.code, 0) << followed.err;
     EXPECT_EQ(followed.out, "shop");
 }
@@ -615,5 +672,45 @@ TEST(TlsCli, AMissingOrBadDefaultCertificateIsAClearErrorBeforeAnythingStarts) {
              (dir / "junk.pem").string()});
     EXPECT_NE(r.code, 0);
     EXPECT_NE(r.err.find((dir / "junk.pem").string() + ": error:"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}
+
+class TlsRouter : public RouterFixture {};
+
+TEST_F(TlsRouter, ASlowTlsReaderIsNotBufferedFor) {
+    const fs::path dir = make_temp_dir("liege-tls-router");
+    TestCa ca(dir);
+    ca.issue("bench.test", "router", dir / "cert.pem", dir / "cert.key");
+    add_backend("solo");
+    ASSERT_NO_FATAL_FAILURE(start_router_for_backends({"--listen-tls", "127.0.0.1:0", "--tls-cert",
+                                                       (dir / "cert.pem").string(), "--tls-key",
+                                                       (dir / "cert.key").string()}));
+    auto line = router().err().wait_for_line_containing("(https)");
+    ASSERT_TRUE(line);
+    auto tls_port = port_after(*line, "listening on ");
+    ASSERT_TRUE(tls_port);
+
+    TlsClient c(*tls_port, "bench.test", ca.ca());
+    ASSERT_TRUE(c.ok()) << c.error();
+    // Warm up: first-use allocations are not growth with body size.
+    ASSERT_TRUE(c.send_get("bench.test", "/bytes?n=4000000"));
+    ASSERT_EQ(c.read_body_bytes(), 4000000u);
+    const long baseline = rss_kib(router().pid());
+    ASSERT_GT(baseline, 0);
+
+    const uint64_t size = 128ull * 1024 * 1024;
+    RssSampler sampler(router().pid());
+    ASSERT_TRUE(c.send_get("bench.test", "/bytes?n=" + std::to_string(size)));
+    // Bounded observation of something that must not happen: the router buffering a response
+    // its TLS client does not read.
+    EXPECT_FALSE(poll_until([&] { return rss_kib(router().pid()) > baseline + 16 * 1024; }, 1s))
+        << "the router buffers a response its TLS client does not read";
+    EXPECT_EQ(c.read_body_bytes(), size);
+    const long peak = sampler.stop();
+    EXPECT_LE(peak - baseline, 16 * 1024)
+        << "router RSS grew from " << baseline << " KiB to " << peak << " KiB";
+    auto r = c.get("bench.test", "/id");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->body, "solo");
     fs::remove_all(dir);
 }

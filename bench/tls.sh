@@ -146,7 +146,7 @@ for round in $(seq "$ROUNDS"); do
         HS[$p]+="${hs:-nan} "
         mapfile -t pids < <(proc_pids "$p")
         before=$(cpu_ticks "${pids[@]}")
-        pin 1 wrk -t1 -c "$CONNECTIONS" -d "$DURATION" --latency "https://127.0.0.1:$port/" \
+        (pin 1 wrk -t1 -c "$CONNECTIONS" -d "$DURATION" --latency "https://127.0.0.1:$port/") \
             >"$TMP/wrk-$p-$round" 2>&1 </dev/null || true
         after=$(cpu_ticks "${pids[@]}")
         read -r rps _p50 p99 _err reqs < <(parse_wrk "$TMP/wrk-$p-$round")

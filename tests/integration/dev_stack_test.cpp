@@ -173,6 +173,14 @@ const char* kSleeper =
     "command = ['sh', '-c', 'echo daemon-up \"$LIEGE_WORKER\" \"$${PORT:-no-port}\"; "
     "exec sleep 600']\n";
 
+// A daemon that listens on `port` only `delay` seconds after it starts, and its [health] tcp
+// check (the file ends inside [health]).
+std::string late_server(uint16_t port, const std::string& delay) {
+    return "type = 'daemon'\ncommand = ['sh', '-c', 'sleep " + delay +
+           "; exec python3 -m http.server --bind 127.0.0.1 " + std::to_string(port) +
+           "']\n[health]\ntcp = '127.0.0.1:" + std::to_string(port) + "'\n";
+}
+
 std::string python_server_on(uint16_t port) {
     return "command = ['python3', '-m', 'http.server', '--bind', '127.0.0.1', '" +
            std::to_string(port) + "']\n";
@@ -243,10 +251,7 @@ TEST_F(DevStack, KilledDaemonRestartsWithBackoff) {
 TEST_F(DevStack, DaemonWithATcpCheckIsReadyOnceItsPortAccepts) {
     const uint16_t port = closed_port();
     // Listens only after a second and a half: ready follows the port, not the uptime rule.
-    write_vassal("late", "type = 'daemon'\ncommand = ['sh', '-c', 'sleep 1.5; exec python3 -m "
-                         "http.server --bind 127.0.0.1 " +
-                             std::to_string(port) + "']\n[health]\ntcp = '127.0.0.1:" +
-                             std::to_string(port) + "'\ninterval = '300ms'\n");
+    write_vassal("late", late_server(port, "1.5") + "interval = '300ms'\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_EQ(running_pids("late", 1).size(), 1u);
     auto ms = ready_after_ms("late", 1);
@@ -409,8 +414,7 @@ TEST_F(DevStack, TheExampleVassalsStartCleanly) {
     EXPECT_TRUE(wait_log("heartbeat from heartbeat"));
 }
 
-// ---- the admin address
-// ---------------------------------------------------------------------------
+// ---- the admin address -------------------------------------------------------------------------
 
 TEST_F(DevStack, StatusWorksFromAnotherDirectory) {
     const fs::path elsewhere = root_ / "elsewhere";
@@ -587,16 +591,12 @@ TEST_F(DevStack, ConfigPrintsTheMergedResult) {
     EXPECT_NE(c.err.find("no vassal 'nope'"), std::string::npos) << c.err;
 }
 
-// ---- after
-// ---------------------------------------------------------------------------------------
+// ---- after -------------------------------------------------------------------------------------
 
 TEST_F(DevStack, AfterOrdersStartAndStop) {
     const uint16_t port = closed_port();
     // Slow to come up: listens a second after it starts.
-    write_vassal("redis", "type = 'daemon'\ncommand = ['sh', '-c', 'sleep 1; exec python3 -m "
-                          "http.server --bind 127.0.0.1 " +
-                              std::to_string(port) + "']\n[health]\ntcp = '127.0.0.1:" +
-                              std::to_string(port) + "'\n[stop]\nsignal = 'SIGINT'\n");
+    write_vassal("redis", late_server(port, "1") + "[stop]\nsignal = 'SIGINT'\n");
     write_vassal("shop", "hosts = ['shop.test']\nafter = ['redis']\n" + backend("shop"));
     write_vassal("worker", std::string("type = 'daemon'\nafter = ['redis']\n") + kSleeper);
     ASSERT_NO_FATAL_FAILURE(start());
@@ -640,8 +640,7 @@ TEST_F(DevStack, CheckReportsStartOrderProblems) {
         << c.err;
 }
 
-// ---- stop, start, logs
-// ----------------------------------------------------------------------------
+// ---- stop, start, logs -------------------------------------------------------------------------
 
 TEST_F(DevStack, StopAndStartSurviveARescan) {
     write_vassal("app", "hosts = ['app.test']\n" + backend("app") + "env = { V = 'one' }\n");
@@ -761,8 +760,7 @@ TEST_F(DevStack, WatchReloadsOnASourceEditWithNoFailedRequestAndIgnoresPyc) {
     EXPECT_TRUE(wait_log("vassal app: generation 3 serving", kStart, at)) << log().substr(at);
 }
 
-// ---- liege check
-// ---------------------------------------------------------------------------------
+// ---- liege check -------------------------------------------------------------------------------
 
 TEST_F(DevStack, CheckReportsMistakesThatWouldFailAtRunTime) {
     write_vassal("typo", "hosts = ['a.test']\ncommand = ['pyhton3', '-m', 'http.server', "

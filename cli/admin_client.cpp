@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 
@@ -161,6 +162,18 @@ AdminReply admin_request(const std::string& address, std::string_view method, st
         }
     }
     return {parsed.status, std::move(parsed.body)};
+}
+
+std::string path_segment(const std::string& name) {
+    std::string out;
+    for (unsigned char c : name) {
+        if (std::isalnum(c) != 0 || c == '-' || c == '_' || c == '.' || c == '~') {
+            out += static_cast<char>(c);
+        } else {
+            out += fmt::format("%{:02X}", c);
+        }
+    }
+    return out;
 }
 
 } // namespace liege::cli

@@ -27,6 +27,9 @@ struct AdminError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// A vassal name as one percent-encoded path segment ("shop@x" → "shop%40x").
+std::string path_segment(const std::string& name);
+
 AdminReply admin_request(const std::string& address, std::string_view method, std::string_view path,
                          std::chrono::milliseconds timeout);
 

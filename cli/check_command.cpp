@@ -2,9 +2,11 @@
 // would load them. Errors go to stderr as FILE:LINE:COL: error: MESSAGE and make the exit code
 // 1; a clean run prints one summary line per vassal to stdout. Two vassals that claim the same
 // host and path are reported as warnings (one of them can never be reached) without failing.
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -46,6 +48,9 @@ std::string summary(const Vassal& v) {
     for (const auto& arg : v.command) {
         command += (command.empty() ? "" : " ") + shell_word(arg);
     }
+    if (v.daemon()) {
+        return v.name + ": daemon workers=" + std::to_string(v.workers) + " command=" + command;
+    }
     const std::string concurrency =
         v.concurrency != 0 ? " concurrency=" + std::to_string(v.concurrency) : "";
     return v.name + ": workers=" + std::to_string(v.workers) + concurrency + " hosts=" + hosts +
@@ -53,19 +58,43 @@ std::string summary(const Vassal& v) {
            " command=" + command;
 }
 
+// A file whose name ends in ".toml" but for case ("Static.TOML") is not a vassal file: the
+// emperor ignores it, which is never what its author meant.
+void warn_case_variants(const std::string& dir, int& failures) {
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        std::string lower = name;
+        for (char& c : lower) {
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        }
+        if (lower.ends_with(".toml") && !name.ends_with(".toml") && name.front() != '.' &&
+            name.front() != '_') {
+            const std::string fixed = name.substr(0, name.size() - 5) + ".toml";
+            std::fprintf(stderr,
+                         "%s:1:1: error: not a vassal file: only names ending in \".toml\" "
+                         "(lower case) are loaded, so liege ignores this one; rename it to %s\n",
+                         it->path().c_str(), fixed.c_str());
+            ++failures;
+        }
+    }
+}
+
 // Loads every PATH; returns the loads in argument order (directories sorted by file name).
-std::vector<VassalLoad> load_all(const std::vector<std::string>& paths, int& failures) {
+std::vector<VassalLoad> load_all(const std::vector<std::string>& paths, const std::string& profile,
+                                 int& failures) {
     std::vector<VassalLoad> loads;
     for (const std::string& path : paths) {
         std::error_code ec;
         if (std::filesystem::is_directory(path, ec)) {
-            auto dir_loads = load_vassal_dir(path, ec);
+            auto dir_loads = load_vassal_dir(path, ec, process_env(), profile);
             if (ec) {
                 std::fprintf(stderr, "%s: error: cannot read directory: %s\n", path.c_str(),
                              ec.message().c_str());
                 ++failures;
                 continue;
             }
+            warn_case_variants(path, failures);
             if (dir_loads.empty()) {
                 std::fprintf(stderr, "%s: note: no vassal files (*.toml) in this directory\n",
                              path.c_str());
@@ -74,7 +103,7 @@ std::vector<VassalLoad> load_all(const std::vector<std::string>& paths, int& fai
                 loads.push_back(std::move(load));
             }
         } else {
-            loads.push_back(load_vassal_file(path));
+            loads.push_back(load_vassal_file(path, process_env(), profile));
         }
     }
     return loads;
@@ -83,6 +112,9 @@ std::vector<VassalLoad> load_all(const std::vector<std::string>& paths, int& fai
 void warn_shadowed(const std::vector<const Vassal*>& vassals) {
     std::vector<RouteEntry> entries;
     for (size_t i = 0; i < vassals.size(); ++i) {
+        if (vassals[i]->daemon()) {
+            continue; // no route
+        }
         entries.push_back({vassals[i]->name, 0, vassals[i]->hosts, vassals[i]->path, i});
     }
     RouteTable table(std::move(entries));
@@ -102,25 +134,53 @@ void warn_shadowed(const std::vector<const Vassal*>& vassals) {
 
 void add_check_command(CLI::App& app, int& exit_code) {
     auto paths = std::make_shared<std::vector<std::string>>();
+    auto profile = std::make_shared<std::string>();
     auto* cmd = app.add_subcommand("check", "Validate vassal files or a directory of them");
     cmd->add_option("paths", *paths, "Vassal files (NAME.toml) or directories of them")->required();
-    cmd->callback([paths, &exit_code] {
+    cmd->add_option("--profile", *profile, "Check with each vassal's [profile.NAME] applied");
+    cmd->callback([paths, profile, &exit_code] {
         int failures = 0;
-        std::vector<VassalLoad> loads = load_all(*paths, failures);
+        std::vector<VassalLoad> loads = load_all(*paths, *profile, failures);
         size_t errors = 0;
         size_t bad_files = 0;
         std::vector<const Vassal*> vassals;
         for (const auto& load : loads) {
+            std::set<std::string> said;
+            size_t file_errors = 0;
+            auto say = [&](const Diagnostic& d) {
+                if (said.insert(d.str()).second) {
+                    std::fprintf(stderr, "%s\n", d.str().c_str());
+                    file_errors += d.warning ? 0 : 1;
+                }
+            };
             for (const auto& d : load.errors) {
-                std::fprintf(stderr, "%s\n", d.str().c_str());
+                say(d);
             }
-            errors += load.errors.size();
-            bad_files += load.errors.empty() ? 0 : 1;
+            for (const auto& d : load.lints) {
+                say(d);
+            }
+            // Without --profile, each profile a vassal declares is checked as it would run.
+            if (profile->empty()) {
+                for (const std::string& p : load.profiles) {
+                    VassalLoad as = load_vassal_file(load.file, process_env(), p);
+                    for (auto d : as.errors) {
+                        d.message = "with --profile " + p + ": " + d.message;
+                        say(d);
+                    }
+                }
+            }
+            errors += file_errors;
+            bad_files += file_errors == 0 ? 0 : 1;
             if (load.vassal) {
                 vassals.push_back(&*load.vassal);
             }
         }
         warn_shadowed(vassals);
+        for (const Diagnostic& d : check_start_order(vassals)) {
+            std::fprintf(stderr, "%s\n", d.str().c_str());
+            ++errors;
+            ++bad_files;
+        }
         if (errors > 0 || failures > 0) {
             if (errors > 0) {
                 std::fprintf(stderr, "%zu error%s in %zu file%s\n", errors, errors == 1 ? "" : "s",

@@ -15,9 +15,16 @@ void add_run_command(CLI::App& app, int& exit_code);
 void add_status_command(CLI::App& app, int& exit_code);
 void add_reload_command(CLI::App& app, int& exit_code);
 void add_top_command(CLI::App& app, int& exit_code);
+void add_config_command(CLI::App& app, int& exit_code);
+void add_vassal_commands(CLI::App& app, int& exit_code); // stop, start, logs
 
 // Shared by the commands that talk to the admin API (status_command.cpp).
-inline constexpr const char* kDefaultAdmin = "unix:./liege.sock";
+// The admin address of `liege run` without --admin, for this user (liege/address.hpp).
+std::string default_admin();
+// What a client talks to: `flag` (--admin) when given, else $LIEGE_ADMIN, else default_admin().
+std::string client_admin(const std::string& flag);
+// Adds `--admin` to a client command, stored in `admin`.
+void add_admin_option(CLI::App& cmd, std::string& admin);
 // Colour on `fd` only for a terminal, and never when NO_COLOR is set (https://no-color.org).
 bool use_colour(int fd);
 // GET /status, parsed; nullopt and *error (a message for the user) on any failure.

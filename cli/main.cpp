@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
     liege::cli::add_status_command(app, exit_code);
     liege::cli::add_reload_command(app, exit_code);
     liege::cli::add_top_command(app, exit_code);
+    liege::cli::add_config_command(app, exit_code);
+    liege::cli::add_vassal_commands(app, exit_code);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -21,18 +21,6 @@ using namespace std::chrono_literals;
 // emperor bounds both (start_timeout, drain_timeout). This only guards against a hung emperor.
 constexpr auto kReloadTimeout = 15min;
 
-std::string path_segment(const std::string& name) {
-    std::string out;
-    for (unsigned char c : name) {
-        if (std::isalnum(c) != 0 || c == '-' || c == '_' || c == '.' || c == '~') {
-            out += static_cast<char>(c);
-        } else {
-            out += fmt::format("%{:02X}", c);
-        }
-    }
-    return out;
-}
-
 // Prints one outcome ({"vassal", "ok", "message"}); returns its ok.
 bool report(const nlohmann::json& o) {
     const std::string name = o.value("vassal", std::string("?"));
@@ -49,7 +37,7 @@ bool report(const nlohmann::json& o) {
 
 void add_reload_command(CLI::App& app, int& exit_code) {
     struct Args {
-        std::string admin = kDefaultAdmin;
+        std::string admin; // --admin; see client_admin()
         std::string name;
         bool all = false;
     };
@@ -59,8 +47,9 @@ void add_reload_command(CLI::App& app, int& exit_code) {
     auto* name = cmd->add_option("name", args->name, "The vassal to reload");
     auto* all = cmd->add_flag("--all", args->all, "Reload every vassal");
     name->excludes(all);
-    cmd->add_option("--admin", args->admin, "Admin API address")->capture_default_str();
+    add_admin_option(*cmd, args->admin);
     cmd->callback([args, &exit_code] {
+        args->admin = client_admin(args->admin);
         exit_code = 1;
         if (args->name.empty() && !args->all) {
             std::fprintf(stderr, "liege: reload: name a vassal, or give --all\n");

@@ -31,9 +31,10 @@ struct RunArgs {
     std::string tls_key;
     std::vector<std::string> trusted_proxies;
     std::vector<std::string> router_opts;
-    std::string admin = "unix:./liege.sock";
+    std::string admin; // empty: default_admin()
     unsigned threads = 0;
-    std::string env_name;
+    std::string profile;
+    std::string env_name; // --env, the old spelling of --profile
     std::string log_dir;
     std::string access_log = "-";
     std::string log_level = "info";
@@ -58,9 +59,11 @@ void add_run_command(CLI::App& app, int& exit_code) {
                     "Peer range (CIDR) whose X-Forwarded-* headers are kept; repeatable");
     cmd->add_option("--router-opt", args->router_opts,
                     "Router timeout or limit as KEY=VALUE (e.g. body_max=10MiB); repeatable");
-    cmd->add_option("--admin", args->admin, "Admin API address")->capture_default_str();
+    cmd->add_option("--admin", args->admin, "Admin API address (default: " + default_admin() + ")");
     cmd->add_option("--threads", args->threads, "Router threads (default: number of cores)");
-    cmd->add_option("--env", args->env_name, "Environment name, given to workers as LIEGE_ENV");
+    cmd->add_option("--profile", args->profile,
+                    "Apply each vassal's [profile.NAME]; workers get LIEGE_PROFILE=NAME");
+    cmd->add_option("--env", args->env_name, "Replaced by --profile (still accepted)");
     cmd->add_option("--log-dir", args->log_dir, "Directory for log files (default: stderr)");
     cmd->add_option("--access-log", args->access_log, "Router access log: -, off or a file")
         ->capture_default_str();
@@ -77,7 +80,7 @@ void add_run_command(CLI::App& app, int& exit_code) {
             for (const auto& a : args->listen) {
                 o.listen.push_back(parse_address(a));
             }
-            o.admin = parse_address(args->admin);
+            o.admin = parse_address(args->admin.empty() ? default_admin() : args->admin);
             for (const auto& a : args->listen_tls) {
                 o.listen_tls.push_back(parse_address(a));
             }
@@ -107,8 +110,30 @@ void add_run_command(CLI::App& app, int& exit_code) {
                 throw CLI::ValidationError(bad);
             }
         }
+        if (args->admin.empty()) {
+            // The per-user runtime directory's own: only its user may enter it.
+            std::error_code ec;
+            const std::filesystem::path dir = std::filesystem::path(o.admin.path).parent_path();
+            if (std::filesystem::create_directories(dir, ec)) {
+                std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);
+            }
+            if (ec) {
+                spdlog::error("cannot create {} for the admin socket: {}", dir.string(),
+                              ec.message());
+                exit_code = 1;
+                return;
+            }
+        }
         o.threads = args->threads;
-        o.env_name = args->env_name;
+        o.env_name = args->profile;
+        if (!args->env_name.empty()) {
+            if (!args->profile.empty() && args->profile != args->env_name) {
+                throw CLI::ValidationError("--env is replaced by --profile; give only --profile");
+            }
+            spdlog::warn("--env is replaced by --profile: running with --profile {}",
+                         args->env_name);
+            o.env_name = args->env_name;
+        }
         o.log_dir = args->log_dir;
         o.access_log = args->access_log;
         o.self_exe = self_exe();

@@ -41,14 +41,15 @@ std::optional<nlohmann::json> fetch_status(const std::string& admin, std::string
 
 void add_status_command(CLI::App& app, int& exit_code) {
     struct Args {
-        std::string admin = kDefaultAdmin;
+        std::string admin; // --admin; see client_admin()
         bool json = false;
     };
     auto args = std::make_shared<Args>();
     auto* cmd = app.add_subcommand("status", "Show what runs: vassals, workers, load, errors");
-    cmd->add_option("--admin", args->admin, "Admin API address")->capture_default_str();
+    add_admin_option(*cmd, args->admin);
     cmd->add_flag("--json", args->json, "Print the admin API's /status document as it is");
     cmd->callback([args, &exit_code] {
+        args->admin = client_admin(args->admin);
         std::string error;
         auto status = fetch_status(args->admin, &error);
         if (!status) {

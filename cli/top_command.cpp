@@ -110,12 +110,13 @@ bool wait_for_quit(int ms, bool keys) {
 
 void add_top_command(CLI::App& app, int& exit_code) {
     struct Args {
-        std::string admin = kDefaultAdmin;
+        std::string admin; // --admin; see client_admin()
     };
     auto args = std::make_shared<Args>();
     auto* cmd = app.add_subcommand("top", "The status table, refreshed every second (q quits)");
-    cmd->add_option("--admin", args->admin, "Admin API address")->capture_default_str();
+    add_admin_option(*cmd, args->admin);
     cmd->callback([args, &exit_code] {
+        args->admin = client_admin(args->admin);
         std::string error;
         auto status = fetch_status(args->admin, &error);
         if (!status) {

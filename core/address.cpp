@@ -37,6 +37,20 @@ std::string Address::str() const {
     return host + ":" + std::to_string(port);
 }
 
+std::string default_admin_address(unsigned uid, const char* xdg_runtime_dir) {
+    if (uid == 0) {
+        return "unix:/run/liege/liege.sock";
+    }
+    if (xdg_runtime_dir != nullptr && xdg_runtime_dir[0] == '/') {
+        std::string dir = xdg_runtime_dir;
+        while (dir.size() > 1 && dir.back() == '/') {
+            dir.pop_back();
+        }
+        return "unix:" + dir + "/liege/liege.sock";
+    }
+    return "unix:/tmp/liege-" + std::to_string(uid) + "/liege.sock";
+}
+
 Address parse_address(std::string_view text) {
     Address addr;
     if (text.starts_with("unix:")) {

@@ -7,13 +7,20 @@
 // its "${" when the string is written on one line without escapes before it, else at the string.
 #include "liege/vassal.hpp"
 
+#include "liege/address.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
 #include <stdexcept>
 #include <tuple>
 
@@ -28,7 +35,7 @@ namespace fs = std::filesystem;
 
 std::string Diagnostic::str() const {
     return file + ":" + std::to_string(at.line) + ":" + std::to_string(at.column) +
-           ": error: " + message;
+           (warning ? ": warning: " : ": error: ") + message;
 }
 
 EnvLookup process_env() {
@@ -53,7 +60,19 @@ std::string_view to_string(SocketKind kind) {
 }
 
 std::string_view to_string(ReloadStrategy strategy) {
-    return strategy == ReloadStrategy::Rolling ? "rolling" : "bluegreen";
+    switch (strategy) {
+    case ReloadStrategy::Rolling:
+        return "rolling";
+    case ReloadStrategy::BlueGreen:
+        return "bluegreen";
+    case ReloadStrategy::Restart:
+        return "restart";
+    }
+    return "?";
+}
+
+std::string_view to_string(VassalType type) {
+    return type == VassalType::Web ? "web" : "daemon";
 }
 
 namespace {
@@ -96,7 +115,7 @@ uint64_t content_hash(std::string_view bytes) {
 
 namespace {
 
-enum class PlaceholderKind { Port, Socket, Name, Worker, Env, Unknown };
+enum class PlaceholderKind { Port, Socket, Name, Worker, Instance, Profile, Env, Unknown };
 
 struct Placeholder {
     PlaceholderKind kind = PlaceholderKind::Unknown;
@@ -116,6 +135,12 @@ Placeholder classify(std::string_view inner) {
     }
     if (inner == "WORKER") {
         return {PlaceholderKind::Worker, {}, {}};
+    }
+    if (inner == "INSTANCE") {
+        return {PlaceholderKind::Instance, {}, {}};
+    }
+    if (inner == "PROFILE") {
+        return {PlaceholderKind::Profile, {}, {}};
     }
     if (inner.starts_with("env:")) {
         std::string_view rest = inner.substr(4);
@@ -201,6 +226,12 @@ std::string expand(std::string_view text, const PlaceholderValues& values) {
             case PlaceholderKind::Worker:
                 out.append(std::to_string(values.worker));
                 return;
+            case PlaceholderKind::Instance:
+                out.append(values.instance);
+                return;
+            case PlaceholderKind::Profile:
+                out.append(values.profile);
+                return;
             case PlaceholderKind::Env:
                 if (auto value = lookup_env(values.env, p.var)) {
                     out.append(*value);
@@ -234,16 +265,22 @@ fs::path Vassal::working_dir(const PlaceholderValues& values) const {
 
 namespace {
 
-constexpr std::array<std::string_view, 13> kTopKeys = {
-    "command", "workers", "concurrency", "hosts",  "path", "cwd", "env",
-    "socket",  "health",  "queue",       "reload", "stop", "tls"};
-constexpr std::array<std::string_view, 4> kHealthKeys = {"path", "interval", "timeout",
-                                                         "start_timeout"};
+constexpr std::array<std::string_view, 17> kTopKeys = {
+    "type",   "command", "workers", "concurrency", "hosts", "path",    "cwd",   "env",  "socket",
+    "health", "queue",   "reload",  "stop",        "tls",   "profile", "after", "watch"};
+constexpr std::array<std::string_view, 3> kWatchKeys = {"paths", "ignore", "debounce"};
+// Keys whose strings are filled per worker (${PORT}, ${SOCKET}, ${WORKER} allowed); every other
+// string is filled when the file is loaded.
+constexpr std::array<std::string_view, 4> kPerWorkerKeys = {"command", "cwd", "env",
+                                                            "health.command"};
+constexpr std::array<std::string_view, 6> kHealthKeys = {"path",     "tcp",     "command",
+                                                         "interval", "timeout", "start_timeout"};
 constexpr std::array<std::string_view, 2> kQueueKeys = {"size", "timeout"};
 constexpr std::array<std::string_view, 2> kReloadKeys = {"strategy", "drain_timeout"};
 constexpr std::array<std::string_view, 2> kStopKeys = {"signal", "timeout"};
 constexpr std::array<std::string_view, 4> kTlsKeys = {"cert", "key", "acme", "redirect"};
-constexpr std::array<std::string_view, 4> kPlaceholderNames = {"PORT", "SOCKET", "NAME", "WORKER"};
+constexpr std::array<std::string_view, 6> kPlaceholderNames = {"PORT",   "SOCKET",   "NAME",
+                                                               "WORKER", "INSTANCE", "PROFILE"};
 // Set by the emperor for every worker; a vassal cannot override them.
 constexpr std::array<std::string_view, 6> kReservedEnv = {
     "PORT", "LIEGE_VASSAL", "LIEGE_WORKER", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"};
@@ -347,10 +384,22 @@ std::string in_quotes(std::string_view s) {
     return "\"" + std::string(s) + "\"";
 }
 
+bool is_vassal_name(std::string_view name);
+
 class Validator {
 public:
-    Validator(std::string file, std::string_view text, const EnvLookup& env)
-        : file_(std::move(file)), text_(text), env_(env) {}
+    Validator(std::string file, const EnvLookup& env) : file_(std::move(file)), env_(env) {}
+
+    // A layer's text, for positions inside its strings.
+    void add_text(std::string file, std::string_view text) { texts_[std::move(file)] = text; }
+    // What ${NAME}, ${INSTANCE} and ${PROFILE} stand for.
+    void set_statics(const Vassal& v) {
+        statics_.name = v.name;
+        statics_.instance = v.instance;
+        statics_.profile = v.profile;
+        statics_.env = env_;
+        instance_ = !v.instance.empty();
+    }
 
     std::vector<Diagnostic> take_errors() {
         std::stable_sort(errors_.begin(), errors_.end(), [](const auto& a, const auto& b) {
@@ -362,12 +411,21 @@ public:
     void error(SourcePosition at, std::string message) {
         errors_.push_back({file_, at, std::move(message)});
     }
+    // At a place in whichever layer holds it.
+    void error(const toml::source_region& where, std::string message) {
+        errors_.push_back({file_of(where), position_of(where), std::move(message)});
+    }
     void error(const toml::node& node, std::string message) {
-        error(position_of(node.source()), std::move(message));
+        error(node.source(), std::move(message));
     }
 
-    void validate(const toml::table& root, Vassal& v) {
+    std::string file_of(const toml::source_region& where) const {
+        return where.path != nullptr && !where.path->empty() ? *where.path : file_;
+    }
+
+    void validate(toml::table& root, Vassal& v) {
         check_keys(root, "", kTopKeys);
+        fill_statics(root, "");
 
         // `socket` first: it decides which placeholders the other keys may use.
         if (auto* node = root.get("socket")) {
@@ -378,9 +436,40 @@ public:
             }
         }
         socket_ = v.socket;
+        // `type` too: a daemon gets no port, so it decides which keys and placeholders apply.
+        if (auto* node = root.get("type")) {
+            if (auto t =
+                    enum_value(*node, "type", std::array<std::string_view, 2>{"web", "daemon"})) {
+                v.type = *t == "web" ? VassalType::Web : VassalType::Daemon;
+            }
+        }
+        daemon_ = v.type == VassalType::Daemon;
+        if (auto* table = section(root, "watch", kWatchKeys)) {
+            if (auto* node = table->get("paths")) {
+                watch_list(*node, "watch.paths", "a path", v.watch.paths);
+            }
+            if (auto* node = table->get("ignore")) {
+                watch_list(*node, "watch.ignore", "a glob like \"*.pyc\"", v.watch.ignore);
+            }
+            duration(*table, "watch.debounce", "debounce", v.watch.debounce, true);
+            if (table->get("paths") == nullptr) {
+                error(*table, "watch: expected 'paths', the files and directories to watch "
+                              "(relative to cwd), like paths = [\"src\"]");
+            }
+        }
+        if (daemon_) {
+            for (std::string_view key : {"hosts", "path", "socket", "concurrency", "queue"}) {
+                if (auto* node = root.get(key)) {
+                    error(*node, std::string(key) +
+                                     ": a daemon (type = \"daemon\") gets no port and no "
+                                     "route; remove '" +
+                                     std::string(key) + "' or make it a web vassal");
+                }
+            }
+        }
 
         if (auto* node = root.get("command")) {
-            command(*node, v);
+            string_array(*node, "command", v.command);
         } else {
             error(SourcePosition{}, "missing required key 'command': expected an array of "
                                     "strings, like [\"python3\", \"app.py\", \"${PORT}\"]");
@@ -396,6 +485,11 @@ public:
         if (auto* node = root.get("hosts")) {
             v.hosts_at = position_of(node->source());
             hosts(*node, v);
+        } else if (!daemon_) {
+            error(SourcePosition{},
+                  "missing required key 'hosts': the hosts this vassal serves, like "
+                  "[\"app.localhost\"]; [\"*\"] makes it the default vassal, for every host "
+                  "no other vassal claims");
         }
         if (auto* node = root.get("path")) {
             v.path_at = position_of(node->source());
@@ -409,15 +503,16 @@ public:
         if (auto* node = root.get("cwd")) {
             cwd(*node, v);
         }
+        if (auto* node = root.get("after")) {
+            v.after_at = position_of(node->source());
+            v.after_file = file_of(node->source());
+            after(*node, v);
+        }
         if (auto* node = root.get("env")) {
             env(*node, v);
         }
         if (auto* table = section(root, "health", kHealthKeys)) {
-            if (auto* node = table->get("path")) {
-                if (auto p = url_path(*node, "health.path")) {
-                    v.health.path = *p;
-                }
-            }
+            health_check(*table, v);
             duration(*table, "health.interval", "interval", v.health.interval, false);
             duration(*table, "health.timeout", "timeout", v.health.timeout, false);
             duration(*table, "health.start_timeout", "start_timeout", v.health.start_timeout,
@@ -433,10 +528,12 @@ public:
         }
         if (auto* table = section(root, "reload", kReloadKeys)) {
             if (auto* node = table->get("strategy")) {
-                if (auto s = enum_value(*node, "reload.strategy",
-                                        std::array<std::string_view, 2>{"rolling", "bluegreen"})) {
-                    v.reload.strategy =
-                        *s == "rolling" ? ReloadStrategy::Rolling : ReloadStrategy::BlueGreen;
+                if (auto s = enum_value(
+                        *node, "reload.strategy",
+                        std::array<std::string_view, 3>{"rolling", "bluegreen", "restart"})) {
+                    v.reload.strategy = *s == "rolling"     ? ReloadStrategy::Rolling
+                                        : *s == "bluegreen" ? ReloadStrategy::BlueGreen
+                                                            : ReloadStrategy::Restart;
                 }
             }
             duration(*table, "reload.drain_timeout", "drain_timeout", v.reload.drain_timeout, true);
@@ -520,7 +617,7 @@ private:
             } else {
                 message += "; expected one of " + join(known, ", ");
             }
-            error(position_of(key.source()), std::move(message));
+            error(key.source(), std::move(message));
         }
     }
 
@@ -564,6 +661,9 @@ private:
 
     std::optional<std::string> string_value(const toml::node& node, std::string_view key,
                                             std::string_view expected) {
+        if (reported_.count(&node) != 0) {
+            return std::nullopt; // a placeholder problem, reported already
+        }
         if (auto* s = node.as_string()) {
             return s->get();
         }
@@ -625,34 +725,66 @@ private:
                                            int64_t min, int64_t max) {
         const std::string expected = std::string(key) + ": expected an integer from " +
                                      std::to_string(min) + " to " + std::to_string(max) + ", got ";
-        const auto* n = node.as_integer();
+        if (reported_.count(&node) != 0) {
+            return std::nullopt;
+        }
+        auto n = integer_of(node);
         if (!n) {
-            error(node, expected + std::string(type_name(node)));
+            error(node, expected + shown(node));
             return std::nullopt;
         }
-        if (n->get() < min || n->get() > max) {
-            error(node, expected + std::to_string(n->get()));
+        if (*n < min || *n > max) {
+            error(node, expected + std::to_string(*n));
             return std::nullopt;
         }
-        return n->get();
+        return n;
     }
 
-    void command(const toml::node& node, Vassal& v) {
+    // An integer, or a string that is one once its placeholders are filled ("${env:W:-2}").
+    static std::optional<int64_t> integer_of(const toml::node& node) {
+        if (const auto* n = node.as_integer()) {
+            return n->get();
+        }
+        if (const auto* s = node.as_string()) {
+            const std::string& text = s->get();
+            int64_t value = 0;
+            auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+            if (ec == std::errc() && end == text.data() + text.size() && !text.empty()) {
+                return value;
+            }
+        }
+        return std::nullopt;
+    }
+
+    // What a value that is not the integer expected is, for the message.
+    static std::string shown(const toml::node& node) {
+        if (const auto* s = node.as_string()) {
+            return "the string " + in_quotes(s->get());
+        }
+        return std::string(type_name(node));
+    }
+
+    // A command line (`command`, `health.command`): a non-empty array of strings whose first one
+    // names the program; placeholders are checked. `out` stays empty unless all are strings.
+    void string_array(const toml::node& node, std::string_view name,
+                      std::vector<std::string>& out) {
+        const std::string what(name);
         const toml::array* array = node.as_array();
         if (!array) {
-            error(node, "command: expected an array of strings, like [\"python3\", \"app.py\"], "
-                        "got " +
+            error(node, what +
+                            ": expected an array of strings, like [\"python3\", \"app.py\"], "
+                            "got " +
                             std::string(type_name(node)));
             return;
         }
         if (array->empty()) {
-            error(node, "command: expected at least the program to run, got an empty array");
+            error(node, what + ": expected at least the program to run, got an empty array");
             return;
         }
         bool all_strings = true;
         for (size_t i = 0; i < array->size(); ++i) {
             const toml::node& item = *array->get(i);
-            std::string key = "command[" + std::to_string(i) + "]";
+            std::string key = what + "[" + std::to_string(i) + "]";
             auto s = string_value(item, key, "a string");
             if (!s) {
                 all_strings = false;
@@ -662,20 +794,117 @@ private:
                 error(item, key + ": expected the program to run, got an empty string");
             }
             placeholders(item, key, *s);
-            v.command.push_back(std::move(*s));
+            out.push_back(std::move(*s));
         }
         if (!all_strings) {
-            v.command.clear();
+            out.clear();
+        }
+    }
+
+    void watch_list(const toml::node& node, std::string_view key, std::string_view what,
+                    std::vector<std::string>& out) {
+        const toml::array* array = node.as_array();
+        if (!array) {
+            error(node, std::string(key) + ": expected an array of strings, got " +
+                            std::string(type_name(node)));
+            return;
+        }
+        for (size_t i = 0; i < array->size(); ++i) {
+            const std::string item_key = std::string(key) + "[" + std::to_string(i) + "]";
+            auto s = string_value(*array->get(i), item_key, what);
+            if (!s) {
+                continue;
+            }
+            if (s->empty()) {
+                error(*array->get(i),
+                      item_key + ": expected " + std::string(what) + ", got an empty string");
+                continue;
+            }
+            out.push_back(std::move(*s));
+        }
+    }
+
+    void after(const toml::node& node, Vassal& v) {
+        const toml::array* array = node.as_array();
+        if (!array) {
+            error(node, "after: expected an array of vassal names, like [\"redis\"], got " +
+                            std::string(type_name(node)));
+            return;
+        }
+        for (size_t i = 0; i < array->size(); ++i) {
+            const toml::node& item = *array->get(i);
+            const std::string key = "after[" + std::to_string(i) + "]";
+            auto s = string_value(item, key, "a vassal name");
+            if (!s) {
+                continue;
+            }
+            if (!is_vassal_name(*s)) {
+                error(item, key + ": " + in_quotes(*s) +
+                                " is no vassal name (a file name without .toml)");
+            } else if (*s == v.name) {
+                error(item, key + ": a vassal cannot start after itself");
+            } else if (std::find(v.after.begin(), v.after.end(), *s) != v.after.end()) {
+                error(item, key + ": " + in_quotes(*s) + " is listed twice");
+            } else {
+                v.after.push_back(std::move(*s));
+            }
+        }
+    }
+
+    // [health]: at most one of path (web vassals), tcp and command says what a check is.
+    void health_check(const toml::table& table, Vassal& v) {
+        std::vector<std::string_view> given;
+        for (std::string_view key : {"path", "tcp", "command"}) {
+            if (table.get(key) != nullptr) {
+                given.push_back(key);
+            }
+        }
+        if (given.size() > 1) {
+            error(*table.get(given[1]), "health." + std::string(given[1]) +
+                                            ": [health] takes one "
+                                            "check: 'path', 'tcp' or 'command', not both '" +
+                                            std::string(given[0]) + "' and '" +
+                                            std::string(given[1]) + "'");
+        }
+        if (auto* node = table.get("path")) {
+            if (daemon_) {
+                error(*node, "health.path: a daemon serves no HTTP through liege; check it "
+                             "with 'tcp' (\"HOST:PORT\") or 'command'");
+            } else if (auto p = url_path(*node, "health.path")) {
+                v.health.path = *p;
+            }
+        }
+        if (auto* node = table.get("tcp")) {
+            if (auto s = string_value(*node, "health.tcp", "an address \"HOST:PORT\"")) {
+                try {
+                    Address a = parse_address(*s);
+                    if (a.is_unix() || a.port == 0) {
+                        error(*node, "health.tcp: expected \"HOST:PORT\" with a port above 0, "
+                                     "got " +
+                                         in_quotes(*s));
+                    } else {
+                        v.health.tcp = a.str();
+                    }
+                } catch (const std::invalid_argument& e) {
+                    error(*node, "health.tcp: " + std::string(e.what()));
+                }
+            }
+        }
+        if (auto* node = table.get("command")) {
+            string_array(*node, "health.command", v.health.command);
         }
     }
 
     void workers(const toml::node& node, Vassal& v) {
-        const auto* n = node.as_integer();
-        if (!n) {
-            error(node, "workers: expected an integer ≥ 1, got " + std::string(type_name(node)));
+        if (reported_.count(&node) != 0) {
             return;
         }
-        int64_t count = n->get();
+        auto n = integer_of(node);
+        if (!n) {
+            error(node, "workers: expected an integer ≥ 1, got " + shown(node));
+            return;
+        }
+        int64_t count = *n;
         if (count < 1) {
             error(node, "workers: expected an integer ≥ 1, got " + std::to_string(count));
         } else if (count > kMaxWorkers) {
@@ -750,8 +979,7 @@ private:
             return;
         }
         if (array->empty()) {
-            error(node, "hosts: expected at least one host pattern (leave 'hosts' out to serve "
-                        "any host)");
+            error(node, "hosts: expected at least one host pattern ([\"*\"] serves any host)");
             return;
         }
         std::vector<std::string> out;
@@ -824,12 +1052,12 @@ private:
             return;
         }
         v.cwd = *s;
-        check_directory(position_of(node.source()), v);
+        check_directory(node, v);
     }
 
     // A working directory that does not depend on the worker must exist now; one that uses
     // ${PORT}, ${SOCKET} or ${WORKER} can only be checked at spawn time.
-    void check_directory(SourcePosition at, const Vassal& v) {
+    void check_directory(const toml::node& at, const Vassal& v) {
         bool per_worker = false;
         walk_placeholders(
             v.cwd, [](std::string_view) {},
@@ -842,10 +1070,7 @@ private:
         if (per_worker) {
             return;
         }
-        PlaceholderValues values;
-        values.name = v.name;
-        values.env = env_;
-        fs::path dir = v.working_dir(values);
+        fs::path dir = v.working_dir(statics_);
         std::error_code ec;
         if (!fs::is_directory(dir, ec)) {
             std::string why = fs::exists(dir, ec) ? "is not a directory" : "does not exist";
@@ -866,14 +1091,13 @@ private:
             bool name_ok = true;
             if (name.empty() || name.find('=') != std::string::npos ||
                 name.find('\0') != std::string::npos) {
-                error(position_of(key.source()),
+                error(key.source(),
                       where + ": invalid environment variable name " + in_quotes(name));
                 name_ok = false;
             } else if (std::find(kReservedEnv.begin(), kReservedEnv.end(), name) !=
                            kReservedEnv.end() ||
                        name.starts_with("LIEGE_")) {
-                error(position_of(key.source()),
-                      where + ": " + name + " is set by liege for every worker");
+                error(key.source(), where + ": " + name + " is set by liege for every worker");
                 name_ok = false;
             }
             const auto* s = value.as_string();
@@ -926,6 +1150,11 @@ private:
     SourcePosition position_in_string(const toml::node& node, std::string_view value,
                                       size_t offset) {
         SourcePosition start = position_of(node.source());
+        auto text_it = texts_.find(file_of(node.source()));
+        if (text_it == texts_.end()) {
+            return start;
+        }
+        const std::string_view text_ = text_it->second;
         size_t line_start = 0;
         for (uint32_t line = 1; line < start.line; ++line) {
             line_start = text_.find('\n', line_start);
@@ -957,7 +1186,8 @@ private:
     }
 
     // Checks the placeholders of a string value; returns whether all were fine.
-    bool placeholders(const toml::node& node, std::string_view key, std::string_view value) {
+    bool placeholders(const toml::node& node, std::string_view key, std::string_view value,
+                      bool per_worker = true) {
         bool ok = true;
         auto fail = [&](size_t offset, std::string message) {
             error(position_in_string(node, value, offset), std::string(key) + ": " + message);
@@ -968,20 +1198,41 @@ private:
             [&](size_t offset, std::string_view inner) {
                 std::string written = "'${" + std::string(inner) + "}'";
                 Placeholder p = classify(inner);
+                const bool worker_kind = p.kind == PlaceholderKind::Port ||
+                                         p.kind == PlaceholderKind::Socket ||
+                                         p.kind == PlaceholderKind::Worker;
+                if (worker_kind && !per_worker) {
+                    fail(offset, written + " differs per worker: it is filled only in command, "
+                                           "cwd, env and health.command");
+                    return;
+                }
                 switch (p.kind) {
                 case PlaceholderKind::Port:
-                    if (socket_ == SocketKind::Unix) {
+                    if (daemon_) {
+                        fail(offset, "${PORT} is not set for a daemon (type = \"daemon\" gets no "
+                                     "port); write the port it listens on");
+                    } else if (socket_ == SocketKind::Unix) {
                         fail(offset, "${PORT} is not set with socket = \"unix\"; use ${SOCKET}");
                     }
                     return;
                 case PlaceholderKind::Socket:
-                    if (socket_ != SocketKind::Unix) {
+                    if (daemon_) {
+                        fail(offset, "${SOCKET} is not set for a daemon (type = \"daemon\" gets "
+                                     "no socket)");
+                    } else if (socket_ != SocketKind::Unix) {
                         fail(offset, "${SOCKET} is set only with socket = \"unix\"; use ${PORT} "
                                      "or set socket = \"unix\"");
                     }
                     return;
                 case PlaceholderKind::Name:
                 case PlaceholderKind::Worker:
+                case PlaceholderKind::Profile:
+                    return;
+                case PlaceholderKind::Instance:
+                    if (!instance_) {
+                        fail(offset, "${INSTANCE} is set only for an instance of a template "
+                                     "(NAME@INSTANCE.toml made from NAME@.toml)");
+                    }
                     return;
                 case PlaceholderKind::Env:
                     if (!is_env_name(p.var)) {
@@ -1001,7 +1252,7 @@ private:
                 }
                 std::string message = "unknown placeholder " + written +
                                       "; expected ${PORT}, ${SOCKET}, ${NAME}, ${WORKER}, "
-                                      "${env:VAR} or ${env:VAR:-default}";
+                                      "${INSTANCE}, ${PROFILE}, ${env:VAR} or ${env:VAR:-default}";
                 if (auto near = closest(inner, kPlaceholderNames)) {
                     message += "; did you mean '${" + std::string(*near) + "}'?";
                 } else if (is_env_name(inner)) {
@@ -1017,38 +1268,255 @@ private:
         return ok;
     }
 
+    // Every string outside the per-worker keys: placeholders checked, then filled in place, so
+    // the keys read afterwards see plain values. A string with a bad placeholder is left as
+    // written (its key reports nothing more of it than what is wrong with the text).
+    void fill_statics(toml::node& node, const std::string& path) {
+        if (std::find(kPerWorkerKeys.begin(), kPerWorkerKeys.end(), path) != kPerWorkerKeys.end()) {
+            return;
+        }
+        if (auto* table = node.as_table()) {
+            for (auto&& [key, child] : *table) {
+                fill_statics(child, path.empty() ? std::string(key.str())
+                                                 : path + "." + std::string(key.str()));
+            }
+        } else if (auto* array = node.as_array()) {
+            for (size_t i = 0; i < array->size(); ++i) {
+                fill_statics(*array->get(i), path + "[" + std::to_string(i) + "]");
+            }
+        } else if (auto* str = node.as_string()) {
+            if (str->get().find('$') == std::string::npos) {
+                return;
+            }
+            if (placeholders(node, path, str->get(), false)) {
+                str->get() = expand(str->get(), statics_);
+            } else {
+                reported_.insert(&node); // its key says nothing more of it
+            }
+        }
+    }
+
+public:
+    // What `liege check` says beyond errors (VassalLoad::lints), for a vassal that validated.
+    void lint(const toml::table& root, const Vassal& v, std::vector<Diagnostic>& out) {
+        const toml::array* command =
+            root.get("command") ? root.get("command")->as_array() : nullptr;
+        if (command == nullptr || command->empty() || v.command.empty()) {
+            return;
+        }
+        auto add = [&](const toml::node& node, SourcePosition at, std::string message,
+                       bool warning) {
+            out.push_back({file_of(node.source()), at, std::move(message), warning});
+        };
+        const toml::node& first = *command->get(0);
+        const std::string program = v.command[0];
+        const std::string base = fs::path(program).filename().string();
+        static constexpr std::array<std::string_view, 8> kShells = {
+            "sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "busybox"};
+        const bool shell = std::find(kShells.begin(), kShells.end(), base) != kShells.end();
+        if (program.find('$') == std::string::npos) {
+            if (auto problem = program_problem(program, v)) {
+                add(first, position_of(first.source()), "command[0]: " + *problem, false);
+            }
+        }
+        bool names_port = false;
+        for (size_t i = 0; i < command->size(); ++i) {
+            const toml::node& item = *command->get(i);
+            const std::string& arg = v.command[i];
+            names_port = names_port || arg.find("${PORT}") != std::string::npos ||
+                         arg.find("${SOCKET}") != std::string::npos;
+            if (shell) {
+                continue; // the shell expands $VAR itself
+            }
+            for (size_t at = arg.find('$'); at != std::string::npos; at = arg.find('$', at + 1)) {
+                if (at > 0 && arg[at - 1] == '$') {
+                    continue;
+                }
+                size_t end = at + 1;
+                while (end < arg.size() &&
+                       (std::isalnum(static_cast<unsigned char>(arg[end])) || arg[end] == '_')) {
+                    ++end;
+                }
+                const std::string name = arg.substr(at + 1, end - at - 1);
+                if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0]))) {
+                    continue;
+                }
+                const bool ours = std::find(kPlaceholderNames.begin(), kPlaceholderNames.end(),
+                                            name) != kPlaceholderNames.end();
+                add(item, position_in_string(item, arg, at),
+                    "command[" + std::to_string(i) + "]: '$" + name +
+                        "' is passed as it is: no shell runs this command; did you mean '" +
+                        (ours ? "${" + name + "}" : "${env:" + name + "}") + "'?",
+                    false);
+            }
+        }
+        for (const auto& [key, value] : v.env) {
+            names_port = names_port || value.find("${PORT}") != std::string::npos ||
+                         value.find("${SOCKET}") != std::string::npos;
+        }
+        if (!v.daemon() && v.socket != SocketKind::Inherit && !names_port) {
+            add(*root.get("command"), position_of(root.get("command")->source()),
+                "command: names neither ${PORT} nor ${SOCKET}: the worker must listen where "
+                "liege says, which works only if the app reads PORT from its environment",
+                true);
+        }
+    }
+
+private:
+    // Why `program` cannot be started, if it cannot: not found on PATH (with a likely typo's
+    // fix), or a path that is no executable file.
+    std::optional<std::string> program_problem(const std::string& program, const Vassal& v) {
+        if (program.find('/') != std::string::npos) {
+            fs::path path = program;
+            if (path.is_relative()) {
+                path = v.working_dir(statics_) / path;
+            }
+            if (::access(path.c_str(), X_OK) == 0 && !fs::is_directory(path)) {
+                return std::nullopt;
+            }
+            return in_quotes(program) + " (" + path.lexically_normal().string() +
+                   ") is not an executable file";
+        }
+        const std::string path_var = lookup_env(env_, "PATH").value_or("/usr/bin:/bin");
+        std::vector<std::string> dirs;
+        for (size_t start = 0; start <= path_var.size();) {
+            size_t colon = path_var.find(':', start);
+            std::string dir = path_var.substr(start, colon == std::string::npos ? std::string::npos
+                                                                                : colon - start);
+            dirs.push_back(dir.empty() ? "." : dir);
+            if (colon == std::string::npos) {
+                break;
+            }
+            start = colon + 1;
+        }
+        for (const auto& dir : dirs) {
+            const fs::path candidate = fs::path(dir) / program;
+            if (::access(candidate.c_str(), X_OK) == 0 && !fs::is_directory(candidate)) {
+                return std::nullopt;
+            }
+        }
+        std::string message = in_quotes(program) + " is not found on PATH";
+        std::vector<std::string> names;
+        for (const auto& dir : dirs) {
+            std::error_code ec;
+            for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+                names.push_back(it->path().filename().string());
+            }
+        }
+        std::erase_if(names, [](const std::string& n) { return n.size() < 3; }); // "[", "ls"
+        if (auto near = program.size() >= 3 ? closest(program, names) : std::nullopt) {
+            message += "; did you mean " + in_quotes(*near) + "?";
+        }
+        return message;
+    }
+
     std::string file_;
-    std::string_view text_;
+    std::map<std::string, std::string_view> texts_;
     const EnvLookup& env_;
+    PlaceholderValues statics_;
+    bool instance_ = false;
+    std::set<const toml::node*> reported_; // strings whose placeholders were wrong
     SocketKind socket_ = SocketKind::Tcp;
+    bool daemon_ = false;
     std::vector<Diagnostic> errors_;
 };
 
 bool is_vassal_name(std::string_view name) {
+    // One '@' at most, between a template's name and an instance's.
+    const size_t at = name.find('@');
+    if (at != std::string_view::npos &&
+        (at == 0 || at + 1 == name.size() || name.find('@', at + 1) != std::string_view::npos)) {
+        return false;
+    }
     return !name.empty() && std::all_of(name.begin(), name.end(), [](unsigned char c) {
-        return std::isalnum(c) || c == '.' || c == '_' || c == '-';
+        return std::isalnum(c) || c == '.' || c == '_' || c == '-' || c == '@';
     });
+}
+
+// Later layers win: a table merges key by key into a table, anything else replaces. Nodes are
+// moved, which keeps their source regions (a copy would drop them), so a diagnostic names the
+// layer a key came from.
+void merge_into(toml::table& dst, toml::table&& src) {
+    for (auto&& [key, node] : src) {
+        if (auto* from = node.as_table()) {
+            if (auto* into = dst.get_as<toml::table>(key.str())) {
+                merge_into(*into, std::move(*from));
+                continue;
+            }
+        }
+        dst.erase(key.str());
+        dst.insert(key, std::move(node));
+    }
+}
+
+std::string to_toml(const toml::table& table) {
+    std::ostringstream out;
+    out << toml::toml_formatter(table, toml::format_flags::none);
+    return out.str();
+}
+
+// Takes the [profile.*] tables out of `root` and merges the selected one back in. Problems with
+// the profile tables themselves are reported whichever profile is selected.
+void apply_profile(toml::table& root, const std::string& profile, Validator& validator) {
+    toml::node* node = root.get("profile");
+    if (node == nullptr) {
+        return;
+    }
+    std::optional<toml::table> selected;
+    if (auto* profiles = node->as_table()) {
+        for (auto&& [name, table] : *profiles) {
+            if (auto* t = table.as_table()) {
+                if (name.str() == profile) {
+                    selected = std::move(*t);
+                }
+                if (t->contains("profile")) {
+                    validator.error(*t->get("profile"), "profile." + std::string(name.str()) +
+                                                            ": profiles do not nest");
+                }
+            } else {
+                validator.error(table, "profile." + std::string(name.str()) +
+                                           ": expected a table ([profile." +
+                                           std::string(name.str()) + "] with the keys it changes)");
+            }
+        }
+    } else {
+        validator.error(*node, "profile: expected tables, like [profile.prod] with the keys "
+                               "that profile changes");
+    }
+    root.erase("profile");
+    if (selected) {
+        selected->erase("profile");
+        merge_into(root, std::move(*selected));
+    }
 }
 
 } // namespace
 
-VassalLoad parse_vassal(std::string_view text, const fs::path& file, const EnvLookup& env) {
+VassalLoad parse_vassal_layers(const std::vector<VassalLayer>& layers, const fs::path& file,
+                               const EnvLookup& env, const std::string& profile) {
     VassalLoad out;
     out.file = file;
     out.readable = true;
-    out.content_hash = content_hash(text);
+    std::string all_bytes;
+    for (const auto& layer : layers) {
+        all_bytes += layer.file.string() + '\0' + layer.text + '\0';
+    }
+    out.content_hash = content_hash(all_bytes);
 
     std::string file_str = file.string();
-    Validator validator(file_str, text, env);
+    Validator validator(file_str, env);
 
     Vassal v;
     v.file = file;
-    v.content_hash = out.content_hash;
+    v.profile = profile;
     std::string stem = file.filename().string();
     if (stem.ends_with(".toml")) {
         stem.resize(stem.size() - 5);
     }
     v.name = stem;
+    if (auto at = stem.find('@'); at != std::string::npos) {
+        v.instance = stem.substr(at + 1);
+    }
     std::error_code ec;
     fs::path absolute = fs::absolute(file, ec);
     v.dir = (ec ? file : absolute).parent_path().lexically_normal();
@@ -1056,61 +1524,199 @@ VassalLoad parse_vassal(std::string_view text, const fs::path& file, const EnvLo
         validator.error(SourcePosition{},
                         "vassal name " + in_quotes(v.name) +
                             " (the file name without .toml) may contain only letters, digits, "
-                            "'.', '_' and '-'");
+                            "'.', '_', '-' and one '@' between a template's name and an instance");
     }
+    validator.set_statics(v);
 
-    try {
-        toml::table root = toml::parse(text, std::string_view(file_str));
+    toml::table root;
+    bool parsed = true;
+    for (const auto& layer : layers) {
+        const std::string layer_file = layer.file.string();
+        validator.add_text(layer_file, layer.text);
+        try {
+            merge_into(root, toml::parse(layer.text, std::string_view(layer_file)));
+        } catch (const toml::parse_error& e) {
+            validator.error(e.source(), std::string(e.description()));
+            parsed = false;
+        }
+    }
+    if (parsed) {
+        if (auto* profiles = root.get_as<toml::table>("profile")) {
+            for (auto&& [name, table] : *profiles) {
+                out.profiles.emplace_back(name.str());
+            }
+        }
+        apply_profile(root, profile, validator);
+        out.effective = to_toml(root);
         validator.validate(root, v);
-    } catch (const toml::parse_error& e) {
-        validator.error(position_of(e.source()), std::string(e.description()));
+        // What runs, not how it is spread over files: an edit of a layer that leaves this
+        // vassal's merged keys alone leaves the hash alone too.
+        v.content_hash = content_hash(to_toml(root) + '\0' + v.profile + '\0' + v.dir.string());
+        out.content_hash = v.content_hash;
     }
 
     out.errors = validator.take_errors();
     if (out.errors.empty()) {
         std::sort(v.env.begin(), v.env.end());
+        validator.lint(root, v, out.lints);
         out.vassal = std::move(v);
     }
     return out;
 }
 
-VassalLoad load_vassal_file(const fs::path& file, const EnvLookup& env) {
-    std::string bytes;
+VassalLoad parse_vassal(std::string_view text, const fs::path& file, const EnvLookup& env,
+                        const std::string& profile) {
+    return parse_vassal_layers({{file, std::string(text)}}, file, env, profile);
+}
+
+namespace {
+
+// The whole file, or errno.
+int read_file(const fs::path& file, std::string& bytes) {
     int err = 0;
     int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        err = errno;
-    } else {
-        char buf[16384];
-        for (;;) {
-            ssize_t n = ::read(fd, buf, sizeof buf);
-            if (n > 0) {
-                bytes.append(buf, static_cast<size_t>(n));
-            } else if (n == 0) {
-                break;
-            } else if (errno != EINTR) {
-                err = errno;
-                break;
+        return errno;
+    }
+    char buf[16384];
+    for (;;) {
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n > 0) {
+            bytes.append(buf, static_cast<size_t>(n));
+        } else if (n == 0) {
+            break;
+        } else if (errno != EINTR) {
+            err = errno;
+            break;
+        }
+    }
+    ::close(fd);
+    return err;
+}
+
+} // namespace
+
+std::vector<Diagnostic> check_start_order(const std::vector<const Vassal*>& vassals) {
+    std::map<std::string, const Vassal*> by_name;
+    for (const Vassal* v : vassals) {
+        by_name[v->name] = v;
+    }
+    auto at = [](const Vassal& v) { return v.after_file.empty() ? v.file.string() : v.after_file; };
+    std::vector<Diagnostic> out;
+    for (const Vassal* v : vassals) {
+        for (const std::string& dep : v->after) {
+            if (by_name.count(dep) == 0) {
+                out.push_back({at(*v), v->after_at,
+                               "after: no vassal " + in_quotes(dep) + " in this directory"});
             }
         }
-        ::close(fd);
     }
-    if (err != 0) {
+    // Cycles: a depth-first walk; a vassal met again while on the path closes one. Each cycle
+    // is reported once, at its first member in name order.
+    enum class Mark { None, OnPath, Done };
+    std::map<std::string, Mark> mark;
+    std::vector<std::string> path;
+    std::function<void(const Vassal&)> visit = [&](const Vassal& v) {
+        mark[v.name] = Mark::OnPath;
+        path.push_back(v.name);
+        for (const std::string& dep : v.after) {
+            auto it = by_name.find(dep);
+            if (it == by_name.end()) {
+                continue;
+            }
+            if (mark[dep] == Mark::OnPath) {
+                auto from = std::find(path.begin(), path.end(), dep);
+                std::vector<std::string> cycle(from, path.end());
+                auto first = std::min_element(cycle.begin(), cycle.end());
+                std::rotate(cycle.begin(), first, cycle.end());
+                cycle.push_back(cycle.front());
+                const Vassal& owner = *by_name.at(cycle.front());
+                out.push_back({at(owner), owner.after_at,
+                               "after: the start order has a cycle: " + join(cycle, " -> ")});
+            } else if (mark[dep] == Mark::None) {
+                visit(*it->second);
+            }
+        }
+        path.pop_back();
+        mark[v.name] = Mark::Done;
+    };
+    for (const auto& [name, v] : by_name) {
+        if (mark[name] == Mark::None) {
+            visit(*v);
+        }
+    }
+    return out;
+}
+
+std::string template_file_name(std::string_view vassal_name) {
+    auto at = vassal_name.find('@');
+    if (at == std::string_view::npos || at == 0 || at + 1 == vassal_name.size()) {
+        return {};
+    }
+    return std::string(vassal_name.substr(0, at + 1)) + ".toml";
+}
+
+VassalLoad load_vassal_file(const fs::path& file, const EnvLookup& env,
+                            const std::string& profile) {
+    std::vector<VassalLayer> layers;
+    std::vector<Diagnostic> problems;
+    auto add = [&](const fs::path& path, bool optional) {
+        std::string bytes;
+        std::error_code ec;
+        if (optional && !fs::exists(path, ec)) {
+            return;
+        }
+        if (int err = read_file(path, bytes); err != 0) {
+            problems.push_back({path.string(), SourcePosition{},
+                                "cannot read file: " + std::string(strerror(err))});
+            return;
+        }
+        layers.push_back({path, std::move(bytes)});
+    };
+    const fs::path dir = file.parent_path();
+    add(dir / "_defaults.toml", true);
+    std::string name = file.filename().string();
+    if (name.ends_with(".toml")) {
+        name.resize(name.size() - 5);
+    }
+    if (std::string tmpl = template_file_name(name); !tmpl.empty()) {
+        std::error_code ec;
+        if (fs::exists(dir / tmpl, ec)) {
+            add(dir / tmpl, false);
+        } else {
+            problems.push_back({file.string(), SourcePosition{},
+                                "no template " + tmpl + " for this instance (" + name +
+                                    ".toml is an instance of the template " + tmpl + ")"});
+        }
+    }
+    add(file, false);
+    if (!problems.empty()) {
         VassalLoad out;
         out.file = file;
-        out.errors.push_back(
-            {file.string(), SourcePosition{}, "cannot read file: " + std::string(strerror(err))});
+        out.errors = std::move(problems);
+        if (!layers.empty() && layers.back().file == file) {
+            out.readable = true;
+            out.content_hash = content_hash(layers.back().text);
+        }
         return out;
     }
-    return parse_vassal(bytes, file, env);
+    return parse_vassal_layers(layers, file, env, profile);
 }
 
 bool is_vassal_file_name(std::string_view name) {
     if (name.empty() || name.front() == '.' || name.front() == '_' || name.back() == '~' ||
-        name.ends_with(".swp")) {
+        name.ends_with(".swp") || name.ends_with("@.toml")) {
         return false;
     }
     return name.size() > 5 && name.ends_with(".toml");
+}
+
+bool is_vassal_layer_file_name(std::string_view name) {
+    if (name == "_defaults.toml") {
+        return true;
+    }
+    return name.size() > 6 && name.ends_with("@.toml") && name.front() != '.' &&
+           name.front() != '_';
 }
 
 std::vector<fs::path> list_vassal_files(const fs::path& dir, std::error_code& ec) {
@@ -1135,10 +1741,10 @@ std::vector<fs::path> list_vassal_files(const fs::path& dir, std::error_code& ec
 }
 
 std::vector<VassalLoad> load_vassal_dir(const fs::path& dir, std::error_code& ec,
-                                        const EnvLookup& env) {
+                                        const EnvLookup& env, const std::string& profile) {
     std::vector<VassalLoad> loads;
     for (const fs::path& file : list_vassal_files(dir, ec)) {
-        loads.push_back(load_vassal_file(file, env));
+        loads.push_back(load_vassal_file(file, env, profile));
     }
     return loads;
 }

@@ -19,6 +19,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <map>
 
@@ -80,9 +82,11 @@ bool is_loopback(const Address& a) {
 
 } // namespace
 
-std::optional<std::string> reload_target(std::string_view path) {
+namespace {
+
+// The vassal of "/vassals/NAME<suffix>", percent-decoded; nullopt for any other path.
+std::optional<std::string> vassal_target(std::string_view path, std::string_view kSuffix) {
     constexpr std::string_view kPrefix = "/vassals/";
-    constexpr std::string_view kSuffix = "/reload";
     if (!path.starts_with(kPrefix) || !path.ends_with(kSuffix) ||
         path.size() <= kPrefix.size() + kSuffix.size()) {
         return std::nullopt;
@@ -97,6 +101,34 @@ std::optional<std::string> reload_target(std::string_view path) {
         return std::nullopt;
     }
     return name;
+}
+
+// The value of `key` in the query of `url` as a number; `fallback` when absent or not one.
+uint64_t query_number(std::string_view url, std::string_view key, uint64_t fallback) {
+    auto q = url.find('?');
+    if (q == std::string_view::npos) {
+        return fallback;
+    }
+    std::string_view query = url.substr(q + 1);
+    while (!query.empty()) {
+        std::string_view pair = query.substr(0, query.find('&'));
+        query.remove_prefix(std::min(query.size(), pair.size() + 1));
+        if (pair.size() > key.size() && pair.starts_with(key) && pair[key.size()] == '=') {
+            uint64_t value = 0;
+            std::string_view digits = pair.substr(key.size() + 1);
+            auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+            if (ec == std::errc() && end == digits.data() + digits.size()) {
+                return value;
+            }
+        }
+    }
+    return fallback;
+}
+
+} // namespace
+
+std::optional<std::string> reload_target(std::string_view path) {
+    return vassal_target(path, "/reload");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -132,6 +164,9 @@ struct AdminServer::Impl {
     void after_response(Conn& c);
     void feed(Conn& c, std::string_view data);
     void reload_one(Conn& c, const std::string& name);
+    // POST /vassals/NAME/stop and /start: answered once the vassal is gone, or ready.
+    void stop_or_start(Conn& c, const std::string& name, bool stop);
+    void logs(Conn& c, const std::string& name);
     void reload_all(Conn& c);
     json outcome(const std::string& name, bool ok, const std::string& message) const;
     json status_document() const;
@@ -530,10 +565,26 @@ void AdminServer::Impl::dispatch(Conn& c) {
         }
         return reload_one(c, *name);
     }
+    for (bool stop : {true, false}) {
+        if (auto name = vassal_target(path, stop ? "/stop" : "/start")) {
+            if (!post) {
+                return wrong_method("POST");
+            }
+            return stop_or_start(c, *name, stop);
+        }
+    }
+    if (auto name = vassal_target(path, "/logs")) {
+        if (!get) {
+            return wrong_method("GET, HEAD");
+        }
+        return logs(c, *name);
+    }
     respond(c, 404,
             {{"error", fmt::format("no such endpoint: {} {}", c.method, path)},
              {"endpoints",
-              {"GET /status", "GET /metrics", "POST /vassals/NAME/reload", "POST /reload"}}});
+              {"GET /status", "GET /metrics", "POST /vassals/NAME/reload", "POST /reload",
+               "POST /vassals/NAME/stop", "POST /vassals/NAME/start",
+               "GET /vassals/NAME/logs?n=N&after=SEQ"}}});
 }
 
 json AdminServer::Impl::outcome(const std::string& name, bool ok,
@@ -561,6 +612,44 @@ void AdminServer::Impl::reload_one(Conn& c, const std::string& name) {
             respond(*conn, ok ? 200 : 500, outcome(name, ok, message));
         }
     });
+}
+
+void AdminServer::Impl::stop_or_start(Conn& c, const std::string& name, bool stop) {
+    spdlog::info("admin API: {} vassal {}", stop ? "stopping" : "starting", name);
+    std::weak_ptr<Conn> weak = c.weak_from_this();
+    auto answer = [this, weak, name, stop](bool ok, std::string message) {
+        spdlog::log(ok ? spdlog::level::info : spdlog::level::warn, "admin API: {} of {}: {}",
+                    stop ? "stop" : "start", name, message);
+        if (auto conn = weak.lock()) {
+            const bool unknown = message.starts_with("unknown vassal");
+            respond(*conn, ok ? 200 : (unknown ? 404 : 500), outcome(name, ok, message));
+        }
+    };
+    if (stop) {
+        emperor.stop(name, std::move(answer));
+    } else {
+        emperor.start(name, std::move(answer));
+    }
+}
+
+void AdminServer::Impl::logs(Conn& c, const std::string& name) {
+    const uint64_t after = query_number(c.url, "after", 0);
+    const size_t n = static_cast<size_t>(
+        std::min<uint64_t>(query_number(c.url, "n", 100), emperor::Emperor::kLogRing));
+    auto lines = emperor.logs(name, after, n);
+    if (!lines) {
+        return respond(c, 404, {{"error", "unknown vassal '" + name + "'"}, {"vassal", name}});
+    }
+    json out = json::array();
+    uint64_t next = after;
+    for (const auto& l : *lines) {
+        out.push_back({{"seq", l.seq},
+                       {"worker", l.worker},
+                       {"stream", l.is_stderr ? "stderr" : "stdout"},
+                       {"text", l.text}});
+        next = std::max(next, l.seq);
+    }
+    respond(c, 200, {{"vassal", name}, {"lines", std::move(out)}, {"next", next}});
 }
 
 void AdminServer::Impl::reload_all(Conn& c) {

@@ -80,6 +80,88 @@ int Emperor::start() {
 
 void Emperor::log_line(const std::string& tag, std::string_view line, bool is_stderr) {
     log_worker_line(tag, line, is_stderr);
+    const std::string vassal = tag.substr(0, tag.rfind('/'));
+    auto& ring = log_rings_[vassal];
+    ring.push_back({++log_seq_, tag, is_stderr, std::string(line)});
+    if (ring.size() > kLogRing) {
+        ring.pop_front();
+    }
+}
+
+std::optional<std::vector<Emperor::LogLine>> Emperor::logs(const std::string& name, uint64_t after,
+                                                           size_t n) const {
+    auto it = log_rings_.find(name);
+    if (it == log_rings_.end()) {
+        if (vassals_.count(name) == 0 && held_.count(name) == 0) {
+            return std::nullopt;
+        }
+        return std::vector<LogLine>{};
+    }
+    const auto& ring = it->second;
+    auto from = std::upper_bound(ring.begin(), ring.end(), after,
+                                 [](uint64_t seq, const LogLine& l) { return seq < l.seq; });
+    if (static_cast<size_t>(ring.end() - from) > n) {
+        from = ring.end() - static_cast<std::ptrdiff_t>(n);
+    }
+    return std::vector<LogLine>(from, ring.end());
+}
+
+void Emperor::stop(const std::string& name, VassalRt::Waiter done) {
+    auto it = vassals_.find(name);
+    if (it == vassals_.end() && held_.count(name) == 0) {
+        post(loop_,
+             [done = std::move(done), name] { done(false, "unknown vassal '" + name + "'"); });
+        return;
+    }
+    const bool already = held_.count(name) != 0;
+    held_.insert(name);
+    if (it == vassals_.end() || (it->second->removing && it->second->empty())) {
+        post(loop_, [done = std::move(done), already] {
+            done(true, already ? "already stopped" : "stopped");
+        });
+        return;
+    }
+    spdlog::info("vassal {}: stopped by request (liege stop); its file stays", name);
+    VassalRt& v = *it->second;
+    v.waiters.push_back(std::move(done)); // answered by maybe_erase
+    if (!v.removing) {
+        v.pending.reset();
+        remove_vassal(v);
+    }
+}
+
+void Emperor::start(const std::string& name, VassalRt::Waiter done) {
+    if (held_.erase(name) == 0) {
+        auto it = vassals_.find(name);
+        const bool known = it != vassals_.end() && !it->second->removing;
+        post(loop_, [done = std::move(done), name, known] {
+            done(known, known ? "already in service" : "unknown vassal '" + name + "'");
+        });
+        return;
+    }
+    const fs::path file = options_.vassals_dir / (name + ".toml");
+    std::error_code ec;
+    if (!fs::exists(file, ec)) {
+        post(loop_, [done = std::move(done), file] {
+            done(false, file.string() + " is gone: nothing to start");
+        });
+        return;
+    }
+    spdlog::info("vassal {}: started by request (liege start)", name);
+    if (vassals_.count(name) != 0) {
+        // Still draining from the stop: maybe_erase starts it from its file once it is gone.
+        vassals_.at(name)->waiters.push_back(std::move(done));
+        return;
+    }
+    apply_file(name, file);
+    auto it = vassals_.find(name);
+    if (it == vassals_.end() || (it->second->active == nullptr && !it->second->pending)) {
+        std::string why = it != vassals_.end() ? it->second->last_error : "not loaded";
+        post(loop_, [done = std::move(done), why] { done(false, why); });
+        return;
+    }
+    it->second->waiters.push_back(std::move(done)); // answered once every worker is ready
+    it->second->settle_first_start(loop_, nullptr);
 }
 
 void Emperor::reopen_logs() {
@@ -110,7 +192,29 @@ void Emperor::on_changes(const std::vector<DirChange>& changes) {
     if (shutting_down_) {
         return;
     }
+    // A layer (_defaults.toml, a template) may change every vassal made from it: each is loaded
+    // again, and reloads only if its effective configuration changed (apply_file).
+    std::map<std::string, fs::path> from_layers;
     for (const auto& c : changes) {
+        const std::string file_name = c.file.filename().string();
+        if (!is_vassal_layer_file_name(file_name)) {
+            continue;
+        }
+        spdlog::info("emperor: {} {}, loading the vassals made from it again", c.file.string(),
+                     c.kind == DirChange::Kind::Removed ? "removed" : "changed");
+        std::error_code ec;
+        for (const fs::path& file : list_vassal_files(options_.vassals_dir, ec)) {
+            std::string name = file.stem().string();
+            if (file_name == "_defaults.toml" || template_file_name(name) == file_name) {
+                from_layers[name] = file;
+            }
+        }
+    }
+    for (const auto& c : changes) {
+        if (is_vassal_layer_file_name(c.file.filename().string())) {
+            continue;
+        }
+        from_layers.erase(c.name); // its own change loads it
         if (c.kind == DirChange::Kind::Removed) {
             auto it = vassals_.find(c.name);
             if (it != vassals_.end()) {
@@ -121,15 +225,23 @@ void Emperor::on_changes(const std::vector<DirChange>& changes) {
         }
         apply_file(c.name, c.file);
     }
+    for (const auto& [name, file] : from_layers) {
+        apply_file(name, file);
+    }
 }
 
 void Emperor::apply_file(const std::string& name, const fs::path& file) {
-    VassalLoad load = load_vassal_file(file);
+    VassalLoad load = load_vassal_file(file, process_env(), options_.env_name);
     auto it = vassals_.find(name);
     VassalRt* v = it != vassals_.end() ? it->second.get() : nullptr;
     if (v != nullptr && v->removing) {
         // A file dropped back in while the old pool drains: start afresh once it is gone
         // (maybe_erase reads the file again).
+        return;
+    }
+    if (held_.count(name) != 0) {
+        spdlog::info("vassal {}: out of service (liege stop): {} waits for liege start", name,
+                     file.string());
         return;
     }
     if (v == nullptr) {
@@ -159,9 +271,23 @@ void Emperor::apply_file(const std::string& name, const fs::path& file) {
         return;
     }
     Vassal config = std::move(*load.vassal);
+    const Generation* latest = v->next != nullptr ? v->next.get() : v->active.get();
+    if (latest != nullptr && latest->config.content_hash == config.content_hash) {
+        spdlog::debug("vassal {}: effective configuration unchanged", name);
+        return; // the same effective vassal (a layer's edit that does not reach it): no reload
+    }
     v->content_hash = config.content_hash;
     v->file = file;
-    if (v->active == nullptr) {
+    if (v->active == nullptr && v->next == nullptr) {
+        if (std::string wait = waiting_for(*v, config); !wait.empty()) {
+            if (!v->pending) {
+                spdlog::info("vassal {}: waiting for {} to be ready before starting", name, wait);
+            }
+            v->pending = std::move(config);
+            v->state = VassalState::Starting;
+            return;
+        }
+        v->pending.reset();
         start_vassal(*v, std::move(config));
     } else {
         begin_reload(*v, std::move(config));
@@ -182,11 +308,132 @@ void Emperor::add_worker(VassalRt& v, const GenerationPtr& g, int slot) {
 
 void Emperor::start_vassal(VassalRt& v, Vassal config) {
     v.active = new_generation(v, std::move(config));
+    run_active(v, "starting");
+}
+
+void Emperor::run_active(VassalRt& v, std::string_view what) {
     v.state = VassalState::Starting;
-    spdlog::info("vassal {}: starting {} worker(s), generation {}", v.name,
+    spdlog::info("vassal {}: {} {} worker(s), generation {}", v.name, what,
                  v.active->config.workers, v.active->id);
     fill_active(v);
     publish_routes();
+    watch_code(v);
+}
+
+std::string Emperor::waiting_for(const VassalRt& v, const Vassal& config) const {
+    // Follows the waits from `config`: reaching `v` again means a cycle, and nothing waits.
+    std::set<std::string> seen{v.name};
+    std::vector<std::string> todo(config.after.begin(), config.after.end());
+    while (!todo.empty()) {
+        std::string name = todo.back();
+        todo.pop_back();
+        if (name == v.name) {
+            spdlog::error("vassal {}: its `after` closes a cycle; starting it without waiting",
+                          v.name);
+            return {};
+        }
+        if (!seen.insert(name).second) {
+            continue;
+        }
+        auto it = vassals_.find(name);
+        if (it != vassals_.end() && it->second->pending) {
+            for (const auto& dep : it->second->pending->after) {
+                todo.push_back(dep);
+            }
+        }
+    }
+    std::string wait;
+    for (const auto& dep : config.after) {
+        auto it = vassals_.find(dep);
+        if (it == vassals_.end()) {
+            // Not loaded yet (later in the same scan), or no such vassal (liege check says so):
+            // only a file that is there is waited for.
+            std::error_code ec;
+            if (fs::exists(options_.vassals_dir / (dep + ".toml"), ec)) {
+                wait += (wait.empty() ? "" : ", ") + dep;
+            }
+            continue;
+        }
+        if (it->second->removing) {
+            continue;
+        }
+        const VassalRt& d = *it->second;
+        const bool ready = d.active != nullptr && d.state == VassalState::Running;
+        if (!ready) {
+            wait += (wait.empty() ? "" : ", ") + dep;
+        }
+    }
+    return wait;
+}
+
+void Emperor::watch_code(VassalRt& v) {
+    const Generation* g = v.active.get();
+    if (g == nullptr || g->config.watch.paths.empty() || v.removing || shutting_down_) {
+        v.code_watcher.reset();
+        v.watched_hash = 0;
+        return;
+    }
+    if (v.code_watcher != nullptr && v.watched_hash == g->config.content_hash) {
+        return;
+    }
+    PlaceholderValues values;
+    values.name = g->config.name;
+    values.instance = g->config.instance;
+    values.profile = g->config.profile;
+    values.worker = 1;
+    const fs::path base = g->config.working_dir(values);
+    std::string error;
+    const std::string name = v.name;
+    v.code_watcher = CodeWatcher::start(
+        loop_, base, g->config.watch,
+        [this, name](const std::string& changed) { code_changed(name, changed); }, &error);
+    v.watched_hash = g->config.content_hash;
+    if (v.code_watcher == nullptr) {
+        spdlog::warn("vassal {}: [watch] does not work: {}", v.name, error);
+    }
+}
+
+void Emperor::code_changed(const std::string& name, const std::string& changed) {
+    auto it = vassals_.find(name);
+    if (it == vassals_.end() || it->second->removing || shutting_down_) {
+        return;
+    }
+    VassalRt& v = *it->second;
+    if (v.next != nullptr) {
+        spdlog::info("vassal {}: {} changed; reloading once the reload under way is done", name,
+                     changed);
+        v.watch_pending = true;
+        return;
+    }
+    spdlog::info("vassal {}: {} changed, reloading", name, changed);
+    reload(name, [name](bool ok, const std::string& message) {
+        if (!ok) {
+            spdlog::warn("vassal {}: reload after a change under [watch]: {}", name, message);
+        }
+    });
+}
+
+void Emperor::start_waiting() {
+    for (auto& [name, v] : vassals_) {
+        if (v->pending && !v->removing && waiting_for(*v, *v->pending).empty()) {
+            Vassal config = std::move(*v->pending);
+            v->pending.reset();
+            start_vassal(*v, std::move(config));
+        }
+    }
+}
+
+bool Emperor::needed_by_others(const std::string& name) const {
+    for (const auto& [other, v] : vassals_) {
+        if (other == name || v->empty()) {
+            continue;
+        }
+        auto needs = v->needs();
+        if (std::find(needs.begin(), needs.end(), name) != needs.end()) {
+            return true;
+        }
+    }
+    return false;
 }
 
 void Emperor::fill_active(VassalRt& v) {
@@ -200,6 +447,8 @@ void Emperor::fill_active(VassalRt& v) {
 void Emperor::remove_vassal(VassalRt& v) {
     v.removing = true;
     v.state = VassalState::Stopping;
+    v.pending.reset();
+    v.code_watcher.reset();
     if (v.next != nullptr) {
         abandon_reload(v, "the vassal file was removed");
     }
@@ -226,17 +475,39 @@ void Emperor::maybe_erase(VassalRt& v) {
     }
     std::string name = v.name;
     fs::path file = v.file;
-    v.notify(loop_, false, "vassal removed");
+    const bool held = held_.count(name) != 0;
+    std::vector<VassalRt::Waiter> waiters = std::move(v.waiters);
+    v.waiters.clear();
     spdlog::info("vassal {}: stopped", name);
     vassals_.erase(name);
+    for (auto& w : waiters) {
+        // A `liege stop` is answered now; a reload or a `liege start` of a vassal that went (or
+        // comes back from its file below) is answered by what follows.
+        if (held) {
+            post(loop_, [w = std::move(w)] { w(true, "stopped"); });
+        } else if (shutting_down_ || !fs::exists(file)) {
+            post(loop_, [w = std::move(w)] { w(false, "vassal removed"); });
+        } else {
+            post(loop_, [this, w = std::move(w), name] {
+                auto it = vassals_.find(name);
+                if (it == vassals_.end()) {
+                    w(false, "vassal removed");
+                    return;
+                }
+                it->second->waiters.push_back(w);
+                it->second->settle_first_start(loop_, nullptr);
+            });
+        }
+    }
     if (shutting_down_) {
         maybe_finish_shutdown();
         return;
     }
     publish_routes(); // its route goes: requests for it now get 404, not 503
-    // The file may have come back while the old pool drained.
+    start_waiting();  // whoever waited for it waits no more
+    // The file may have come back while the old pool drained (or a `liege start` came).
     std::error_code ec;
-    if (fs::exists(file, ec)) {
+    if (!held && fs::exists(file, ec)) {
         apply_file(name, file);
     }
 }
@@ -252,7 +523,7 @@ void Emperor::reload(const std::string& name, VassalRt::Waiter done) {
         return;
     }
     VassalRt& v = *it->second;
-    VassalLoad load = load_vassal_file(v.file);
+    VassalLoad load = load_vassal_file(v.file, process_env(), options_.env_name);
     if (!load.ok()) {
         std::string msg = load.errors.empty() ? "unreadable file" : load.errors.front().str();
         failed(v, msg);
@@ -260,13 +531,15 @@ void Emperor::reload(const std::string& name, VassalRt::Waiter done) {
         post(loop_, [done = std::move(done), msg] { done(false, "invalid vassal file: " + msg); });
         return;
     }
+    // A restart still waiting for its old workers to stop: the new one waits for them too.
+    const bool restart_pending = v.next != nullptr && v.plan == nullptr;
     if (v.next != nullptr) {
         // Answer the waiters of the reload being replaced before joining those of the new one.
         abandon_reload(v, "superseded by a newer reload");
     }
     v.waiters.push_back(std::move(done));
     v.content_hash = load.vassal->content_hash;
-    if (v.active == nullptr) {
+    if (v.active == nullptr && !restart_pending) {
         // Answered by settle_first_start: every worker ready, or one failed.
         start_vassal(v, std::move(*load.vassal));
         return;
@@ -277,6 +550,10 @@ void Emperor::reload(const std::string& name, VassalRt::Waiter done) {
 void Emperor::begin_reload(VassalRt& v, Vassal config) {
     if (v.next != nullptr) {
         abandon_reload(v, "superseded by a newer change of the file");
+    }
+    if (config.reload.strategy == ReloadStrategy::Restart) {
+        begin_restart(v, std::move(config));
+        return;
     }
     v.next = new_generation(v, std::move(config));
     v.state = VassalState::Reloading;
@@ -299,6 +576,35 @@ void Emperor::begin_reload(VassalRt& v, Vassal config) {
     v.plan->begin();
 }
 
+// `restart`: for what cannot run twice (a fixed port, a lock file). The whole old pool stops
+// first (a web vassal's workers drain; its route stays, with no ready worker, so requests wait in
+// the router's queue), and the new generation starts once the last old worker has exited. There
+// is no old generation to fall back on: a new one that fails is restarted with backoff.
+void Emperor::begin_restart(VassalRt& v, Vassal config) {
+    v.next = new_generation(v, std::move(config));
+    v.plan = nullptr; // a pending restart: next, no plan
+    v.state = VassalState::Reloading;
+    ++v.reloads;
+    spdlog::info("vassal {}: restart reload to generation {}: stopping the old workers first",
+                 v.name, v.next->id);
+    if (v.active != nullptr) {
+        retire_generation(v, v.active.get(), true);
+        v.active = nullptr;
+    }
+    publish_routes();
+    start_restarted(v);
+}
+
+void Emperor::start_restarted(VassalRt& v) {
+    if (v.next == nullptr || v.plan != nullptr || v.removing || shutting_down_ ||
+        !v.workers.empty()) {
+        return;
+    }
+    v.active = std::move(v.next);
+    v.next = nullptr;
+    run_active(v, "old workers gone, starting");
+}
+
 void Emperor::finish_reload(VassalRt& v) {
     for (WorkerProc* w : v.members(v.next.get())) {
         w->route();
@@ -314,11 +620,24 @@ void Emperor::finish_reload(VassalRt& v) {
     spdlog::info("vassal {}: generation {} serving ({} ms after the reload began)", v.name,
                  v.active->id, took);
     publish_routes();
+    watch_code(v);
+    if (v.watch_pending) {
+        v.watch_pending = false;
+        post(loop_, [this, name = v.name] { code_changed(name, "a watched file"); });
+    }
     v.notify(loop_, true, "reloaded to generation " + std::to_string(v.active->id));
 }
 
 void Emperor::abandon_reload(VassalRt& v, const std::string& why) {
     if (v.next == nullptr) {
+        return;
+    }
+    if (v.plan == nullptr) {
+        // A restart waiting for the old workers: nothing of it runs yet, so nothing failed.
+        spdlog::info("vassal {}: restart to generation {} dropped: {}", v.name, v.next->id, why);
+        v.next = nullptr;
+        v.update_state();
+        v.notify(loop_, false, "restart to a new generation dropped: " + why);
         return;
     }
     const uint64_t id = v.next->id;
@@ -351,6 +670,9 @@ void Emperor::worker_ready(WorkerProc& w) {
     v.update_state();
     publish_routes();
     v.settle_first_start(loop_, nullptr);
+    if (v.state == VassalState::Running) {
+        start_waiting(); // the vassals that start after it
+    }
 }
 
 void Emperor::worker_failed(WorkerProc& w, const std::string& why) {
@@ -417,6 +739,7 @@ void Emperor::worker_gone(WorkerProc& w) {
         uv_idle_stop(h);
     });
     publish_routes();
+    start_restarted(v);
     maybe_erase(v);
 }
 
@@ -448,6 +771,9 @@ void Emperor::publish_routes() {
                 continue;
             }
             shown = &v->workers.front()->generation();
+        }
+        if (shown->config.daemon()) {
+            continue; // no route; a web generation's workers still draining are dropped with it
         }
         control::RouteSpec r;
         r.vassal = name;
@@ -483,6 +809,9 @@ void Emperor::router_stats_arrived() {
     const auto by_address = backends_by_address(router_.stats());
     for (auto& [name, v] : vassals_) {
         for (auto& w : v->workers) {
+            if (w->daemon()) {
+                continue;
+            }
             if (auto it = by_address.find(w->address().str()); it != by_address.end()) {
                 w->router_report(*it->second);
             }
@@ -519,6 +848,9 @@ void Emperor::shutdown(std::function<void()> done) {
     shutting_down_ = true;
     shutdown_done_ = std::move(done);
     watcher_.reset();
+    for (auto& [name, v] : vassals_) {
+        v->code_watcher.reset();
+    }
     // Stop accepting: the router closes its copies of the sockets, we close ours.
     for (int fd : listen_fds_) {
         ::close(fd);
@@ -536,8 +868,28 @@ void Emperor::maybe_finish_shutdown() {
     if (!shutting_down_ || router_.running()) {
         return; // requests in flight still need their workers
     }
-    // The router is gone: nothing to drain through, stop every worker now.
+    // The router is gone: nothing to drain through, stop the workers now, in the reverse of the
+    // start order: a vassal goes once no vassal that starts `after` it runs. Should the waits
+    // form a cycle (liege check reports it), everything stops at once.
+    std::vector<VassalRt*> to_stop;
+    bool stopping = false;
     for (auto& [name, v] : vassals_) {
+        v->pending.reset();
+        stopping = stopping || v->shutdown_stopping;
+        if (!v->shutdown_stopping && !needed_by_others(name)) {
+            to_stop.push_back(v.get());
+        }
+    }
+    if (to_stop.empty() && !stopping) {
+        for (auto& [name, v] : vassals_) {
+            to_stop.push_back(v.get());
+        }
+    }
+    for (VassalRt* v : to_stop) {
+        if (!v->empty()) {
+            spdlog::info("vassal {}: stopping", v->name);
+        }
+        v->shutdown_stopping = true;
         v->removing = true;
         v->state = VassalState::Stopping;
         v->next = nullptr;
@@ -547,7 +899,17 @@ void Emperor::maybe_finish_shutdown() {
             w->retire(false);
         }
     }
-    std::erase_if(vassals_, [](const auto& kv) { return kv.second->empty(); });
+    const bool erased = std::erase_if(vassals_, [](const auto& kv) {
+                            if (kv.second->empty() && kv.second->shutdown_stopping) {
+                                spdlog::info("vassal {}: stopped", kv.first);
+                                return true;
+                            }
+                            return false;
+                        }) > 0;
+    if (erased && !vassals_.empty()) {
+        maybe_finish_shutdown(); // what they held back may go now
+        return;
+    }
     if (vassals_.empty() && shutdown_done_) {
         reaper_.reset(); // the last child is gone; its SIGCHLD handler would keep the loop alive
         auto done = std::move(shutdown_done_);
@@ -577,30 +939,32 @@ nlohmann::json Emperor::status() const {
                        {"pid", w->pid()},
                        {"state", std::string(to_string(st))},
                        {"generation", w->generation().id},
-                       {"address", w->address().str()},
+                       {"address", w->daemon() ? std::string() : w->address().str()},
                        {"restarts", w->restarts()},
                        {"uptime_seconds", st == WorkerState::Ready || st == WorkerState::Draining
                                               ? (now - w->started_ms()) / 1000
                                               : 0}};
-            auto it = by_address.find(w->address().str());
+            auto it = w->daemon() ? by_address.end() : by_address.find(w->address().str());
             jw["requests"] = it != by_address.end() ? it->second->requests : 0;
             jw["in_flight"] = it != by_address.end() ? it->second->in_flight : 0;
             workers.push_back(std::move(jw));
         }
         const Generation* g = v->active != nullptr ? v->active.get() : v->next.get();
-        json jv = {{"name", name},
-                   {"state", std::string(to_string(v->state))},
-                   {"generation", g != nullptr ? g->id : 0},
-                   {"file", v->file.string()},
-                   {"hosts", g != nullptr ? json(g->config.hosts) : json::array()},
-                   {"path", g != nullptr ? g->config.path : std::string("/")},
-                   {"concurrency", g != nullptr ? g->config.concurrency : 0},
-                   {"workers", std::move(workers)},
-                   {"reloads", v->reloads},
-                   {"failed_reloads", v->failed_reloads},
-                   {"last_error", v->last_error.empty() ? json(nullptr) : json(v->last_error)},
-                   {"last_error_time",
-                    v->last_error_unix != 0 ? json(v->last_error_unix) : json(nullptr)}};
+        json jv = {
+            {"name", name},
+            {"type", std::string(to_string(g != nullptr ? g->config.type : VassalType::Web))},
+            {"state", std::string(to_string(v->state))},
+            {"generation", g != nullptr ? g->id : 0},
+            {"file", v->file.string()},
+            {"hosts", g != nullptr ? json(g->config.hosts) : json::array()},
+            {"path", g != nullptr ? g->config.path : std::string("/")},
+            {"concurrency", g != nullptr ? g->config.concurrency : 0},
+            {"workers", std::move(workers)},
+            {"reloads", v->reloads},
+            {"failed_reloads", v->failed_reloads},
+            {"last_error", v->last_error.empty() ? json(nullptr) : json(v->last_error)},
+            {"last_error_time",
+             v->last_error_unix != 0 ? json(v->last_error_unix) : json(nullptr)}};
         uint64_t requests = 0;
         uint64_t errors = 0;
         int64_t queued = 0;
@@ -615,6 +979,27 @@ nlohmann::json Emperor::status() const {
         jv["errors"] = errors;
         jv["queued"] = queued;
         vassals.push_back(std::move(jv));
+    }
+    for (const std::string& name : held_) {
+        if (vassals_.count(name) != 0) {
+            continue; // still stopping: listed above
+        }
+        vassals.push_back({{"name", name},
+                           {"type", "web"},
+                           {"state", "stopped"},
+                           {"generation", 0},
+                           {"file", (options_.vassals_dir / (name + ".toml")).string()},
+                           {"hosts", json::array()},
+                           {"path", "/"},
+                           {"concurrency", 0},
+                           {"workers", json::array()},
+                           {"reloads", 0},
+                           {"failed_reloads", 0},
+                           {"last_error", nullptr},
+                           {"last_error_time", nullptr},
+                           {"requests", 0},
+                           {"errors", 0},
+                           {"queued", 0}});
     }
     json router = {{"pid", router_.pid()},
                    {"connections", stats.connections},

@@ -14,9 +14,12 @@
 
 #include <uv.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,6 +54,25 @@ public:
     // Re-reads the vassal's file and reloads it; `done(ok, message)` runs from the loop when the
     // reload has finished or failed (at once for an unknown name or an invalid file).
     void reload(const std::string& name, VassalRt::Waiter done);
+    // `liege stop NAME`: drains and stops the vassal and keeps it out of service, its file
+    // untouched and across rescans, until start(). `done` runs once its workers are gone.
+    void stop(const std::string& name, VassalRt::Waiter done);
+    // `liege start NAME`: back in service from its file; `done` runs once it is ready.
+    void start(const std::string& name, VassalRt::Waiter done);
+    bool held(const std::string& name) const { return held_.count(name) != 0; }
+
+    // The last lines the vassal's workers printed, kept in a ring (kLogRing lines a vassal).
+    struct LogLine {
+        uint64_t seq = 0; // increasing over every vassal's lines
+        std::string worker;
+        bool is_stderr = false;
+        std::string text;
+    };
+    static constexpr size_t kLogRing = 1000;
+    // Lines with seq above `after`, at most the last `n`; nullopt for a name never seen.
+    std::optional<std::vector<LogLine>> logs(const std::string& name, uint64_t after,
+                                             size_t n) const;
+
     nlohmann::json status() const;
     const control::StatsMessage& router_stats() const { return router_.stats(); }
     // Runs after each stats message from the router (the admin API derives rates from them).
@@ -77,8 +99,23 @@ private:
     GenerationPtr new_generation(VassalRt& v, Vassal config);
     void add_worker(VassalRt& v, const GenerationPtr& g, int slot);
     void start_vassal(VassalRt& v, Vassal config);
+    // The active generation's workers start (the first start, or after a restart's stop).
+    void run_active(VassalRt& v, std::string_view what);
+    // `after`: the vassals `config` waits for, "" when it may start now. A name that is no
+    // vassal, or a wait that would close a cycle, does not hold it (liege check reports both).
+    std::string waiting_for(const VassalRt& v, const Vassal& config) const;
+    // Starts every pending vassal whose `after` vassals are ready now.
+    void start_waiting();
+    // [watch]: (re)starts the code watcher for the active generation, or drops it.
+    void watch_code(VassalRt& v);
+    void code_changed(const std::string& name, const std::string& changed);
+    // Whether another vassal still running lists `name` in `after` (it stops first).
+    bool needed_by_others(const std::string& name) const;
     void fill_active(VassalRt& v);
     void begin_reload(VassalRt& v, Vassal config);
+    // strategy = "restart": stop the old workers, then start_restarted() once they are gone.
+    void begin_restart(VassalRt& v, Vassal config);
+    void start_restarted(VassalRt& v);
     void finish_reload(VassalRt& v);
     void abandon_reload(VassalRt& v, const std::string& why);
     void remove_vassal(VassalRt& v);
@@ -114,6 +151,10 @@ private:
     uint64_t routes_version_ = 0;
     std::function<void()> stats_listener_;
     int64_t started_unix_ = 0;
+
+    std::set<std::string> held_; // stopped with `liege stop`
+    std::map<std::string, std::deque<LogLine>> log_rings_;
+    uint64_t log_seq_ = 0;
 
     bool shutting_down_ = false;
     std::function<void()> shutdown_done_;

@@ -11,6 +11,7 @@
 #include "liege/health.hpp"
 
 #include <algorithm>
+#include <csignal>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -18,6 +19,7 @@
 #include <sys/un.h>
 
 #include "liege/log.hpp"
+#include "liege/spawner.hpp"
 #include "liege/uv.hpp"
 
 namespace liege {
@@ -70,8 +72,11 @@ namespace {
 
 class Probe;
 
+class CommandProbe;
+
 struct ProbeControl {
-    Probe* probe = nullptr; // null once the probe finished or was cancelled
+    Probe* probe = nullptr;                // null once the probe finished or was cancelled
+    CommandProbe* probe_command = nullptr; // the same for a check command
 };
 
 // The requests a probe's stream may have in flight; they are freed with the stream.
@@ -250,6 +255,105 @@ std::function<void()> probe(uv_loop_t* loop, const Address& addr, const std::str
     return [control] {
         if (control->probe != nullptr) {
             control->probe->cancel();
+        }
+    };
+}
+
+namespace {
+
+// A check command in flight. It owns itself like a Probe: deleted when it finishes or is
+// cancelled, before its callback runs. The child outlives it only while a SIGKILL is on its way
+// (Child::stop keeps escalating after its handle is gone).
+class CommandProbe {
+public:
+    CommandProbe(uv_loop_t* loop, std::function<void(const ProbeResult&)> done)
+        : control_(std::make_shared<ProbeControl>()), done_(std::move(done)) {
+        control_->probe_command = this;
+        uv_timer_init(loop, timer_.get());
+        timer_->data = this;
+    }
+
+    std::shared_ptr<ProbeControl> control() const { return control_; }
+
+    void start(uv_loop_t* loop, const SpawnSpec& spec, std::chrono::milliseconds timeout) {
+        int err = 0;
+        child_ = spawn_child(
+            loop, spec, [this](std::string_view line, bool) { last_line_ = std::string(line); },
+            [this](ExitStatus st) { exited(st); }, &err);
+        if (child_ == nullptr) {
+            result_.error = "cannot start " + (spec.argv.empty() ? std::string() : spec.argv[0]) +
+                            ": " + std::strerror(-err);
+            uv_timer_start(
+                timer_.get(), [](uv_timer_t* t) { static_cast<CommandProbe*>(t->data)->finish(); },
+                0, 0);
+            return;
+        }
+        uv_timer_start(
+            timer_.get(),
+            [](uv_timer_t* t) {
+                auto* self = static_cast<CommandProbe*>(t->data);
+                self->result_.error = "timed out";
+                self->result_.timed_out = true;
+                self->finish();
+            },
+            static_cast<uint64_t>(timeout.count()), 0);
+    }
+
+    void cancel() {
+        done_ = nullptr;
+        finish();
+    }
+
+private:
+    void exited(ExitStatus st) {
+        child_.reset();
+        if (st.exit_code == 0) {
+            result_.ok = true;
+        } else {
+            result_.error = st.str() + (last_line_.empty() ? "" : ": " + last_line_);
+        }
+        finish();
+    }
+
+    void finish() {
+        if (child_ != nullptr && child_->running()) {
+            child_->stop(SIGKILL, std::chrono::milliseconds(0));
+        }
+        child_.reset();
+        control_->probe_command = nullptr;
+        auto done = std::move(done_);
+        ProbeResult result = std::move(result_);
+        delete this;
+        if (done) {
+            done(result);
+        }
+    }
+
+    std::shared_ptr<ProbeControl> control_;
+    std::function<void(const ProbeResult&)> done_;
+    std::unique_ptr<Child> child_;
+    std::string last_line_;
+    ProbeResult result_;
+    UvHandle<uv_timer_t> timer_;
+};
+
+} // namespace
+
+std::function<void()> probe_command(uv_loop_t* loop, const std::vector<std::string>& argv,
+                                    const std::vector<std::pair<std::string, std::string>>& env,
+                                    const std::string& cwd, std::chrono::milliseconds timeout,
+                                    std::function<void(const ProbeResult&)> done) {
+    auto* p = new CommandProbe(loop, std::move(done));
+    std::shared_ptr<ProbeControl> control = p->control();
+    SpawnSpec spec;
+    spec.argv = argv;
+    spec.env = env;
+    spec.cwd = cwd;
+    spec.tag = "health";
+    p->start(loop, spec, timeout);
+    return [control] {
+        if (control->probe_command != nullptr) {
+            control->probe_command->cancel();
         }
     };
 }

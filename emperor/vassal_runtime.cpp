@@ -70,6 +70,29 @@ std::vector<const WorkerProc*> VassalRt::in_order() const {
     return out;
 }
 
+std::vector<std::string> VassalRt::needs() const {
+    std::vector<std::string> out;
+    auto add = [&](const Vassal& c) {
+        for (const auto& dep : c.after) {
+            if (std::find(out.begin(), out.end(), dep) == out.end()) {
+                out.push_back(dep);
+            }
+        }
+    };
+    if (pending) {
+        add(*pending);
+    }
+    for (const Generation* g : {active.get(), next.get()}) {
+        if (g != nullptr) {
+            add(g->config);
+        }
+    }
+    for (const auto& w : workers) {
+        add(w->generation().config);
+    }
+    return out;
+}
+
 void VassalRt::update_state() {
     if (removing) {
         state = VassalState::Stopping;

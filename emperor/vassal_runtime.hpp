@@ -11,9 +11,11 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "code_watcher.hpp"
 #include "generation.hpp"
 #include "liege/reload_plan.hpp"
 #include "worker_proc.hpp"
@@ -31,7 +33,14 @@ struct VassalRt {
     uint64_t content_hash = 0; // last content seen (valid or not)
     VassalState state = VassalState::Starting;
     GenerationPtr active;
-    GenerationPtr next;               // a reload in progress
+    GenerationPtr next; // a reload in progress
+    // A first start waiting until the vassals it starts `after` are ready.
+    std::optional<Vassal> pending;
+    bool shutdown_stopping = false; // retired by the shutdown (after the vassals that need it)
+    // [watch] of the active generation, and a change seen while a reload was under way.
+    std::unique_ptr<CodeWatcher> code_watcher;
+    uint64_t watched_hash = 0;
+    bool watch_pending = false;
     std::unique_ptr<ReloadPlan> plan; // next's
     std::vector<std::unique_ptr<WorkerProc>> workers;
     uint64_t next_generation = 1;
@@ -58,7 +67,12 @@ struct VassalRt {
         return next != nullptr && &w.generation() == next.get() && !w.retiring();
     }
     // Nothing left running: a removed vassal can go.
-    bool empty() const { return active == nullptr && next == nullptr && workers.empty(); }
+    bool empty() const {
+        return active == nullptr && next == nullptr && workers.empty() && !pending;
+    }
+    // The vassals its configurations (pending, active, next, and those its workers still run)
+    // start after.
+    std::vector<std::string> needs() const;
 
     // Derives `state` from the generations and the active workers' failures.
     void update_state();

@@ -198,7 +198,7 @@ private:
         std::string_view name = file_name != nullptr ? file_name : "";
         bool relevant = status < 0 || name.empty() || name == dir_name_;
         if (target_ == Target::Dir) {
-            relevant = relevant || is_vassal_file_name(name);
+            relevant = relevant || is_vassal_file_name(name) || is_vassal_layer_file_name(name);
         }
         if (relevant) {
             schedule();
@@ -223,6 +223,17 @@ private:
     DirSnapshot read_snapshot() {
         std::error_code ec;
         std::vector<fs::path> files = list_vassal_files(dir_, ec);
+        if (!ec) {
+            // The layers vassals are made from (_defaults.toml, templates) are watched too.
+            std::error_code layer_ec;
+            for (const auto& entry : fs::directory_iterator(dir_, layer_ec)) {
+                std::error_code type_ec;
+                if (is_vassal_layer_file_name(entry.path().filename().string()) &&
+                    entry.is_regular_file(type_ec)) {
+                    files.push_back(entry.path());
+                }
+            }
+        }
         if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory) {
             // Unreadable for now (permissions, I/O): report nothing rather than remove all.
             spdlog::warn("cannot list vassal directory {}: {}", dir_.string(), ec.message());

@@ -20,6 +20,10 @@ constexpr int kLivenessFailures = 3; // consecutive failed probes that restart a
 // new release serves that much sooner), for ~40 refused connects a second while it starts.
 constexpr uint64_t kFirstReadinessPollMs = 5;
 constexpr uint64_t kReadinessPollMs = 25;
+// A check command is a process to start: while a worker starts, it runs at most 4 times a second.
+constexpr uint64_t kCommandPollMs = 250;
+// A daemon with no check is ready once its process has stayed up this long.
+constexpr int64_t kDaemonUptimeMs = 1000;
 
 using P = WorkerPhase;
 
@@ -172,33 +176,41 @@ void WorkerProc::spawn() {
     activity_ = RouterActivity{};
     ready_ms_ = 0;
     spawn_error_.clear();
+    last_probe_error_.clear();
     PlaceholderValues values;
     values.name = cfg.name;
     values.worker = slot_;
-    switch (cfg.socket) {
-    case SocketKind::Tcp:
-        address_ = parse_address("127.0.0.1:0");
-        address_.port = pick_free_port();
-        values.port = address_.port;
-        break;
-    case SocketKind::Unix:
-        address_ = Address{};
-        address_.kind = Address::Kind::Unix;
-        address_.path = (host_.runtime_dir() / (cfg.name + "-" + std::to_string(generation_->id) +
-                                                "-" + std::to_string(slot_) + ".sock"))
-                            .string();
-        ::unlink(address_.path.c_str());
-        values.socket = address_.path;
-        break;
-    case SocketKind::Inherit:
-        if (listen_fd_ < 0) {
-            uint16_t port = 0;
-            listen_fd_ = bind_loopback_listener(&port);
+    values.instance = cfg.instance;
+    values.profile = cfg.profile;
+    if (cfg.daemon()) {
+        address_ = Address{}; // no port, no route: only the process and its check
+    } else {
+        switch (cfg.socket) {
+        case SocketKind::Tcp:
             address_ = parse_address("127.0.0.1:0");
-            address_.port = port;
+            address_.port = pick_free_port();
+            values.port = address_.port;
+            break;
+        case SocketKind::Unix:
+            address_ = Address{};
+            address_.kind = Address::Kind::Unix;
+            address_.path =
+                (host_.runtime_dir() / (cfg.name + "-" + std::to_string(generation_->id) + "-" +
+                                        std::to_string(slot_) + ".sock"))
+                    .string();
+            ::unlink(address_.path.c_str());
+            values.socket = address_.path;
+            break;
+        case SocketKind::Inherit:
+            if (listen_fd_ < 0) {
+                uint16_t port = 0;
+                listen_fd_ = bind_loopback_listener(&port);
+                address_ = parse_address("127.0.0.1:0");
+                address_.port = port;
+            }
+            values.port = address_.port;
+            break;
         }
-        values.port = address_.port;
-        break;
     }
     SpawnSpec spec;
     for (const auto& arg : cfg.command) {
@@ -207,18 +219,25 @@ void WorkerProc::spawn() {
     for (const auto& [k, v] : cfg.env) {
         spec.env.emplace_back(k, expand(v, values));
     }
-    if (!address_.is_unix()) {
-        spec.env.emplace_back("PORT", std::to_string(address_.port));
-    } else {
+    if (address_.is_unix()) {
         spec.env.emplace_back("LIEGE_SOCKET", address_.path);
+    } else if (!cfg.daemon()) {
+        spec.env.emplace_back("PORT", std::to_string(address_.port));
     }
     spec.env.emplace_back("LIEGE_VASSAL", cfg.name);
     spec.env.emplace_back("LIEGE_WORKER", std::to_string(slot_));
     spec.env.emplace_back("LIEGE_GENERATION", std::to_string(generation_->id));
+    spec.env.emplace_back("LIEGE_PROFILE", host_.profile());
     if (!host_.profile().empty()) {
-        spec.env.emplace_back("LIEGE_ENV", host_.profile());
+        spec.env.emplace_back("LIEGE_ENV", host_.profile()); // the name before --profile
     }
     spec.cwd = cfg.working_dir(values).string();
+    check_ = Check{};
+    for (const auto& arg : cfg.health.command) {
+        check_.argv.push_back(expand(arg, values));
+    }
+    check_.env = spec.env;
+    check_.cwd = spec.cwd;
     spec.listen_fd = cfg.socket == SocketKind::Inherit ? listen_fd_ : -1;
     spec.tag = tag();
     int err = 0;
@@ -237,10 +256,15 @@ void WorkerProc::spawn() {
         arm(0);
         return;
     }
-    spdlog::info("vassal {}: worker {} started (pid {}, generation {}, {})", cfg.name, slot_,
-                 child_->pid(), generation_->id, address_.str());
+    if (cfg.daemon()) {
+        spdlog::info("vassal {}: worker {} started (pid {}, generation {}, daemon)", cfg.name,
+                     slot_, child_->pid(), generation_->id);
+    } else {
+        spdlog::info("vassal {}: worker {} started (pid {}, generation {}, {})", cfg.name, slot_,
+                     child_->pid(), generation_->id, address_.str());
+    }
     readiness_poll_ms_ = kFirstReadinessPollMs;
-    arm(readiness_poll_ms_);
+    arm(uptime_only() ? static_cast<uint64_t>(kDaemonUptimeMs) : readiness_poll_ms_);
 }
 
 void WorkerProc::on_timer() {
@@ -255,15 +279,30 @@ void WorkerProc::on_timer() {
             arm(kReadinessPollMs); // a probe is still out
             return;
         }
+        if (uptime_only()) {
+            const int64_t up = steady_now_ms() - started_ms_;
+            if (up < kDaemonUptimeMs) {
+                arm(static_cast<uint64_t>(kDaemonUptimeMs - up));
+                return;
+            }
+            became_ready();
+            return;
+        }
         if (steady_now_ms() >= start_deadline_ms_) {
-            host_.worker_failed(*this,
-                                "not ready after " + format_duration(cfg.health.start_timeout));
+            host_.worker_failed(*this, "not ready after " +
+                                           format_duration(cfg.health.start_timeout) +
+                                           (last_probe_error_.empty()
+                                                ? std::string()
+                                                : " (last check: " + last_probe_error_ + ")"));
             return;
         }
         probe_now();
         break;
     case P::Standby:
     case P::Serving:
+        if (uptime_only()) {
+            break; // alive while its process runs: the reaper reports an exit
+        }
         probe_now();
         arm(static_cast<uint64_t>(cfg.health.interval.count()));
         break;
@@ -290,10 +329,32 @@ void WorkerProc::probe_now() {
         return;
     }
     const HealthCheck& h = generation_->config.health;
-    cancel_probe_ = probe(host_.loop(), address_, h.path, h.timeout, [this](const ProbeResult& r) {
+    auto done = [this](const ProbeResult& r) {
         cancel_probe_ = nullptr;
         on_probe(r);
-    });
+    };
+    if (!check_.argv.empty()) {
+        cancel_probe_ =
+            probe_command(host_.loop(), check_.argv, check_.env, check_.cwd, h.timeout, done);
+    } else if (!h.tcp.empty()) {
+        cancel_probe_ = probe(host_.loop(), parse_address(h.tcp), "", h.timeout, done);
+    } else {
+        cancel_probe_ = probe(host_.loop(), address_, h.path, h.timeout, done);
+    }
+}
+
+bool WorkerProc::uptime_only() const {
+    const Vassal& cfg = generation_->config;
+    return cfg.daemon() && cfg.health.tcp.empty() && cfg.health.command.empty();
+}
+
+void WorkerProc::became_ready() {
+    set_state(P::Standby);
+    spdlog::info("vassal {}: worker {} ready in {} ms", vassal_, slot_, ready_ms_ - started_ms_);
+    if (!uptime_only()) {
+        arm(static_cast<uint64_t>(generation_->config.health.interval.count()));
+    }
+    host_.worker_ready(*this);
 }
 
 void WorkerProc::router_report(const control::BackendStats& stats) {
@@ -307,15 +368,13 @@ void WorkerProc::router_report(const control::BackendStats& stats) {
 void WorkerProc::on_probe(const ProbeResult& result) {
     if (phase_ == P::Starting) {
         if (!result.ok) {
+            last_probe_error_ = result.error;
             arm(readiness_poll_ms_);
-            readiness_poll_ms_ = std::min(readiness_poll_ms_ * 2, kReadinessPollMs);
+            readiness_poll_ms_ = std::min(readiness_poll_ms_ * 2,
+                                          check_.argv.empty() ? kReadinessPollMs : kCommandPollMs);
             return;
         }
-        set_state(P::Standby);
-        spdlog::info("vassal {}: worker {} ready in {} ms", vassal_, slot_,
-                     ready_ms_ - started_ms_);
-        arm(static_cast<uint64_t>(generation_->config.health.interval.count()));
-        host_.worker_ready(*this);
+        became_ready();
         return;
     }
     if (!ready()) {
@@ -369,7 +428,8 @@ void WorkerProc::route() {
 void WorkerProc::retire(bool drain) {
     switch (phase_) {
     case P::Serving:
-        if (drain && has_process()) {
+        // A daemon has no route, so nothing to drain through: it gets the stop signal now.
+        if (drain && has_process() && !generation_->config.daemon()) {
             disarm();
             set_state(P::Draining);
             arm(static_cast<uint64_t>(generation_->config.reload.drain_timeout.count()));

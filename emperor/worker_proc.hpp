@@ -123,6 +123,7 @@ public:
     const Generation& generation() const { return *generation_; }
     int slot() const { return slot_; }
     const Address& address() const { return address_; }
+    bool daemon() const { return generation_->config.daemon(); }
     int pid() const { return child_ != nullptr ? child_->pid() : 0; }
     int restarts() const { return restarts_; }
     int failures() const { return backoff_.failures(); }
@@ -146,6 +147,10 @@ private:
     void backoff_after_restart();
     // Stopped with no exit to report it: worker_gone from the loop.
     void stopped_without_process();
+    // A daemon without a check: ready after a second up, alive while its process runs.
+    bool uptime_only() const;
+    // Starting → Standby, liveness checks armed, the host told.
+    void became_ready();
 
     WorkerHost& host_;
     std::string vassal_;
@@ -167,6 +172,14 @@ private:
     int64_t start_deadline_ms_ = 0;
     uint64_t readiness_poll_ms_ = 0; // the next wait between readiness probes; grows to a cap
     std::function<void()> cancel_probe_;
+    // A check command as this run of the worker expands it, with the worker's environment.
+    struct Check {
+        std::vector<std::string> argv;
+        std::vector<std::pair<std::string, std::string>> env;
+        std::string cwd;
+    };
+    Check check_;
+    std::string last_probe_error_; // of the latest readiness check that failed
     UvHandle<uv_timer_t> timer_;
 };
 

@@ -27,6 +27,11 @@ struct Address {
 // Parses an address; throws std::invalid_argument with a message that says what was expected.
 Address parse_address(std::string_view text);
 
+// The admin socket `liege run` listens on by default: unix:/run/liege/liege.sock for root
+// (uid 0), else unix:$XDG_RUNTIME_DIR/liege/liege.sock, else (no runtime directory, as in a
+// plain `su` or a container) unix:/tmp/liege-UID/liege.sock. `xdg_runtime_dir` may be null.
+std::string default_admin_address(unsigned uid, const char* xdg_runtime_dir);
+
 // Fills `out` with the socket address. Names are resolved (blocking; only at startup or config
 // time). Returns 0 or a negative errno / EAI error mapped to -EINVAL.
 int to_sockaddr(const Address& addr, sockaddr_storage& out, socklen_t& len);

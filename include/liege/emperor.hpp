@@ -14,9 +14,9 @@ namespace liege {
 struct EmperorOptions {
     std::filesystem::path vassals_dir = "vassals.d";
     std::vector<Address> listen;     // default 127.0.0.1:8080
-    Address admin;                   // default unix:./liege.sock
+    Address admin;                   // default: default_admin_address() (liege/address.hpp)
     unsigned threads = 0;            // router threads; 0 = cores
-    std::string env_name;            // --env: exported to workers as LIEGE_ENV
+    std::string env_name;            // --profile: selects [profile.NAME]; workers get LIEGE_PROFILE
     std::filesystem::path log_dir;   // empty = everything to stderr
     std::string self_exe;            // this binary, to start the router with
     std::string access_log = "-";    // router access log ("-", "off", or a file)

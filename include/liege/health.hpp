@@ -16,6 +16,8 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "liege/address.hpp"
 
@@ -36,6 +38,15 @@ struct ProbeResult {
 std::function<void()> probe(uv_loop_t* loop, const Address& addr, const std::string& http_path,
                             std::chrono::milliseconds timeout,
                             std::function<void(const ProbeResult&)> done);
+
+// Runs a check command (argv[0] looked up in PATH, in `cwd` with `env` added) as a probe: ok
+// when it exits 0 within `timeout`; otherwise error says "exit code 1: <its last line>", "timed
+// out" (the command is killed) or why it could not start. The same contract as probe(): the
+// callback runs once, from the loop; the cancel function kills the command and drops the callback.
+std::function<void()> probe_command(uv_loop_t* loop, const std::vector<std::string>& argv,
+                                    const std::vector<std::pair<std::string, std::string>>& env,
+                                    const std::string& cwd, std::chrono::milliseconds timeout,
+                                    std::function<void(const ProbeResult&)> done);
 
 // What the router's load reports (once a second) said about one worker, between two of its
 // liveness checks. Pure: the caller passes the time, from a steady clock.

@@ -6,13 +6,18 @@
 // Nothing here throws to the caller.
 //
 // Keys (defaults in brackets):
+//   type    = "web"|"daemon"         ["web"] a daemon is supervised like any worker but gets no
+//                                    port and no route: `hosts`, `path`, `socket`,
+//                                    `concurrency`, `[queue]`, `health.path`, ${PORT} and
+//                                    ${SOCKET} are errors for it
 //   command = ["prog", "arg", ...]   required, non-empty array of strings; placeholders allowed
 //   workers = N                      [1] pool size, 1..1024
 //   concurrency = N                  [0] requests one worker is sent at once, 0..1024; 0 = no
 //                                    limit. The router keeps the rest in the vassal's queue.
-//   hosts   = ["a.test", "*.b.test", "*"]   ["*"] Host patterns. A vassal without `hosts` is a
-//                                    default vassal: it serves any host that no exact or
-//                                    wildcard pattern of another vassal claims.
+//   hosts   = ["a.test", "*.b.test", "*"]   required for web vassals: Host patterns. "*" makes
+//                                    a default vassal: it serves any host that no exact or
+//                                    wildcard pattern of another vassal claims. A host no vassal
+//                                    claims gets 404.
 //   path    = "/api"                 ["/"] path prefix, matched on segment boundaries; a
 //                                    trailing "/" is dropped ("/api/" is stored as "/api")
 //   cwd     = "dir"                  ["."] relative to the vassal file's directory; placeholders
@@ -23,11 +28,19 @@
 //                                    inherit: systemd-style socket activation, the emperor binds
 //                                    a loopback TCP socket and passes it as fd 3 (LISTEN_FDS=1,
 //                                    LISTEN_PID); PORT / ${PORT} still name its port.
+//   after   = ["redis", ...]         [[]] vassals of the directory that must be ready before
+//                                    this one starts; it stops before them
 //   [queue]  size [100] requests that may wait for a free worker slot (or a first ready
 //            worker), 0..100000, 0 = none wait; timeout ["30s"] above zero, a request waiting
 //            longer gets 503
-//   [health] path ["" = TCP connect], interval ["2s"], timeout ["1s"], start_timeout ["30s"]
-//   [reload] strategy "rolling"|"bluegreen" ["rolling"], drain_timeout ["30s"]
+//   [health] one check: path ["" = TCP connect to the worker] (web vassals), tcp = "HOST:PORT"
+//            (a connect there), or command = [...] (exit 0 = healthy; placeholders allowed);
+//            a daemon without one is ready after 1 s up. interval ["2s"], timeout ["1s"],
+//            start_timeout ["30s"]
+//   [reload] strategy "rolling"|"bluegreen"|"restart" ["rolling"] (restart: stop the old
+//            workers, then start the new ones), drain_timeout ["30s"]
+//   [watch]  paths [[]] (relative to the working directory), ignore [[]] (globs matched against
+//            every component of a changed path), debounce ["300ms"]
 //   [tls]    cert ["" = the default certificate] PEM chain, relative to the file's directory,
 //            chosen by SNI among the vassal's hosts (a vassal without hosts cannot have one);
 //            key [in the cert file]; redirect [false]: plain HTTP for the hosts gets 308 to
@@ -35,10 +48,17 @@
 //   [stop]   signal ["SIGTERM"] (a name: SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2,
 //            SIGKILL, SIGWINCH, SIGABRT, SIGALRM; the "SIG" may be left out), timeout ["10s"]
 //
-// Placeholders in `command`, `cwd` and `env` values: ${PORT}, ${SOCKET}, ${NAME}, ${WORKER},
-// ${env:VAR} and ${env:VAR:-default} (from the emperor's environment). `$${` is a literal `${`;
-// a lone `$` (shell's `$$`, `$HOME`) is left alone. ${PORT} is an error with socket = "unix" and
-// ${SOCKET} with any other socket kind, since the emperor would have nothing to put there.
+// Placeholders in every string value: ${NAME}, ${INSTANCE}, ${PROFILE}, ${env:VAR} and
+// ${env:VAR:-default} (from the emperor's environment) anywhere; ${PORT}, ${SOCKET} and ${WORKER},
+// which differ per worker, only in `command`, `cwd`, `env` and `health.command`. Outside those
+// keys placeholders are filled when the file is loaded, so `workers = "${env:W:-2}"` is a number
+// and `hosts = ["${INSTANCE}.shop.localhost"]` a host. `$${` is a literal `${`; a lone `$`
+// (shell's `$$`, `$HOME`) is left alone. ${PORT} is an error with socket = "unix" and ${SOCKET}
+// with any other socket kind, since the emperor would have nothing to put there.
+//
+// Layers (DESIGN.md): `_defaults.toml` of the directory, then for NAME@INSTANCE.toml the
+// template NAME@.toml, then the file, then its [profile.NAME] for the profile liege runs with;
+// later wins, tables merge key by key.
 #pragma once
 
 #include <cstdint>
@@ -65,8 +85,9 @@ struct Diagnostic {
     std::string file; // the path as it was given (what a user typed or the directory joined)
     SourcePosition at;
     std::string message;
+    bool warning = false; // a lint that may be fine (only `liege check` reports lints)
 
-    // "FILE:LINE:COL: error: MESSAGE"
+    // "FILE:LINE:COL: error: MESSAGE" (or "warning:")
     std::string str() const;
 };
 
@@ -75,20 +96,24 @@ using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
 EnvLookup process_env();
 
 enum class SocketKind { Tcp, Unix, Inherit };
-enum class ReloadStrategy { Rolling, BlueGreen };
+enum class ReloadStrategy { Rolling, BlueGreen, Restart };
+enum class VassalType { Web, Daemon };
 
 std::string_view to_string(SocketKind kind);
 std::string_view to_string(ReloadStrategy strategy);
+std::string_view to_string(VassalType type);
 // "SIGTERM" for 15, or the number as text for a signal without a name here.
 std::string signal_name(int signo);
 
 // What placeholders stand for when a worker is spawned.
 struct PlaceholderValues {
-    uint16_t port = 0;  // ${PORT}
-    std::string socket; // ${SOCKET}
-    std::string name;   // ${NAME}
-    int worker = 0;     // ${WORKER}, as the emperor numbers its workers
-    EnvLookup env;      // ${env:VAR}; empty = the process environment
+    uint16_t port = 0;    // ${PORT}
+    std::string socket;   // ${SOCKET}
+    std::string name;     // ${NAME}
+    int worker = 0;       // ${WORKER}, as the emperor numbers its workers
+    std::string instance; // ${INSTANCE}: "x" for NAME@x.toml, "" otherwise
+    std::string profile;  // ${PROFILE}: the --profile liege runs with, "" for none
+    EnvLookup env;        // ${env:VAR}; empty = the process environment
 };
 
 // Replaces every placeholder in `text`. Meant for text that parse_vassal() validated; anything
@@ -96,11 +121,17 @@ struct PlaceholderValues {
 // unset ${env:VAR} without a default becomes "". Never throws.
 std::string expand(std::string_view text, const PlaceholderValues& values);
 
+// What a check is, the first that is set: `path` (a GET of the worker's address), `tcp` (a
+// connect to a fixed address), `command` (exit 0 = healthy). None: a web worker is checked with
+// a TCP connect to its address; a daemon is ready once it has stayed up for a second, and alive
+// while its process runs.
 struct HealthCheck {
-    std::string path;             // GET path answering 2xx/3xx; empty = a TCP connect is enough
-    Millis interval{2'000};       // liveness check period
-    Millis timeout{1'000};        // per check
-    Millis start_timeout{30'000}; // a new worker must be ready within this
+    std::string path;                 // GET path answering 2xx/3xx; empty = a TCP connect is enough
+    std::string tcp;                  // "HOST:PORT" to connect to, canonical form
+    std::vector<std::string> command; // unexpanded, like Vassal::command
+    Millis interval{2'000};           // liveness check period
+    Millis timeout{1'000};            // per check
+    Millis start_timeout{30'000};     // a new worker must be ready within this
 };
 
 // Requests of a vassal waiting in the router for a free worker slot; beyond `size`, or after
@@ -113,6 +144,13 @@ struct QueuePolicy {
 struct ReloadPolicy {
     ReloadStrategy strategy = ReloadStrategy::Rolling;
     Millis drain_timeout{30'000};
+};
+
+// [watch]: the vassal reloads (with its strategy) when a file under these paths changes.
+struct WatchPolicy {
+    std::vector<std::string> paths;  // relative to the working directory (or absolute)
+    std::vector<std::string> ignore; // globs matched against each path component ("*.pyc")
+    Millis debounce{300};            // quiet time after the last change before the reload
 };
 
 struct StopPolicy {
@@ -131,12 +169,17 @@ struct Vassal {
     std::string name;           // file name without ".toml"
     std::filesystem::path file; // as given to the loader
     std::filesystem::path dir;  // absolute directory of the file; base of a relative `cwd`
-    uint64_t content_hash = 0;  // content_hash() of the file's bytes
+    // content_hash() of the effective configuration (defaults, template, file and profile
+    // merged, placeholders of the static keys filled): equal hashes run the same thing.
+    uint64_t content_hash = 0;
+    std::string instance; // NAME@INSTANCE.toml: INSTANCE
+    std::string profile;  // the profile it was loaded for ("" = none)
 
-    std::vector<std::string> command; // unexpanded: placeholders are filled per worker
+    VassalType type = VassalType::Web; // a daemon gets no port and no route
+    std::vector<std::string> command;  // unexpanded: placeholders are filled per worker
     int workers = 1;
-    int concurrency = 0;                 // requests one worker is sent at once; 0 = no limit
-    std::vector<std::string> hosts{"*"}; // lower-cased, no duplicates
+    int concurrency = 0;            // requests one worker is sent at once; 0 = no limit
+    std::vector<std::string> hosts; // lower-cased, no duplicates; empty for a daemon
     std::string path = "/";
     std::string cwd = ".";                                // as written, unexpanded
     std::vector<std::pair<std::string, std::string>> env; // sorted by name; values unexpanded
@@ -146,12 +189,19 @@ struct Vassal {
     ReloadPolicy reload;
     StopPolicy stop;
     TlsPolicy tls;
+    WatchPolicy watch;
 
-    // Where `hosts` and `path` were written (1:1 when left to their defaults), so that
+    // Vassals that must be ready before this one starts (and that stop only after it stopped).
+    std::vector<std::string> after;
+
+    // Where `hosts`, `path` and `after` were written (1:1 when left to their defaults), so that
     // cross-vassal problems such as two vassals claiming the same route can name a place.
     SourcePosition hosts_at;
     SourcePosition path_at;
+    SourcePosition after_at;
+    std::string after_file; // the layer that holds `after` ("" = the file itself)
 
+    bool daemon() const { return type == VassalType::Daemon; }
     // `cwd` expanded and resolved against `dir`, lexically normalised.
     std::filesystem::path working_dir(const PlaceholderValues& values) const;
 };
@@ -166,6 +216,16 @@ struct VassalLoad {
     std::vector<Diagnostic> errors;
     uint64_t content_hash = 0;
     bool readable = false; // false when the file could not be read at all
+    // The effective vassal as TOML (what `liege config` prints): the layers merged and the
+    // selected profile applied, placeholders as written. Empty when a layer did not parse.
+    std::string effective;
+    // The [profile.NAME] tables its layers declare, so `liege check` can try each.
+    std::vector<std::string> profiles;
+    // What `liege check` reports beyond errors, for a valid vassal: a program not found on PATH
+    // (error), shell-style "$PORT" in a command no shell runs (error), a web vassal whose command
+    // names neither ${PORT} nor ${SOCKET} (warning). The emperor does not act on them: PATH and
+    // the app's habits are the user's to know.
+    std::vector<Diagnostic> lints;
 
     bool ok() const { return vassal.has_value(); }
 };
@@ -174,16 +234,44 @@ struct VassalLoad {
 uint64_t content_hash(std::string_view bytes);
 
 // Parses and validates TOML text as the vassal file `file` (used for the name, the diagnostics
-// and the base of `cwd`; the file itself is not read). `env` resolves ${env:VAR} checks.
+// and the base of `cwd`; the file itself is not read). `env` resolves ${env:VAR} checks;
+// `profile` selects the file's [profile.NAME] table.
 VassalLoad parse_vassal(std::string_view text, const std::filesystem::path& file,
-                        const EnvLookup& env = process_env());
+                        const EnvLookup& env = process_env(), const std::string& profile = "");
 
-// Reads and parses one file.
-VassalLoad load_vassal_file(const std::filesystem::path& file,
-                            const EnvLookup& env = process_env());
+// One file of an effective vassal, as read.
+struct VassalLayer {
+    std::filesystem::path file;
+    std::string text;
+};
+
+// Merges `layers` in order (later wins; tables merge key by key, anything else is replaced),
+// then applies the merged [profile.NAME] when `profile` names one, and validates the result as
+// the vassal `file`. Each diagnostic names the layer that holds the key it is about.
+VassalLoad parse_vassal_layers(const std::vector<VassalLayer>& layers,
+                               const std::filesystem::path& file,
+                               const EnvLookup& env = process_env(),
+                               const std::string& profile = "");
+
+// Reads and parses one vassal file with its layers: `_defaults.toml` of its directory when there
+// is one, then for an instance NAME@INSTANCE.toml its template NAME@.toml, then the file itself.
+VassalLoad load_vassal_file(const std::filesystem::path& file, const EnvLookup& env = process_env(),
+                            const std::string& profile = "");
+
+// The vassal's name of a vassal file ("shop@x" for "shop@x.toml"), its template's file name
+// ("shop@.toml") or "" when it is no instance.
+std::string template_file_name(std::string_view vassal_name);
+
+// Whether a file name is a layer other vassals are made from: "_defaults.toml" or a template
+// "NAME@.toml". Changing one can change every vassal of the directory (or of the template).
+bool is_vassal_layer_file_name(std::string_view file_name);
+
+// Problems of the `after` lists of a directory's vassals, each at the `after` it is about: a name
+// that is no vassal of theirs, and every cycle (named in order, "a -> b -> a").
+std::vector<Diagnostic> check_start_order(const std::vector<const Vassal*>& vassals);
 
 // Whether a directory entry with this file name is a vassal file: "*.toml", not starting with
-// "." or "_", not an editor leftover ("~" suffix, ".swp").
+// "." or "_", not an editor leftover ("~" suffix, ".swp"), not a template ("NAME@.toml").
 bool is_vassal_file_name(std::string_view file_name);
 
 // The vassal files of a directory (regular files or symlinks to them), sorted by name.
@@ -193,6 +281,7 @@ std::vector<std::filesystem::path> list_vassal_files(const std::filesystem::path
 // Loads every vassal file of a directory, sorted by name. `ec` is set when the directory cannot
 // be listed; problems with single files are in their VassalLoad.
 std::vector<VassalLoad> load_vassal_dir(const std::filesystem::path& dir, std::error_code& ec,
-                                        const EnvLookup& env = process_env());
+                                        const EnvLookup& env = process_env(),
+                                        const std::string& profile = "");
 
 } // namespace liege

@@ -51,31 +51,8 @@ std::optional<double> metric_value(const std::string& text, const std::string& s
     return std::stod(text.substr(pos + series.size() + 1));
 }
 
-// A `liege` command run to completion.
-struct Cli {
-    int exit_code = -1;
-    std::string out;
-    std::string err;
-};
-
-Cli run_cli(std::vector<std::string> args, Millis timeout = kStart) {
-    args.insert(args.begin(), LIEGE_BINARY);
-    Process p(args);
-    Cli r;
-    auto status = p.wait_exit(timeout);
-    if (!status) {
-        ADD_FAILURE() << "still running after " << timeout.count() << " ms\n" << p.describe();
-        return r;
-    }
-    poll_until([&] { return p.out().closed() && p.err().closed(); });
-    r.exit_code = WIFEXITED(*status) ? WEXITSTATUS(*status) : 128 + WTERMSIG(*status);
-    r.out = p.out().text();
-    r.err = p.err().text();
-    return r;
-}
-
 std::string backend_vassal(int workers, bool log_requests = false) {
-    std::string cmd = std::string("command = [\"") + LIEGE_TEST_BACKEND +
+    std::string cmd = kAnyHost + "command = [\"" + LIEGE_TEST_BACKEND +
                       "\", \"--listen\", \"127.0.0.1:${PORT}\", \"--name\", \"${NAME}-${WORKER}\"";
     if (log_requests) {
         cmd += ", \"--log-requests\"";
@@ -457,7 +434,7 @@ TEST_F(Admin, AFailedReloadIsReportedAndTheOldGenerationKeepsServing) {
     start();
     ASSERT_TRUE(wait_serving("app", 1));
     // The invalid file and each abandoned reload are logged as errors.
-    expect_error_line({"vassals.d/app.toml:3:1: error: unknown key 'no_such_key'"});
+    expect_error_line({"vassals.d/app.toml:4:1: error: unknown key 'no_such_key'"});
     expect_error_line(
         {"vassal app: reload to generation ", " abandoned: worker 1 exited: exit code 3"});
 
@@ -483,9 +460,8 @@ TEST_F(Admin, AFailedReloadIsReportedAndTheOldGenerationKeepsServing) {
 
     // A valid file whose workers die at once: the new generation is abandoned. Its last words
     // (quoted in last_error) are not UTF-8, and /status still answers.
-    write_vassal(
-        "app",
-        "command = [\"/bin/sh\", \"-c\", \"printf 'bad \\\\377\\\\376 bytes\\\\n'; exit 3\"]\n");
+    write_vassal("app", kAnyHost + "command = [\"/bin/sh\", \"-c\", \"printf 'bad \\\\377\\\\376 "
+                                   "bytes\\\\n'; exit 3\"]\n");
     json v = wait_vassal("app", [](const json& j) { return j["failed_reloads"] == 1; });
     ASSERT_EQ(v["failed_reloads"], 1) << v.dump(2);
     r = admin("POST", "/vassals/app/reload");
@@ -525,7 +501,8 @@ TEST_F(Admin, ReloadOfAVassalThatNeverStartedIsAnsweredWithItsOutcome) {
 
     // Workers that take a while to listen: the answer waits until they all serve. (The watcher
     // may start the vassal before the request does; either way the answer follows readiness.)
-    write_vassal("app", std::string("command = [\"/bin/sh\", \"-c\", \"sleep 0.5; exec ") +
+    write_vassal("app", kAnyHost +
+                            std::string("command = [\"/bin/sh\", \"-c\", \"sleep 0.5; exec ") +
                             LIEGE_TEST_BACKEND +
                             " --listen 127.0.0.1:${PORT} --name ${NAME}-${WORKER}\"]\n"
                             "workers = 2\n");
@@ -541,7 +518,8 @@ TEST_F(Admin, ReloadOfAVassalThatNeverStartedIsAnsweredWithItsOutcome) {
     // A vassal that never started and whose workers die at once: the answer is the failure.
     write_vassal("broken", "no_such_key = 1\n");
     wait_vassal("broken", [](const json& j) { return j["last_error"].is_string(); });
-    write_vassal("broken", "command = [\"/bin/sh\", \"-c\", \"echo cannot start; exit 3\"]\n");
+    write_vassal("broken",
+                 kAnyHost + "command = [\"/bin/sh\", \"-c\", \"echo cannot start; exit 3\"]\n");
     r = admin("POST", "/vassals/broken/reload");
     EXPECT_EQ(r.status, 500) << r.body;
     o = json::parse(r.body);

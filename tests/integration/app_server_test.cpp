@@ -520,7 +520,7 @@ protected:
         if (k.logs_requests && log_requests) {
             argv.push_back("--log-requests");
         }
-        std::string text = "command = " + toml_list(argv) + "\nworkers = 2\n";
+        std::string text = kAnyHost + "command = " + toml_list(argv) + "\nworkers = 2\n";
         if (k.concurrency > 0) {
             text += "concurrency = " + std::to_string(k.concurrency) + "\n";
         }
@@ -711,8 +711,8 @@ TEST_F(AppServer, RequestSentWhileTheOnlyWorkerStartsGets200OnceItIsReady) {
 }
 
 TEST_F(AppServer, FullQueueRejectsAtOnceWith503AndRetryAfter) {
-    write_vassal("app",
-                 backend_command({"--log-requests"}) + "concurrency = 1\n[queue]\nsize = 1\n");
+    write_vassal("app", kAnyHost + backend_command({"--log-requests"}) +
+                            "concurrency = 1\n[queue]\nsize = 1\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_serving("app", 1, "/id"));
     std::optional<HttpClient> holder;
@@ -746,7 +746,7 @@ TEST_F(AppServer, FullQueueRejectsAtOnceWith503AndRetryAfter) {
 }
 
 TEST_F(AppServer, RequestWaitingLongerThanTheQueueTimeoutGets503) {
-    write_vassal("app", backend_command({"--log-requests"}) +
+    write_vassal("app", kAnyHost + backend_command({"--log-requests"}) +
                             "concurrency = 1\n[queue]\ntimeout = '500ms'\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_serving("app", 1, "/id"));
@@ -801,7 +801,7 @@ TEST_F(AppServer, FailedVassalGetsAnImmediate503NamingItsError) {
 }
 
 TEST_F(AppServer, ClientThatLeavesWhileQueuedIsDroppedFromTheQueue) {
-    write_vassal("app", backend_command({"--log-requests"}) + "concurrency = 1\n");
+    write_vassal("app", kAnyHost + backend_command({"--log-requests"}) + "concurrency = 1\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_serving("app", 1, "/id"));
     std::optional<HttpClient> holder;
@@ -822,7 +822,7 @@ TEST_F(AppServer, ClientThatLeavesWhileQueuedIsDroppedFromTheQueue) {
 TEST_F(AppServer, GunicornWithFourThreadsIsSentNoMoreThanConcurrencyRequestsAtOnce) {
     // gunicorn could run four requests at once here; liege must send it two. Two router threads,
     // so the limit must hold across them.
-    write_vassal("app", "command = " +
+    write_vassal("app", kAnyHost + "command = " +
                             toml_list({"gunicorn", "-k", "gthread", "--threads", "4", "-b",
                                        "127.0.0.1:${PORT}", "app:application"}) +
                             "\nconcurrency = 2\nenv = { PYTHONDONTWRITEBYTECODE = '1' }\n"
@@ -875,8 +875,8 @@ TEST_F(AppServer, GunicornWithFourThreadsIsSentNoMoreThanConcurrencyRequestsAtOn
 
 TEST_F(AppServer, MetricsAndAccessLogShowQueueWaitsAndRejections) {
     const auto logs = root_ / "logs";
-    write_vassal("app",
-                 backend_command({"--log-requests"}) + "concurrency = 1\n[queue]\nsize = 1\n");
+    write_vassal("app", kAnyHost + backend_command({"--log-requests"}) +
+                            "concurrency = 1\n[queue]\nsize = 1\n");
     ASSERT_NO_FATAL_FAILURE(start({"--log-dir", logs.string()}));
     ASSERT_TRUE(wait_serving("app", 1, "/id"));
     std::optional<HttpClient> holder;
@@ -963,7 +963,8 @@ std::optional<int> worker_open_connections(const json& v) {
 TEST_F(AppServer, IdleConnectionIsClosedBeforeTheBackendsAnnouncedKeepAliveTimeout) {
     // The worker says `Keep-Alive: timeout=2` and drops a connection reused after 2 s idle; the
     // router's own idle timeout for upstream connections stays at its default (30 s).
-    write_vassal("app", backend_command({"--log-requests", "--keep-alive-timeout", "2"}));
+    write_vassal("app",
+                 kAnyHost + backend_command({"--log-requests", "--keep-alive-timeout", "2"}));
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_serving("app", 1, "/id"));
     const auto from = mark();
@@ -1006,7 +1007,7 @@ TEST_F(AppServer, IdleConnectionIsClosedBeforeTheBackendsAnnouncedKeepAliveTimeo
 TEST_F(AppServer, NonIdempotentRequestIsNotSentOnAConnectionIdleForMoreThanASecond) {
     // The worker announces no timeout (as most servers) and drops a connection reused after
     // 3 s idle; a POST cannot be retried once sent, so it must not risk that race.
-    write_vassal("app", backend_command({"--log-requests", "--idle-timeout", "3000"}));
+    write_vassal("app", kAnyHost + backend_command({"--log-requests", "--idle-timeout", "3000"}));
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_serving("app", 1, "/id"));
 

@@ -70,7 +70,7 @@ protected:
     // `sh -c "CHILD & exec liege-test-backend ..."`: the backend is the worker, and the shell's
     // background job is its child.
     static std::string backend_with_child(const std::string& child) {
-        return "command = ['sh', '-c', '" + child + " >/dev/null 2>&1 & exec " +
+        return kAnyHost + "command = ['sh', '-c', '" + child + " >/dev/null 2>&1 & exec " +
                LIEGE_TEST_BACKEND + " --listen 127.0.0.1:${PORT} --name ${NAME}']\n";
     }
 };

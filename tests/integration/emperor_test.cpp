@@ -401,7 +401,7 @@ protected:
 TEST_F(LiegeRun, SpawnsEveryWorkerAndBalancesAcrossThem) {
     ::setenv("LIEGE_TEST_FROM_EMPEROR", "inherited", 1);
     ::unsetenv("LIEGE_TEST_UNSET");
-    write_vassal("app", backend_command() +
+    write_vassal("app", kAnyHost + backend_command() +
                             "workers = 2\n"
                             "env = { GREETING = \"hi ${NAME}\", "
                             "FROM_EMPEROR = \"${env:LIEGE_TEST_FROM_EMPEROR}\", "
@@ -504,9 +504,9 @@ TEST_F(LiegeRun, UnknownHostWithoutDefaultIs404NamingTheHost) {
 }
 
 TEST_F(LiegeRun, RoutesByLongestPathPrefix) {
-    write_vassal("root", backend_command());
-    write_vassal("api", backend_command() + "path = \"/api\"\n");
-    write_vassal("apiv2", backend_command() + "path = \"/api/v2/\"\n");
+    write_vassal("root", kAnyHost + backend_command());
+    write_vassal("api", kAnyHost + backend_command() + "path = \"/api\"\n");
+    write_vassal("apiv2", kAnyHost + backend_command() + "path = \"/api/v2/\"\n");
     ASSERT_NO_FATAL_FAILURE(start());
     for (const char* v : {"root", "api", "apiv2"}) {
         ASSERT_TRUE(wait_ready(v, 1)) << v;
@@ -588,7 +588,7 @@ TEST_F(LiegeRun, IgnoredFileNamesStartNothing) {
 }
 
 TEST_F(LiegeRun, ChangedCommandReloadsToANewGeneration) {
-    write_vassal("app", backend_command("v1-${WORKER}") + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command("v1-${WORKER}") + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
     ASSERT_TRUE(wait_served_by("app.test", "v1-"));
@@ -596,7 +596,7 @@ TEST_F(LiegeRun, ChangedCommandReloadsToANewGeneration) {
     ASSERT_EQ(old.size(), 2u);
 
     auto from = mark();
-    write_vassal("app", backend_command("v2-${WORKER}") + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command("v2-${WORKER}") + "workers = 2\n");
     ASSERT_TRUE(wait_log("vassal app: generation 2 serving", kStart, from));
     // The router applies the route set the emperor sent at that moment a little later; once
     // the old workers have drained and gone, only the new ones can answer.
@@ -611,7 +611,7 @@ TEST_F(LiegeRun, ChangedCommandReloadsToANewGeneration) {
 }
 
 TEST_F(LiegeRun, ChangedEnvReloadsAndSameContentDoesNot) {
-    write_vassal("app", backend_command() + "env = { GREETING = \"hello\" }\n");
+    write_vassal("app", kAnyHost + backend_command() + "env = { GREETING = \"hello\" }\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_served_by("app.test", "app-1"));
     auto old = workers("app");
@@ -621,13 +621,13 @@ TEST_F(LiegeRun, ChangedEnvReloadsAndSameContentDoesNot) {
     // Same bytes again (only the mtime changes): nothing happens. A change written after it
     // proves the watcher has looked at the directory since.
     auto from = mark();
-    write_vassal("app", backend_command() + "env = { GREETING = \"hello\" }\n");
+    write_vassal("app", kAnyHost + backend_command() + "env = { GREETING = \"hello\" }\n");
     write_vassal("other", backend_command() + "hosts = [\"other.test\"]\n");
     ASSERT_TRUE(wait_served_by("other.test", "other-1"));
     EXPECT_EQ(count_log("vassal app: rolling reload", from), 0u);
 
     from = mark();
-    write_vassal("app", backend_command() + "env = { GREETING = \"goodbye\" }\n");
+    write_vassal("app", kAnyHost + backend_command() + "env = { GREETING = \"goodbye\" }\n");
     ASSERT_TRUE(wait_log("vassal app: generation 2 serving", kStart, from));
     std::vector<WorkerProcess> now;
     ASSERT_TRUE(poll_until([&] {
@@ -780,7 +780,7 @@ TEST_F(LiegeRunReload, BlueGreenReloadUnderLoadFailsNoRequest) {
 TEST_F(LiegeRun, InvalidFileKeepsTheOldGenerationServing) {
     // Each invalid file is reported at error level, at its line 3.
     expect_error_line({"vassals.d/app.toml:3:", ": error: "});
-    write_vassal("app", backend_command("good-${WORKER}") + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command("good-${WORKER}") + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
     ASSERT_TRUE(wait_served_by("app.test", "good-"));
@@ -797,7 +797,7 @@ TEST_F(LiegeRun, InvalidFileKeepsTheOldGenerationServing) {
 
     // A wrong key is reported with its own position too.
     from = mark();
-    write_vassal("app", backend_command("bad-${WORKER}") + "workers = 2\nworkres = 3\n");
+    write_vassal("app", backend_command("bad-${WORKER}") + "workers = 2\nworkres = 3\n" + kAnyHost);
     line = wait_log("app.toml:3:1: error: ", kStart, from);
     EXPECT_TRUE(line) << "unknown key at 3:1";
     if (line) {
@@ -820,7 +820,7 @@ TEST_F(LiegeRun, InvalidFileKeepsTheOldGenerationServing) {
 
     // Fixed: the next valid content reloads as usual.
     from = mark();
-    write_vassal("app", backend_command("fixed-${WORKER}") + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command("fixed-${WORKER}") + "workers = 2\n");
     EXPECT_TRUE(wait_log("vassal app: generation 2 serving", kStart, from));
     EXPECT_TRUE(wait_served_by("app.test", "fixed-"));
 }
@@ -828,7 +828,7 @@ TEST_F(LiegeRun, InvalidFileKeepsTheOldGenerationServing) {
 TEST_F(LiegeRun, InvalidNewFileStartsNothingAndIsReported) {
     expect_error_line({"vassals.d/broken.toml:1:", ": error: "});
     ASSERT_NO_FATAL_FAILURE(start());
-    write_vassal("broken", "command = \"not an array\"\n");
+    write_vassal("broken", "command = \"not an array\"\n" + kAnyHost);
     auto line = wait_log("broken.toml:1:");
     ASSERT_TRUE(line);
     EXPECT_TRUE(std::regex_search(*line, std::regex(R"(broken\.toml:1:\d+: error: )"))) << *line;
@@ -838,7 +838,7 @@ TEST_F(LiegeRun, InvalidNewFileStartsNothingAndIsReported) {
 
 TEST_F(LiegeRun, NewGenerationThatExitsAtOnceIsAbandoned) {
     expect_error_line({"vassal app: reload to generation 2 abandoned: ", "exit code 3"});
-    write_vassal("app", backend_command("good-${WORKER}") + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command("good-${WORKER}") + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
     ASSERT_TRUE(wait_served_by("app.test", "good-"));
@@ -848,8 +848,10 @@ TEST_F(LiegeRun, NewGenerationThatExitsAtOnceIsAbandoned) {
     ClientLoop loop(port_, "app.test", {"/id"}, ClientLoop::Connections::KeepAlive);
     ASSERT_TRUE(loop.wait_requests(10));
     auto from = mark();
-    write_vassal("app", "command = [\"sh\", \"-c\", \"echo config-is-wrong-marker >&2; exit 3\"]\n"
-                        "workers = 2\n");
+    write_vassal("app",
+                 kAnyHost +
+                     "command = [\"sh\", \"-c\", \"echo config-is-wrong-marker >&2; exit 3\"]\n"
+                     "workers = 2\n");
     auto line = wait_log("vassal app: reload to generation 2 abandoned: ", kStart, from);
     ASSERT_TRUE(line);
     EXPECT_NE(line->find("exit code 3"), std::string::npos) << *line;
@@ -870,14 +872,14 @@ TEST_F(LiegeRun, NewGenerationThatExitsAtOnceIsAbandoned) {
 
     // The next good version still reloads.
     from = mark();
-    write_vassal("app", backend_command("next-${WORKER}") + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command("next-${WORKER}") + "workers = 2\n");
     EXPECT_TRUE(wait_log("vassal app: generation 3 serving", kStart, from));
     EXPECT_TRUE(wait_served_by("app.test", "next-"));
 }
 
 TEST_F(LiegeRun, NewGenerationNeverReadyIsAbandonedAtStartTimeout) {
     expect_error_line({"vassal app: reload to generation 2 abandoned: ", "not ready after 1s"});
-    write_vassal("app", backend_command("good-${WORKER}") + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command("good-${WORKER}") + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
     ASSERT_TRUE(wait_served_by("app.test", "good-"));
@@ -889,7 +891,7 @@ TEST_F(LiegeRun, NewGenerationNeverReadyIsAbandonedAtStartTimeout) {
     // Listens, but not where the emperor looks.
     auto from = mark();
     write_vassal("app",
-                 "command = " +
+                 kAnyHost + "command = " +
                      toml_array({LIEGE_TEST_BACKEND, "--listen", "127.0.0.1:0", "--name", "lost"}) +
                      "\nworkers = 2\n[health]\nstart_timeout = \"1s\"\n");
     ASSERT_TRUE(wait_log("worker 1 started (pid ", kStart, from));
@@ -927,7 +929,7 @@ TEST_F(LiegeRun, NewGenerationNeverReadyIsAbandonedAtStartTimeout) {
 // ---- crashes ----------------------------------------------------------------------------------
 
 TEST_F(LiegeRun, KilledWorkerIsRoutedAroundAndRestarted) {
-    write_vassal("app", backend_command() + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command() + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
     ASSERT_EQ(backends_answering("app.test", 10), (std::set<std::string>{"app-1", "app-2"}));
@@ -968,7 +970,7 @@ TEST_F(LiegeRun, KilledWorkerIsRoutedAroundAndRestarted) {
 TEST_F(LiegeRun, KilledRouterIsRestartedAndRefusesNoConnection) {
     // The router's unexpected exit is an error.
     expect_error_line({"emperor: router exited unexpectedly (killed by SIGKILL)"});
-    write_vassal("app", backend_command() + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command() + "workers = 2\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
     ASSERT_TRUE(wait_served_by("app.test", "app-"));
@@ -1018,7 +1020,7 @@ TEST_F(LiegeRun, KilledRouterIsRestartedAndRefusesNoConnection) {
 // ---- signals ----------------------------------------------------------------------------------
 
 TEST_F(LiegeRun, SigtermFinishesRequestsInFlightExitsZeroAndLeavesNothing) {
-    write_vassal("app", backend_command("${NAME}-${WORKER}", true) + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command("${NAME}-${WORKER}", true) + "workers = 2\n");
     write_vassal("other", backend_command() + "hosts = [\"other.test\"]\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("app", 2));
@@ -1046,7 +1048,7 @@ TEST_F(LiegeRun, SigtermFinishesRequestsInFlightExitsZeroAndLeavesNothing) {
 }
 
 TEST_F(LiegeRun, SigkillOfTheEmperorLeavesNoWorkerOrRouter) {
-    write_vassal("app", backend_command() + "workers = 2\n");
+    write_vassal("app", kAnyHost + backend_command() + "workers = 2\n");
     write_vassal("py", "command = [\"python3\", \"-m\", \"http.server\", \"--bind\", "
                        "\"127.0.0.1\", \"${PORT}\"]\nhosts = [\"py.test\"]\n");
     ASSERT_NO_FATAL_FAILURE(start());
@@ -1065,7 +1067,7 @@ TEST_F(LiegeRun, SigkillOfTheEmperorLeavesNoWorkerOrRouter) {
 }
 
 TEST_F(LiegeRun, UnixSocketWorkers) {
-    write_vassal("sock", "command = " +
+    write_vassal("sock", kAnyHost + "command = " +
                              toml_array({LIEGE_TEST_BACKEND, "--listen", "unix:${SOCKET}", "--name",
                                          "${NAME}-${WORKER}"}) +
                              "\nworkers = 2\nsocket = \"unix\"\n");
@@ -1093,7 +1095,7 @@ TEST_F(LiegeRun, CrashingWorkerIsRetriedWithExponentialBackoff) {
     expect_error_line(
         {"vassal crash: worker 1 (pid ", ") exited unexpectedly: exit code 1; restarting in "});
     ASSERT_NO_FATAL_FAILURE(start());
-    write_vassal("crash", "command = [\"sh\", \"-c\", \"echo crash-marker; exit 1\"]\n");
+    write_vassal("crash", kAnyHost + "command = [\"sh\", \"-c\", \"echo crash-marker; exit 1\"]\n");
     // 100, 200, 400, 800 ms: the fourth restart is 1.5 s in.
     ASSERT_TRUE(wait_log("vassal crash: worker 1", kStart));
     std::size_t at = 0;
@@ -1111,12 +1113,12 @@ TEST_F(LiegeRun, CrashingWorkerIsRetriedWithExponentialBackoff) {
 
     // Never forgotten: a fixed file brings it up.
     auto from = mark();
-    write_vassal("crash", backend_command("fixed-${WORKER}"));
+    write_vassal("crash", kAnyHost + backend_command("fixed-${WORKER}"));
     EXPECT_TRUE(wait_served_by("crash.test", "fixed-1")) << log().substr(from);
 }
 
 TEST_F(LiegeRun, RemovedFileDrainsRequestsInFlight) {
-    write_vassal("app", backend_command("${NAME}-${WORKER}", true));
+    write_vassal("app", kAnyHost + backend_command("${NAME}-${WORKER}", true));
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_served_by("app.test", "app-1"));
     auto ws = workers("app");
@@ -1136,7 +1138,8 @@ TEST_F(LiegeRun, RemovedFileDrainsRequestsInFlight) {
 }
 
 TEST_F(LiegeRun, DrainTimeoutStopsAWorkerThatStaysBusy) {
-    write_vassal("app", backend_command("v1", true) + "[reload]\ndrain_timeout = \"1s\"\n");
+    write_vassal("app",
+                 kAnyHost + backend_command("v1", true) + "[reload]\ndrain_timeout = \"1s\"\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_served_by("app.test", "v1"));
     auto old = workers("app");
@@ -1145,7 +1148,8 @@ TEST_F(LiegeRun, DrainTimeoutStopsAWorkerThatStaysBusy) {
     std::thread client([&] { try_get(port_, "app.test", "/slow?ms=60000", nullptr, kStart); });
     ASSERT_TRUE(wait_log("[app/1] request GET /slow?ms=60000"));
     auto from = mark();
-    write_vassal("app", backend_command("v2", true) + "[reload]\ndrain_timeout = \"1s\"\n");
+    write_vassal("app",
+                 kAnyHost + backend_command("v2", true) + "[reload]\ndrain_timeout = \"1s\"\n");
     ASSERT_TRUE(wait_log("vassal app: generation 2 serving", kStart, from));
     EXPECT_TRUE(wait_served_by("app.test", "v2"));
     EXPECT_TRUE(wait_log("vassal app: worker 1 not drained after 1s, stopping it", kStart, from));
@@ -1158,7 +1162,7 @@ TEST_F(LiegeRun, SighupRescansAndSigintStopsGracefully) {
     auto from = mark();
     emperor_->signal(SIGHUP);
     EXPECT_TRUE(wait_log("emperor: SIGHUP, rescanning the vassal directory", kStart, from));
-    write_vassal("app", backend_command());
+    write_vassal("app", kAnyHost + backend_command());
     emperor_->signal(SIGHUP);
     ASSERT_TRUE(wait_served_by("app.test", "app-1"));
     EXPECT_TRUE(emperor_->running());
@@ -1176,9 +1180,9 @@ TEST_F(LiegeRun, SighupRescansAndSigintStopsGracefully) {
 TEST_F(LiegeRun, InheritedSocketServesAndQueuesConnectionsAcrossARestart) {
     write_file(vassals_ / "app.py", kPythonApp);
     write_file(vassals_ / "ready", "");
-    write_vassal("inh", "command = [\"python3\", \"app.py\"]\nworkers = 2\n"
-                        "socket = \"inherit\"\n[health]\npath = \"/healthz\"\n"
-                        "interval = \"500ms\"\n");
+    write_vassal("inh", kAnyHost + "command = [\"python3\", \"app.py\"]\nworkers = 2\n"
+                                   "socket = \"inherit\"\n[health]\npath = \"/healthz\"\n"
+                                   "interval = \"500ms\"\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("inh", 2));
     ASSERT_TRUE(wait_served_by("inh.test", "inh-"));
@@ -1235,9 +1239,10 @@ TEST_F(LiegeRun, InheritedSocketServesAndQueuesConnectionsAcrossARestart) {
 
 TEST_F(LiegeRun, HealthPathGatesReadiness) {
     write_file(vassals_ / "app.py", kPythonApp);
-    write_vassal("hc", "command = [\"python3\", \"app.py\"]\n[health]\npath = \"/healthz\"\n"
-                       "interval = \"200ms\"\nstart_timeout = \"60s\"\n"
-                       "[queue]\ntimeout = \"300ms\"\n");
+    write_vassal("hc", kAnyHost +
+                           "command = [\"python3\", \"app.py\"]\n[health]\npath = \"/healthz\"\n"
+                           "interval = \"200ms\"\nstart_timeout = \"60s\"\n"
+                           "[queue]\ntimeout = \"300ms\"\n");
     ASSERT_NO_FATAL_FAILURE(start());
     // Running and answering, but its health path says 503: no request may reach it. A request
     // waits for a ready worker, here for the queue's 300 ms, then gets 503.
@@ -1262,8 +1267,8 @@ TEST_F(LiegeRun, FailingHealthChecksRestartTheWorker) {
     expect_error_line({"vassal hc: worker 1: health checks failing: status 503"});
     write_file(vassals_ / "app.py", kPythonApp);
     write_file(vassals_ / "ready", "");
-    write_vassal("hc", "command = [\"python3\", \"app.py\"]\nworkers = 2\n[health]\n"
-                       "path = \"/healthz\"\ninterval = \"200ms\"\n");
+    write_vassal("hc", kAnyHost + "command = [\"python3\", \"app.py\"]\nworkers = 2\n[health]\n"
+                                  "path = \"/healthz\"\ninterval = \"200ms\"\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(wait_ready("hc", 2));
     ASSERT_EQ(backends_answering("hc.test", 10), (std::set<std::string>{"hc-1", "hc-2"}));
@@ -1294,7 +1299,7 @@ TEST_F(LiegeRun, FailingHealthChecksRestartTheWorker) {
 
 TEST_F(LiegeRun, StopEscalatesToSigkillAfterTheStopTimeout) {
     // The app and a child of its own ignore SIGTERM.
-    write_vassal("stubborn", "command = " +
+    write_vassal("stubborn", kAnyHost + "command = " +
                                  toml_array({"sh", "-c",
                                              "trap '' TERM; sleep 300 >/dev/null 2>&1 & exec " +
                                                  std::string(LIEGE_TEST_BACKEND) +
@@ -1321,7 +1326,7 @@ TEST_F(LiegeRun, StopReachesTheWholeProcessGroup) {
     // The app obeys SIGTERM at once, but a child it started ignores it: the stop timeout's
     // SIGKILL must still reach the child, which is in the worker's process group.
     write_vassal("parent",
-                 "command = " +
+                 kAnyHost + "command = " +
                      toml_array({"sh", "-c",
                                  "trap '' TERM; sleep 300 >/dev/null 2>&1 & trap - TERM; exec " +
                                      std::string(LIEGE_TEST_BACKEND) +

@@ -1712,4 +1712,21 @@ void LiegeRunFixture::expect_nothing_left(const std::vector<ProcStat>& tracked,
     }
 }
 
+Cli run_cli(std::vector<std::string> args, Millis timeout,
+            const std::vector<std::string>& extra_env) {
+    args.insert(args.begin(), LIEGE_BINARY);
+    Process p(args, extra_env);
+    Cli r;
+    auto status = p.wait_exit(timeout);
+    if (!status) {
+        ADD_FAILURE() << "still running after " << timeout.count() << " ms\n" << p.describe();
+        return r;
+    }
+    poll_until([&] { return p.out().closed() && p.err().closed(); });
+    r.exit_code = WIFEXITED(*status) ? WEXITSTATUS(*status) : 128 + WTERMSIG(*status);
+    r.out = p.out().text();
+    r.err = p.err().text();
+    return r;
+}
+
 } // namespace liege::test

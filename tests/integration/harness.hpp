@@ -482,6 +482,22 @@ protected:
     uint16_t port_ = 0;
 };
 
+// The `hosts` line of a default vassal, which serves every host no other vassal claims: tests
+// whose vassal stands alone put it first (web vassals must name their hosts).
+inline const std::string kAnyHost = "hosts = [\"*\"]\n";
+
+// A `liege` command (the binary under test) run to completion.
+struct Cli {
+    int exit_code = -1; // 128 + signal when a signal ended it
+    std::string out;
+    std::string err;
+};
+
+// Runs `liege ARGS...` with `extra_env` ("NAME=value") added, waits for it (a failure if it runs
+// longer than `timeout`) and returns its exit code and output.
+Cli run_cli(std::vector<std::string> args, Millis timeout = kStart,
+            const std::vector<std::string>& extra_env = {});
+
 // `liege run` as a user starts it, over a temporary vassals directory, with its public port and
 // (unless a test says otherwise) its admin API on 127.0.0.1:0. The fixture of every test of the
 // real emperor; test files derive their own fixtures from it for their helpers.

@@ -832,7 +832,9 @@ protected:
     // single worker answering GET /id with NAME-1, and waits until every worker is ready.
     void start(const std::map<std::string, std::string>& vassals) {
         for (const auto& [name, more] : vassals) {
-            write_vassal(name, "command = [\"" + std::string(LIEGE_TEST_BACKEND) +
+            // A vassal that names no hosts is a default one here.
+            const std::string hosts = more.find("hosts") == std::string::npos ? kAnyHost : "";
+            write_vassal(name, hosts + "command = [\"" + std::string(LIEGE_TEST_BACKEND) +
                                    "\", \"--listen\", \"127.0.0.1:${PORT}\", \"--name\", "
                                    "\"${NAME}-${WORKER}\"]\n" +
                                    more);

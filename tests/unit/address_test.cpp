@@ -62,3 +62,15 @@ TEST(Address, ConvertsToSockaddr) {
     EXPECT_EQ(liege::to_sockaddr(parse_address("unix:/tmp/x.sock"), ss, len), 0);
     EXPECT_EQ(ss.ss_family, AF_UNIX);
 }
+
+TEST(DefaultAdminAddress, PerUserRuntimeDirectory) {
+    EXPECT_EQ(liege::default_admin_address(0, "/run/user/0"), "unix:/run/liege/liege.sock");
+    EXPECT_EQ(liege::default_admin_address(1000, "/run/user/1000"),
+              "unix:/run/user/1000/liege/liege.sock");
+    EXPECT_EQ(liege::default_admin_address(1000, "/run/user/1000/"),
+              "unix:/run/user/1000/liege/liege.sock");
+    EXPECT_EQ(liege::default_admin_address(1000, nullptr), "unix:/tmp/liege-1000/liege.sock");
+    EXPECT_EQ(liege::default_admin_address(1000, ""), "unix:/tmp/liege-1000/liege.sock");
+    EXPECT_EQ(liege::default_admin_address(1000, "relative"), "unix:/tmp/liege-1000/liege.sock")
+        << "XDG_RUNTIME_DIR must be absolute";
+}

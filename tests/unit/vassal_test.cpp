@@ -59,7 +59,19 @@ liege::EnvLookup fake_env(std::map<std::string, std::string> vars = {}) {
 
 class VassalParse : public ::testing::Test {
 protected:
+    // Parses `text` as the vassal file `name`. A web vassal gets `hosts = ["*"]` from a
+    // _defaults.toml layer under it (the file's own `hosts` win), so that tests of other keys
+    // need not repeat it; parse_alone() has no such layer.
     VassalLoad parse(const std::string& text, const std::string& name = "app.toml") {
+        if (text.find("'daemon'") != std::string::npos ||
+            text.find("\"daemon\"") != std::string::npos) {
+            return parse_alone(text, name);
+        }
+        return liege::parse_vassal_layers(
+            {{dir_.path() / "_defaults.toml", "hosts = [\"*\"]\n"}, {dir_.path() / name, text}},
+            dir_.path() / name, fake_env({{"HOME", "/home/me"}}));
+    }
+    VassalLoad parse_alone(const std::string& text, const std::string& name = "app.toml") {
         return liege::parse_vassal(text, dir_.path() / name, fake_env({{"HOME", "/home/me"}}));
     }
 
@@ -110,8 +122,22 @@ TEST_F(VassalParse, MinimalFileGetsDefaults) {
     EXPECT_EQ(v.stop.signal, SIGTERM);
     EXPECT_EQ(v.stop.timeout, 10s);
     EXPECT_EQ(v.working_dir({}), dir_.path());
-    EXPECT_EQ(v.content_hash, liege::content_hash("command = [\"app\"]\n"));
     EXPECT_EQ(load.content_hash, v.content_hash);
+    EXPECT_EQ(v.type, liege::VassalType::Web);
+    EXPECT_TRUE(v.after.empty());
+    EXPECT_TRUE(v.watch.paths.empty());
+}
+
+TEST_F(VassalParse, WebVassalMustNameItsHosts) {
+    VassalLoad load = parse_alone("command = [\"app\", \"${PORT}\"]\n");
+    ASSERT_FALSE(load.ok());
+    ASSERT_EQ(load.errors.size(), 1u);
+    EXPECT_EQ(load.errors[0].str(),
+              (dir_.path() / "app.toml").string() +
+                  ":1:1: error: missing required key 'hosts': the hosts this vassal serves, like "
+                  "[\"app.localhost\"]; [\"*\"] makes it the default vassal, for every host no "
+                  "other vassal claims");
+    EXPECT_TRUE(parse_alone("hosts = [\"*\"]\ncommand = [\"app\"]\n").ok());
 }
 
 TEST_F(VassalParse, DesignExampleParses) {
@@ -170,7 +196,7 @@ TEST_F(VassalParse, DiagnosticFormatIsFileLineColumn) {
     ASSERT_EQ(load.errors.size(), 1u);
     EXPECT_EQ(load.errors[0].str(), (dir_.path() / "app.toml").string() +
                                         ":2:11: error: workers: expected an integer ≥ 1, got "
-                                        "string");
+                                        "the string \"two\"");
 }
 
 // Each bad value sits on line 2 (line 3 in a section) after a valid command.
@@ -188,12 +214,13 @@ TEST_F(VassalParse, TypeErrorsNameLineColumnAndWhatWasExpected) {
         {"command = [\"app\", 8080]\n", "1:19: command[1]: expected a string, got integer"},
         {"command = [\"\"]\n", "1:12: command[0]: expected the program to run, got an empty "
                                "string"},
-        {cmd + "workers = \"2\"\n", "2:11: workers: expected an integer ≥ 1, got string"},
+        {cmd + "workers = \"2x\"\n",
+         "2:11: workers: expected an integer ≥ 1, got the string \"2x\""},
         {cmd + "workers = 0\n", "2:11: workers: expected an integer ≥ 1, got 0"},
         {cmd + "workers = 1.5\n", "2:11: workers: expected an integer ≥ 1, got float"},
         {cmd + "workers = 100000\n", "2:11: workers: expected at most 1024 workers, got 100000"},
-        {cmd + "concurrency = \"1\"\n",
-         "2:15: concurrency: expected an integer from 0 to 1024, got string"},
+        {cmd + "concurrency = \"one\"\n",
+         "2:15: concurrency: expected an integer from 0 to 1024, got the string \"one\""},
         {cmd + "concurrency = 1.0\n",
          "2:15: concurrency: expected an integer from 0 to 1024, got float"},
         {cmd + "concurrency = -1\n",
@@ -202,8 +229,8 @@ TEST_F(VassalParse, TypeErrorsNameLineColumnAndWhatWasExpected) {
          "2:15: concurrency: expected an integer from 0 to 1024, got 1025"},
         {cmd + "queue = 100\n",
          "2:9: queue: expected a table ([queue] with size, timeout), got integer"},
-        {cmd + "[queue]\nsize = \"100\"\n",
-         "3:8: queue.size: expected an integer from 0 to 100000, got string"},
+        {cmd + "[queue]\nsize = \"\"\n",
+         "3:8: queue.size: expected an integer from 0 to 100000, got the string \"\""},
         {cmd + "[queue]\nsize = -1\n",
          "3:8: queue.size: expected an integer from 0 to 100000, got -1"},
         {cmd + "[queue]\nsize = 100001\n",
@@ -218,8 +245,8 @@ TEST_F(VassalParse, TypeErrorsNameLineColumnAndWhatWasExpected) {
         {cmd + "hosts = \"a.test\"\n",
          "2:9: hosts: expected an array of host patterns, like [\"app.example.com\", "
          "\"*.example.com\", \"*\"], got string"},
-        {cmd + "hosts = []\n", "2:9: hosts: expected at least one host pattern (leave 'hosts' "
-                               "out to serve any host)"},
+        {cmd + "hosts = []\n", "2:9: hosts: expected at least one host pattern ([\"*\"] serves "
+                               "any host)"},
         {cmd + "hosts = [\"a.test\", 5]\n",
          "2:20: hosts[1]: expected a host pattern string, got integer"},
         {cmd + "hosts = [\"a.test:8080\"]\n",
@@ -252,7 +279,7 @@ TEST_F(VassalParse, TypeErrorsNameLineColumnAndWhatWasExpected) {
         {cmd + "socket = 1\n",
          "2:10: socket: expected \"tcp\", \"unix\" or \"inherit\", got integer"},
         {cmd + "health = \"/healthz\"\n",
-         "2:10: health: expected a table ([health] with path, interval, timeout, "
+         "2:10: health: expected a table ([health] with path, tcp, command, interval, timeout, "
          "start_timeout), got string"},
         {cmd + "[health]\npath = \"healthz\"\n",
          "3:8: health.path: expected a path starting with \"/\", got \"healthz\""},
@@ -264,7 +291,8 @@ TEST_F(VassalParse, TypeErrorsNameLineColumnAndWhatWasExpected) {
         {cmd + "[health]\nstart_timeout = \"0s\"\n",
          "3:17: health.start_timeout: expected a duration above zero, got \"0s\""},
         {cmd + "[reload]\nstrategy = \"blue-green\"\n",
-         "3:12: reload.strategy: expected \"rolling\" or \"bluegreen\", got \"blue-green\"; did "
+         "3:12: reload.strategy: expected \"rolling\", \"bluegreen\" or \"restart\", got "
+         "\"blue-green\"; did "
          "you mean \"bluegreen\"?"},
         {cmd + "[reload]\ndrain_timeout = 30\n",
          "3:17: reload.drain_timeout: expected a duration like \"2s\" or \"500ms\", got integer"},
@@ -345,8 +373,8 @@ TEST_F(VassalParse, UnknownKeysSuggestTheClosestOne) {
          "2:1: unknown key 'drain_timeout'; did you mean 'drain_timeout' in [reload]?"},
         {"size = 10\n", "2:1: unknown key 'size'; did you mean 'size' in [queue]?"},
         {"frobnicate = true\n",
-         "2:1: unknown key 'frobnicate'; expected one of command, workers, concurrency, hosts, "
-         "path, cwd, env, socket, health, queue, reload, stop, tls"},
+         "2:1: unknown key 'frobnicate'; expected one of type, command, workers, concurrency, "
+         "hosts, path, cwd, env, socket, health, queue, reload, stop, tls, profile, after, watch"},
         {"[stop]\nsignal = \"SIGTERM\"\ngrace = \"1s\"\n",
          "4:1: unknown key 'grace' in [stop]; expected one of signal, timeout"},
         {"[queue]\nlength = 10\n",
@@ -384,10 +412,12 @@ env = { X = "${env:UNSET_VAR:-}" }
 TEST_F(VassalParse, PlaceholderErrorsPointAtTheDollar) {
     EXPECT_EQ(only_error("command = [\"app\", \"--port=${PROT}\"]\n"),
               "1:27: command[1]: unknown placeholder '${PROT}'; expected ${PORT}, ${SOCKET}, "
-              "${NAME}, ${WORKER}, ${env:VAR} or ${env:VAR:-default}; did you mean '${PORT}'?");
+              "${NAME}, ${WORKER}, ${INSTANCE}, ${PROFILE}, ${env:VAR} or ${env:VAR:-default}; "
+              "did you mean '${PORT}'?");
     EXPECT_EQ(only_error("command = [\"sh\", \"-c\", \"cd ${HOME}\"]\n"),
               "1:28: command[2]: unknown placeholder '${HOME}'; expected ${PORT}, ${SOCKET}, "
-              "${NAME}, ${WORKER}, ${env:VAR} or ${env:VAR:-default}; did you mean "
+              "${NAME}, ${WORKER}, ${INSTANCE}, ${PROFILE}, ${env:VAR} or ${env:VAR:-default}; "
+              "did you mean "
               "'${env:HOME}'? (write $${ for a literal ${)");
     EXPECT_EQ(only_error("command = ['app', '${PORT']\n"),
               "1:20: command[1]: unterminated placeholder: '${' without a closing '}' (write $${ "
@@ -411,7 +441,7 @@ TEST_F(VassalParse, SocketKindDecidesWhichAddressPlaceholderExists) {
 }
 
 TEST_F(VassalParse, EnvUsesTheEmperorsEnvironmentAtParseTime) {
-    auto load = liege::parse_vassal("command = [\"app\", \"${env:TOKEN}\"]\n",
+    auto load = liege::parse_vassal("hosts = [\"*\"]\ncommand = [\"app\", \"${env:TOKEN}\"]\n",
                                     dir_.path() / "a.toml", fake_env({{"TOKEN", "t"}}));
     EXPECT_TRUE(load.ok());
     load = liege::parse_vassal("command = [\"app\", \"${env:TOKEN}\"]\n", dir_.path() / "a.toml",
@@ -468,8 +498,11 @@ TEST_F(VassalParse, HostsAreLowerCasedWithoutTrailingDot) {
 TEST_F(VassalParse, FileNameMustMakeAUsableVassalName) {
     VassalLoad load = parse("command = [\"app\"]\n", "my app.toml");
     ASSERT_EQ(load.errors.size(), 1u);
-    EXPECT_EQ(load.errors[0].message, "vassal name \"my app\" (the file name without .toml) may "
-                                      "contain only letters, digits, '.', '_' and '-'");
+    EXPECT_EQ(
+        load.errors[0].message,
+        "vassal name \"my app\" (the file name without .toml) may "
+        "contain only letters, digits, '.', '_', '-' and one '@' between a template's name and an "
+        "instance");
 }
 
 TEST(VassalFiles, IgnoredNames) {
@@ -488,10 +521,10 @@ TEST(VassalFiles, IgnoredNames) {
 
 TEST(VassalFiles, DirectoryListsOnlyVassalFilesSortedByName) {
     TempDir dir;
-    const std::string ok = "command = [\"app\"]\n";
+    const std::string ok = "hosts = [\"*\"]\ncommand = [\"app\"]\n";
     dir.write("zeta.toml", ok);
     dir.write("alpha.toml", ok);
-    dir.write("broken.toml", "workers = 0\n");
+    dir.write("broken.toml", "hosts = [\"*\"]\nworkers = 0\n");
     dir.write(".hidden.toml", ok);
     dir.write("_disabled.toml", ok);
     dir.write("alpha.toml~", ok);
@@ -517,9 +550,9 @@ TEST(VassalFiles, DirectoryListsOnlyVassalFilesSortedByName) {
     ASSERT_EQ(loads[1].errors.size(), 2u); // workers and the missing command
     EXPECT_EQ(loads[1].errors[1].str(),
               (dir.path() / "broken.toml").string() +
-                  ":1:11: error: workers: expected an integer ≥ 1, got 0");
+                  ":2:11: error: workers: expected an integer ≥ 1, got 0");
     EXPECT_TRUE(loads[1].readable);
-    EXPECT_EQ(loads[1].content_hash, liege::content_hash("workers = 0\n"));
+    EXPECT_NE(loads[1].content_hash, 0u) << "an invalid file still has a hash of its bytes";
     EXPECT_EQ(loads[2].vassal->name, "linked");
     EXPECT_EQ(loads[3].vassal->name, "zeta");
 
@@ -580,4 +613,290 @@ TEST_F(VassalParse, TlsMistakesNameTheirPlace) {
     EXPECT_NE(only_error("command = [\"app\"]\n[tls]\ncert = \"a.pem\"\n")
                   .find("tls.cert: is chosen by the names in hosts (SNI)"),
               std::string::npos);
+}
+
+// ---- daemons, checks, restart (issue 12) ----
+
+TEST_F(VassalParse, DaemonHasNoRouteAndTakesAnyCheck) {
+    VassalLoad load = parse(R"(
+type = "daemon"
+command = ["redis-server", "--port", "6390"]
+workers = 2
+[health]
+tcp = "127.0.0.1:6390"
+[reload]
+strategy = "restart"
+)");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    const Vassal& v = *load.vassal;
+    EXPECT_TRUE(v.daemon());
+    EXPECT_EQ(v.workers, 2);
+    EXPECT_TRUE(v.hosts.empty()) << "a daemon is routed to by no host";
+    EXPECT_EQ(v.health.tcp, "127.0.0.1:6390");
+    EXPECT_TRUE(v.health.command.empty());
+    EXPECT_EQ(v.reload.strategy, liege::ReloadStrategy::Restart);
+    EXPECT_EQ(liege::to_string(v.reload.strategy), "restart");
+
+    load = parse("type = 'daemon'\ncommand = ['celery', '-A', 'shop', 'worker']\n"
+                 "[health]\ncommand = ['celery', 'inspect', 'ping', '-d', '${NAME}@${WORKER}']\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_EQ(load.vassal->health.command,
+              (std::vector<std::string>{"celery", "inspect", "ping", "-d", "${NAME}@${WORKER}"}));
+    EXPECT_EQ(load.vassal->type, liege::VassalType::Daemon);
+
+    load = parse("command = ['app', '${PORT}']\n");
+    ASSERT_TRUE(load.ok());
+    EXPECT_EQ(load.vassal->type, liege::VassalType::Web) << "web is the default";
+}
+
+TEST_F(VassalParse, DaemonRejectsWhatOnlyARoutedVassalHas) {
+    EXPECT_EQ(only_error("type = 'daemon'\ncommand = ['redis-server']\nhosts = ['a.test']\n"),
+              "3:9: hosts: a daemon (type = \"daemon\") gets no port and no route; remove "
+              "'hosts' or make it a web vassal");
+    EXPECT_EQ(only_error("type = 'daemon'\ncommand = ['x']\n[queue]\nsize = 3\n"),
+              "3:1: queue: a daemon (type = \"daemon\") gets no port and no route; remove "
+              "'queue' or make it a web vassal");
+    EXPECT_EQ(only_error("type = 'daemon'\ncommand = ['redis-server', '--port', '${PORT}']\n"),
+              "2:39: command[2]: ${PORT} is not set for a daemon (type = \"daemon\" gets no "
+              "port); write the port it listens on");
+    EXPECT_EQ(only_error("type = 'daemon'\ncommand = ['x']\n[health]\npath = '/'\n"),
+              "4:8: health.path: a daemon serves no HTTP through liege; check it with 'tcp' "
+              "(\"HOST:PORT\") or 'command'");
+    EXPECT_EQ(only_error("type = 'deamon'\ncommand = ['x']\n"),
+              "1:8: type: expected \"web\" or \"daemon\", got \"deamon\"; did you mean "
+              "\"daemon\"?");
+}
+
+TEST_F(VassalParse, HealthTakesOneCheck) {
+    EXPECT_EQ(only_error("command = ['x']\n[health]\npath = '/'\ntcp = '127.0.0.1:80'\n"),
+              "4:7: health.tcp: [health] takes one check: 'path', 'tcp' or 'command', not both "
+              "'path' and 'tcp'");
+    EXPECT_EQ(only_error("command = ['x']\n[health]\ntcp = '127.0.0.1'\n"),
+              "3:7: health.tcp: invalid address '127.0.0.1': expected HOST:PORT, [IPv6]:PORT or "
+              "unix:PATH");
+    EXPECT_EQ(only_error("command = ['x']\n[health]\ntcp = '127.0.0.1:0'\n"),
+              "3:7: health.tcp: expected \"HOST:PORT\" with a port above 0, got \"127.0.0.1:0\"");
+    EXPECT_EQ(only_error("command = ['x']\n[health]\ncommand = []\n"),
+              "3:11: health.command: expected at least the program to run, got an empty array");
+    EXPECT_EQ(only_error("command = ['x']\n[health]\ncommand = ['check', '${PROT}']\n"),
+              "3:22: health.command[1]: unknown placeholder '${PROT}'; expected ${PORT}, "
+              "${SOCKET}, ${NAME}, ${WORKER}, ${INSTANCE}, ${PROFILE}, ${env:VAR} or "
+              "${env:VAR:-default}; did you mean '${PORT}'?");
+    EXPECT_EQ(only_error("command = ['x']\n[reload]\nstrategy = 'restrat'\n"),
+              "3:12: reload.strategy: expected \"rolling\", \"bluegreen\" or \"restart\", got "
+              "\"restrat\"; did you mean \"restart\"?");
+}
+
+// ---- layers, profiles, templates, placeholders everywhere (issue 12) ----
+
+namespace {
+
+// Parses `layers` (file name → text, in merge order) as the vassal of the last one.
+VassalLoad parse_layers(const TempDir& dir,
+                        const std::vector<std::pair<std::string, std::string>>& layers,
+                        const std::string& profile = "",
+                        std::map<std::string, std::string> env = {}) {
+    std::vector<liege::VassalLayer> in;
+    for (const auto& [name, text] : layers) {
+        in.push_back({dir.path() / name, text});
+    }
+    return liege::parse_vassal_layers(in, in.back().file, fake_env(std::move(env)), profile);
+}
+
+std::string all_errors(const VassalLoad& load) {
+    std::string out;
+    for (const auto& d : load.errors) {
+        out += d.str() + "\n";
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_F(VassalParse, DefaultsMergeUnderTheFileKeyByKey) {
+    VassalLoad load = parse_layers(
+        dir_, {{"_defaults.toml", "workers = 3\nenv = { DATABASE_URL = 'pg', DEBUG = '1' }\n"
+                                  "[health]\ninterval = '5s'\ntimeout = '3s'\n"},
+               {"shop.toml", "hosts = ['shop.localhost']\ncommand = ['app', '${PORT}']\n"
+                             "env = { DEBUG = '0' }\n[health]\ntimeout = '2s'\n"}});
+    ASSERT_TRUE(load.ok()) << all_errors(load);
+    const Vassal& v = *load.vassal;
+    EXPECT_EQ(v.name, "shop");
+    EXPECT_EQ(v.workers, 3) << "a key only the defaults set";
+    EXPECT_EQ(v.env, (std::vector<std::pair<std::string, std::string>>{{"DATABASE_URL", "pg"},
+                                                                       {"DEBUG", "0"}}))
+        << "tables merge key by key; the file wins";
+    EXPECT_EQ(v.health.interval, 5s);
+    EXPECT_EQ(v.health.timeout, 2s);
+    EXPECT_NE(load.effective.find("DATABASE_URL"), std::string::npos) << load.effective;
+}
+
+TEST_F(VassalParse, ADiagnosticNamesTheLayerThatHoldsTheKey) {
+    VassalLoad load = parse_layers(
+        dir_, {{"_defaults.toml", "# shared\nworkres = 2\n[health]\ninterval = 'soon'\n"},
+               {"shop.toml", "hosts = ['shop.localhost']\ncommand = ['app']\nwokers = 1\n"}});
+    ASSERT_FALSE(load.ok());
+    ASSERT_EQ(load.errors.size(), 3u) << all_errors(load);
+    const std::string all = all_errors(load);
+    const std::string defaults = (dir_.path() / "_defaults.toml").string();
+    const std::string shop = (dir_.path() / "shop.toml").string();
+    EXPECT_NE(all.find(defaults + ":2:1: error: unknown key 'workres'"), std::string::npos) << all;
+    EXPECT_NE(all.find(defaults + ":4:12: error: health.interval: "), std::string::npos) << all;
+    EXPECT_NE(all.find(shop + ":3:1: error: unknown key 'wokers'"), std::string::npos) << all;
+
+    load = parse_layers(dir_, {{"_defaults.toml", "workers = [\n"}, {"shop.toml", "x = 1\n"}});
+    ASSERT_FALSE(load.ok());
+    EXPECT_EQ(load.errors[0].file, defaults) << "a syntax error names its own file";
+}
+
+TEST_F(VassalParse, ProfileAppliesOverTheFile) {
+    const std::string text = "hosts = ['shop.localhost']\ncommand = ['app', '${PROFILE}']\n"
+                             "env = { DEBUG = '1', A = 'a' }\n"
+                             "[profile.prod]\nworkers = 4\nhosts = ['shop.example.com']\n"
+                             "env = { DEBUG = '0' }\n"
+                             "[profile.dev]\nworkers = 1\n";
+    VassalLoad plain = parse_layers(dir_, {{"shop.toml", text}});
+    ASSERT_TRUE(plain.ok()) << all_errors(plain);
+    EXPECT_EQ(plain.vassal->workers, 1);
+    EXPECT_EQ(plain.vassal->hosts, std::vector<std::string>{"shop.localhost"});
+
+    VassalLoad prod = parse_layers(dir_, {{"shop.toml", text}}, "prod");
+    ASSERT_TRUE(prod.ok()) << all_errors(prod);
+    EXPECT_EQ(prod.vassal->workers, 4);
+    EXPECT_EQ(prod.vassal->hosts, std::vector<std::string>{"shop.example.com"});
+    EXPECT_EQ(prod.vassal->env,
+              (std::vector<std::pair<std::string, std::string>>{{"A", "a"}, {"DEBUG", "0"}}));
+    EXPECT_EQ(prod.vassal->profile, "prod");
+    EXPECT_NE(prod.content_hash, plain.content_hash);
+    EXPECT_EQ(prod.effective.find("[profile"), std::string::npos)
+        << "the effective vassal has its profile applied: " << prod.effective;
+
+    VassalLoad other = parse_layers(dir_, {{"shop.toml", text}}, "staging");
+    ASSERT_TRUE(other.ok()) << "a profile a vassal does not have changes nothing";
+    EXPECT_EQ(other.vassal->workers, 1);
+
+    EXPECT_EQ(only_error("hosts = ['a']\ncommand = ['x']\nprofile = 'prod'\n"),
+              "3:11: profile: expected tables, like [profile.prod] with the keys that profile "
+              "changes");
+    VassalLoad bad = parse_layers(
+        dir_, {{"shop.toml", "hosts = ['a']\ncommand = ['x']\n[profile.prod]\nworkrs = 2\n"}},
+        "prod");
+    ASSERT_EQ(bad.errors.size(), 1u) << all_errors(bad);
+    EXPECT_EQ(bad.errors[0].str(), (dir_.path() / "shop.toml").string() +
+                                       ":4:1: error: unknown key 'workrs'; did you mean "
+                                       "'workers'?");
+}
+
+TEST_F(VassalParse, TemplateInstanceFillsInstance) {
+    VassalLoad load = parse_layers(
+        dir_, {{"shop@.toml", "hosts = ['${INSTANCE}.shop.localhost']\ncommand = ['app', "
+                              "'--branch', '${INSTANCE}', '${PORT}']\n"},
+               {"shop@feature-x.toml", ""}});
+    ASSERT_TRUE(load.ok()) << all_errors(load);
+    const Vassal& v = *load.vassal;
+    EXPECT_EQ(v.name, "shop@feature-x");
+    EXPECT_EQ(v.instance, "feature-x");
+    EXPECT_EQ(v.hosts, std::vector<std::string>{"feature-x.shop.localhost"});
+    liege::PlaceholderValues values;
+    values.instance = v.instance;
+    EXPECT_EQ(liege::expand(v.command[2], values), "feature-x");
+
+    EXPECT_EQ(only_error("hosts = ['${INSTANCE}.a.test']\ncommand = ['x']\n"),
+              "1:11: hosts[0]: ${INSTANCE} is set only for an instance of a template "
+              "(NAME@INSTANCE.toml made from NAME@.toml)");
+}
+
+TEST_F(VassalParse, InstanceWithoutItsTemplateIsAnError) {
+    fs::path file = dir_.write("shop@x.toml", "");
+    VassalLoad load = liege::load_vassal_file(file, fake_env());
+    ASSERT_FALSE(load.ok());
+    EXPECT_EQ(load.errors[0].str(),
+              file.string() + ":1:1: error: no template shop@.toml for this instance (shop@x.toml "
+                              "is an instance of the template shop@.toml)");
+
+    dir_.write("shop@.toml", "hosts = ['${INSTANCE}.shop.test']\ncommand = ['x']\n");
+    dir_.write("_defaults.toml", "workers = 2\n");
+    load = liege::load_vassal_file(file, fake_env());
+    ASSERT_TRUE(load.ok()) << all_errors(load);
+    EXPECT_EQ(load.vassal->hosts, std::vector<std::string>{"x.shop.test"});
+    EXPECT_EQ(load.vassal->workers, 2);
+    EXPECT_FALSE(liege::is_vassal_file_name("shop@.toml")) << "a template runs nothing itself";
+    EXPECT_TRUE(liege::is_vassal_file_name("shop@x.toml"));
+    EXPECT_TRUE(liege::is_vassal_layer_file_name("shop@.toml"));
+    EXPECT_TRUE(liege::is_vassal_layer_file_name("_defaults.toml"));
+    EXPECT_FALSE(liege::is_vassal_layer_file_name("shop.toml"));
+    EXPECT_EQ(liege::template_file_name("shop@x"), "shop@.toml");
+    EXPECT_EQ(liege::template_file_name("shop"), "");
+}
+
+TEST_F(VassalParse, PlaceholdersInEveryStringValue) {
+    VassalLoad load =
+        parse_layers(dir_,
+                     {{"app.toml", "hosts = ['${NAME}.${env:DOMAIN:-localhost}']\n"
+                                   "path = '/${PROFILE}'\nworkers = '${env:WORKERS:-2}'\n"
+                                   "command = ['app', '${PORT}']\n[health]\n"
+                                   "start_timeout = '${env:START:-45s}'\n"}},
+                     "dev", {{"WORKERS", "3"}});
+    ASSERT_TRUE(load.ok()) << all_errors(load);
+    EXPECT_EQ(load.vassal->hosts, std::vector<std::string>{"app.localhost"});
+    EXPECT_EQ(load.vassal->path, "/dev");
+    EXPECT_EQ(load.vassal->workers, 3);
+    EXPECT_EQ(load.vassal->health.start_timeout, 45s);
+    EXPECT_EQ(load.vassal->command[1], "${PORT}") << "per-worker keys are filled per worker";
+
+    EXPECT_EQ(only_error("hosts = ['a-${PORT}.test']\ncommand = ['x']\n"),
+              "1:13: hosts[0]: '${PORT}' differs per worker: it is filled only in command, cwd, "
+              "env and health.command");
+    EXPECT_EQ(only_error("hosts = ['a']\ncommand = ['x']\nworkers = '${env:NOPE:-many}'\n"),
+              "3:11: workers: expected an integer ≥ 1, got the string \"many\"");
+}
+
+TEST_F(VassalParse, EffectiveHashIgnoresLayersThatDoNotReachTheVassal) {
+    auto hash = [&](const std::string& defaults) {
+        VassalLoad load =
+            parse_layers(dir_, {{"_defaults.toml", defaults},
+                                {"a.toml", "hosts = ['a']\ncommand = ['x']\nworkers = 2\n"}});
+        EXPECT_TRUE(load.ok()) << all_errors(load);
+        return load.content_hash;
+    };
+    EXPECT_EQ(hash("workers = 1\n"), hash("workers = 5\n# a comment\n"))
+        << "the file sets workers itself";
+    EXPECT_NE(hash("workers = 1\n"), hash("workers = 1\nenv = { A = 'b' }\n"));
+}
+
+TEST_F(VassalParse, AfterNamesOtherVassals) {
+    VassalLoad load = parse("hosts = ['a']\ncommand = ['x']\nafter = ['redis', 'worker']\n");
+    ASSERT_TRUE(load.ok()) << all_errors(load);
+    EXPECT_EQ(load.vassal->after, (std::vector<std::string>{"redis", "worker"}));
+    EXPECT_EQ(load.vassal->after_at, (liege::SourcePosition{3, 9}));
+    EXPECT_EQ(only_error("hosts = ['a']\ncommand = ['x']\nafter = ['app']\n"),
+              "3:10: after[0]: a vassal cannot start after itself");
+    EXPECT_EQ(only_error("hosts = ['a']\ncommand = ['x']\nafter = 'redis'\n"),
+              "3:9: after: expected an array of vassal names, like [\"redis\"], got string");
+    EXPECT_EQ(only_error("hosts = ['a']\ncommand = ['x']\nafter = ['redis', 'redis']\n"),
+              "3:19: after[1]: \"redis\" is listed twice");
+}
+
+TEST_F(VassalParse, StartOrderReportsUnknownNamesAndCycles) {
+    auto load = [&](const std::string& name, const std::string& after) {
+        VassalLoad l =
+            parse("type = 'daemon'\ncommand = ['x']\nafter = " + after + "\n", name + ".toml");
+        EXPECT_TRUE(l.ok()) << all_errors(l);
+        return *l.vassal;
+    };
+    Vassal a = load("a", "['b']");
+    Vassal b = load("b", "['c']");
+    Vassal c = load("c", "['a']");
+    Vassal d = load("d", "['nope']");
+    Vassal e = load("e", "['b']");
+    auto problems = liege::check_start_order({&a, &b, &c, &d, &e});
+    ASSERT_EQ(problems.size(), 2u);
+    EXPECT_EQ(problems[0].str(), (dir_.path() / "d.toml").string() +
+                                     ":3:9: error: after: no vassal \"nope\" in this directory");
+    EXPECT_EQ(problems[1].str(), (dir_.path() / "a.toml").string() +
+                                     ":3:9: error: after: the start order has a cycle: a -> b -> "
+                                     "c -> a");
+    EXPECT_TRUE(liege::check_start_order({&b, &e}).size() == 1u) << "b's 'c' is unknown here";
+    Vassal c2 = load("c", "[]");
+    EXPECT_TRUE(liege::check_start_order({&a, &b, &c2, &e}).empty());
 }

@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(build-essential cmake pkg-config python3 libuv1-dev node-llhttp libtomlplusplus-dev
           libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-          uwsgi uwsgi-plugin-python3 gunicorn python3-flask)
+          uwsgi uwsgi-plugin-python3 gunicorn python3-flask clang libfuzzer-14-dev)
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(wrk curl nginx-light haproxy procps util-linux liburing-dev)
 fi

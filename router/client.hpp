@@ -26,9 +26,9 @@
 // The leg is one class over three files: the connection (client.cpp), its requests
 // (client_request.cpp) and their responses (client_response.cpp).
 //
-// Lifetime: the connection is freed in on_stream_closed, after its stream's close callbacks; a
-// callback that closes it may keep touching it until it returns, and every entry point from the
-// loop does nothing once it is Closed.
+// Lifetime: the connection is freed in on_stream_closed, which its thread calls from the loop
+// after the stream has closed (RouterThread::retire); a callback that closes it may keep touching
+// it until it returns, and no libuv callback reaches it once it is closed.
 #pragma once
 
 #include <llhttp.h>

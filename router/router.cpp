@@ -166,13 +166,14 @@ int run_router(const RouterOptions& options) {
     // The main thread only waits for signals; the router threads do all the proxying.
     uv_loop_t loop;
     uv_loop_init(&loop);
-    uv_signal_t sigterm, sigint;
+    // Its handles close in all_done's callback, once every router thread has ended.
     struct Ctx {
         std::vector<std::unique_ptr<RouterThread>>* threads;
-        uv_signal_t* sigs[2];
+        router::Shared* shared;
+        UvHandle<uv_signal_t> sigterm, sigint, sigusr1;
+        UvHandle<uv_async_t> all_done;
         std::unique_ptr<router::ControlChannel>* channel = nullptr;
-        uv_signal_t* usr1 = nullptr;
-    } ctx{&router_threads, {&sigterm, &sigint}};
+    } ctx{&router_threads, shared.get(), {}, {}, {}, {}};
     auto on_signal = [](uv_signal_t* s, int signum) {
         auto* c = static_cast<Ctx*>(s->data);
         int n = ++g_signal_count;
@@ -182,19 +183,16 @@ int run_router(const RouterOptions& options) {
             w->request_shutdown(n > 1);
         }
     };
-    for (auto* s : ctx.sigs) {
-        uv_signal_init(&loop, s);
-        s->data = &ctx;
+    for (auto* s : {&ctx.sigterm, &ctx.sigint, &ctx.sigusr1}) {
+        uv_signal_init(&loop, s->get());
+        (*s)->data = &ctx;
     }
-    uv_signal_start(&sigterm, on_signal, SIGTERM);
-    uv_signal_start(&sigint, on_signal, SIGINT);
-    uv_signal_t sigusr1;
-    uv_signal_init(&loop, &sigusr1);
-    sigusr1.data = shared.get();
+    uv_signal_start(ctx.sigterm.get(), on_signal, SIGTERM);
+    uv_signal_start(ctx.sigint.get(), on_signal, SIGINT);
     uv_signal_start(
-        &sigusr1,
+        ctx.sigusr1.get(),
         [](uv_signal_t* s, int) {
-            static_cast<router::Shared*>(s->data)->logs.reopen();
+            static_cast<Ctx*>(s->data)->shared->logs.reopen();
             spdlog::info("router: SIGUSR1, access logs reopened");
         },
         SIGUSR1);
@@ -214,26 +212,23 @@ int run_router(const RouterOptions& options) {
         w->start(options.control_fd < 0);
     }
     // Wait for the router threads on a helper thread so the signal loop stays responsive.
-    uv_async_t all_done;
-    uv_async_init(&loop, &all_done, [](uv_async_t* a) {
+    uv_async_init(&loop, ctx.all_done.get(), [](uv_async_t* a) {
         auto* c = static_cast<Ctx*>(a->data);
-        for (auto* s : c->sigs) {
-            uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
-        }
-        uv_close(reinterpret_cast<uv_handle_t*>(c->usr1), nullptr);
+        c->sigterm.reset();
+        c->sigint.reset();
+        c->sigusr1.reset();
         if (*c->channel != nullptr) {
             (*c->channel)->close();
         }
-        uv_close(reinterpret_cast<uv_handle_t*>(a), nullptr);
+        c->all_done.reset();
     });
-    all_done.data = &ctx;
+    ctx.all_done->data = &ctx;
     ctx.channel = &channel;
-    ctx.usr1 = &sigusr1;
     std::thread joiner([&] {
         for (auto& w : router_threads) {
             w->join();
         }
-        uv_async_send(&all_done);
+        uv_async_send(ctx.all_done.get());
     });
     uv_run(&loop, UV_RUN_DEFAULT);
     joiner.join();

@@ -30,6 +30,8 @@ RouterThread::RouterThread(unsigned index, Shared& shared, int access_log_fd)
     shutdown_timer_->data = this;
     uv_timer_init(&loop_, queue_timer_.get());
     queue_timer_->data = this;
+    uv_idle_init(&loop_, retired_sweep_.get());
+    retired_sweep_->data = this;
 }
 
 RouterThread::~RouterThread() {
@@ -40,6 +42,10 @@ RouterThread::~RouterThread() {
     housekeeping_.reset();
     shutdown_timer_.reset();
     queue_timer_.reset();
+    while (!retired_.empty()) {
+        free_retired();
+    }
+    retired_sweep_.reset();
     uv_run(&loop_, UV_RUN_DEFAULT); // the close callbacks of whatever was still open
     for (auto* h : free_heads_) {
         delete h;
@@ -415,6 +421,27 @@ void RouterThread::return_head(http::HeadCollector* h) {
 void RouterThread::close_idle_upstreams() {
     for (Upstream* up : idle_.take_all()) {
         up->close();
+    }
+}
+
+void RouterThread::retire(Stream::Owner& owner) {
+    if (retired_.empty() && retired_sweep_.initialised()) {
+        uv_idle_start(retired_sweep_.get(),
+                      [](uv_idle_t* h) { static_cast<RouterThread*>(h->data)->free_retired(); });
+    }
+    retired_.push_back(&owner);
+}
+
+// Those retired while this runs (an owner's on_stream_closed may close more) wait for the next
+// round, so the batch being freed never changes under the loop.
+void RouterThread::free_retired() {
+    freeing_.swap(retired_);
+    for (Stream::Owner* owner : freeing_) {
+        owner->on_stream_closed();
+    }
+    freeing_.clear();
+    if (retired_.empty() && retired_sweep_.initialised()) {
+        uv_idle_stop(retired_sweep_.get());
     }
 }
 

@@ -86,6 +86,10 @@ public:
         return upstreams_[static_cast<int>(state)].load(std::memory_order_relaxed);
     }
 
+    // `owner`'s stream has closed: its on_stream_closed runs from the loop (an idle handle's
+    // callback), not from inside the close, and frees it.
+    void retire(Stream::Owner& owner);
+
     // Client connections this thread serves, plus those handed to it and not yet opened.
     int load() const { return load_.load(std::memory_order_relaxed); }
 
@@ -112,6 +116,7 @@ private:
     void close_idle_upstreams();
     void flush_logs();
     void on_queue_timer();
+    void free_retired();
     void take_assigned();      // on the loop: the hand-overs from assign() and shed_idle()
     void give_back(Waiter& w); // a slot handed to a waiter that no longer waits
     // Serves `fd`, just accepted here, on this thread or on a less loaded one
@@ -162,6 +167,9 @@ private:
     bool finished_taking_ = false;                  // guarded by handoff_mu_
     std::vector<std::shared_ptr<Waiter>> waiters_;  // this thread's, until they stop waiting
     UvHandle<uv_timer_t> queue_timer_;              // runs while waiters_ is not empty
+    std::vector<Stream::Owner*> retired_;           // closed, to be freed by free_retired
+    std::vector<Stream::Owner*> freeing_;           // the batch free_retired works through
+    UvHandle<uv_idle_t> retired_sweep_;             // runs while retired_ is not empty
 };
 
 } // namespace liege::router

@@ -14,29 +14,27 @@ namespace liege::router {
 int Stream::init(bool is_unix) {
     is_unix_ = is_unix;
     uv_loop_t* loop = thread_.loop();
-    int rc = is_unix ? uv_pipe_init(loop, &sock_.pipe, 0) : uv_tcp_init(loop, &sock_.tcp);
+    int rc = is_unix ? uv_pipe_init(loop, &sock_->pipe, 0) : uv_tcp_init(loop, &sock_->tcp);
     if (rc != 0) {
         return rc;
     }
-    ++handles_open_;
-    uv_timer_init(loop, &timer_);
-    ++handles_open_;
-    sock_.handle.data = this;
-    timer_.data = this;
+    uv_timer_init(loop, timer_.get());
+    sock_->handle.data = this;
+    timer_->data = this;
     return 0;
 }
 
 int Stream::open(int fd, bool is_unix) {
     int rc = init(is_unix);
     if (rc == 0) {
-        rc = is_unix ? uv_pipe_open(&sock_.pipe, fd) : uv_tcp_open(&sock_.tcp, fd);
+        rc = is_unix ? uv_pipe_open(&sock_->pipe, fd) : uv_tcp_open(&sock_->tcp, fd);
     }
     if (rc != 0) {
         ::close(fd);
         return rc;
     }
     if (!is_unix) {
-        uv_tcp_nodelay(&sock_.tcp, 1);
+        uv_tcp_nodelay(&sock_->tcp, 1);
     }
     return 0;
 }
@@ -46,15 +44,15 @@ int Stream::connect(const Backend& backend) {
     if (rc != 0) {
         return rc;
     }
-    connect_req_.data = this;
+    uv_connect_t* req = &sock_.requests().connect;
     if (is_unix_) {
         // A socket() failure arrives through on_connect here.
-        uv_pipe_connect(&connect_req_, &sock_.pipe, backend.address.path.c_str(), on_connect);
+        uv_pipe_connect(req, &sock_->pipe, backend.address.path.c_str(), on_connect);
         return 0;
     }
-    uv_tcp_nodelay(&sock_.tcp, 1);
-    return uv_tcp_connect(&connect_req_, &sock_.tcp,
-                          reinterpret_cast<const sockaddr*>(&backend.sockaddr), on_connect);
+    uv_tcp_nodelay(&sock_->tcp, 1);
+    return uv_tcp_connect(req, &sock_->tcp, reinterpret_cast<const sockaddr*>(&backend.sockaddr),
+                          on_connect);
 }
 
 void Stream::read(bool want) {
@@ -62,9 +60,9 @@ void Stream::read(bool want) {
         return;
     }
     if (want) {
-        reading_ = uv_read_start(&sock_.stream, on_alloc, on_read) == 0;
+        reading_ = uv_read_start(sock_.stream(), on_alloc, on_read) == 0;
     } else {
-        uv_read_stop(&sock_.stream);
+        uv_read_stop(sock_.stream());
         reading_ = false;
     }
 }
@@ -72,14 +70,14 @@ void Stream::read(bool want) {
 // Writing directly matters: a uv_write that completes at once still costs a deferred callback
 // and an epoll_ctl when libuv re-arms the watcher, two syscalls per request on the hot path.
 int Stream::send(WriteOp* op) {
-    op->owner = this;
+    op->owner = &thread_; // on_write recycles it there, also once the stream is gone
     op->req.data = op;
     if (closing_) {
         thread_.ops().put(op, thread_.chunks());
         return UV_ECANCELED;
     }
     if (queued() == 0) {
-        int n = uv_try_write(&sock_.stream, op->bufs, op->nbufs);
+        int n = uv_try_write(sock_.stream(), op->bufs, op->nbufs);
         if (n < 0 && n != UV_EAGAIN) {
             thread_.ops().put(op, thread_.chunks());
             return n;
@@ -101,7 +99,7 @@ int Stream::send(WriteOp* op) {
         op->bufs[0].base += done;
         op->bufs[0].len -= done;
     }
-    int rc = uv_write(&op->req, &sock_.stream, op->bufs, op->nbufs, on_write);
+    int rc = uv_write(&op->req, sock_.stream(), op->bufs, op->nbufs, on_write);
     if (rc != 0) {
         thread_.ops().put(op, thread_.chunks());
         return rc;
@@ -116,8 +114,8 @@ size_t Stream::not_taken() const {
     // may write again (the socket turns writable only once a third of its buffer is free).
     uv_os_fd_t fd = -1;
     int in_kernel = 0;
-    if (uv_fileno(&sock_.handle, &fd) == 0 && ::ioctl(fd, SIOCOUTQ, &in_kernel) == 0 &&
-        in_kernel > 0) {
+    if (sock_.initialised() && uv_fileno(sock_.base(), &fd) == 0 &&
+        ::ioctl(fd, SIOCOUTQ, &in_kernel) == 0 && in_kernel > 0) {
         n += static_cast<size_t>(in_kernel);
     }
     return n;
@@ -127,8 +125,7 @@ bool Stream::shutdown() {
     if (closing_ || shutdown_requested_) {
         return !closing_;
     }
-    shutdown_req_.data = this;
-    if (uv_shutdown(&shutdown_req_, &sock_.stream, on_shutdown) != 0) {
+    if (uv_shutdown(&sock_.requests().shutdown, sock_.stream(), on_shutdown) != 0) {
         return false;
     }
     shutdown_requested_ = true;
@@ -141,23 +138,12 @@ void Stream::close() {
     }
     closing_ = true;
     reading_ = false;
-    if (handles_open_ == 0) {
-        // Never opened: nothing for libuv to call back; still reported from the loop.
-        ++handles_open_;
-        uv_timer_init(thread_.loop(), &timer_);
-        timer_.data = this;
-        uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_close);
-        return;
-    }
-    uv_timer_stop(&timer_);
-    if (!uv_is_closing(&sock_.handle)) {
-        uv_close(&sock_.handle, on_close);
-    }
-    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&timer_))) {
-        uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_close);
-    }
+    sock_.reset();
+    timer_.reset();
+    thread_.retire(owner_);
 }
 
+// libuv calls neither of these once the socket is closed (its data is then null).
 void Stream::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     auto* s = static_cast<Stream*>(h->data);
     Chunk* chunk = s->thread_.chunks().get();
@@ -167,11 +153,11 @@ void Stream::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void Stream::on_read(uv_stream_t* h, ssize_t nread, const uv_buf_t* buf) {
     auto* s = static_cast<Stream*>(h->data);
     Chunk* chunk = buf->base != nullptr ? Chunk::from_data(buf->base) : nullptr;
-    if (nread <= 0 || s->closing_) {
+    if (nread <= 0) {
         if (chunk != nullptr) {
             s->thread_.chunks().unref(chunk);
         }
-        if (nread < 0 && !s->closing_) {
+        if (nread < 0) {
             s->owner_.on_stream_read(nread, nullptr);
         }
         return;
@@ -180,42 +166,35 @@ void Stream::on_read(uv_stream_t* h, ssize_t nread, const uv_buf_t* buf) {
     s->owner_.on_stream_read(nread, chunk);
 }
 
+// Pending writes are called back (cancelled) after close() too, when the stream may be gone: the
+// op goes back to its thread's pool, and only an open stream hears of it.
 void Stream::on_write(uv_write_t* req, int status) {
     auto* op = static_cast<WriteOp*>(req->data);
-    auto* s = static_cast<Stream*>(op->owner);
-    s->thread_.ops().put(op, s->thread_.chunks());
-    --s->writes_in_flight_;
-    if (!s->closing_) {
+    auto* thread = static_cast<RouterThread*>(op->owner);
+    thread->ops().put(op, thread->chunks());
+    if (auto* s = request_owner<Stream>(req)) {
+        --s->writes_in_flight_;
         s->owner_.on_stream_written(status);
     }
 }
 
 void Stream::on_timer(uv_timer_t* t) {
     auto* s = static_cast<Stream*>(t->data);
-    if (!s->closing_ && s->deadline_.expired(t, on_timer)) {
+    if (s->deadline_.expired(t, on_timer)) {
         s->owner_.on_stream_deadline();
     }
 }
 
 void Stream::on_shutdown(uv_shutdown_t* req, int status) {
-    auto* s = static_cast<Stream*>(req->data);
-    s->fin_sent_ = status == 0;
-    if (!s->closing_) {
+    if (auto* s = request_owner<Stream>(req)) {
+        s->fin_sent_ = status == 0;
         s->owner_.on_stream_shutdown(status);
     }
 }
 
 void Stream::on_connect(uv_connect_t* req, int status) {
-    auto* s = static_cast<Stream*>(req->data);
-    if (!s->closing_) {
+    if (auto* s = request_owner<Stream>(req)) {
         s->owner_.on_stream_connected(status);
-    }
-}
-
-void Stream::on_close(uv_handle_t* h) {
-    auto* s = static_cast<Stream*>(h->data);
-    if (--s->handles_open_ == 0) {
-        s->owner_.on_stream_closed();
     }
 }
 

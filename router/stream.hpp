@@ -1,10 +1,13 @@
 // A connection's socket and its one deadline: the only code in the router that calls libuv for a
 // client or upstream connection.
 //
-// Lifetime: a Stream lives inside the connection that owns it. close() closes the socket and the
-// timer; libuv may still report pending writes, a shutdown and a connect (cancelled) before the
-// close callbacks run, so the owner stays alive until Owner::on_stream_closed, called once after
-// both close callbacks, where it frees itself. No other callback reaches the owner after that.
+// Lifetime: a Stream lives inside the connection that owns it. Its socket and its timer are
+// UvHandles (include/liege/uv.hpp): close() closes both, and from then on no libuv callback
+// reaches the stream or its owner. The shutdown and connect requests live in the socket's block
+// and the writes' ops in the thread's pool, so the cancelled callbacks libuv still makes after
+// close() need neither. close() also lists the owner with its thread (RouterThread::retire),
+// which calls Owner::on_stream_closed from the loop, never from inside close(): the owner frees
+// itself there, and callers need no "am I closed" re-check after a call that may close.
 //
 // Writes: send() writes what the socket takes at once and queues the rest, so a write that
 // completes at once costs no deferred callback. Backpressure is the owner's: queued() tells the
@@ -17,6 +20,7 @@
 #include <cstdint>
 
 #include "buffers.hpp"
+#include "liege/uv.hpp"
 
 namespace liege {
 struct Backend;
@@ -58,7 +62,11 @@ public:
     bool closing() const { return closing_; }
 
     // The stream's one deadline, `ms` from now; cheap to move later (LazyDeadline).
-    void set_deadline(uint64_t ms) { deadline_.set(&timer_, ms, on_timer); }
+    void set_deadline(uint64_t ms) {
+        if (timer_.initialised()) {
+            deadline_.set(timer_.get(), ms, on_timer);
+        }
+    }
     void clear_deadline() { deadline_.clear(); }
 
     void read(bool want); // starts or stops reading; idempotent
@@ -71,7 +79,9 @@ public:
     // the low one (both legs use them, each for the stream it writes to).
     static constexpr size_t kHighWater = 256 * 1024;
     static constexpr size_t kLowWater = 64 * 1024;
-    size_t queued() const { return uv_stream_get_write_queue_size(&sock_.stream); }
+    size_t queued() const {
+        return sock_.initialised() ? uv_stream_get_write_queue_size(sock_.stream()) : 0;
+    }
     size_t not_taken() const; // queued() plus the kernel's unsent and unacknowledged bytes
     unsigned writes_in_flight() const { return writes_in_flight_; }
 
@@ -81,7 +91,7 @@ public:
     bool shutdown_requested() const { return shutdown_requested_; }
     bool fin_sent() const { return fin_sent_; } // every queued write and the FIN are out
 
-    void close(); // idempotent; on_stream_closed follows once
+    void close(); // idempotent; on_stream_closed follows once, from the loop
 
 private:
     union Handle {
@@ -89,6 +99,11 @@ private:
         uv_pipe_t pipe;
         uv_stream_t stream;
         uv_handle_t handle;
+    };
+    // Requests that belong to the socket: freed with it, after libuv has cancelled them.
+    struct Requests {
+        uv_shutdown_t shutdown;
+        uv_connect_t connect;
     };
     int init(bool is_unix);
 
@@ -98,16 +113,12 @@ private:
     static void on_timer(uv_timer_t* t);
     static void on_shutdown(uv_shutdown_t* req, int status);
     static void on_connect(uv_connect_t* req, int status);
-    static void on_close(uv_handle_t* h);
 
     RouterThread& thread_;
     Owner& owner_;
-    Handle sock_{};
-    uv_timer_t timer_{};
+    UvHandle<Handle, Requests> sock_;
+    UvHandle<uv_timer_t> timer_;
     LazyDeadline deadline_;
-    uv_shutdown_t shutdown_req_{};
-    uv_connect_t connect_req_{};
-    int handles_open_ = 0;
     unsigned writes_in_flight_ = 0;
     bool is_unix_ = false;
     bool reading_ = false;

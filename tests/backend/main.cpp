@@ -6,6 +6,7 @@
 // the tests measure belongs to the router.
 //
 //   liege-test-backend --listen 127.0.0.1:0 [--name NAME] [--log-requests] [--idle-timeout MS]
+//                      [--keep-alive-timeout S]
 //
 // After binding it prints exactly one line, `listening on HOST:PORT`, to stdout. With
 // --log-requests it also prints `request METHOD TARGET` once each request head has been read,
@@ -16,7 +17,11 @@
 // `idle timeout: closed a connection idle for N ms, METHOD TARGET unanswered` is printed. That is
 // the race every server with a keep-alive timeout has with a client reusing its idle connection
 // (the server's timer fires while the request is on its way), made certain, so a test can show
-// what a proxy does when it loses that race. Endpoints (any method):
+// what a proxy does when it loses that race. --keep-alive-timeout S does the same after S seconds
+// and announces it, as servers that send `Keep-Alive: timeout=S` do, on every response that keeps
+// the connection open. Every response says which TCP connection carried it, `X-Connection: N`
+// (N counts the connections accepted, from 1), so a test can tell a reused connection from a
+// new one. Endpoints (any method):
 //
 //   /id                 200, body = NAME
 //   /echo               200, the request body streamed back as it arrives (chunked if the
@@ -76,6 +81,7 @@ constexpr std::size_t kMaxHead = 1024 * 1024;
 std::string g_name = "backend";
 bool g_log_requests = false;
 std::chrono::milliseconds g_idle_timeout{0}; // 0: idle connections are kept open forever
+bool g_announce_keep_alive = false;          // --keep-alive-timeout: `Keep-Alive: timeout=S`
 std::atomic<uint64_t> g_requests{0};
 std::atomic<uint64_t> g_connections{0};
 std::atomic<int64_t> g_open{0};
@@ -247,6 +253,7 @@ struct Request {
     uint64_t content_length = 0;
     bool keep_alive = true;
     bool expect_continue = false;
+    uint64_t connection = 0; // which accepted connection carried it (X-Connection)
 
     const std::string* header(std::string_view name) const {
         for (const auto& [n, v] : headers) {
@@ -520,10 +527,14 @@ std::string head(const Request& req, int status, const std::string& framing) {
     std::string h = "HTTP/1.1 " + std::to_string(status) + " " + reason(status) + "\r\n";
     h += framing;
     h += "Content-Type: text/plain\r\nX-Backend: " + g_name + "\r\n";
+    h += "X-Connection: " + std::to_string(req.connection) + "\r\n";
     if (!req.keep_alive) {
         h += "Connection: close\r\n";
     } else if (req.version == "HTTP/1.0") {
         h += "Connection: keep-alive\r\n";
+    }
+    if (req.keep_alive && g_announce_keep_alive) {
+        h += "Keep-Alive: timeout=" + std::to_string(g_idle_timeout.count() / 1000) + "\r\n";
     }
     h += "\r\n";
     return h;
@@ -810,7 +821,7 @@ void lingering_close(Conn& conn) {
 }
 
 void serve(int fd) {
-    g_connections++;
+    const uint64_t connection = ++g_connections;
     g_open++;
     {
         Conn conn(fd);
@@ -820,6 +831,7 @@ void serve(int fd) {
         std::optional<std::chrono::steady_clock::time_point> idle_since; // after a response
         for (;;) {
             Request req;
+            req.connection = connection;
             HeadResult r = read_request(conn, req);
             if (r == HeadResult::Eof) {
                 break;
@@ -891,7 +903,8 @@ int listen_on(const liege::Address& addr) {
 
 int usage(const char* argv0) {
     std::fprintf(stderr,
-                 "usage: %s --listen ADDR [--name NAME] [--log-requests] [--idle-timeout MS]\n",
+                 "usage: %s --listen ADDR [--name NAME] [--log-requests] [--idle-timeout MS] "
+                 "[--keep-alive-timeout S]\n",
                  argv0);
     return 2;
 }
@@ -915,6 +928,13 @@ int main(int argc, char** argv) {
                     return usage(argv[0]);
                 }
                 g_idle_timeout = std::chrono::milliseconds(*ms);
+            } else if (arg == "--keep-alive-timeout" && i + 1 < argc) {
+                auto seconds = to_u64(argv[++i]);
+                if (!seconds || *seconds == 0) {
+                    return usage(argv[0]);
+                }
+                g_idle_timeout = std::chrono::seconds(*seconds);
+                g_announce_keep_alive = true;
             } else {
                 return usage(argv[0]);
             }

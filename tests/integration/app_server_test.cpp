@@ -932,4 +932,117 @@ TEST_F(AppServer, MetricsAndAccessLogShowQueueWaitsAndRejections) {
     EXPECT_TRUE(std::regex_search(text, kRejected)) << text;
 }
 
+// ---- keep-alive rules (see the top of router/upstream.hpp) -------------------------------------
+
+// The open connections of the only worker of vassal `v` (its /status entry), asked of the worker
+// itself (liege-test-backend's /count, on a connection of its own, which is not counted); nullopt
+// when it could not be asked.
+std::optional<int> worker_open_connections(const json& v) {
+    if (v.is_null() || v["workers"].size() != 1) {
+        return std::nullopt;
+    }
+    const std::string address = v["workers"][0].value("address", "");
+    const auto colon = address.rfind(':');
+    if (colon == std::string::npos) {
+        return std::nullopt;
+    }
+    try {
+        HttpClient c(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+        Response r = c.request("GET", "/count", {{"Host", "app.test"}, {"Connection", "close"}});
+        std::smatch m;
+        static const std::regex kOpen(R"(open=(\d+))");
+        if (r.status != 200 || !std::regex_search(r.body, m, kOpen)) {
+            return std::nullopt;
+        }
+        return std::stoi(m[1]) - 1;
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+}
+
+TEST_F(AppServer, IdleConnectionIsClosedBeforeTheBackendsAnnouncedKeepAliveTimeout) {
+    // The worker says `Keep-Alive: timeout=2` and drops a connection reused after 2 s idle; the
+    // router's own idle timeout for upstream connections stays at its default (30 s).
+    write_vassal("app", backend_command({"--log-requests", "--keep-alive-timeout", "2"}));
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_TRUE(wait_serving("app", 1, "/id"));
+    const auto from = mark();
+
+    auto first = get("/id?first");
+    ASSERT_TRUE(first);
+    ASSERT_EQ(first->status, 200);
+    EXPECT_EQ(first->header("Keep-Alive"), std::nullopt) << "hop-by-hop: not for the client";
+    auto second = get("/id?second");
+    ASSERT_TRUE(second);
+    ASSERT_EQ(second->status, 200);
+    EXPECT_EQ(second->header("X-Connection"), first->header("X-Connection"))
+        << "a connection idle for less than 3/4 of the timeout is reused";
+
+    // The router closes it at 3/4 of the announced 2 s, so before the worker would drop it.
+    const auto idle_since = Clock::now();
+    std::optional<int> open;
+    EXPECT_TRUE(poll_until(
+        [&] {
+            open = worker_open_connections(vassal("app"));
+            return open == 0;
+        },
+        1900ms, 20ms))
+        << "after " << elapsed_ms(idle_since) << " ms idle the router still holds "
+        << open.value_or(-1) << " connection(s) to the worker";
+    EXPECT_GE(elapsed_ms(idle_since), 1400) << "closed long before 3/4 of the announced timeout";
+
+    // Past the worker's timeout, a request goes on a new connection, first try.
+    EXPECT_TRUE(poll_until([&] { return Clock::now() - idle_since >= 2500ms; }, 3s, 50ms));
+    auto third = get("/id?third");
+    ASSERT_TRUE(third);
+    EXPECT_EQ(third->status, 200);
+    EXPECT_NE(third->header("X-Connection"), first->header("X-Connection"));
+    EXPECT_EQ(count_log("idle timeout: closed a connection", from), 0u)
+        << "the router reused a connection the worker had timed out:\n"
+        << log().substr(from);
+    EXPECT_EQ(count_log("down for", from), 0u) << log().substr(from);
+}
+
+TEST_F(AppServer, NonIdempotentRequestIsNotSentOnAConnectionIdleForMoreThanASecond) {
+    // The worker announces no timeout (as most servers) and drops a connection reused after
+    // 3 s idle; a POST cannot be retried once sent, so it must not risk that race.
+    write_vassal("app", backend_command({"--log-requests", "--idle-timeout", "3000"}));
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_TRUE(wait_serving("app", 1, "/id"));
+
+    auto first = get("/id?first");
+    ASSERT_TRUE(first);
+    ASSERT_EQ(first->status, 200);
+    const auto idle_since = Clock::now();
+    auto post = [&](const std::string& target) -> std::optional<Response> {
+        try {
+            HttpClient c(port_);
+            return c.request(
+                "POST", target,
+                {{"Host", "app.test"}, {"Connection", "close"}, {"Content-Length", "4"}}, "data");
+        } catch (const HttpError& e) {
+            ADD_FAILURE() << "POST " << target << ": " << e.what();
+            return std::nullopt;
+        }
+    };
+    // Idle for under a second: a POST may take the pooled connection.
+    auto early = post("/echo?early");
+    ASSERT_TRUE(early);
+    EXPECT_EQ(early->status, 200);
+    EXPECT_EQ(early->body, "data");
+    EXPECT_EQ(early->header("X-Connection"), first->header("X-Connection"))
+        << "a connection idle for " << elapsed_ms(idle_since) << " ms was not reused";
+
+    // Idle for more than a second: it gets a new connection.
+    const auto early_at = Clock::now();
+    EXPECT_TRUE(poll_until([&] { return Clock::now() - early_at >= 1300ms; }, 2s, 50ms));
+    auto late = post("/echo?late");
+    ASSERT_TRUE(late);
+    EXPECT_EQ(late->status, 200);
+    EXPECT_EQ(late->body, "data");
+    EXPECT_NE(late->header("X-Connection"), first->header("X-Connection"))
+        << "a POST went on a connection idle for 1.3 s";
+    EXPECT_EQ(count_log("idle timeout: closed a connection"), 0u) << log();
+}
+
 } // namespace

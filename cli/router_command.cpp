@@ -5,6 +5,7 @@
 #include "commands.hpp"
 #include "liege/log.hpp"
 #include "liege/router.hpp"
+#include "liege/router_settings.hpp"
 
 namespace liege::cli {
 
@@ -13,6 +14,9 @@ namespace {
 struct RouterArgs {
     std::vector<std::string> listen;
     std::vector<std::string> backends;
+    std::vector<std::string> listen_tls;
+    std::vector<std::string> trusted_proxies;
+    std::vector<std::string> router_opts;
     std::string lb = "least_conn";
     std::string header_timeout = "10s";
     std::string keepalive_timeout = "75s";
@@ -40,6 +44,19 @@ void add_router_command(CLI::App& app, int& exit_code) {
     cmd->add_option("--control-fd", args->options.control_fd,
                     "Control socket from the emperor (used by liege run)")
         ->group("");
+    cmd->add_option("--listen-tls", args->listen_tls,
+                    "Address to accept HTTPS clients on; repeat for several (needs --tls-cert)");
+    cmd->add_option("--inherit-tls-fd", args->options.inherited_tls_fds,
+                    "HTTPS listening socket inherited from the parent (used by liege run)")
+        ->group("");
+    cmd->add_option("--tls-cert", args->options.tls_cert,
+                    "Default certificate: a PEM chain (the key may follow it in the same file)");
+    cmd->add_option("--tls-key", args->options.tls_key,
+                    "The default certificate's key (default: read from --tls-cert)");
+    cmd->add_option("--trusted-proxy", args->trusted_proxies,
+                    "Peers (CIDR) whose X-Forwarded-* headers are kept and appended to");
+    cmd->add_option("--router-opt", args->router_opts,
+                    "KEY=VALUE, a timeout or limit (overrides the flags above); repeatable");
     cmd->add_option("--backend", args->backends, "Backend address; repeat for several");
     cmd->add_option("--threads", args->options.threads,
                     "Worker threads (default: number of cores)");
@@ -97,11 +114,24 @@ void add_router_command(CLI::App& app, int& exit_code) {
             o.shutdown_timeout = parse_duration(args->shutdown_timeout);
             o.max_header_size = parse_size(args->max_header_size);
             o.max_body_size = parse_size(args->max_body_size);
+            for (const auto& a : args->listen_tls) {
+                o.listen_tls.push_back(parse_address(a));
+            }
+            for (const auto& c : args->trusted_proxies) {
+                o.trusted_proxies.push_back(parse_cidr(c));
+            }
+            for (const auto& kv : args->router_opts) {
+                apply_router_setting(o, kv);
+            }
         } catch (const std::invalid_argument& e) {
             throw CLI::ValidationError(e.what());
         }
-        if (o.listen.empty() && o.inherited_fds.empty()) {
+        if (o.listen.empty() && o.inherited_fds.empty() && o.listen_tls.empty() &&
+            o.inherited_tls_fds.empty()) {
             throw CLI::ValidationError("--listen: at least one address is required");
+        }
+        if ((!o.listen_tls.empty() || !o.inherited_tls_fds.empty()) && o.tls_cert.empty()) {
+            throw CLI::ValidationError("--listen-tls needs a default certificate: --tls-cert");
         }
         if (o.max_tries == 0) {
             throw CLI::ValidationError("--max-tries must be at least 1");

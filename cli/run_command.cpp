@@ -7,6 +7,8 @@
 #include "commands.hpp"
 #include "liege/emperor.hpp"
 #include "liege/log.hpp"
+#include "liege/router.hpp"
+#include "liege/router_settings.hpp"
 
 namespace liege::cli {
 
@@ -24,6 +26,11 @@ std::string self_exe() {
 struct RunArgs {
     std::string vassals = "./vassals.d";
     std::vector<std::string> listen;
+    std::vector<std::string> listen_tls;
+    std::string tls_cert;
+    std::string tls_key;
+    std::vector<std::string> trusted_proxies;
+    std::vector<std::string> router_opts;
     std::string admin = "unix:./liege.sock";
     unsigned threads = 0;
     std::string env_name;
@@ -41,6 +48,16 @@ void add_run_command(CLI::App& app, int& exit_code) {
     cmd->add_option("--vassals", args->vassals, "Directory of vassal files")->capture_default_str();
     cmd->add_option("--listen", args->listen,
                     "Public address (HOST:PORT, [IPv6]:PORT, unix:PATH); default 127.0.0.1:8080");
+    cmd->add_option("--listen-tls", args->listen_tls,
+                    "Public HTTPS address; repeatable, beside --listen (needs --tls-cert)");
+    cmd->add_option("--tls-cert", args->tls_cert,
+                    "Default certificate (PEM chain), for names no vassal's certificate has");
+    cmd->add_option("--tls-key", args->tls_key,
+                    "The default certificate's key (default: read from --tls-cert)");
+    cmd->add_option("--trusted-proxy", args->trusted_proxies,
+                    "Peer range (CIDR) whose X-Forwarded-* headers are kept; repeatable");
+    cmd->add_option("--router-opt", args->router_opts,
+                    "Router timeout or limit as KEY=VALUE (e.g. body_max=10MiB); repeatable");
     cmd->add_option("--admin", args->admin, "Admin API address")->capture_default_str();
     cmd->add_option("--threads", args->threads, "Router threads (default: number of cores)");
     cmd->add_option("--env", args->env_name, "Environment name, given to workers as LIEGE_ENV");
@@ -61,8 +78,34 @@ void add_run_command(CLI::App& app, int& exit_code) {
                 o.listen.push_back(parse_address(a));
             }
             o.admin = parse_address(args->admin);
+            for (const auto& a : args->listen_tls) {
+                o.listen_tls.push_back(parse_address(a));
+            }
+            for (const auto& c : args->trusted_proxies) {
+                o.trusted_proxies.push_back(parse_cidr(c).str());
+            }
+            for (const auto& kv : args->router_opts) {
+                apply_router_setting(o.router, kv);
+            }
+            o.router_opts = args->router_opts;
         } catch (const std::invalid_argument& e) {
             throw CLI::ValidationError(e.what());
+        }
+        if (!o.listen_tls.empty() && args->tls_cert.empty()) {
+            throw CLI::ValidationError("--listen-tls needs a default certificate: --tls-cert");
+        }
+        // The router may start elsewhere: it gets absolute paths.
+        if (!args->tls_cert.empty()) {
+            o.tls_cert = std::filesystem::absolute(args->tls_cert).string();
+        }
+        if (!args->tls_key.empty()) {
+            o.tls_key = std::filesystem::absolute(args->tls_key).string();
+        }
+        if (!o.tls_cert.empty()) {
+            // The router would not start without it: say so once, here, rather than restart it.
+            if (std::string bad = check_certificate(o.tls_cert, o.tls_key); !bad.empty()) {
+                throw CLI::ValidationError(bad);
+            }
         }
         o.threads = args->threads;
         o.env_name = args->env_name;

@@ -27,6 +27,10 @@ std::string encode(const RoutesMessage& m) {
                           {"queue_timeout_ms", r.queue_timeout_ms},
                           {"failed", r.failed},
                           {"last_error", r.last_error}});
+        if (!r.tls_cert.empty() || r.tls_redirect) {
+            routes.back()["tls"] = {
+                {"cert", r.tls_cert}, {"key", r.tls_key}, {"redirect", r.tls_redirect}};
+        }
     }
     json j = {{"type", "routes"}, {"version", m.version}, {"routes", std::move(routes)}};
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
@@ -183,6 +187,11 @@ RoutesMessage decode_routes(const json& j) {
         spec.queue_timeout_ms = r.value("queue_timeout_ms", int64_t{30'000});
         spec.failed = r.value("failed", false);
         spec.last_error = r.value("last_error", std::string());
+        if (auto t = r.find("tls"); t != r.end()) {
+            spec.tls_cert = t->value("cert", std::string());
+            spec.tls_key = t->value("key", std::string());
+            spec.tls_redirect = t->value("redirect", false);
+        }
         for (const auto& b : r.at("backends")) {
             spec.backends.push_back({b.at("address").get<std::string>(), b.value("worker", 0),
                                      b.value("draining", false),

@@ -234,14 +234,15 @@ fs::path Vassal::working_dir(const PlaceholderValues& values) const {
 
 namespace {
 
-constexpr std::array<std::string_view, 12> kTopKeys = {
-    "command", "workers", "concurrency", "hosts", "path",   "cwd",
-    "env",     "socket",  "health",      "queue", "reload", "stop"};
+constexpr std::array<std::string_view, 13> kTopKeys = {
+    "command", "workers", "concurrency", "hosts",  "path", "cwd", "env",
+    "socket",  "health",  "queue",       "reload", "stop", "tls"};
 constexpr std::array<std::string_view, 4> kHealthKeys = {"path", "interval", "timeout",
                                                          "start_timeout"};
 constexpr std::array<std::string_view, 2> kQueueKeys = {"size", "timeout"};
 constexpr std::array<std::string_view, 2> kReloadKeys = {"strategy", "drain_timeout"};
 constexpr std::array<std::string_view, 2> kStopKeys = {"signal", "timeout"};
+constexpr std::array<std::string_view, 4> kTlsKeys = {"cert", "key", "acme", "redirect"};
 constexpr std::array<std::string_view, 4> kPlaceholderNames = {"PORT", "SOCKET", "NAME", "WORKER"};
 // Set by the emperor for every worker; a vassal cannot override them.
 constexpr std::array<std::string_view, 6> kReservedEnv = {
@@ -440,6 +441,9 @@ public:
             }
             duration(*table, "reload.drain_timeout", "drain_timeout", v.reload.drain_timeout, true);
         }
+        if (auto* table = section(root, "tls", kTlsKeys)) {
+            tls(*table, v);
+        }
         if (auto* table = section(root, "stop", kStopKeys)) {
             if (auto* node = table->get("signal")) {
                 stop_signal(*node, v);
@@ -449,6 +453,53 @@ public:
     }
 
 private:
+    // [tls]: the vassal's certificate (a path relative to the file's directory) and whether
+    // plain HTTP for its hosts is redirected.
+    void tls(const toml::table& table, Vassal& v) {
+        auto path_key = [&](std::string_view local, std::filesystem::path& out) {
+            const toml::node* node = table.get(local);
+            if (node == nullptr) {
+                return;
+            }
+            const std::string key = "tls." + std::string(local);
+            if (auto s = string_value(*node, key, "a file path")) {
+                if (s->empty()) {
+                    error(*node, key + ": expected a file path, got \"\"");
+                } else {
+                    out = (v.dir / *s).lexically_normal();
+                }
+            }
+        };
+        path_key("cert", v.tls.cert);
+        path_key("key", v.tls.key);
+        if (const toml::node* node = table.get("key"); node != nullptr && v.tls.cert.empty()) {
+            error(*node, "tls.key: needs tls.cert, the certificate it belongs to");
+        }
+        if (const toml::node* node = table.get("redirect")) {
+            if (auto b = node->as_boolean()) {
+                v.tls.redirect = b->get();
+            } else {
+                error(*node,
+                      "tls.redirect: expected true or false, got " + std::string(type_name(*node)));
+            }
+        }
+        if (const toml::node* node = table.get("acme")) {
+            if (!node->is_boolean()) {
+                error(*node,
+                      "tls.acme: expected true or false, got " + std::string(type_name(*node)));
+            } else if (node->as_boolean()->get()) {
+                error(*node, "tls.acme: automatic certificates are not available in this "
+                             "version; give tls.cert (and tls.key)");
+            }
+        }
+        if (!v.tls.cert.empty() &&
+            std::all_of(v.hosts.begin(), v.hosts.end(), [](const auto& h) { return h == "*"; })) {
+            error(position_of(table.source()),
+                  "tls.cert: is chosen by the names in hosts (SNI), and this vassal has none; "
+                  "the certificate for any other name is liege run --tls-cert");
+        }
+    }
+
     template <size_t N>
     void check_keys(const toml::table& table, std::string_view section,
                     const std::array<std::string_view, N>& known) {

@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cstring>
 #include <set>
+#include <tuple>
 
 #include "liege/clock.hpp"
 #include "liege/log.hpp"
 #include "liege/logs.hpp"
+#include "liege/router_settings.hpp"
 
 namespace liege::emperor {
 
@@ -43,6 +45,9 @@ Emperor::~Emperor() {
     for (int fd : listen_fds_) {
         ::close(fd);
     }
+    for (int fd : tls_fds_) {
+        ::close(fd);
+    }
     std::error_code ec;
     fs::remove_all(runtime_dir_, ec);
 }
@@ -52,17 +57,21 @@ int Emperor::start() {
     std::error_code ec;
     fs::create_directories(runtime_dir_, ec);
     reaper_ = install_reaper(loop_);
-    for (const Address& a : options_.listen) {
-        int fd = bind_listening_socket(a, false, 4096);
-        if (fd < 0) {
-            spdlog::error("cannot listen on {}: {}", a.str(), std::strerror(-fd));
-            return 1;
+    for (const auto& [addrs, fds, bound, scheme] :
+         {std::tuple{&options_.listen, &listen_fds_, &bound_, ""},
+          std::tuple{&options_.listen_tls, &tls_fds_, &bound_tls_, " (https)"}}) {
+        for (const Address& a : *addrs) {
+            int fd = bind_listening_socket(a, false, 4096);
+            if (fd < 0) {
+                spdlog::error("cannot listen on {}: {}", a.str(), std::strerror(-fd));
+                return 1;
+            }
+            fds->push_back(fd);
+            bound->push_back(a.is_unix() ? a : address_of_socket(fd));
+            spdlog::info("listening on {}{}", bound->back().str(), scheme);
         }
-        listen_fds_.push_back(fd);
-        bound_.push_back(a.is_unix() ? a : address_of_socket(fd));
-        spdlog::info("listening on {}", bound_.back().str());
     }
-    router_.start(listen_fds_);
+    router_.start(listen_fds_, tls_fds_);
     watcher_ = watch_directory(loop_, options_.vassals_dir,
                                [this](const std::vector<DirChange>& c) { on_changes(c); });
     spdlog::info("emperor: watching {}", fs::absolute(options_.vassals_dir).string());
@@ -450,6 +459,9 @@ void Emperor::publish_routes() {
         r.queue_timeout_ms = shown->config.queue.timeout.count();
         r.failed = v->routed_failed;
         r.last_error = v->last_error;
+        r.tls_cert = shown->config.tls.cert.string();
+        r.tls_key = shown->config.tls.key.string();
+        r.tls_redirect = shown->config.tls.redirect;
         for (const WorkerProc* w : v->in_order()) {
             if (w->serving() || w->phase() == WorkerPhase::Draining) {
                 r.backends.push_back(
@@ -512,6 +524,10 @@ void Emperor::shutdown(std::function<void()> done) {
         ::close(fd);
     }
     listen_fds_.clear();
+    for (int fd : tls_fds_) {
+        ::close(fd);
+    }
+    tls_fds_.clear();
     router_.stop();
     maybe_finish_shutdown();
 }
@@ -606,14 +622,20 @@ nlohmann::json Emperor::status() const {
                    {"thread_requests", stats.thread_requests},
                    {"thread_connections", stats.thread_connections},
                    {"upstream_connections", stats.upstream_connections}};
+    router["settings"] = router_settings_json(options_.router);
     json listen = json::array();
     for (const auto& a : bound_) {
         listen.push_back(a.str());
+    }
+    json listen_tls = json::array();
+    for (const auto& a : bound_tls_) {
+        listen_tls.push_back(a.str());
     }
     return {{"emperor",
              {{"pid", ::getpid()},
               {"vassals_dir", options_.vassals_dir.string()},
               {"listen", listen},
+              {"listen_tls", listen_tls},
               {"uptime_seconds", unix_now() - started_unix_}}},
             {"router", router},
             {"vassals", vassals}};

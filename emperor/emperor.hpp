@@ -101,6 +101,8 @@ private:
     std::filesystem::path runtime_dir_;
     std::vector<int> listen_fds_;
     std::vector<Address> bound_;
+    std::vector<int> tls_fds_; // HTTPS
+    std::vector<Address> bound_tls_;
     std::unique_ptr<Reaper> reaper_;
     std::unique_ptr<DirWatcher> watcher_;
     std::map<std::string, std::unique_ptr<VassalRt>> vassals_;

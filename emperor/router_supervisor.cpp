@@ -18,8 +18,9 @@ RouterSupervisor::RouterSupervisor(uv_loop_t* loop, const EmperorOptions& option
     restart_timer_->data = this;
 }
 
-void RouterSupervisor::start(const std::vector<int>& listen_fds) {
+void RouterSupervisor::start(const std::vector<int>& listen_fds, const std::vector<int>& tls_fds) {
     listen_fds_ = listen_fds;
+    tls_fds_ = tls_fds;
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         spdlog::error("emperor: socketpair: {}", std::strerror(errno));
@@ -42,6 +43,23 @@ void RouterSupervisor::start(const std::vector<int>& listen_fds) {
         spec.extra_fds.push_back(fd);
         spec.argv.push_back("--inherit-fd");
         spec.argv.push_back(std::to_string(next_fd++));
+    }
+    for (int fd : tls_fds_) {
+        spec.extra_fds.push_back(fd);
+        spec.argv.push_back("--inherit-tls-fd");
+        spec.argv.push_back(std::to_string(next_fd++));
+    }
+    for (const auto& [flag, value] :
+         {std::pair{"--tls-cert", options_.tls_cert}, {"--tls-key", options_.tls_key}}) {
+        if (!value.empty()) {
+            spec.argv.insert(spec.argv.end(), {flag, value});
+        }
+    }
+    for (const auto& c : options_.trusted_proxies) {
+        spec.argv.insert(spec.argv.end(), {"--trusted-proxy", c});
+    }
+    for (const auto& kv : options_.router_opts) {
+        spec.argv.insert(spec.argv.end(), {"--router-opt", kv});
     }
     spec.extra_fds.push_back(sv[1]);
     spec.argv.push_back("--control-fd");
@@ -140,7 +158,7 @@ void RouterSupervisor::restart_in(std::chrono::milliseconds delay) {
         [](uv_timer_t* t) {
             auto* self = static_cast<RouterSupervisor*>(t->data);
             if (!self->stopping_) {
-                self->start(self->listen_fds_);
+                self->start(self->listen_fds_, self->tls_fds_);
             }
         },
         static_cast<uint64_t>(delay.count()), 0);

@@ -32,7 +32,8 @@ public:
     RouterSupervisor(uv_loop_t* loop, const EmperorOptions& options, Events events);
 
     // Starts the router, handing it `listen_fds` (kept by the caller) as fds 3...
-    void start(const std::vector<int>& listen_fds);
+    // Plain HTTP sockets and HTTPS ones.
+    void start(const std::vector<int>& listen_fds, const std::vector<int>& tls_fds);
     // Graceful stop (SIGTERM): no restart afterwards.
     void stop();
     bool running() const { return child_ != nullptr && child_->running(); }
@@ -57,6 +58,7 @@ private:
     const EmperorOptions& options_;
     Events events_;
     std::vector<int> listen_fds_;
+    std::vector<int> tls_fds_;
     std::unique_ptr<Child> child_;
     std::unique_ptr<control::ControlLink> link_;
     UvHandle<uv_timer_t> restart_timer_;

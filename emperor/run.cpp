@@ -4,6 +4,7 @@
 
 #include "emperor.hpp"
 #include "liege/admin.hpp"
+#include "liege/containment.hpp"
 #include "liege/log.hpp"
 #include "liege/logs.hpp"
 
@@ -16,6 +17,8 @@ int run_emperor(const EmperorOptions& options) {
         return 1;
     }
     install_log_files(&logs);
+    // Before any child (and any thread): the guard is a fork of this process.
+    auto containment = Containment::install();
     uv_loop_t loop;
     uv_loop_init(&loop);
     std::signal(SIGPIPE, SIG_IGN);
@@ -90,6 +93,7 @@ int run_emperor(const EmperorOptions& options) {
     // Let the handles closed by destructors finish closing.
     uv_run(&loop, UV_RUN_DEFAULT);
     close_loop(&loop, "emperor");
+    containment.reset(); // stops what was re-parented to us and is still there; the guard goes
     spdlog::info("emperor: stopped");
     install_log_files(nullptr);
     return exit_code;

@@ -62,6 +62,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "liege/containment.hpp"
 #include "liege/log.hpp"
 #include "liege/uv.hpp"
 
@@ -98,8 +99,10 @@ namespace {
 constexpr std::size_t kLastLines = 20;
 // How long a reaped child's exit waits for its output pipes when a grandchild holds them open.
 constexpr uint64_t kPipeLingerMs = 1000;
-// After the leader of a stopping group exits: how often to look whether the rest is gone.
+// After the leader of a group exits: how often to look whether the rest is gone, and for how long
+// after its SIGKILL before giving up on it (a process stuck in the kernel).
 constexpr uint64_t kGroupPollMs = 50;
+constexpr uint64_t kGroupGiveUpMs = 10'000;
 
 class ChildCore;
 
@@ -169,10 +172,10 @@ char g_read_buffer[65536];
 
 class ChildCore : public std::enable_shared_from_this<ChildCore> {
 public:
-    ChildCore(uv_loop_t* loop, pid_t pid, std::string tag, Child::LineFn on_line,
-              Child::ExitFn on_exit)
-        : loop_(loop), pid_(pid), tag_(std::move(tag)), on_line_(std::move(on_line)),
-          on_exit_(std::move(on_exit)) {}
+    ChildCore(uv_loop_t* loop, pid_t pid, std::string cgroup, std::string tag,
+              Child::LineFn on_line, Child::ExitFn on_exit)
+        : loop_(loop), pid_(pid), cgroup_(std::move(cgroup)), tag_(std::move(tag)),
+          on_line_(std::move(on_line)), on_exit_(std::move(on_exit)) {}
 
     pid_t pid() const { return pid_; }
     bool running() const { return !reaped_; }
@@ -210,10 +213,11 @@ public:
         if (exit_delivered_) {
             return;
         }
-        ::kill(-pid_, signo);
         if (signo == SIGKILL) {
+            kill_all();
             return;
         }
+        ::kill(-pid_, signo);
         // A second stop() does not push the deadline further out.
         if (kill_timer_.active()) {
             return;
@@ -247,6 +251,13 @@ public:
         detached_ = true;
         if (kill_timer_.active()) {
             keep_alive_ = shared_from_this();
+        }
+    }
+
+    // The group (and cgroup) of a child whose core is gone: nothing watches it any more.
+    static void forget(pid_t pid) {
+        if (auto* c = Containment::current()) {
+            c->gone(pid);
         }
     }
 
@@ -316,37 +327,60 @@ private:
         }
     }
 
-    // The leader may be gone already while something it started, still in the group, ignores
-    // the stop signal: SIGKILL goes to the group either way, unless the group is seen empty.
-    void on_kill_timer() {
-        auto self = shared_from_this();
-        if (exit_delivered_ && uv_now(loop_) < kill_deadline_) {
-            // The leader is gone; the rest of its group is watched until it is empty or the
-            // deadline comes, so a stop that worked leaves no timer behind for long.
-            if (group_gone()) {
-                kill_timer_.reset();
-                keep_alive_.reset();
-            }
+    // SIGKILL to the whole group, and to the cgroup, where processes that left the group are.
+    void kill_all() {
+        sigkill_sent_ = true;
+        ::kill(-pid_, SIGKILL);
+        Containment::kill_cgroup(cgroup_);
+    }
+
+    // Everything of the child is gone: no more watching, and the containment forgets it.
+    void released() {
+        if (released_) {
             return;
         }
-        if (!group_gone()) {
+        released_ = true;
+        kill_timer_.reset();
+        forget(pid_);
+        keep_alive_.reset(); // last: may free *this (every caller holds a reference)
+    }
+
+    // Before the leader exits: the stop's deadline, when the group gets SIGKILL. After it: the
+    // rest of the group is watched until it is gone (or the deadline comes, or, after SIGKILL,
+    // kGroupGiveUpMs), so a stop that worked leaves no timer behind for long.
+    void on_kill_timer() {
+        auto self = shared_from_this();
+        if (exit_delivered_ && group_gone()) {
+            released();
+            return;
+        }
+        const uint64_t now = uv_now(loop_);
+        if (now >= kill_deadline_ && !sigkill_sent_) {
             spdlog::debug("{}: process group {} still there after its stop timeout, sending "
                           "SIGKILL",
                           tag_, pid_);
-            ::kill(-pid_, SIGKILL);
+            kill_all();
         }
-        uv_timer_stop(kill_timer_.get()); // it may repeat (see deliver_exit)
-        keep_alive_.reset(); // a detached core has nothing left to do once SIGKILL is sent
+        if (!exit_delivered_) {
+            uv_timer_stop(kill_timer_.get()); // the leader's exit comes next: deliver_exit
+            keep_alive_.reset();
+            return;
+        }
+        if (sigkill_sent_ && now >= kill_deadline_ + kGroupGiveUpMs) {
+            spdlog::warn("{}: process group {} not gone {} s after SIGKILL", tag_, pid_,
+                         kGroupGiveUpMs / 1000);
+            uv_timer_stop(kill_timer_.get());
+            keep_alive_.reset();
+        }
     }
 
-    // Whether no process is left in the child's group. While one is, the kernel does not reuse
-    // the group's id, so a later kill(-pgid) cannot reach a stranger; once it is empty, the
-    // pending SIGKILL is dropped so that it never can.
+    // Whether no process is left in the child's group (nor in its cgroup). While one is, the
+    // kernel does not reuse the group's id, so a later kill(-pgid) cannot reach a stranger; once
+    // it is empty, the pending SIGKILL is dropped so that it never can.
     bool group_gone() const {
-        if (::kill(-pid_, 0) != 0 && errno == ESRCH) {
-            return true;
-        }
-        return !group_has_live_process(pid_); // only zombies left: nothing to kill
+        const bool group_empty =
+            (::kill(-pid_, 0) != 0 && errno == ESRCH) || !group_has_live_process(pid_);
+        return group_empty && (cgroup_.empty() || !Containment::cgroup_populated(cgroup_));
     }
 
     void deliver_exit() {
@@ -356,12 +390,29 @@ private:
         exit_delivered_ = true;
         linger_timer_.reset();
         if (group_gone()) {
-            kill_timer_.reset();
-            keep_alive_.reset();
-        } else if (kill_timer_.active()) {
+            released();
+        } else {
             const uint64_t now = uv_now(loop_);
+            if (!kill_timer_.active()) {
+                // The leader exited on its own (a crash, an exit, a signal from elsewhere): what
+                // it leaves behind in its group and cgroup has nobody to serve, and a restart
+                // would pile more of it up.
+                if (!sigkill_sent_) {
+                    spdlog::info("{}: pid {} exited; killing what is left of its process group",
+                                 tag_, pid_);
+                    kill_all();
+                }
+                kill_deadline_ = now;
+                if (!kill_timer_.initialised()) {
+                    uv_timer_init(loop_, kill_timer_.get());
+                    kill_timer_->data = this;
+                }
+            }
             const uint64_t left = kill_deadline_ > now ? kill_deadline_ - now : 0;
             start_kill_timer(std::min<uint64_t>(left, kGroupPollMs), kGroupPollMs);
+            if (detached_) {
+                keep_alive_ = shared_from_this();
+            }
         }
         if (detached_ || !on_exit_) {
             return;
@@ -372,6 +423,7 @@ private:
 
     uv_loop_t* loop_;
     pid_t pid_;
+    std::string cgroup_; // its own cgroup (Containment), or ""
     std::string tag_;
     Child::LineFn on_line_;
     Child::ExitFn on_exit_;
@@ -384,6 +436,8 @@ private:
     bool reaped_ = false;
     bool exit_delivered_ = false;
     bool detached_ = false;
+    bool sigkill_sent_ = false;
+    bool released_ = false;
     std::shared_ptr<ChildCore> keep_alive_;
 };
 
@@ -433,7 +487,12 @@ void reap_children() {
         update_reaper_ref();
         if (core) {
             core->on_reaped(status);
+        } else {
+            ChildCore::forget(pid);
         }
+    }
+    if (Containment::current() != nullptr) {
+        Containment::reap_adopted([](pid_t pid) { return registry().contains(pid); });
     }
 }
 
@@ -551,11 +610,20 @@ struct ExecPlan {
     std::vector<int> sources;          // the fd that becomes fd i
     std::vector<int> temps;            // scratch for the child, sized before fork
     const char* cwd = nullptr;
+    std::string cgroup_procs; // the child's cgroup.procs, joined first ("" = none)
     pid_t parent = 0;
 };
 
 [[noreturn]] void run_child(ExecPlan& plan, int report_fd, const sigset_t& unblocked) {
     ::setpgid(0, 0);
+    if (!plan.cgroup_procs.empty()) {
+        // Before anything else can fork: whatever the app starts is born in its cgroup.
+        int fd = ::open(plan.cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            (void)!::write(fd, "0", 1);
+            ::close(fd);
+        }
+    }
 
     struct sigaction dfl;
     std::memset(&dfl, 0, sizeof dfl);
@@ -700,6 +768,11 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
     if (!spec.cwd.empty()) {
         plan.cwd = spec.cwd.c_str();
     }
+    Containment* containment = Containment::current();
+    const std::string cgroup = containment != nullptr ? containment->make_cgroup() : "";
+    if (!cgroup.empty()) {
+        plan.cgroup_procs = cgroup + "/cgroup.procs";
+    }
 
     FdGuard guard;
     int& dev_null = guard.add(::open("/dev/null", O_RDONLY | O_CLOEXEC));
@@ -748,6 +821,9 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
         return fail(fork_errno);
     }
     ::setpgid(pid, pid); // may fail once the child has exec'd: it did it itself by then
+    if (containment != nullptr) {
+        containment->started(pid, cgroup);
+    }
 
     // The child's ends: closing them here is what lets EOF and the exec report through.
     ::close(std::exchange(out_write, -1));
@@ -765,12 +841,15 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
         // here rather than leave a zombie.
         while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
         }
+        if (containment != nullptr) {
+            containment->gone(pid);
+        }
         spdlog::debug("{}: cannot run {}: {}", spec.tag, spec.argv[0], std::strerror(child_errno));
         return fail(child_errno);
     }
 
-    auto core =
-        std::make_shared<ChildCore>(loop, pid, spec.tag, std::move(on_line), std::move(on_exit));
+    auto core = std::make_shared<ChildCore>(loop, pid, cgroup, spec.tag, std::move(on_line),
+                                            std::move(on_exit));
     registry()[pid] = core;
     update_reaper_ref();
     core->open_pipe(0, std::exchange(out_read, -1));

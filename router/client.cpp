@@ -19,12 +19,13 @@ namespace {
 
 constexpr uint64_t kLingerMs = 2000;
 
-void peer_name(int fd, char* out, size_t cap) {
+// Writes the peer's address into `out`; returns whether it is one of the `trusted` proxies.
+bool peer_name(int fd, char* out, size_t cap, const std::vector<Cidr>& trusted) {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
         std::snprintf(out, cap, "-");
-        return;
+        return false;
     }
     if (ss.ss_family == AF_INET) {
         inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, out,
@@ -35,6 +36,7 @@ void peer_name(int fd, char* out, size_t cap) {
     } else {
         std::snprintf(out, cap, "unix");
     }
+    return any_cidr_contains(trusted, reinterpret_cast<const sockaddr*>(&ss));
 }
 
 } // namespace
@@ -43,14 +45,18 @@ ClientConn::ClientConn(RouterThread& thread)
     : thread_(thread), stream_(thread, *this), out_up_(thread.ops(), thread.chunks()),
       out_client_(thread.ops(), thread.chunks()) {}
 
-void ClientConn::accept(RouterThread& thread, int fd, bool is_unix) {
+void ClientConn::accept(RouterThread& thread, int fd, bool is_unix, bool tls) {
     auto* c = new ClientConn(thread);
     thread.client_opened(&c->node);
     if (c->stream_.open(fd, is_unix) != 0) {
         c->close_now();
         return;
     }
-    peer_name(fd, c->peer_, sizeof(c->peer_));
+    if (tls) {
+        c->tls_ = true;
+        c->stream_.start_tls(thread.shared().tls->snapshot());
+    }
+    c->trusted_peer_ = peer_name(fd, c->peer_, sizeof(c->peer_), thread.options().trusted_proxies);
     llhttp_init(&c->parser_, HTTP_REQUEST, settings());
     c->parser_.data = c;
     c->set_phase(ClientPhase::Idle);

@@ -46,11 +46,15 @@ namespace liege::router {
 
 class RouterThread;
 
+// ACME's HTTP-01 challenge path, which a redirect to https must leave alone (RFC 8555 8.3).
+bool is_acme_challenge(std::string_view path);
+
 enum class ClientPhase { Idle, Head, Body, AwaitResponse, Tunnel, Closing, Lingering, Closed };
 
 class ClientConn final : private Stream::Owner, private Upstream::Client {
 public:
-    static void accept(RouterThread& thread, int fd, bool is_unix);
+    // `tls`: the socket came from an HTTPS listener.
+    static void accept(RouterThread& thread, int fd, bool is_unix, bool tls);
     static ClientConn* from_node(ListNode* n) { return static_cast<ClientConn*>(n->owner); }
 
     bool idle() const { return phase_ == ClientPhase::Idle && in_ == nullptr; }
@@ -81,6 +85,8 @@ private:
     void leave_queue();
     void stop_waiting(); // counts the wait: in the histogram and the access log
     void reject(control::Rejection why, std::string_view text);
+    // [tls] redirect: the request gets a 308 to the same target over https.
+    void redirect_to_https(const http::RequestTarget& target);
     // The exchange's backend slot, to the next waiter if there is one; true when it went to a
     // waiter on another thread.
     bool release_slot();
@@ -154,11 +160,13 @@ private:
     llhttp_t parser_{};
     ClientPhase phase_ = ClientPhase::Idle;
     bool first_request_ = true;
-    bool draining_ = false;    // close after the current response
-    bool peer_eof_ = false;    // the client closed its side
-    bool up_paused_ = false;   // backpressure: the upstream's write queue is above high water
-    bool out_blocked_ = false; // backpressure: ours to the client is (response_paused)
-    size_t blocked_left_ = 0;  // stream_.not_taken() when last looked at while blocked
+    bool draining_ = false;     // close after the current response
+    bool peer_eof_ = false;     // the client closed its side
+    bool up_paused_ = false;    // backpressure: the upstream's write queue is above high water
+    bool out_blocked_ = false;  // backpressure: ours to the client is (response_paused)
+    bool trusted_peer_ = false; // a --trusted-proxy: its X-Forwarded-* headers are kept
+    bool tls_ = false;          // an HTTPS client
+    size_t blocked_left_ = 0;   // stream_.not_taken() when last looked at while blocked
 
     // Input not yet parsed (pipelined requests wait here while a response is in progress).
     Chunk* in_ = nullptr;

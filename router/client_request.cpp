@@ -263,6 +263,10 @@ int ClientConn::headers_complete() {
     }
     ex_.pool = ex_.snapshot->pools[route->index].get();
     ex_.pool->stats->in_flight.fetch_add(1, std::memory_order_relaxed);
+    if (ex_.pool->tls_redirect && !tls_ && !is_acme_challenge(target.path)) {
+        redirect_to_https(target);
+        return -1;
+    }
     ex_.chunked = (p->flags & F_CHUNKED) != 0;
     if (o.max_body_size != 0 && (p->flags & F_CONTENT_LENGTH) &&
         p->content_length > o.max_body_size) {
@@ -277,6 +281,8 @@ int ClientConn::headers_complete() {
     Chunk* out = thread_.chunks().get();
     http::RequestForward fwd;
     fwd.client_ip = peer_;
+    fwd.trusted = trusted_peer_;
+    fwd.proto = tls_ ? "https" : "http";
     fwd.upgrade = ex_.upgrade;
     fwd.target = &target;
     fwd.drop_underscores = checked.underscores;

@@ -19,7 +19,41 @@ std::string_view or_dash(const std::string& s) {
     return s.empty() ? std::string_view("-") : std::string_view(s);
 }
 
+// The longest request target a redirect repeats; a longer one is sent to the site's root.
+constexpr size_t kMaxRedirectTarget = 8192;
+
+// "shop.test:8080" → "shop.test", "[::1]:8080" → "[::1]".
+std::string_view without_port(std::string_view host) {
+    if (host.starts_with('[')) {
+        const size_t close = host.find(']');
+        return close == std::string_view::npos ? host : host.substr(0, close + 1);
+    }
+    const size_t colon = host.rfind(':');
+    return colon == std::string_view::npos ? host : host.substr(0, colon);
+}
+
 } // namespace
+
+bool is_acme_challenge(std::string_view path) {
+    return path.starts_with("/.well-known/acme-challenge/");
+}
+
+void ClientConn::redirect_to_https(const http::RequestTarget& target) {
+    auto& to = ex_.text.location;
+    to.assign("https://").append(without_port(target.host));
+    if (const uint16_t port = thread_.shared().https_port; port != 0) {
+        to.append(":").append(std::to_string(port));
+    }
+    const std::string_view rest = target.absolute ? target.path : head_->url();
+    if (target.slash_before || rest.size() > kMaxRedirectTarget) {
+        to.append("/");
+    }
+    if (rest.size() <= kMaxRedirectTarget) {
+        to.append(rest);
+    }
+    ex_.error_status = 308;
+    ex_.text.error_body.assign(to);
+}
 
 void ClientConn::record_response(bool router_error) {
     thread_.count_request();
@@ -283,11 +317,14 @@ void ClientConn::respond_error(int status, std::string_view detail, bool detail_
     if (ex_.retry_after > 0) {
         std::snprintf(retry_after, sizeof(retry_after), "Retry-After: %d\r\n", ex_.retry_after);
     }
-    int n = std::snprintf(c->data, Chunk::kSize,
-                          "HTTP/1.1 %d %.*s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                          "Content-Length: %zu\r\n%sConnection: close\r\n\r\n",
-                          status, static_cast<int>(reason.size()), reason.data(), body_len,
-                          retry_after);
+    const std::string_view location = ex_.text.location; // bounded by redirect_to_https
+    int n =
+        std::snprintf(c->data, Chunk::kSize,
+                      "HTTP/1.1 %d %.*s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                      "Content-Length: %zu\r\n%s%s%.*s%sConnection: close\r\n\r\n",
+                      status, static_cast<int>(reason.size()), reason.data(), body_len, retry_after,
+                      location.empty() ? "" : "Location: ", static_cast<int>(location.size()),
+                      location.data(), location.empty() ? "" : "\r\n");
     if (status_line) {
         n += std::snprintf(c->data + n, Chunk::kSize - static_cast<size_t>(n), "%d %.*s\n", status,
                            static_cast<int>(reason.size()), reason.data());
@@ -300,8 +337,9 @@ void ClientConn::respond_error(int status, std::string_view detail, bool detail_
     out_client_.add(c, c->data, c->len);
     thread_.chunks().unref(c);
     ex_.resp_bytes = c->len;
-    spdlog::warn("{} {} for {} \"{}\": {}", status, reason, peer_, or_dash(ex_.text.request_line),
-                 detail);
+    spdlog::log(status < 400 ? spdlog::level::debug : spdlog::level::warn,
+                "{} {} for {} \"{}\": {}", status, reason, peer_, or_dash(ex_.text.request_line),
+                detail);
     flush_client();
     if (closed()) {
         return;

@@ -19,11 +19,12 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
         std::vector<char> draining;
         std::shared_ptr<VassalStats> stats;
         std::shared_ptr<VassalQueue> queue;
+        bool tls_redirect = false;
     };
     std::vector<PoolSpec> pools;
     std::vector<RouteEntry> entries;
     for (const auto& r : m.routes) {
-        PoolSpec pool{r.vassal, r.generation, {}, {}, nullptr, nullptr};
+        PoolSpec pool{r.vassal, r.generation, {}, {}, nullptr, nullptr, r.tls_redirect};
         auto vit = vassals_.find(r.vassal);
         pool.stats = vit != vassals_.end() ? vit->second : std::make_shared<VassalStats>();
         next_vassals[r.vassal] = pool.stats;
@@ -95,6 +96,7 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
         for (const auto& p : pools) {
             snap->pools.push_back(std::make_unique<Pool>(p.vassal, p.generation, policy_,
                                                          p.backends, p.draining, p.stats, p.queue));
+            snap->pools.back()->tls_redirect = p.tls_redirect;
             for (size_t i = 0; i < p.backends.size(); ++i) {
                 if (p.draining[i] == 0) {
                     snap->serving.push_back(p.backends[i].get());
@@ -200,6 +202,10 @@ void ControlChannel::on_line(const std::string& line) {
             return;
         }
         control::RoutesMessage m = control::decode_routes(j);
+        if (shared_.tls != nullptr) {
+            shared_.tls->set_routes(m.routes); // before the routes: a new vassal's name has its
+                                               // certificate by the time requests reach it
+        }
         std::vector<std::shared_ptr<Backend>> to_drain;
         auto snaps = builder_.build(m, threads_.size(), to_drain);
         const uint64_t version = snaps.empty() ? 0 : snaps.front()->version;

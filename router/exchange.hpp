@@ -19,8 +19,10 @@ struct ExchangeText {
     std::string agent;        // ` "referer" "user-agent"`, when access logging
     std::string error_body;   // a line for an error response's body, e.g. the unknown host
     std::string backend;      // the last backend tried
+    std::string location;     // a redirect's target (the router's own 308 to https)
     void clear() {
         request_line.clear();
+        location.clear();
         agent.clear();
         error_body.clear();
         backend.clear();

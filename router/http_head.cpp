@@ -471,17 +471,30 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
     }
     bool has_host = false;
     bool wrote_xff = false;
+    bool wrote_proto = false;
+    bool wrote_fwd_host = false;
     std::string_view host;
     for (size_t i = 0; i < head.header_count(); ++i) {
         std::string_view name = head.name(i);
-        if (is_hop_by_hop(conn, name, fwd.upgrade) || iequals(name, "x-forwarded-proto") ||
-            iequals(name, "x-forwarded-host") ||
+        if (is_hop_by_hop(conn, name, fwd.upgrade) ||
             (fwd.drop_underscores && name.find('_') != std::string_view::npos)) {
             continue;
         }
+        const bool is_proto = iequals(name, "x-forwarded-proto");
+        if (is_proto || iequals(name, "x-forwarded-host")) {
+            // A trusted proxy's first value tells what its client asked for; anyone else's is
+            // a claim the router replaces with what it saw.
+            bool& wrote = is_proto ? wrote_proto : wrote_fwd_host;
+            if (fwd.trusted && !wrote && !trim(head.value(i)).empty()) {
+                wrote = true;
+                w.header(name, trim(head.value(i)));
+            }
+            continue;
+        }
         if (iequals(name, "x-forwarded-for")) {
-            // All incoming X-Forwarded-For headers become one list, with the client appended.
-            if (wrote_xff) {
+            // From a trusted proxy, all incoming X-Forwarded-For headers become one list, with
+            // the client appended; from anyone else, the client alone.
+            if (wrote_xff || !fwd.trusted) {
                 continue;
             }
             wrote_xff = true;
@@ -518,8 +531,10 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
     if (!wrote_xff) {
         w.header("X-Forwarded-For", fwd.client_ip);
     }
-    w.header("X-Forwarded-Proto", fwd.proto);
-    if (has_host) {
+    if (!wrote_proto) {
+        w.header("X-Forwarded-Proto", fwd.proto);
+    }
+    if (has_host && !wrote_fwd_host) {
         w.header("X-Forwarded-Host", host);
     }
     if (fwd.upgrade) {

@@ -12,9 +12,9 @@
 
 namespace liege::router {
 
-Listener::Listener(uv_loop_t* loop, int fd, bool owns_fd, bool is_unix, AcceptFn on_accept,
-                   ExhaustedFn on_exhausted)
-    : fd_(fd), owns_fd_(owns_fd), is_unix_(is_unix), on_accept_(std::move(on_accept)),
+Listener::Listener(uv_loop_t* loop, int fd, bool owns_fd, bool is_unix, bool tls,
+                   AcceptFn on_accept, ExhaustedFn on_exhausted)
+    : fd_(fd), owns_fd_(owns_fd), is_unix_(is_unix), tls_(tls), on_accept_(std::move(on_accept)),
       on_exhausted_(std::move(on_exhausted)) {
     uv_poll_init_socket(loop, poll_.get(), fd);
     poll_->data = this;
@@ -54,7 +54,7 @@ void Listener::on_readable(uv_poll_t* handle, int status, int) {
     for (int i = 0; i < 64 && l->polling_; ++i) {
         int fd = ::accept4(l->fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            l->on_accept_(fd, l->is_unix_);
+            l->on_accept_(fd, l->is_unix_, l->tls_);
             continue;
         }
         if (errno == EINTR || errno == ECONNABORTED) {

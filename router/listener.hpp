@@ -13,12 +13,12 @@ namespace liege::router {
 
 class Listener {
 public:
-    // on_accept(fd, is_unix) for each accepted connection; on_exhausted() when the process is
-    // out of descriptors or socket memory.
-    using AcceptFn = std::function<void(int fd, bool is_unix)>;
+    // on_accept(fd, is_unix, tls) for each accepted connection (tls: an HTTPS listener's);
+    // on_exhausted() when the process is out of descriptors or socket memory.
+    using AcceptFn = std::function<void(int fd, bool is_unix, bool tls)>;
     using ExhaustedFn = std::function<void()>;
 
-    Listener(uv_loop_t* loop, int fd, bool owns_fd, bool is_unix, AcceptFn on_accept,
+    Listener(uv_loop_t* loop, int fd, bool owns_fd, bool is_unix, bool tls, AcceptFn on_accept,
              ExhaustedFn on_exhausted);
     ~Listener();
     Listener(const Listener&) = delete;
@@ -37,6 +37,7 @@ private:
     int fd_;
     bool owns_fd_;
     bool is_unix_;
+    bool tls_;
     bool polling_ = false;
     AcceptFn on_accept_;
     ExhaustedFn on_exhausted_;

@@ -80,6 +80,7 @@ struct Pool {
     Balancer balancer;
     std::shared_ptr<VassalStats> stats;
     std::shared_ptr<VassalQueue> queue; // the vassal's, shared by every snapshot and thread
+    bool tls_redirect = false;          // [tls] redirect: plain HTTP gets 308 to https
 };
 
 struct RouteSnapshot {

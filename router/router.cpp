@@ -19,6 +19,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <utility>
 
 #include "control_channel.hpp"
 #include "liege/log.hpp"
@@ -29,6 +30,18 @@ namespace liege {
 namespace {
 
 std::atomic<int> g_signal_count{0};
+
+// The addresses to bind, plain HTTP first; true: HTTPS.
+std::vector<std::pair<Address, bool>> listen_addresses(const RouterOptions& o) {
+    std::vector<std::pair<Address, bool>> out;
+    for (const auto& a : o.listen) {
+        out.emplace_back(a, false);
+    }
+    for (const auto& a : o.listen_tls) {
+        out.emplace_back(a, true);
+    }
+    return out;
+}
 
 } // namespace
 
@@ -49,7 +62,8 @@ int run_router(const RouterOptions& options) {
         ~Unblock() { pthread_sigmask(SIG_UNBLOCK, set, nullptr); }
     } unblock_on_return{&early};
 
-    if (options.listen.empty() && options.inherited_fds.empty()) {
+    const bool has_tls = !options.listen_tls.empty() || !options.inherited_tls_fds.empty();
+    if (options.listen.empty() && options.inherited_fds.empty() && !has_tls) {
         spdlog::error("router: nothing to listen on");
         return 2;
     }
@@ -96,6 +110,12 @@ int run_router(const RouterOptions& options) {
         shared->logs.main_path = options.access_log;
     }
     std::signal(SIGPIPE, SIG_IGN);
+    if (has_tls) {
+        shared->tls = std::make_unique<router::TlsStore>();
+        if (!shared->tls->init(options.tls_cert, options.tls_key)) {
+            return 1; // the reason is logged
+        }
+    }
 
     std::vector<std::unique_ptr<RouterThread>> router_threads;
     for (unsigned i = 0; i < threads; ++i) {
@@ -112,7 +132,13 @@ int run_router(const RouterOptions& options) {
     }
 
     // Listening sockets: one per thread with SO_REUSEPORT for TCP; shared otherwise.
-    for (const Address& addr : options.listen) {
+    auto note_https_port = [&](const Address& bound) {
+        if (shared->https_port == 0 && !bound.is_unix() && bound.port != 443) {
+            shared->https_port = bound.port;
+        }
+    };
+    bool first_https = true;
+    for (const auto& [addr, tls] : listen_addresses(options)) {
         Address bound = addr;
         if (addr.is_unix()) {
             int fd = bind_listening_socket(addr, false, 4096);
@@ -122,7 +148,7 @@ int run_router(const RouterOptions& options) {
             }
             for (unsigned i = 0; i < threads; ++i) {
                 router_threads[i]->add_listener(i == 0 ? fd : ::fcntl(fd, F_DUPFD_CLOEXEC, 0), true,
-                                                true);
+                                                true, tls);
             }
         } else {
             for (unsigned i = 0; i < threads; ++i) {
@@ -135,20 +161,31 @@ int run_router(const RouterOptions& options) {
                 if (i == 0) {
                     bound = address_of_socket(fd); // port 0 becomes the chosen port for all
                 }
-                router_threads[i]->add_listener(fd, true, false);
+                router_threads[i]->add_listener(fd, true, false, tls);
             }
         }
-        spdlog::info("listening on {}", bound.str());
-    }
-    for (int fd : options.inherited_fds) {
-        sockaddr_storage ss{};
-        socklen_t len = sizeof(ss);
-        getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-        bool is_unix = ss.ss_family == AF_UNIX;
-        for (unsigned i = 0; i < threads; ++i) {
-            router_threads[i]->add_listener(::fcntl(fd, F_DUPFD_CLOEXEC, 0), true, is_unix);
+        if (tls && std::exchange(first_https, false)) {
+            note_https_port(bound);
         }
-        spdlog::info("listening on {} (inherited)", address_of_socket(fd).str());
+        spdlog::info("listening on {}{}", bound.str(), tls ? " (https)" : "");
+    }
+    for (const auto& [fds, tls] :
+         {std::pair{&options.inherited_fds, false}, std::pair{&options.inherited_tls_fds, true}}) {
+        for (int fd : *fds) {
+            sockaddr_storage ss{};
+            socklen_t len = sizeof(ss);
+            getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+            bool is_unix = ss.ss_family == AF_UNIX;
+            for (unsigned i = 0; i < threads; ++i) {
+                router_threads[i]->add_listener(::fcntl(fd, F_DUPFD_CLOEXEC, 0), true, is_unix,
+                                                tls);
+            }
+            const Address bound = address_of_socket(fd);
+            if (tls && std::exchange(first_https, false)) {
+                note_https_port(bound);
+            }
+            spdlog::info("listening on {} (inherited{})", bound.str(), tls ? ", https" : "");
+        }
     }
 
     std::string names;
@@ -173,7 +210,8 @@ int run_router(const RouterOptions& options) {
         UvHandle<uv_signal_t> sigterm, sigint, sigusr1;
         UvHandle<uv_async_t> all_done;
         std::unique_ptr<router::ControlChannel>* channel = nullptr;
-    } ctx{&router_threads, shared.get(), {}, {}, {}, {}};
+        UvHandle<uv_timer_t> tls_files; // certificate files are checked every second
+    } ctx{&router_threads, shared.get(), {}, {}, {}, {}, nullptr, {}};
     auto on_signal = [](uv_signal_t* s, int signum) {
         auto* c = static_cast<Ctx*>(s->data);
         int n = ++g_signal_count;
@@ -217,6 +255,7 @@ int run_router(const RouterOptions& options) {
         c->sigterm.reset();
         c->sigint.reset();
         c->sigusr1.reset();
+        c->tls_files.reset();
         if (*c->channel != nullptr) {
             (*c->channel)->close();
         }
@@ -224,6 +263,15 @@ int run_router(const RouterOptions& options) {
     });
     ctx.all_done->data = &ctx;
     ctx.channel = &channel;
+    if (shared->tls != nullptr) {
+        // Certificate files changed on disk are picked up within a second.
+        uv_timer_init(&loop, ctx.tls_files.get());
+        ctx.tls_files->data = shared.get();
+        uv_timer_start(
+            ctx.tls_files.get(),
+            [](uv_timer_t* t) { static_cast<router::Shared*>(t->data)->tls->check_files(); }, 1000,
+            1000);
+    }
     std::thread joiner([&] {
         for (auto& w : router_threads) {
             w->join();

@@ -53,9 +53,10 @@ RouterThread::~RouterThread() {
     close_loop(&loop_, "router thread");
 }
 
-void RouterThread::add_listener(int fd, bool owns_fd, bool is_unix) {
+void RouterThread::add_listener(int fd, bool owns_fd, bool is_unix, bool tls) {
     listeners_.push_back(std::make_unique<Listener>(
-        &loop_, fd, owns_fd, is_unix, [this](int conn, bool unix) { place(conn, unix); },
+        &loop_, fd, owns_fd, is_unix, tls,
+        [this](int conn, bool unix, bool https) { place(conn, unix, https); },
         [this] { pause_accepting(); }));
 }
 
@@ -188,31 +189,31 @@ void RouterThread::resume_accepting() {
     }
 }
 
-void RouterThread::place(int fd, bool is_unix) {
+void RouterThread::place(int fd, bool is_unix, bool tls) {
     const auto& all = shared_.threads;
     if (all.size() > 1) {
         unsigned to = thread_for_connection(index_, static_cast<unsigned>(all.size()),
                                             [&](unsigned i) { return all[i]->load(); });
-        if (to != index_ && all[to]->hand_over(fd, is_unix)) {
+        if (to != index_ && all[to]->hand_over(fd, is_unix, tls)) {
             return;
         }
     }
-    ClientConn::accept(*this, fd, is_unix);
+    ClientConn::accept(*this, fd, is_unix, tls);
 }
 
-bool RouterThread::hand_over(int fd, bool is_unix) {
+bool RouterThread::hand_over(int fd, bool is_unix, bool tls) {
     std::lock_guard lock(handoff_mu_);
     if (!takes_handoffs_) {
         return false;
     }
     load_.fetch_add(1, std::memory_order_relaxed); // counted from now, so others see it
-    handed_over_.emplace_back(fd, is_unix);
+    handed_over_.push_back({fd, is_unix, tls});
     uv_async_send(&wake_);
     return true;
 }
 
 void RouterThread::open_handed_over() {
-    std::vector<std::pair<int, bool>> batch;
+    std::vector<HandedOver> batch;
     {
         std::lock_guard lock(handoff_mu_);
         batch.swap(handed_over_);
@@ -220,12 +221,12 @@ void RouterThread::open_handed_over() {
             takes_handoffs_ = false;
         }
     }
-    for (auto [fd, is_unix] : batch) {
+    for (auto [fd, is_unix, tls] : batch) {
         load_.fetch_sub(1, std::memory_order_relaxed); // client_opened counts it again
         if (shutting_down_) {
             ::close(fd); // as the listen queue's connections are when the listener closes
         } else {
-            ClientConn::accept(*this, fd, is_unix);
+            ClientConn::accept(*this, fd, is_unix, tls);
         }
     }
 }

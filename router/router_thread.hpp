@@ -37,8 +37,8 @@ public:
     RouterThread(const RouterThread&) = delete;
     RouterThread& operator=(const RouterThread&) = delete;
 
-    // Listeners are added before start().
-    void add_listener(int fd, bool owns_fd, bool is_unix);
+    // Listeners are added before start(); `tls`: its clients speak HTTPS.
+    void add_listener(int fd, bool owns_fd, bool is_unix, bool tls = false);
     void start(bool accept_now = true);
     void join();
     // Thread-safe: starts accepting on the listeners (start() does it at once unless told to
@@ -121,10 +121,10 @@ private:
     void give_back(Waiter& w); // a slot handed to a waiter that no longer waits
     // Serves `fd`, just accepted here, on this thread or on a less loaded one
     // (thread_for_connection).
-    void place(int fd, bool is_unix);
+    void place(int fd, bool is_unix, bool tls);
     // Thread-safe: queues an accepted connection for this thread and wakes it; false once the
     // thread no longer takes connections (before it accepts, and from its shutdown on).
-    bool hand_over(int fd, bool is_unix);
+    bool hand_over(int fd, bool is_unix, bool tls);
     // On the loop: opens the connections handed over, or closes them when shutting down.
     void open_handed_over();
 
@@ -160,7 +160,12 @@ private:
     int64_t paused_at_ = 0;
     std::atomic<int> load_{0};
     std::mutex handoff_mu_;
-    std::vector<std::pair<int, bool>> handed_over_; // fd, is_unix; guarded by handoff_mu_
+    struct HandedOver {
+        int fd;
+        bool is_unix;
+        bool tls;
+    };
+    std::vector<HandedOver> handed_over_;           // guarded by handoff_mu_
     bool takes_handoffs_ = false;                   // guarded by handoff_mu_
     std::vector<std::shared_ptr<Waiter>> assigned_; // guarded by handoff_mu_
     std::vector<std::shared_ptr<Backend>> shed_;    // guarded by handoff_mu_

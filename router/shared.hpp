@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "liege/balancer.hpp"
 #include "liege/control.hpp"
 #include "liege/router.hpp"
+#include "tls_context.hpp"
 
 namespace liege::router {
 
@@ -26,6 +28,10 @@ struct Shared {
     std::atomic<int64_t> connections{0};
     std::vector<RouterThread*> threads; // every thread by index, filled before any starts
     AccessLogFiles logs;
+    // The certificates, when the router has HTTPS listeners (null otherwise).
+    std::unique_ptr<TlsStore> tls;
+    // The port a 308 to https names (0: the scheme's own, 443).
+    uint16_t https_port = 0;
 
     // A request leaves backend `b`. The last one out of a draining backend reports it drained.
     void release_backend(Backend& b) {

@@ -61,6 +61,9 @@ void Stream::read(bool want) {
     }
     if (want) {
         reading_ = uv_read_start(sock_.stream(), on_alloc, on_read) == 0;
+        if (tls_ != nullptr && reading_) {
+            tls_resume_later();
+        }
     } else {
         uv_read_stop(sock_.stream());
         reading_ = false;
@@ -70,6 +73,10 @@ void Stream::read(bool want) {
 // Writing directly matters: a uv_write that completes at once still costs a deferred callback
 // and an epoll_ctl when libuv re-arms the watcher, two syscalls per request on the hot path.
 int Stream::send(WriteOp* op) {
+    return tls_ != nullptr ? tls_send(op) : send_raw(op);
+}
+
+int Stream::send_raw(WriteOp* op) {
     op->owner = &thread_; // on_write recycles it there, also once the stream is gone
     op->req.data = op;
     if (closing_) {
@@ -125,6 +132,9 @@ bool Stream::shutdown() {
     if (closing_ || shutdown_requested_) {
         return !closing_;
     }
+    if (tls_ != nullptr) {
+        tls_close_notify();
+    }
     if (uv_shutdown(&sock_.requests().shutdown, sock_.stream(), on_shutdown) != 0) {
         return false;
     }
@@ -140,6 +150,7 @@ void Stream::close() {
     reading_ = false;
     sock_.reset();
     timer_.reset();
+    tls_resume_.reset();
     thread_.retire(owner_);
 }
 
@@ -158,11 +169,19 @@ void Stream::on_read(uv_stream_t* h, ssize_t nread, const uv_buf_t* buf) {
             s->thread_.chunks().unref(chunk);
         }
         if (nread < 0) {
-            s->owner_.on_stream_read(nread, nullptr);
+            if (s->tls_ != nullptr) {
+                s->tls_input_ended(nread);
+            } else {
+                s->owner_.on_stream_read(nread, nullptr);
+            }
         }
         return;
     }
     chunk->len = static_cast<uint32_t>(nread);
+    if (s->tls_ != nullptr) {
+        s->tls_input(chunk);
+        return;
+    }
     s->owner_.on_stream_read(nread, chunk);
 }
 

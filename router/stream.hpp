@@ -9,6 +9,9 @@
 // which calls Owner::on_stream_closed from the loop, never from inside close(): the owner frees
 // itself there, and callers need no "am I closed" re-check after a call that may close.
 //
+// TLS: a stream of an HTTPS listener takes up TLS after open() (start_tls); its owner then sees
+// plaintext through the same calls, and a plain stream pays one null check for it (stream_tls.cpp).
+//
 // Writes: send() writes what the socket takes at once and queues the rest, so a write that
 // completes at once costs no deferred callback. Backpressure is the owner's: queued() tells the
 // bytes libuv holds, not_taken() adds those in the kernel's send queue.
@@ -18,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "buffers.hpp"
 #include "liege/uv.hpp"
@@ -29,6 +33,8 @@ struct Backend;
 namespace liege::router {
 
 class RouterThread;
+class TlsSession;
+struct TlsSnapshot;
 
 class Stream {
 public:
@@ -48,7 +54,8 @@ public:
         ~Owner() = default;
     };
 
-    Stream(RouterThread& thread, Owner& owner) : thread_(thread), owner_(owner) {}
+    Stream(RouterThread& thread, Owner& owner);
+    ~Stream(); // both in stream_tls.cpp, where TlsSession is complete
     Stream(const Stream&) = delete;
     Stream& operator=(const Stream&) = delete;
 
@@ -57,6 +64,8 @@ public:
     // Starts connecting to `backend`; on_stream_connected reports the outcome. A negative result
     // is a failure at once (no callback follows); the stream must be closed.
     int connect(const Backend& backend);
+    // After open(): the client speaks TLS, with a certificate from `certs` (SNI).
+    void start_tls(std::shared_ptr<const TlsSnapshot> certs);
 
     bool is_unix() const { return is_unix_; }
     bool closing() const { return closing_; }
@@ -106,6 +115,17 @@ private:
         uv_connect_t connect;
     };
     int init(bool is_unix);
+    int send_raw(WriteOp* op); // the socket's own send(), ciphertext for a TLS stream
+
+    // stream_tls.cpp
+    void tls_input(Chunk* chunk);        // ciphertext read
+    void tls_input_ended(ssize_t nread); // EOF or a read error
+    void tls_pump();                     // decrypts and delivers while the owner reads
+    void tls_failed();
+    int tls_send(WriteOp* op); // send() of a TLS stream
+    int tls_flush();           // the session's records to the socket; as send_raw
+    void tls_close_notify();
+    void tls_resume_later(); // read(true) with records waiting: pump from the loop
 
     static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
     static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -119,6 +139,8 @@ private:
     UvHandle<Handle, Requests> sock_;
     UvHandle<uv_timer_t> timer_;
     LazyDeadline deadline_;
+    std::unique_ptr<TlsSession> tls_; // HTTPS clients only
+    UvHandle<uv_idle_t> tls_resume_;  // initialised for the first tls_resume_later()
     unsigned writes_in_flight_ = 0;
     bool is_unix_ = false;
     bool reading_ = false;

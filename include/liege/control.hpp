@@ -40,6 +40,10 @@ struct RouteSpec {
     // instead of waiting.
     bool failed = false;
     std::string last_error;
+    // The vassal's certificate for its hosts (SNI), absolute paths; empty = the default one.
+    std::string tls_cert;
+    std::string tls_key;       // empty = in tls_cert
+    bool tls_redirect = false; // plain HTTP for the hosts gets 308 to https
 };
 
 // Emperor → router.

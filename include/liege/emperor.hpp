@@ -7,18 +7,25 @@
 #include <vector>
 
 #include "liege/address.hpp"
+#include "liege/router.hpp"
 
 namespace liege {
 
 struct EmperorOptions {
     std::filesystem::path vassals_dir = "vassals.d";
-    std::vector<Address> listen;   // default 127.0.0.1:8080
-    Address admin;                 // default unix:./liege.sock
-    unsigned threads = 0;          // router threads; 0 = cores
-    std::string env_name;          // --env: exported to workers as LIEGE_ENV
-    std::filesystem::path log_dir; // empty = everything to stderr
-    std::string self_exe;          // this binary, to start the router with
-    std::string access_log = "-";  // router access log ("-", "off", or a file)
+    std::vector<Address> listen;     // default 127.0.0.1:8080
+    Address admin;                   // default unix:./liege.sock
+    unsigned threads = 0;            // router threads; 0 = cores
+    std::string env_name;            // --env: exported to workers as LIEGE_ENV
+    std::filesystem::path log_dir;   // empty = everything to stderr
+    std::string self_exe;            // this binary, to start the router with
+    std::string access_log = "-";    // router access log ("-", "off", or a file)
+    std::vector<Address> listen_tls; // HTTPS addresses, bound here like `listen`
+    std::string tls_cert;            // the default certificate and key (absolute paths)
+    std::string tls_key;
+    std::vector<std::string> trusted_proxies; // --trusted-proxy, validated, for the router
+    std::vector<std::string> router_opts;     // --router-opt KEY=VALUE, validated, for the router
+    RouterOptions router;                     // the router's settings they give (for /status)
 };
 
 // Runs until SIGTERM/SIGINT and a graceful stop; returns the exit code.

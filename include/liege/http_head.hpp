@@ -3,8 +3,9 @@
 //
 // What crosses the proxy: every end-to-end header, in order. What does not: hop-by-hop headers
 // (Connection and every header it names, Keep-Alive, TE, Trailer, Proxy-*, and Upgrade unless
-// the request is being tunnelled), and incoming X-Forwarded-Proto/Host, which the router sets
-// itself. X-Forwarded-For is appended to, so a chain of proxies keeps the whole path. Host is kept.
+// the request is being tunnelled). X-Forwarded-For/Proto/Host from a trusted proxy are kept (and
+// the client appended to X-Forwarded-For, so a chain of proxies keeps the whole path); from any
+// other peer the router replaces them with what it saw, so they cannot be spoofed. Host is kept.
 #pragma once
 
 #include <cstddef>
@@ -135,6 +136,9 @@ Refusal refuse_request(const RequestHeaders& headers, const RequestTarget& targe
 struct RequestForward {
     std::string_view client_ip; // appended to X-Forwarded-For
     std::string_view proto = "http";
+    // The peer is a trusted proxy (--trusted-proxy): its X-Forwarded-For is kept and appended
+    // to, its X-Forwarded-Proto and X-Forwarded-Host kept. Otherwise all three are replaced.
+    bool trusted = false;
     bool upgrade = false; // keep Upgrade and send "Connection: upgrade"
     // Set from request_target() for an absolute-form target: forwarded instead of the URL, and
     // its host instead of the Host header.

@@ -7,6 +7,7 @@
 
 #include "liege/address.hpp"
 #include "liege/balancer.hpp"
+#include "liege/cidr.hpp"
 #include "liege/duration.hpp"
 
 namespace liege {
@@ -14,6 +15,16 @@ namespace liege {
 struct RouterOptions {
     std::vector<Address> listen;    // sockets the router binds (SO_REUSEPORT, one per thread)
     std::vector<int> inherited_fds; // listening sockets inherited from a parent (shared by threads)
+    // TLS: sockets the router binds and inherits for HTTPS clients, and the default certificate
+    // (PEM chain, and its key; the key may be in the same file), served when no vassal's
+    // certificate matches the SNI name. Vassal certificates come with the routes.
+    std::vector<Address> listen_tls;
+    std::vector<int> inherited_tls_fds;
+    std::string tls_cert;
+    std::string tls_key;
+    // Peers whose X-Forwarded-For/Proto/Host are kept and appended to; anyone else's are
+    // replaced.
+    std::vector<Cidr> trusted_proxies;
     std::vector<Address> backends;
     unsigned threads = 0; // 0 = number of cores
     LbPolicy lb = LbPolicy::LeastConn;
@@ -33,6 +44,10 @@ struct RouterOptions {
         access_log_dir;  // one DIR/VASSAL.access.log per vassal (with routes from an emperor)
     int control_fd = -1; // the emperor's control socket (docs/control-protocol.md); -1 = static
 };
+
+// Loads a certificate chain and its key (key empty: in the cert file) as the router would:
+// "" when they load and match, otherwise "FILE: error: WHY".
+std::string check_certificate(const std::string& cert, const std::string& key);
 
 // Runs the router until SIGTERM/SIGINT and the graceful drain; returns the process exit code.
 int run_router(const RouterOptions& options);

@@ -28,6 +28,10 @@
 //            longer gets 503
 //   [health] path ["" = TCP connect], interval ["2s"], timeout ["1s"], start_timeout ["30s"]
 //   [reload] strategy "rolling"|"bluegreen" ["rolling"], drain_timeout ["30s"]
+//   [tls]    cert ["" = the default certificate] PEM chain, relative to the file's directory,
+//            chosen by SNI among the vassal's hosts (a vassal without hosts cannot have one);
+//            key [in the cert file]; redirect [false]: plain HTTP for the hosts gets 308 to
+//            https; acme [false] is rejected (automatic certificates are not available yet)
 //   [stop]   signal ["SIGTERM"] (a name: SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2,
 //            SIGKILL, SIGWINCH, SIGABRT, SIGALRM; the "SIG" may be left out), timeout ["10s"]
 //
@@ -116,6 +120,13 @@ struct StopPolicy {
     Millis timeout{10'000}; // then SIGKILL
 };
 
+// [tls]: the certificate served to TLS clients that ask for one of the vassal's hosts (SNI).
+struct TlsPolicy {
+    std::filesystem::path cert; // PEM chain, absolute; empty = the router's default certificate
+    std::filesystem::path key;  // PEM key; empty = in the cert file
+    bool redirect = false;      // plain HTTP for the vassal's hosts gets 308 to https
+};
+
 struct Vassal {
     std::string name;           // file name without ".toml"
     std::filesystem::path file; // as given to the loader
@@ -134,6 +145,7 @@ struct Vassal {
     QueuePolicy queue;
     ReloadPolicy reload;
     StopPolicy stop;
+    TlsPolicy tls;
 
     // Where `hosts` and `path` were written (1:1 when left to their defaults), so that
     // cross-vassal problems such as two vassals claiming the same route can name a place.

@@ -580,7 +580,7 @@ TEST_F(LiegeRun, IgnoredFileNamesStartNothing) {
     write_vassal("real", backend_command() + "hosts = [\"real.test\"]\n");
     ASSERT_TRUE(wait_served_by("real.test", "real-1"));
     ASSERT_TRUE(emperor_->running());
-    auto children = descendants(emperor_pid());
+    auto children = emperor_descendants();
     EXPECT_EQ(children.size(), 2u) << "only the router and real/1:" << describe_procs(children);
     auto r = get("ignored.test", "/id");
     ASSERT_TRUE(r);
@@ -1024,7 +1024,7 @@ TEST_F(LiegeRun, SigtermFinishesRequestsInFlightExitsZeroAndLeavesNothing) {
     ASSERT_TRUE(wait_ready("app", 2));
     ASSERT_TRUE(wait_ready("other", 1));
     ASSERT_TRUE(wait_served_by("app.test", "app-"));
-    auto started = descendants(emperor_pid());
+    auto started = emperor_descendants();
     EXPECT_EQ(started.size(), 4u) << describe_procs(started);
 
     std::optional<Response> slow;
@@ -1053,7 +1053,7 @@ TEST_F(LiegeRun, SigkillOfTheEmperorLeavesNoWorkerOrRouter) {
     ASSERT_TRUE(wait_ready("app", 2));
     ASSERT_TRUE(wait_ready("py", 1));
     ASSERT_TRUE(wait_served_by("app.test", "app-"));
-    auto started = descendants(emperor_pid());
+    auto started = emperor_descendants();
     EXPECT_EQ(started.size(), 4u) << describe_procs(started);
 
     emperor_->signal(SIGKILL);

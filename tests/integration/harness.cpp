@@ -1662,6 +1662,18 @@ std::vector<ProcStat> LiegeRunFixture::instance_processes() const {
     return out;
 }
 
+std::vector<ProcStat> LiegeRunFixture::emperor_descendants() const {
+    std::vector<ProcStat> out = descendants(emperor_pid());
+    static const std::regex kGuard(R"(processes contained by [^\n]*guard pid (\d+))");
+    std::smatch m;
+    const std::string text = log();
+    if (std::regex_search(text, m, kGuard)) {
+        const pid_t guard = std::stoi(m[1]);
+        std::erase_if(out, [&](const ProcStat& p) { return p.pid == guard; });
+    }
+    return out;
+}
+
 std::vector<ProcStat> LiegeRunFixture::marked_processes() const {
     const std::string entry = std::string(kInstanceVariable) + "=" + marker_;
     std::vector<ProcStat> out;

@@ -525,6 +525,9 @@ protected:
     void expect_error_line(std::vector<std::string> parts);
 
     pid_t emperor_pid() const { return emperor_->pid(); }
+    // What the emperor runs: its descendants but its guard process (include/liege/containment.hpp),
+    // which it names in its log.
+    std::vector<ProcStat> emperor_descendants() const;
 
     // The emperor's own log: stderr, or with --log-dir emperor.log (and its rotated
     // predecessor) followed by stderr, which then keeps only warnings and errors.

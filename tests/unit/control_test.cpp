@@ -196,3 +196,27 @@ TEST(Control, QueueCountersCarryOverAndTheQueueLengthDoesNot) {
     EXPECT_EQ(round.vassals[0].queue_wait_bounds_ms, (std::vector<double>{10, 100}));
     EXPECT_EQ(liege::control::to_string(liege::control::Rejection::QueueTimeout), "queue_timeout");
 }
+
+TEST(Control, RoutesCarryTheVassalsCertificateAndRedirect) {
+    liege::control::RoutesMessage m;
+    liege::control::RouteSpec with;
+    with.vassal = "shop";
+    with.hosts = {"shop.test"};
+    with.tls_cert = "/etc/ssl/shop.pem";
+    with.tls_key = "/etc/ssl/shop.key";
+    with.tls_redirect = true;
+    liege::control::RouteSpec without;
+    without.vassal = "plain";
+    m.routes = {with, without};
+    std::string line = liege::control::encode(m);
+    auto back =
+        liege::control::decode_routes(liege::control::parse_line(line.substr(0, line.size() - 1)));
+    ASSERT_EQ(back.routes.size(), 2u);
+    EXPECT_EQ(back.routes[0].tls_cert, "/etc/ssl/shop.pem");
+    EXPECT_EQ(back.routes[0].tls_key, "/etc/ssl/shop.key");
+    EXPECT_TRUE(back.routes[0].tls_redirect);
+    EXPECT_EQ(back.routes[1].tls_cert, "");
+    EXPECT_FALSE(back.routes[1].tls_redirect);
+    EXPECT_EQ(line.find("\"tls\"", line.find("plain")), std::string::npos)
+        << "a route without TLS settings carries none";
+}

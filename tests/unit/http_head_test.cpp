@@ -85,14 +85,25 @@ TEST(RequestHead, AddsForwardedHeadersAndKeepsHost) {
                    "\r\n");
 }
 
-TEST(RequestHead, AppendsToExistingForwardedFor) {
-    auto out = rewrite(request(
-        "GET", "/",
-        {{"Host", "a"}, {"X-Forwarded-For", "1.1.1.1"}, {"X-Forwarded-For", "2.2.2.2, 3.3.3.3"}}));
+TEST(RequestHead, AppendsToATrustedProxysForwardedFor) {
+    auto out = rewrite(request("GET", "/",
+                               {{"Host", "a"},
+                                {"X-Forwarded-For", "1.1.1.1"},
+                                {"X-Forwarded-For", "2.2.2.2, 3.3.3.3"}}),
+                       {.client_ip = "10.0.0.9", .trusted = true});
     EXPECT_NE(out.find("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9\r\n"),
               std::string::npos);
     EXPECT_EQ(out.find("X-Forwarded-For", out.find("X-Forwarded-For") + 1), std::string::npos)
         << "one combined header";
+}
+
+TEST(RequestHead, ReplacesAnUntrustedPeersForwardedFor) {
+    auto out = rewrite(request(
+        "GET", "/",
+        {{"Host", "a"}, {"X-Forwarded-For", "1.1.1.1"}, {"X-Forwarded-For", "2.2.2.2, 3.3.3.3"}}));
+    EXPECT_NE(out.find("X-Forwarded-For: 10.0.0.9\r\n"), std::string::npos) << out;
+    EXPECT_EQ(out.find("1.1.1.1"), std::string::npos) << out;
+    EXPECT_EQ(out.find("X-Forwarded-For", out.find("X-Forwarded-For") + 1), std::string::npos);
 }
 
 TEST(RequestHead, ReplacesClientSuppliedProtoAndHost) {
@@ -101,6 +112,26 @@ TEST(RequestHead, ReplacesClientSuppliedProtoAndHost) {
     EXPECT_EQ(out.find("https"), std::string::npos);
     EXPECT_EQ(out.find("evil"), std::string::npos);
     EXPECT_NE(out.find("X-Forwarded-Proto: http\r\n"), std::string::npos);
+}
+
+TEST(RequestHead, KeepsATrustedProxysProtoAndHost) {
+    auto out = rewrite(request("GET", "/",
+                               {{"Host", "a"},
+                                {"X-Forwarded-Proto", "https"},
+                                {"X-Forwarded-Proto", "http"},
+                                {"X-Forwarded-Host", "shop.test"}}),
+                       {.client_ip = "10.0.0.9", .trusted = true});
+    EXPECT_NE(out.find("X-Forwarded-Proto: https\r\n"), std::string::npos) << out;
+    EXPECT_EQ(out.find("X-Forwarded-Proto: http\r\n"), std::string::npos) << "the first one wins";
+    EXPECT_NE(out.find("X-Forwarded-Host: shop.test\r\n"), std::string::npos) << out;
+    EXPECT_EQ(out.find("X-Forwarded-Host: a\r\n"), std::string::npos) << out;
+}
+
+TEST(RequestHead, SaysHttpsForATlsClient) {
+    auto out = rewrite(request("GET", "/", {{"Host", "a"}, {"X-Forwarded-Proto", "http"}}),
+                       {.client_ip = "10.0.0.9", .proto = "https"});
+    EXPECT_NE(out.find("X-Forwarded-Proto: https\r\n"), std::string::npos) << out;
+    EXPECT_EQ(out.find("X-Forwarded-Proto: http\r\n"), std::string::npos) << out;
 }
 
 TEST(RequestHead, StripsHopByHopHeaders) {

@@ -346,7 +346,7 @@ TEST_F(VassalParse, UnknownKeysSuggestTheClosestOne) {
         {"size = 10\n", "2:1: unknown key 'size'; did you mean 'size' in [queue]?"},
         {"frobnicate = true\n",
          "2:1: unknown key 'frobnicate'; expected one of command, workers, concurrency, hosts, "
-         "path, cwd, env, socket, health, queue, reload, stop"},
+         "path, cwd, env, socket, health, queue, reload, stop, tls"},
         {"[stop]\nsignal = \"SIGTERM\"\ngrace = \"1s\"\n",
          "4:1: unknown key 'grace' in [stop]; expected one of signal, timeout"},
         {"[queue]\nlength = 10\n",
@@ -546,4 +546,38 @@ TEST(VassalFiles, ContentHashTellsContentFromMtime) {
     dir.write("a.toml", "command = [\"app2\"]\n");
     EXPECT_NE(liege::load_vassal_file(file, fake_env()).content_hash, before);
     EXPECT_NE(liege::content_hash(""), liege::content_hash(" "));
+}
+
+TEST_F(VassalParse, TlsCertAndKeyAreResolvedAgainstTheVassalDirectory) {
+    VassalLoad load = parse("command = [\"app\"]\nhosts = [\"shop.test\"]\n"
+                            "[tls]\ncert = \"certs/shop.pem\"\nkey = \"/etc/ssl/shop.key\"\n"
+                            "redirect = true\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_EQ(load.vassal->tls.cert, dir_.path() / "certs/shop.pem");
+    EXPECT_EQ(load.vassal->tls.key, fs::path("/etc/ssl/shop.key"));
+    EXPECT_TRUE(load.vassal->tls.redirect);
+}
+
+TEST_F(VassalParse, TlsWithoutItsTableServesTheDefaultCertificate) {
+    VassalLoad load = parse("command = [\"app\"]\nhosts = [\"shop.test\"]\n");
+    ASSERT_TRUE(load.ok());
+    EXPECT_TRUE(load.vassal->tls.cert.empty());
+    EXPECT_TRUE(load.vassal->tls.key.empty());
+    EXPECT_FALSE(load.vassal->tls.redirect);
+}
+
+TEST_F(VassalParse, TlsMistakesNameTheirPlace) {
+    const std::string head = "command = [\"app\"]\nhosts = [\"shop.test\"]\n[tls]\n";
+    EXPECT_EQ(only_error(head + "key = \"shop.key\"\n"),
+              "4:7: tls.key: needs tls.cert, the certificate it belongs to");
+    EXPECT_EQ(only_error(head + "cert = 1\n"), "4:8: tls.cert: expected a file path, got integer");
+    EXPECT_EQ(only_error(head + "redirect = \"yes\"\n"),
+              "4:12: tls.redirect: expected true or false, got string");
+    EXPECT_EQ(only_error(head + "certs = \"a.pem\"\n"),
+              "4:1: unknown key 'certs' in [tls]; did you mean 'cert'?");
+    EXPECT_NE(only_error(head + "acme = true\n").find("tls.acme: automatic certificates are not"),
+              std::string::npos);
+    EXPECT_NE(only_error("command = [\"app\"]\n[tls]\ncert = \"a.pem\"\n")
+                  .find("tls.cert: is chosen by the names in hosts (SNI)"),
+              std::string::npos);
 }

@@ -107,6 +107,9 @@ private:
     void flush_client();
     void update_out_blocked();
     int check_head_size(size_t more);
+    // Whether a header value piece llhttp reports at `at` continues an obs-fold: the line
+    // before it ended with CRLF and the piece (or the whitespace before it) starts the line.
+    bool folded(const char* at) const;
 
     // Stream::Owner
     void on_stream_read(ssize_t nread, Chunk* chunk) override;
@@ -142,6 +145,7 @@ private:
     static int on_header_field(llhttp_t* p, const char* at, size_t len);
     static int on_header_value(llhttp_t* p, const char* at, size_t len);
     static int on_headers_complete(llhttp_t* p);
+    static int on_chunk_header(llhttp_t* p);
     static int on_body(llhttp_t* p, const char* at, size_t len);
     static int on_message_complete(llhttp_t* p);
     static const llhttp_settings_t* settings();
@@ -167,7 +171,10 @@ private:
     // Input not yet parsed (pipelined requests wait here while a response is in progress).
     Chunk* in_ = nullptr;
     uint32_t in_off_ = 0;
-    Chunk* parsing_ = nullptr; // the chunk llhttp is parsing, for zero-copy body slices
+    Chunk* parsing_ = nullptr;         // the chunk llhttp is parsing, for zero-copy body slices
+    const char* exec_start_ = nullptr; // where the llhttp_execute in progress began
+    char tail_ = 0;                    // the last byte before exec_start_ other than SP or HTAB
+    uint64_t head_raw_ = 0;            // bytes of the request head so far, whitespace included
 
     Output out_up_;
     Output out_client_;

@@ -1,5 +1,19 @@
 // The client leg's requests: parsing them (llhttp callbacks), checking, routing and rewriting
 // their heads, and sending them to an upstream attempt.
+//
+// What a request must be to go anywhere: a proxy that accepts a message its backend reads
+// differently hands the attacker a second request (request smuggling). llhttp is built in its
+// strict mode (CMakeLists.txt): every line ends in CRLF, a chunk-size line and chunk data end in
+// CRLF, field names are tokens. What llhttp 8.1 still lets through is refused here, before
+// anything is forwarded: an empty field name, obs-fold (folded()), a chunk size beyond 2^63-1,
+// an invalid Host or request target, an underscored alias of a framing header
+// (http::scan_request_headers), a head whose raw bytes, optional whitespace included, exceed
+// --max-header-size (431; 414 while still in the request line), TRACE and CONNECT (405;
+// http::refuse_request).
+// llhttp pauses once the head is complete (headers_complete returns HPE_PAUSED), so that the
+// head's exact size is known before the first byte goes upstream.
+#include <algorithm>
+#include <climits>
 #include <cstring>
 #include <utility>
 
@@ -25,26 +39,55 @@ const llhttp_settings_t* ClientConn::settings() {
                                                on_headers_complete, on_body, on_message_complete);
         v.on_method = on_method;
         v.on_url = on_url;
+        v.on_chunk_header = on_chunk_header;
         return v;
     }();
     return &s;
 }
 
 void ClientConn::process_input() {
-    while (!closed() && in_ != nullptr && in_off_ < in_->len) {
+    // After the pause at the end of a head llhttp runs once more even with no byte left: a
+    // bodyless request completes without input.
+    bool head_ended = false;
+    while (!closed() && in_ != nullptr && (in_off_ < in_->len || head_ended)) {
+        head_ended = false;
         if (phase_ == ClientPhase::AwaitResponse || phase_ == ClientPhase::Tunnel ||
             phase_ == ClientPhase::Closing || phase_ == ClientPhase::Lingering) {
             break; // a pipelined request waits for the response in progress
         }
         const char* start = in_->data + in_off_;
         const size_t n = in_->len - in_off_;
+        const bool in_head = phase_ == ClientPhase::Idle || phase_ == ClientPhase::Head;
         parsing_ = in_;
+        exec_start_ = start;
         llhttp_errno_t err = llhttp_execute(&parser_, start, n);
         parsing_ = nullptr;
         const size_t used =
             err == HPE_OK ? n : static_cast<size_t>(llhttp_get_error_pos(&parser_) - start);
         in_off_ += static_cast<uint32_t>(used);
+        for (size_t i = used; i > 0; --i) {
+            if (start[i - 1] != ' ' && start[i - 1] != '\t') {
+                tail_ = start[i - 1];
+                break;
+            }
+        }
         if (closed()) {
+            return;
+        }
+        if (err == HPE_PAUSED_UPGRADE && used == 0 && phase_ == ClientPhase::Idle) {
+            // The upgrade asked for before was refused (a final response, not 101): what the
+            // client sent after it is HTTP again, as nginx reads it.
+            llhttp_resume_after_upgrade(&parser_);
+            continue;
+        }
+        if (in_head && (err == HPE_OK || err == HPE_PAUSED) &&
+            (head_raw_ += used) > thread_.options().max_header_size) {
+            // llhttp drops optional whitespace before the callbacks see the bytes: the limit is
+            // on what arrived.
+            const bool line = head_ == nullptr || head_->header_count() == 0;
+            ex_.error_status = line && phase_ == ClientPhase::Head ? 414 : 431;
+            ex_.needs_upstream = false;
+            after_parse_error();
             return;
         }
         if (err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
@@ -53,6 +96,7 @@ void ClientConn::process_input() {
         }
         if (err == HPE_PAUSED) {
             llhttp_resume(&parser_);
+            head_ended = in_head;
         }
         if (ex_.needs_upstream) {
             ex_.needs_upstream = false;
@@ -62,7 +106,7 @@ void ClientConn::process_input() {
             }
         }
         flush_upstream();
-        if (err == HPE_PAUSED_UPGRADE || (err == HPE_PAUSED && ex_.upgrade)) {
+        if (err == HPE_PAUSED_UPGRADE || (err == HPE_PAUSED && ex_.upgrade && ex_.done)) {
             break; // bytes after an upgrade request belong to the tunnel, if one opens
         }
     }
@@ -83,7 +127,9 @@ void ClientConn::after_parse_error() {
         return;
     }
     const int status = ex_.error_status != 0 ? ex_.error_status : 400;
-    const char* reason = llhttp_get_error_reason(&parser_);
+    const char* reason = status == 414   ? "the request line is too long"
+                         : status == 431 ? "the request head is too large"
+                                         : llhttp_get_error_reason(&parser_);
     respond_error(status, !ex_.text.error_body.empty() ? std::string_view(ex_.text.error_body)
                           : reason != nullptr          ? std::string_view(reason)
                                                        : std::string_view("malformed request"));
@@ -94,10 +140,23 @@ int ClientConn::check_head_size(size_t more) {
         head_ = thread_.take_head();
     }
     if (head_->size() + more > thread_.options().max_header_size) {
-        ex_.error_status = 431;
+        // Within the request line nginx answers 414 (its large_client_header_buffers).
+        ex_.error_status = head_->header_count() == 0 && phase_ == ClientPhase::Head ? 414 : 431;
         return -1;
     }
     return 0;
+}
+
+bool ClientConn::folded(const char* at) const {
+    // llhttp hands an obs-fold's continuation line to on_header_value as more value (leading
+    // whitespace and all), or, after an empty value, as the value itself: what comes before the
+    // piece's whitespace tells. A piece that starts a read sees the bytes before it in tail_.
+    const char* p = at;
+    while (p > exec_start_ && (p[-1] == ' ' || p[-1] == '\t')) {
+        --p;
+    }
+    const char before = p > exec_start_ ? p[-1] : tail_;
+    return before == '\n';
 }
 
 int ClientConn::on_message_begin(llhttp_t* p) {
@@ -107,6 +166,7 @@ int ClientConn::on_message_begin(llhttp_t* p) {
 
 void ClientConn::begin_request() {
     reset_exchange();
+    head_raw_ = 0;
     if (head_ != nullptr) {
         head_->reset();
     } else {
@@ -148,6 +208,12 @@ int ClientConn::on_header_value(llhttp_t* p, const char* at, size_t len) {
     if (c->check_head_size(len) != 0) {
         return -1;
     }
+    if (c->folded(at)) {
+        // RFC 9112 5.2: a server must reject obs-fold or replace it with spaces; a backend that
+        // unfolds it differently would see another header.
+        c->ex_.text.error_body.assign("obsolete line folding in a header");
+        return -1;
+    }
     c->head_->add_value({at, len});
     return 0;
 }
@@ -175,25 +241,14 @@ int ClientConn::headers_complete() {
         a.append(" \"").append(checked.referer.empty() ? "-" : checked.referer).append("\" \"");
         a.append(checked.user_agent.empty() ? "-" : checked.user_agent).append("\"");
     }
-    if (p->http_major != 1) {
-        // HTTP/0.9 has no headers to route or frame by; HTTP/2+ does not start like this.
-        ex_.error_status = p->http_major == 0 ? 400 : 505;
-        return -1;
-    }
-    if (p->method == HTTP_CONNECT) {
-        ex_.error_status = 405;
-        return -1;
-    }
-    const bool has_host = checked.hosts > 0;
-    const http::RequestTarget target = http::request_target(head_->url(), checked.host);
-    if (!target.valid || (p->http_minor >= 1 && !has_host && !target.absolute) ||
-        checked.hosts > 1) {
-        // RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host (an absolute URI carries
-        // its own, as nginx accepts too), and an absolute URI needs a host.
-        ex_.error_status = 400;
-        ex_.text.error_body.assign(!target.valid ? "the request target has no host"
-                                   : has_host    ? "more than one Host header"
-                                                 : "no Host header");
+    const http::RequestTarget target =
+        http::request_target(head_->url(), checked.host, head_->method());
+    const http::Refusal refusal = http::refuse_request(
+        checked, target,
+        {head_->method(), p->http_major, p->http_minor, (p->flags & F_CHUNKED) != 0});
+    if (refusal.status != 0) {
+        ex_.error_status = refusal.status;
+        ex_.text.error_body.assign(refusal.why);
         return -1;
     }
     // Route first: a request nobody serves is answered without building anything.
@@ -213,13 +268,6 @@ int ClientConn::headers_complete() {
         return -1;
     }
     ex_.chunked = (p->flags & F_CHUNKED) != 0;
-    if (checked.transfer_encoding && !ex_.chunked) {
-        // llhttp refuses other codings but lets an empty Transfer-Encoding through; a backend
-        // could frame such a request differently from us, so it goes nowhere.
-        ex_.error_status = 400;
-        ex_.text.error_body.assign("Transfer-Encoding without chunked");
-        return -1;
-    }
     if (o.max_body_size != 0 && (p->flags & F_CONTENT_LENGTH) &&
         p->content_length > o.max_body_size) {
         ex_.error_status = 413;
@@ -237,6 +285,7 @@ int ClientConn::headers_complete() {
     fwd.proto = tls_ ? "https" : "http";
     fwd.upgrade = ex_.upgrade;
     fwd.target = &target;
+    fwd.drop_underscores = checked.underscores;
     const size_t n = http::write_request_head(*head_, fwd, out->data, Chunk::kSize);
     if (n == 0) {
         thread_.chunks().unref(out);
@@ -252,6 +301,22 @@ int ClientConn::headers_complete() {
     head_ = nullptr;
     ex_.needs_upstream = true;
     set_phase(ClientPhase::Body);
+    return HPE_PAUSED; // process_input checks the head's raw size before anything goes out
+}
+
+int ClientConn::on_chunk_header(llhttp_t* p) {
+    // llhttp takes any 64-bit chunk size and then waits for that much data; nginx refuses one
+    // beyond 2^63-1 at once, and one beyond the body limit is a 413 before its data arrives.
+    auto* c = client_of(p);
+    if (p->content_length > static_cast<uint64_t>(INT64_MAX)) {
+        c->ex_.text.error_body.assign("chunk size too large");
+        return -1;
+    }
+    const uint64_t limit = c->thread_.options().max_body_size;
+    if (limit != 0 && p->content_length > limit - std::min(limit, c->ex_.body_bytes)) {
+        c->ex_.error_status = 413;
+        return -1;
+    }
     return 0;
 }
 

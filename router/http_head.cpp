@@ -125,6 +125,58 @@ bool is_hop_by_hop(const ConnectionTokens& conn, std::string_view name, bool kee
     return conn.names(name);
 }
 
+// RFC 9110 5.6.2's tchar, and RFC 3986's characters of a reg-name (unreserved and sub-delims;
+// '%' is checked apart, as it must start a pct-encoding).
+struct CharClasses {
+    bool tchar[256] = {};
+    bool host[256] = {};
+    constexpr CharClasses() {
+        for (int c = 0; c < 256; ++c) {
+            const bool alnum =
+                (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+            tchar[c] = alnum;
+            host[c] = alnum;
+        }
+        for (char c : std::string_view("!#$%&'*+-.^_`|~")) {
+            tchar[static_cast<unsigned char>(c)] = true;
+        }
+        for (char c : std::string_view("-._~!$&'()*+,;=")) {
+            host[static_cast<unsigned char>(c)] = true;
+        }
+    }
+};
+constexpr CharClasses kChars;
+
+bool is_hex(char c) {
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+// An underscored name that an app reading '_' as '-' would take for one of these: the headers
+// that frame, route or describe the request's path through the proxy.
+bool underscore_alias_of_guarded(std::string_view name) {
+    static constexpr std::string_view kGuarded[] = {
+        "transfer-encoding", "content-length",   "host",
+        "connection",        "upgrade",          "te",
+        "trailer",           "keep-alive",       "expect",
+        "x-forwarded-for",   "x-forwarded-host", "x-forwarded-proto",
+        "forwarded",         "x-real-ip",        "proxy-connection",
+    };
+    char buf[32];
+    if (name.size() > sizeof(buf)) {
+        return false;
+    }
+    for (size_t i = 0; i < name.size(); ++i) {
+        buf[i] = name[i] == '_' ? '-' : ascii_lower(name[i]);
+    }
+    const std::string_view dashed(buf, name.size());
+    for (std::string_view g : kGuarded) {
+        if (dashed == g) {
+            return true;
+        }
+    }
+    return false;
+}
+
 class Writer {
 public:
     Writer(char* out, size_t cap) : out_(out), cap_(cap) {}
@@ -226,7 +278,68 @@ std::string_view HeadCollector::find(std::string_view wanted, bool* found) const
     return {};
 }
 
-RequestTarget request_target(std::string_view url, std::string_view host_header) {
+bool valid_field_name(std::string_view name) {
+    if (name.empty()) {
+        return false;
+    }
+    for (char c : name) {
+        if (!kChars.tchar[static_cast<unsigned char>(c)]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool valid_host(std::string_view host) {
+    size_t i = 0;
+    if (!host.empty() && host[0] == '[') {
+        // IP-literal: an IPv6 address (or IPvFuture) in brackets; its exact syntax is the
+        // resolver's business, the characters are ours.
+        const size_t close = host.find(']');
+        if (close == std::string_view::npos || close < 2) {
+            return false;
+        }
+        for (i = 1; i < close; ++i) {
+            const char c = host[i];
+            if (!is_hex(c) && c != ':' && c != '.' && c != 'v' && c != 'V') {
+                return false;
+            }
+        }
+        i = close + 1;
+    } else {
+        for (; i < host.size() && host[i] != ':'; ++i) {
+            const char c = host[i];
+            if (c == '%') {
+                if (i + 2 >= host.size() || !is_hex(host[i + 1]) || !is_hex(host[i + 2])) {
+                    return false;
+                }
+                i += 2;
+            } else if (!kChars.host[static_cast<unsigned char>(c)]) {
+                return false;
+            }
+        }
+        if (i == 0) {
+            return false; // no host before the port
+        }
+    }
+    if (i == host.size()) {
+        return true;
+    }
+    if (host[i] != ':') {
+        return false;
+    }
+    const std::string_view port = host.substr(i + 1);
+    unsigned value = 0;
+    for (char c : port) {
+        if (c < '0' || c > '9' || (value = value * 10 + static_cast<unsigned>(c - '0')) > 65535) {
+            return false;
+        }
+    }
+    return true;
+}
+
+RequestTarget request_target(std::string_view url, std::string_view host_header,
+                             std::string_view method) {
     RequestTarget t;
     std::string_view rest;
     if (istarts_with(url, "http://")) {
@@ -236,19 +349,38 @@ RequestTarget request_target(std::string_view url, std::string_view host_header)
     } else {
         t.host = host_header;
         t.path = url;
+        if (url == "*") {
+            // asterisk-form is for OPTIONS alone (RFC 9112 3.2.4)
+            if (method != "OPTIONS") {
+                t.valid = false;
+                t.error = "the request target * is for OPTIONS only";
+            }
+        } else if (url.empty() || url[0] != '/') {
+            // Neither origin-form nor absolute-form with a scheme we serve (CONNECT's
+            // authority-form is refused before this).
+            t.valid = false;
+            t.error = url.find("://") != std::string_view::npos
+                          ? "the request target's scheme is not http or https"
+                          : "the request target is not an absolute path";
+        }
         return t;
     }
     const size_t end = rest.find_first_of("/?#");
     std::string_view authority = rest.substr(0, end);
-    const size_t at = authority.rfind('@');
-    if (at != std::string_view::npos) {
-        authority.remove_prefix(at + 1); // userinfo is never forwarded
-    }
     t.absolute = true;
     t.host = authority;
-    t.valid = !authority.empty();
     t.path = end == std::string_view::npos ? std::string_view() : rest.substr(end);
     t.slash_before = t.path.empty() || t.path[0] != '/';
+    if (authority.find('@') != std::string_view::npos) {
+        t.valid = false; // RFC 9110 4.2.4: userinfo in an http(s) URI is an error
+        t.error = "the request target has userinfo";
+    } else if (authority.empty()) {
+        t.valid = false;
+        t.error = "the request target has no host";
+    } else if (!valid_host(authority)) {
+        t.valid = false;
+        t.error = "the request target's host is invalid";
+    }
     return t;
 }
 
@@ -258,12 +390,22 @@ RequestHeaders scan_request_headers(const HeadCollector& head) {
     bool user_agent = false;
     for (size_t i = 0; i < head.header_count(); ++i) {
         const std::string_view name = head.name(i);
+        if (!valid_field_name(name)) {
+            r.problem = name.empty() ? "a header has an empty name" : "a header name is invalid";
+        } else if (name.find('_') != std::string_view::npos) {
+            if (underscore_alias_of_guarded(name)) {
+                r.problem = "a header name with an underscore stands for a reserved header";
+            }
+            r.underscores = true;
+        }
         if (iequals(name, "host")) {
             if (r.hosts++ == 0) {
                 r.host = head.value(i);
             }
         } else if (iequals(name, "transfer-encoding")) {
             r.transfer_encoding = true;
+            ++r.codings_headers;
+            r.chunked_only = r.chunked_only && iequals(trim(head.value(i)), "chunked");
         } else if (!referer && iequals(name, "referer")) {
             referer = true;
             r.referer = head.value(i);
@@ -273,6 +415,44 @@ RequestHeaders scan_request_headers(const HeadCollector& head) {
         }
     }
     return r;
+}
+
+Refusal refuse_request(const RequestHeaders& h, const RequestTarget& t, const RequestLine& l) {
+    if (l.http_major != 1) {
+        // HTTP/0.9 has no headers to route or frame by; HTTP/2+ does not start like this.
+        return l.http_major == 0 ? Refusal{400, "HTTP/0.9 is not served"}
+                                 : Refusal{505, "only HTTP/1.x is served here"};
+    }
+    if (l.method == "CONNECT" || l.method == "TRACE") {
+        return {405, l.method == "TRACE" ? "TRACE is not allowed" : "CONNECT is not allowed"};
+    }
+    if (h.problem != nullptr) {
+        return {400, h.problem};
+    }
+    if (!t.valid) {
+        return {400, t.error};
+    }
+    // RFC 9112 3.2: an HTTP/1.1 request needs exactly one valid Host (an absolute URI carries
+    // its own, as nginx accepts too).
+    if (h.hosts > 1) {
+        return {400, "more than one Host header"};
+    }
+    if (h.hosts == 1 && !valid_host(h.host)) {
+        return {400, "the Host header is invalid"};
+    }
+    if (h.hosts == 0 && l.http_minor >= 1 && !t.absolute) {
+        return {400, "no Host header"};
+    }
+    if (h.transfer_encoding && (!l.chunked || h.codings_headers > 1)) {
+        // llhttp refuses other codings but lets an empty Transfer-Encoding through; a backend
+        // could frame such a request differently from us, so it goes nowhere.
+        return {400, h.codings_headers > 1 ? "more than one Transfer-Encoding header"
+                                           : "Transfer-Encoding without chunked"};
+    }
+    if (h.transfer_encoding && !h.chunked_only) {
+        return {501, "only the chunked transfer coding is accepted"};
+    }
+    return {};
 }
 
 size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, char* out,
@@ -296,7 +476,8 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
     std::string_view host;
     for (size_t i = 0; i < head.header_count(); ++i) {
         std::string_view name = head.name(i);
-        if (is_hop_by_hop(conn, name, fwd.upgrade)) {
+        if (is_hop_by_hop(conn, name, fwd.upgrade) ||
+            (fwd.drop_underscores && name.find('_') != std::string_view::npos)) {
             continue;
         }
         const bool is_proto = iequals(name, "x-forwarded-proto");

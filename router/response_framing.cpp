@@ -20,8 +20,7 @@ ResponseFraming response_framing(const ResponseFacts& f) {
     const bool coded = close_delimited && f.transfer_encoding;
     r.rechunk = !r.no_body && !f.client_http10 && (f.chunked || (close_delimited && !coded));
     r.close = !f.request_keep_alive || f.closing || !f.request_done ||
-              (!r.no_body && !f.has_length && (f.client_http10 || coded)) ||
-              (f.request_upgrade && !upgrade);
+              (!r.no_body && !f.has_length && (f.client_http10 || coded));
     if (close_delimited && !coded && !f.client_http10) {
         r.forward.framing = http::BodyFraming::AddChunked;
     } else if (f.chunked && f.client_http10) {

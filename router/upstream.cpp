@@ -1,6 +1,7 @@
 #include "upstream.hpp"
 
 #include <algorithm>
+#include <climits>
 
 #include "liege/balancer.hpp"
 #include "liege/log.hpp"
@@ -40,6 +41,7 @@ const llhttp_settings_t* Upstream::settings() {
         llhttp_settings_t v = message_settings(on_message_begin, on_header_field, on_header_value,
                                                on_headers_complete, on_body, on_message_complete);
         v.on_status = on_status;
+        v.on_chunk_header = on_chunk_header;
         return v;
     }();
     return &s;
@@ -416,6 +418,12 @@ int Upstream::on_headers_complete(llhttp_t* p) {
     up->thread_.return_head(up->head_);
     up->head_ = nullptr;
     return rc;
+}
+
+// llhttp takes any 64-bit chunk size; one beyond 2^63-1 is no response anyone could send (and
+// nginx refuses it), not one to wait for until the upstream timeout.
+int Upstream::on_chunk_header(llhttp_t* p) {
+    return p->content_length > static_cast<uint64_t>(INT64_MAX) ? -1 : 0;
 }
 
 int Upstream::on_body(llhttp_t* p, const char* at, size_t len) {

@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config python3 libuv1-dev node-llhttp libtomlplusplus-dev
           libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
           uwsgi uwsgi-plugin-python3 gunicorn python3-flask
-          libssl-dev libcurl4-openssl-dev openssl curl pebble)
+          libssl-dev libcurl4-openssl-dev openssl curl pebble clang libfuzzer-14-dev)
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(wrk curl nginx-light haproxy procps util-linux liburing-dev nghttp2-client)
 fi

@@ -61,14 +61,34 @@ private:
     bool in_value_ = false;
 };
 
+// True for a field name that is a token (RFC 9110 5.1: tchar only, at least one): no space,
+// no colon, no control character, nothing empty.
+bool valid_field_name(std::string_view name);
+
+// True for a Host value (and an absolute-form authority) that is a host RFC 3986 3.2.2 allows,
+// with an optional port: a reg-name (unreserved, pct-encoded, sub-delims) or an IP literal in
+// brackets. Nothing empty, no space, '/', '?', '#', '@', '\\' or control character.
+bool valid_host(std::string_view host);
+
 // The request headers the router validates before routing, and those its access log names,
 // gathered in one pass over the head.
 struct RequestHeaders {
     std::string_view host;          // the first Host header's value
     unsigned hosts = 0;             // how many Host headers there are
     bool transfer_encoding = false; // a Transfer-Encoding header, even an empty one
+    unsigned codings_headers = 0;   // how many Transfer-Encoding headers there are
+    bool chunked_only = true;       // each says just "chunked" (the one coding nginx takes)
     std::string_view referer;       // the first Referer header's value, empty if none
     std::string_view user_agent;    // the first User-Agent header's value, empty if none
+    // A header the request must be refused for (answer 400): an invalid name, or an
+    // underscored name that reads as a framing, routing or forwarding header once '_' is taken
+    // for '-' (as CGI, WSGI and Rack environments do: `Transfer_Encoding` becomes
+    // HTTP_TRANSFER_ENCODING). Null when there is none.
+    const char* problem = nullptr;
+    // Another header name holds an underscore: it is not forwarded (nginx's default,
+    // `underscores_in_headers off`, and gunicorn's), since an app could not tell it from the
+    // dashed name liege vouches for.
+    bool underscores = false;
 };
 RequestHeaders scan_request_headers(const HeadCollector& head);
 
@@ -76,14 +96,42 @@ RequestHeaders scan_request_headers(const HeadCollector& head);
 // ("http://host:port/path?q", RFC 9112 3.2.2, as clients send to a proxy) is routed by its
 // authority and path, and forwarded in origin-form with Host set to that authority (userinfo
 // dropped); any other form is routed by the Host header and forwarded as it came.
+//
+// Anything else is refused (valid = false, answer 400): another scheme ("ftp://h/"), userinfo
+// in the authority (RFC 9110 4.2.4), an authority that is no valid host, "*" for a method
+// other than OPTIONS, and a target that starts with neither '/' nor a scheme.
 struct RequestTarget {
-    bool valid = true;         // false: an absolute-form target without a host (answer 400)
+    bool valid = true; // false: refused; `error` says why
+    const char* error = nullptr;
     bool absolute = false;     // the host comes from the target and replaces the Host header
     std::string_view host;     // what to route by
     std::string_view path;     // what to forward after the slash_before below, and to route by
     bool slash_before = false; // "http://h" or "http://h?q": origin-form needs a leading "/"
 };
-RequestTarget request_target(std::string_view url, std::string_view host_header);
+RequestTarget request_target(std::string_view url, std::string_view host_header,
+                             std::string_view method = "GET");
+
+// What the router knows of a request beyond its headers when it decides whether to take it.
+struct RequestLine {
+    std::string_view method;
+    int http_major = 1;
+    int http_minor = 1;
+    bool chunked = false; // llhttp framed the body as chunked
+};
+
+// A request the router refuses before routing it: the status (400, 405, 501 or 505) and a line for
+// the error body; status 0 when it may go on. Refused: HTTP/0.9 and versions other than 1.x,
+// CONNECT and TRACE (405: TRACE echoes credentials to whoever makes a browser send it, and
+// nginx refuses it too), a header RequestHeaders::problem names, an invalid target, an
+// HTTP/1.1 request without one valid Host (an absolute-form target carries its own), a
+// Transfer-Encoding llhttp did not frame as chunked or given twice, and (501, as nginx answers)
+// one that names a coding besides chunked ("gzip, chunked"): an app could not decode it.
+struct Refusal {
+    int status = 0;
+    const char* why = nullptr;
+};
+Refusal refuse_request(const RequestHeaders& headers, const RequestTarget& target,
+                       const RequestLine& line);
 
 struct RequestForward {
     std::string_view client_ip; // appended to X-Forwarded-For
@@ -95,6 +143,7 @@ struct RequestForward {
     // Set from request_target() for an absolute-form target: forwarded instead of the URL, and
     // its host instead of the Host header.
     const RequestTarget* target = nullptr;
+    bool drop_underscores = false; // RequestHeaders::underscores: leave those headers out
 };
 
 // Writes the request head for the upstream ("METHOD URL HTTP/1.1" and the rewritten headers)

@@ -264,20 +264,124 @@ TEST(RequestTarget, OriginFormGoesByHostAbsoluteFormByItsAuthority) {
     const Case cases[] = {
         {"/api/x?q=1", true, false, "app.test", "/api/x?q=1", false},
         {"*", true, false, "app.test", "*", false},
-        {"http://user:pw@Api.Test:8080/v1/x?q=1", true, true, "Api.Test:8080", "/v1/x?q=1", false},
+        {"http://Api.Test:8080/v1/x?q=1", true, true, "Api.Test:8080", "/v1/x?q=1", false},
         {"HTTPS://a.test", true, true, "a.test", "", true},
         {"http://a.test?q", true, true, "a.test", "?q", true},
         {"http:///x", false, true, "", "/x", false},
-        {"http://u@/x", false, true, "", "/x", false},
+        {"http://u@/x", false, true, "u@", "/x", false},
     };
     for (const Case& c : cases) {
-        const RequestTarget t = request_target(c.url, "app.test");
+        const RequestTarget t = request_target(c.url, "app.test", c.url == "*" ? "OPTIONS" : "GET");
         EXPECT_EQ(t.valid, c.valid) << c.url;
         EXPECT_EQ(t.absolute, c.absolute) << c.url;
         EXPECT_EQ(t.host, c.host) << c.url;
         EXPECT_EQ(t.path, c.path) << c.url;
         EXPECT_EQ(t.slash_before, c.slash_before) << c.url;
     }
+}
+
+TEST(RequestTarget, OtherSchemesUserinfoAndStrayFormsAreRefused) {
+    struct Case {
+        std::string_view url, method;
+    };
+    const Case refused[] = {
+        {"ftp://app.test/x", "GET"},         // a scheme nobody here serves
+        {"http://user:pw@app.test/", "GET"}, // userinfo (RFC 9110 4.2.4)
+        {"http://u@app.test", "GET"},
+        {"http://app test/", "GET"}, // not a host
+        {"http://app.test:80x/", "GET"},
+        {"*", "GET"},            // asterisk-form is OPTIONS's alone
+        {"app.test:443", "GET"}, // authority-form outside CONNECT
+        {"x/y", "GET"},
+        {"", "GET"},
+    };
+    for (const Case& c : refused) {
+        const RequestTarget t = request_target(c.url, "app.test", c.method);
+        EXPECT_FALSE(t.valid) << c.url;
+        EXPECT_NE(t.error, nullptr) << c.url;
+    }
+    EXPECT_TRUE(request_target("*", "app.test", "OPTIONS").valid);
+    EXPECT_TRUE(request_target("/a?b=http://c", "app.test", "GET").valid);
+}
+
+TEST(FieldName, OnlyTokensAreNames) {
+    for (std::string_view ok : {"Host", "x-a", "X_Y", "a!#$%&'*+-.^_`|~9"}) {
+        EXPECT_TRUE(valid_field_name(ok)) << ok;
+    }
+    for (std::string_view bad : {"", "Transfer Encoding", "a:b", "a\tb", "a\"b", "a(b", "a/b",
+                                 "a\x7f", "\xc3\xa9", "a@b"}) {
+        EXPECT_FALSE(valid_field_name(bad)) << bad;
+    }
+}
+
+TEST(HostValue, RegNamesAndIpLiteralsWithAnOptionalPort) {
+    for (std::string_view ok : {"h", "app.test", "app.test:8080", "127.0.0.1:1", "[::1]",
+                                "[::1]:8080", "a-b_c~d", "%41pp", "h:", "h:65535"}) {
+        EXPECT_TRUE(valid_host(ok)) << ok;
+    }
+    using namespace std::string_view_literals;
+    for (std::string_view bad :
+         {""sv,     "h evil"sv, "h/evil"sv,  "h\tevil"sv,  "u@h"sv,     "h?q"sv,  "h#f"sv,
+          "h\\x"sv, ":80"sv,    "h:80:81"sv, "h:123456"sv, "h:65536"sv, "h:8o"sv, "[::1"sv,
+          "[]"sv,   "[::1]x"sv, "[::g]"sv,   "%4"sv,       "%zz"sv,     "h\0"sv,  "\xc3\xa9"sv}) {
+        EXPECT_FALSE(valid_host(bad)) << bad;
+    }
+}
+
+TEST(RequestHeaders, InvalidNamesAndUnderscoredFramingAliasesAreProblems) {
+    EXPECT_EQ(scan_request_headers(request("GET", "/", {{"Host", "h"}, {"X-A", "1"}})).problem,
+              nullptr);
+    EXPECT_NE(scan_request_headers(request("GET", "/", {{"", "x"}})).problem, nullptr);
+    EXPECT_NE(scan_request_headers(request("GET", "/", {{"Transfer Encoding", "chunked"}})).problem,
+              nullptr);
+    for (std::string_view alias : {"Transfer_Encoding", "content_length", "HOST_", "_host",
+                                   "X_Forwarded_For", "x-forwarded_proto", "Connection_"}) {
+        // "HOST_" and "_host" are no aliases, but still underscored: dropped, not refused.
+        const auto r = scan_request_headers(request("GET", "/", {{alias, "x"}}));
+        EXPECT_TRUE(r.underscores) << alias;
+        const bool alias_of_guarded = alias.front() != '_' && alias.back() != '_';
+        EXPECT_EQ(r.problem != nullptr, alias_of_guarded) << alias;
+    }
+    const auto plain = scan_request_headers(request("GET", "/", {{"X_Api_Key", "k"}}));
+    EXPECT_EQ(plain.problem, nullptr);
+    EXPECT_TRUE(plain.underscores);
+}
+
+TEST(RequestRefusal, TransferEncodingIsChunkedAloneOrRefused) {
+    const RequestTarget t = request_target("/", "h");
+    const auto verdict =
+        [&](std::initializer_list<std::pair<std::string_view, std::string_view>> hs, bool chunked) {
+            const HeadCollector head = request("POST", "/", hs);
+            return refuse_request(scan_request_headers(head), t, {"POST", 1, 1, chunked}).status;
+        };
+    EXPECT_EQ(verdict({{"Host", "h"}, {"Transfer-Encoding", "chunked"}}, true), 0);
+    EXPECT_EQ(verdict({{"Host", "h"}, {"Transfer-Encoding", " CHUNKED "}}, true), 0);
+    EXPECT_EQ(verdict({{"Host", "h"}, {"Transfer-Encoding", "gzip, chunked"}}, true), 501);
+    EXPECT_EQ(
+        verdict({{"Host", "h"}, {"Transfer-Encoding", "chunked"}, {"Transfer-Encoding", "chunked"}},
+                true),
+        400);
+    EXPECT_EQ(verdict({{"Host", "h"}, {"Transfer-Encoding", ""}}, false), 400);
+    EXPECT_EQ(verdict({{"Host", "h"}}, false), 0);
+    EXPECT_EQ(verdict({}, false), 400); // no Host in HTTP/1.1
+}
+
+TEST(RequestRefusal, TraceAndConnectGet405OtherVersions505) {
+    const HeadCollector head = request("TRACE", "/", {{"Host", "h"}});
+    const RequestHeaders h = scan_request_headers(head);
+    const RequestTarget t = request_target("/", h.host);
+    EXPECT_EQ(refuse_request(h, t, {"TRACE", 1, 1, false}).status, 405);
+    EXPECT_EQ(refuse_request(h, t, {"CONNECT", 1, 1, false}).status, 405);
+    EXPECT_EQ(refuse_request(h, t, {"GET", 2, 0, false}).status, 505);
+    EXPECT_EQ(refuse_request(h, t, {"GET", 0, 9, false}).status, 400);
+    EXPECT_EQ(refuse_request(h, t, {"GET", 1, 0, false}).status, 0);
+}
+
+TEST(RequestHead, UnderscoredHeadersAreNotForwarded) {
+    HeadCollector h = request("GET", "/", {{"Host", "h"}, {"X_Api_Key", "k"}, {"X-Api-Key", "d"}});
+    const std::string out = rewrite(h, {.client_ip = "10.0.0.9", .drop_underscores = true});
+    EXPECT_EQ(out.find("X_Api_Key"), std::string::npos) << out;
+    EXPECT_NE(out.find("X-Api-Key: d\r\n"), std::string::npos) << out;
 }
 
 TEST(RequestHead, AbsoluteFormIsForwardedInOriginFormWithItsHost) {

@@ -179,16 +179,18 @@ TEST(ResponseFraming, SwitchingProtocolsNeverSendsConnectionClose) {
                                          .parser_result = 2});
 }
 
-TEST(ResponseFraming, UpgradeRequestAnsweredWithoutSwitchingProtocolsCloses) {
+// A refused upgrade (a final response, not 101) keeps the connection: the client may have
+// pipelined another request behind it, and nginx answers that one too.
+TEST(ResponseFraming, UpgradeRequestAnsweredWithoutSwitchingProtocolsKeepsTheConnection) {
     ResponseFacts f = facts(200);
     f.request_upgrade = true;
     expect_framing(response_framing(f), {.kind = ResponseKind::Final,
                                          .no_body = false,
                                          .rechunk = false,
-                                         .close = true,
+                                         .close = false,
                                          .forward = {.status = 200,
                                                      .framing = BodyFraming::AsReceived,
-                                                     .close = true,
+                                                     .close = false,
                                                      .keep_alive_10 = false,
                                                      .upgrade = false},
                                          .parser_result = 0});

@@ -190,8 +190,9 @@ void Stream::on_read(uv_stream_t* h, ssize_t nread, const uv_buf_t* buf) {
 void Stream::on_write(uv_write_t* req, int status) {
     auto* op = static_cast<WriteOp*>(req->data);
     auto* thread = static_cast<RouterThread*>(op->owner);
+    auto* s = request_owner<Stream>(req); // before the op (and req in it) may be freed
     thread->ops().put(op, thread->chunks());
-    if (auto* s = request_owner<Stream>(req)) {
+    if (s != nullptr) {
         --s->writes_in_flight_;
         s->owner_.on_stream_written(status);
     }

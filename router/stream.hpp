@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "buffers.hpp"
 #include "liege/uv.hpp"
@@ -140,7 +141,8 @@ private:
     UvHandle<uv_timer_t> timer_;
     LazyDeadline deadline_;
     std::unique_ptr<TlsSession> tls_; // HTTPS clients only
-    UvHandle<uv_idle_t> tls_resume_;  // initialised for the first tls_resume_later()
+    // Made by the first tls_resume_later(): a plain stream allocates no handle for it.
+    std::optional<UvHandle<uv_idle_t>> tls_resume_;
     unsigned writes_in_flight_ = 0;
     bool is_unix_ = false;
     bool reading_ = false;

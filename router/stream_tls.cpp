@@ -170,11 +170,11 @@ void Stream::tls_resume_later() {
     if (!tls_->input_pending()) {
         return;
     }
-    if (!tls_resume_.initialised()) {
-        uv_idle_init(thread_.loop(), tls_resume_.get());
-        tls_resume_->data = this;
+    if (!tls_resume_) {
+        uv_idle_init(thread_.loop(), tls_resume_.emplace().get());
+        (*tls_resume_)->data = this;
     }
-    uv_idle_start(tls_resume_.get(), [](uv_idle_t* h) {
+    uv_idle_start(tls_resume_->get(), [](uv_idle_t* h) {
         uv_idle_stop(h);
         static_cast<Stream*>(h->data)->tls_pump();
     });

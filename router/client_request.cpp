@@ -407,6 +407,7 @@ bool ClientConn::send_to(const std::shared_ptr<Backend>& bep, int index) {
     ex_.backend_index = index;
     be.requests.fetch_add(1, std::memory_order_relaxed);
     ex_.text.backend = be.name;
+    ex_.backend_generation = be.generation;
     ex_.upstream_start_ns = uv_hrtime();
     Upstream* idle = nullptr;
     if (!std::exchange(ex_.fresh_only, false)) {

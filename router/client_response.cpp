@@ -291,7 +291,9 @@ void ClientConn::log_access() {
     e.agent = ex_.text.agent;
     if (ex_.pool != nullptr) {
         e.vassal = ex_.pool->vassal;
-        e.generation = ex_.pool->generation;
+        // A request queued across a blue-green reload is served by the new generation's
+        // worker while it still holds the old pool.
+        e.generation = ex_.backend_generation != 0 ? ex_.backend_generation : ex_.pool->generation;
     }
     e.seconds = static_cast<double>(uv_hrtime() - ex_.start_ns) / 1e9;
     e.upstream_seconds = static_cast<double>(ex_.upstream_ns) / 1e9;

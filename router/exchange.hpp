@@ -54,6 +54,7 @@ struct Exchange {
     unsigned tries = 0;
     bool fresh_only = false; // the next attempt opens a new connection (a pooled one went stale)
     uint64_t queued_ns = 0;  // time spent waiting in the vassal's queue
+    uint64_t backend_generation = 0; // of the last worker sent the request (0: none yet)
 
     // The response.
     bool resp_started = false; // its head has been queued to the client

@@ -932,6 +932,42 @@ TEST_F(AppServer, MetricsAndAccessLogShowQueueWaitsAndRejections) {
     EXPECT_TRUE(std::regex_search(text, kRejected)) << text;
 }
 
+// A request that waits across a blue-green reload is served by the new generation's worker, and
+// the access log names that generation, not the one the request first queued for.
+TEST_F(AppServer, AccessLogNamesTheGenerationThatServedARequestQueuedAcrossABlueGreenReload) {
+    const auto logs = root_ / "logs";
+    const auto vassal = [&](const std::string& release) {
+        return kAnyHost + backend_command({"--log-requests"}) + "concurrency = 1\nenv = { R = \"" +
+               release + "\" }\n[reload]\nstrategy = \"bluegreen\"\n";
+    };
+    write_vassal("app", vassal("1"));
+    ASSERT_NO_FATAL_FAILURE(start({"--log-dir", logs.string()}));
+    ASSERT_TRUE(wait_serving("app", 1, "/id"));
+    std::optional<HttpClient> holder;
+    std::optional<HttpClient> waiting;
+    ASSERT_NO_FATAL_FAILURE(hold_worker_and_queue(holder, waiting, "/id?across"));
+
+    const auto from = mark();
+    write_vassal("app", vassal("2"));
+    ASSERT_TRUE(wait_log("vassal app: generation 2 serving", kStart, from));
+    Response served = waiting->read_response(kStart);
+    EXPECT_EQ(served.status, 200);
+    release_holder(*holder);
+
+    std::string text;
+    EXPECT_TRUE(poll_until([&] {
+        text = slurp(logs / "app.access.log");
+        return contains(text, "GET /id?across ") && contains(text, "GET /until?");
+    })) << text;
+    static const std::regex kAcross(R"(GET /id\?across [^\n]* 200 [^\n]* gen=(\d+))");
+    static const std::regex kHeld(R"(GET /until\?[^\n]* 200 [^\n]* gen=(\d+))");
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(text, m, kAcross)) << text;
+    EXPECT_EQ(m[1], "2") << m[0];
+    ASSERT_TRUE(std::regex_search(text, m, kHeld)) << text;
+    EXPECT_EQ(m[1], "1") << m[0];
+}
+
 // ---- keep-alive rules (see the top of router/upstream.hpp) -------------------------------------
 
 // The open connections of the only worker of vassal `v` (its /status entry), asked of the worker

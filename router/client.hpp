@@ -65,6 +65,10 @@ public:
     // the vassal failed or went away).
     void dispatch(std::shared_ptr<Backend> backend);
     void queue_timed_out(); // it waited the vassal's whole queue timeout
+    // While its request waits in the queue with its body not all read (the router reads no
+    // more of it meanwhile), the client closed or reset the connection: the request can never
+    // be whole.
+    bool left_mid_body() const { return phase_ == ClientPhase::Body && stream_.peer_finished(); }
 
 private:
     explicit ClientConn(RouterThread& thread);

@@ -258,6 +258,10 @@ void RouterThread::on_queue_timer() {
             c->queue_timed_out();
             continue;
         }
+        if (w->conn->left_mid_body()) {
+            w->conn->close_now(); // leaves the queue, and gives back a slot on its way
+            continue;
+        }
         if (std::find(pumped.begin(), pumped.end(), q) == pumped.end()) {
             pumped.push_back(std::move(q));
         }

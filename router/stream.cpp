@@ -1,6 +1,8 @@
 #include "stream.hpp"
 
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -126,6 +128,19 @@ size_t Stream::not_taken() const {
         n += static_cast<size_t>(in_kernel);
     }
     return n;
+}
+
+bool Stream::peer_finished() const {
+    // The kernel leaves ESTABLISHED once the peer's FIN (CLOSE_WAIT) or RST (CLOSE) arrives,
+    // however many of its bytes are still unread.
+    uv_os_fd_t fd = -1;
+    tcp_info info{};
+    socklen_t len = sizeof(info);
+    if (is_unix_ || !sock_.initialised() || uv_fileno(sock_.base(), &fd) != 0 ||
+        ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) {
+        return false;
+    }
+    return info.tcpi_state != TCP_ESTABLISHED;
 }
 
 bool Stream::shutdown() {

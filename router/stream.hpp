@@ -94,6 +94,9 @@ public:
     }
     size_t not_taken() const; // queued() plus the kernel's unsent and unacknowledged bytes
     unsigned writes_in_flight() const { return writes_in_flight_; }
+    // The peer closed or reset its side, as the kernel sees it, even with its last bytes not
+    // read yet (a TCP socket; false for a Unix one).
+    bool peer_finished() const;
 
     // Sends the FIN after the queued writes; on_stream_shutdown follows. False when it could not
     // be started.

@@ -817,6 +817,28 @@ TEST_F(AppServer, ClientThatLeavesWhileQueuedIsDroppedFromTheQueue) {
     expect_next_served_but_not(*holder, "/id?abandoned");
 }
 
+// The same with a request body still arriving: the client that leaves halfway through its upload
+// is noticed while it waits, not once a worker slot comes.
+TEST_F(AppServer, ClientThatLeavesMidBodyWhileQueuedIsDroppedFromTheQueue) {
+    write_vassal("app", kAnyHost + backend_command({"--log-requests"}) + "concurrency = 1\n");
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_TRUE(wait_serving("app", 1, "/id"));
+    HttpClient holder(port_);
+    holder.send(build_request("GET", held_target(), {{"Host", "app.test"}}));
+    ASSERT_TRUE(wait_worker_line("[app/1] request GET /until?file="));
+    std::optional<HttpClient> waiting;
+    waiting.emplace(port_);
+    waiting->send(
+        "POST /id?abandoned HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000\r\n\r\n" +
+        std::string(1000, 'x'));
+    json v = wait_vassal("app", [](const json& j) { return j.value("queued", -1) == 1; });
+    ASSERT_EQ(v.value("queued", -1), 1) << v.dump(2);
+    waiting.reset();
+    v = wait_vassal("app", [](const json& j) { return j.value("queued", -1) == 0; });
+    EXPECT_EQ(v.value("queued", -1), 0) << v.dump(2);
+    expect_next_served_but_not(holder, "/id?abandoned");
+}
+
 // ---- the limit ---------------------------------------------------------------------------------
 
 TEST_F(AppServer, GunicornWithFourThreadsIsSentNoMoreThanConcurrencyRequestsAtOnce) {

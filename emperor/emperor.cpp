@@ -268,6 +268,7 @@ void Emperor::apply_file(const std::string& name, const fs::path& file) {
         failed(*v, first);
         publish_failure(*v);
         v->notify(loop_, false, "invalid vassal file: " + first);
+        report_blocked_starts();
         return;
     }
     Vassal config = std::move(*load.vassal);
@@ -285,6 +286,7 @@ void Emperor::apply_file(const std::string& name, const fs::path& file) {
             }
             v->pending = std::move(config);
             v->state = VassalState::Starting;
+            report_blocked_starts();
             return;
         }
         v->pending.reset();
@@ -419,6 +421,28 @@ void Emperor::start_waiting() {
             Vassal config = std::move(*v->pending);
             v->pending.reset();
             start_vassal(*v, std::move(config));
+        }
+    }
+}
+
+void Emperor::report_blocked_starts() {
+    for (auto& [name, v] : vassals_) {
+        if (!v->pending || v->removing) {
+            continue;
+        }
+        for (const auto& dep : v->pending->after) {
+            auto it = vassals_.find(dep);
+            if (it == vassals_.end() || it->second->removing ||
+                it->second->state != VassalState::Failed) {
+                continue;
+            }
+            std::string why =
+                fmt::format("waiting for {}, which failed: {}", dep, it->second->last_error);
+            if (v->last_error != why) {
+                spdlog::error("vassal {}: {}; it starts once {} is ready", name, why, dep);
+                failed(*v, std::move(why));
+            }
+            break;
         }
     }
 }
@@ -626,6 +650,7 @@ void Emperor::finish_reload(VassalRt& v) {
         post(loop_, [this, name = v.name] { code_changed(name, "a watched file"); });
     }
     v.notify(loop_, true, "reloaded to generation " + std::to_string(v.active->id));
+    start_waiting(); // those waiting for it, which a reload may have fixed
 }
 
 void Emperor::abandon_reload(VassalRt& v, const std::string& why) {
@@ -695,6 +720,7 @@ void Emperor::worker_failed(WorkerProc& w, const std::string& why) {
     } else {
         publish_failure(v);
     }
+    report_blocked_starts();
 }
 
 void Emperor::worker_exited(WorkerProc& w, ExitStatus st) {
@@ -717,6 +743,7 @@ void Emperor::worker_exited(WorkerProc& w, ExitStatus st) {
     } else {
         publish_failure(v);
     }
+    report_blocked_starts();
 }
 
 void Emperor::worker_backing_off(WorkerProc& w) {

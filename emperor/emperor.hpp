@@ -106,6 +106,9 @@ private:
     std::string waiting_for(const VassalRt& v, const Vassal& config) const;
     // Starts every pending vassal whose `after` vassals are ready now.
     void start_waiting();
+    // A vassal whose first start waits for one that has failed says so, once per failure, in
+    // its last_error and the log; it still starts once that vassal is ready.
+    void report_blocked_starts();
     // [watch]: (re)starts the code watcher for the active generation, or drops it.
     void watch_code(VassalRt& v);
     void code_changed(const std::string& name, const std::string& changed);

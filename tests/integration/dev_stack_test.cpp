@@ -626,6 +626,27 @@ TEST_F(DevStack, AfterOrdersStartAndStop) {
     }
 }
 
+// A vassal that waits for one that has failed is not left waiting without a word: its log and
+// /status say what it waits for and why, and it starts once that vassal is fixed.
+TEST_F(DevStack, DependentOfAFailedVassalSaysWhatItWaitsForAndStartsOnceThatIsFixed) {
+    expect_error_line({"vassal redis: worker 1 (pid ", "exited unexpectedly: exit code 1"});
+    expect_error_line({"vassal worker: waiting for redis, which failed: "});
+    write_vassal("redis", "type = 'daemon'\ncommand = ['false']\n");
+    write_vassal("worker", std::string("type = 'daemon'\nafter = ['redis']\n") + kSleeper);
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_TRUE(wait_log("vassal worker: waiting for redis, which failed: worker 1 exited: "))
+        << log();
+    json v = wait_vassal("worker", [](const json& j) {
+        return j.value("last_error", "").find("waiting for redis, which failed") == 0;
+    });
+    EXPECT_EQ(v.value("last_error", "").find("waiting for redis, which failed"), 0u) << v.dump(2);
+    EXPECT_TRUE(v["workers"].empty()) << v.dump(2);
+
+    write_vassal("redis", std::string("type = 'daemon'\n") + kSleeper);
+    ASSERT_EQ(running_pids("redis", 1).size(), 1u);
+    ASSERT_EQ(running_pids("worker", 1).size(), 1u) << log();
+}
+
 TEST_F(DevStack, CheckReportsStartOrderProblems) {
     write_vassal("a", "type = 'daemon'\ncommand = ['sleep', '1']\nafter = ['b']\n");
     write_vassal("b", "type = 'daemon'\ncommand = ['sleep', '1']\nafter = ['a']\n");

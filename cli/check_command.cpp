@@ -5,8 +5,10 @@
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -80,6 +82,52 @@ void warn_case_variants(const std::string& dir, int& failures) {
     }
 }
 
+// A template (NAME@.toml) that no instance file uses yet is checked as an instance of it would
+// load, so that its mistakes show now and not when a branch's instance first appears.
+void check_unused_templates(const std::string& dir, const std::vector<VassalLoad>& loads,
+                            const std::string& profile, int& failures) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (!is_vassal_layer_file_name(name) || name == "_defaults.toml") {
+            continue;
+        }
+        const std::string prefix = name.substr(0, name.size() - 5); // "shop@"
+        bool used = false;
+        for (const auto& load : loads) {
+            used = used || load.file.filename().string().starts_with(prefix);
+        }
+        if (used) {
+            continue;
+        }
+        std::vector<VassalLayer> layers;
+        for (const fs::path& layer : {fs::path(dir) / "_defaults.toml", it->path()}) {
+            std::ifstream in(layer, std::ios::binary);
+            if (!in) {
+                continue; // no defaults; an unreadable template is reported below
+            }
+            std::ostringstream text;
+            text << in.rdbuf();
+            layers.push_back({layer, text.str()});
+        }
+        if (layers.empty() || layers.back().file != it->path()) {
+            std::fprintf(stderr, "%s: error: cannot read file\n", it->path().c_str());
+            ++failures;
+            continue;
+        }
+        const fs::path instance = fs::path(dir) / (prefix + "example.toml");
+        layers.push_back({instance, ""});
+        VassalLoad load = parse_vassal_layers(layers, instance, process_env(), profile);
+        for (const Diagnostic& d : load.errors) {
+            std::fprintf(stderr,
+                         "%s (checked as an instance %sexample: no instance file uses it yet)\n",
+                         d.str().c_str(), prefix.c_str());
+            failures += d.warning ? 0 : 1;
+        }
+    }
+}
+
 // Loads every PATH; returns the loads in argument order (directories sorted by file name).
 std::vector<VassalLoad> load_all(const std::vector<std::string>& paths, const std::string& profile,
                                  int& failures) {
@@ -95,6 +143,7 @@ std::vector<VassalLoad> load_all(const std::vector<std::string>& paths, const st
                 continue;
             }
             warn_case_variants(path, failures);
+            check_unused_templates(path, dir_loads, profile, failures);
             if (dir_loads.empty()) {
                 std::fprintf(stderr, "%s: note: no vassal files (*.toml) in this directory\n",
                              path.c_str());

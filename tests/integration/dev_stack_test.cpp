@@ -783,6 +783,21 @@ TEST_F(DevStack, WatchReloadsOnASourceEditWithNoFailedRequestAndIgnoresPyc) {
 
 // ---- liege check -------------------------------------------------------------------------------
 
+// A template no instance uses yet is still checked, as its first instance would load.
+TEST_F(DevStack, CheckReportsMistakesInATemplateThatHasNoInstanceYet) {
+    write_vassal("shop@", "hosts = ['${INSTANCE}.shop.test']\nworkers = 'two'\n" + backend("shop"));
+    Cli bad = run_cli({"check", vassals_.string()});
+    EXPECT_EQ(bad.exit_code, 1) << bad.err;
+    EXPECT_NE(bad.err.find("shop@.toml:2:"), std::string::npos) << bad.err;
+    EXPECT_NE(bad.err.find("(checked as an instance shop@example: no instance file uses it yet)"),
+              std::string::npos)
+        << bad.err;
+
+    write_vassal("shop@", "hosts = ['${INSTANCE}.shop.test']\nworkers = 2\n" + backend("shop"));
+    Cli good = run_cli({"check", vassals_.string()});
+    EXPECT_EQ(good.exit_code, 0) << good.err;
+}
+
 TEST_F(DevStack, CheckReportsMistakesThatWouldFailAtRunTime) {
     write_vassal("typo", "hosts = ['a.test']\ncommand = ['pyhton3', '-m', 'http.server', "
                          "'${PORT}']\n");

@@ -11,7 +11,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <string>
@@ -440,28 +442,45 @@ TEST_F(DevStack, StatusWorksFromAnotherDirectory) {
 // Without --admin, `liege run` and its clients meet in the per-user runtime directory. As root
 // that is /run/liege, shared by the whole machine, so this part runs only for other users.
 TEST_F(DevStack, DefaultAdminSocketIsInTheRuntimeDirectory) {
-    if (::geteuid() == 0) {
-        GTEST_SKIP() << "as root the default is /run/liege/liege.sock, not the test's to take";
-    }
     const fs::path xdg = root_ / "xdg";
     fs::create_directories(xdg);
     write_vassal("worker", std::string("type = 'daemon'\n") + kSleeper);
+    // As root the default is /run/liege/liege.sock, not the test's to take: the emperor and the
+    // CLI run as nobody, a user like any other, whose default is under XDG_RUNTIME_DIR.
+    std::vector<std::string> as_user;
+    if (::geteuid() == 0) {
+        as_user = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"};
+        const auto readable = fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                              fs::perms::others_read | fs::perms::others_exec;
+        for (const fs::path& d : {root_, vassals_}) {
+            fs::permissions(d, readable);
+        }
+        ASSERT_EQ(::chown(xdg.c_str(), 65534, 65534), 0) << std::strerror(errno);
+    }
+    const std::vector<std::string> env = {"XDG_RUNTIME_DIR=" + xdg.string()};
+    auto with_user = [&](std::vector<std::string> argv) {
+        argv.insert(argv.begin(), as_user.begin(), as_user.end());
+        return argv;
+    };
     Process emperor(
-        {LIEGE_BINARY, "run", "--vassals", vassals_.string(), "--listen", "127.0.0.1:0"},
-        {"XDG_RUNTIME_DIR=" + xdg.string()});
+        with_user({LIEGE_BINARY, "run", "--vassals", vassals_.string(), "--listen", "127.0.0.1:0"}),
+        env);
     const fs::path sock = xdg / "liege" / "liege.sock";
     ASSERT_TRUE(
         emperor.err().wait_for_line_containing("admin API on unix:" + sock.string(), kStart))
         << emperor.describe();
     ASSERT_TRUE(emperor.err().wait_for_line_containing("vassal worker: worker 1 ready", kStart));
     EXPECT_EQ(fs::status(sock.parent_path()).permissions() & fs::perms::all, fs::perms::owner_all);
-    Cli c = run_cli({"status", "--json"}, kStart, {"XDG_RUNTIME_DIR=" + xdg.string()});
-    ASSERT_EQ(c.exit_code, 0) << c.err;
-    EXPECT_EQ(json::parse(c.out)["vassals"][0]["name"], "worker");
+    // From another directory (the test's own working directory), with no --admin.
+    Process status(with_user({LIEGE_BINARY, "status", "--json"}), env);
+    auto st = status.wait_exit(kStart);
+    ASSERT_TRUE(st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << status.describe();
+    ASSERT_TRUE(poll_until([&] { return status.out().closed(); }));
+    EXPECT_EQ(json::parse(status.out().text())["vassals"][0]["name"], "worker");
     emperor.signal(SIGTERM);
-    auto status = emperor.wait_exit(kStart);
-    ASSERT_TRUE(status);
-    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << emperor.describe();
+    auto exit = emperor.wait_exit(kStart);
+    ASSERT_TRUE(exit);
+    EXPECT_TRUE(WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0) << emperor.describe();
     EXPECT_FALSE(fs::exists(sock));
 }
 

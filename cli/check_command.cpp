@@ -5,10 +5,8 @@
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <set>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -101,24 +99,7 @@ void check_unused_templates(const std::string& dir, const std::vector<VassalLoad
         if (used) {
             continue;
         }
-        std::vector<VassalLayer> layers;
-        for (const fs::path& layer : {fs::path(dir) / "_defaults.toml", it->path()}) {
-            std::ifstream in(layer, std::ios::binary);
-            if (!in) {
-                continue; // no defaults; an unreadable template is reported below
-            }
-            std::ostringstream text;
-            text << in.rdbuf();
-            layers.push_back({layer, text.str()});
-        }
-        if (layers.empty() || layers.back().file != it->path()) {
-            std::fprintf(stderr, "%s: error: cannot read file\n", it->path().c_str());
-            ++failures;
-            continue;
-        }
-        const fs::path instance = fs::path(dir) / (prefix + "example.toml");
-        layers.push_back({instance, ""});
-        VassalLoad load = parse_vassal_layers(layers, instance, process_env(), profile);
+        VassalLoad load = load_template_instance(it->path(), "example", process_env(), profile);
         for (const Diagnostic& d : load.errors) {
             std::fprintf(stderr,
                          "%s (checked as an instance %sexample: no instance file uses it yet)\n",

@@ -1656,7 +1656,10 @@ std::string template_file_name(std::string_view vassal_name) {
     return std::string(vassal_name.substr(0, at + 1)) + ".toml";
 }
 
-VassalLoad load_vassal_file(const fs::path& file, const EnvLookup& env,
+namespace {
+
+// load_vassal_file(), and with `own_text` false for a file not written yet (empty).
+VassalLoad load_with_layers(const fs::path& file, bool own_text, const EnvLookup& env,
                             const std::string& profile) {
     std::vector<VassalLayer> layers;
     std::vector<Diagnostic> problems;
@@ -1689,7 +1692,11 @@ VassalLoad load_vassal_file(const fs::path& file, const EnvLookup& env,
                                     ".toml is an instance of the template " + tmpl + ")"});
         }
     }
-    add(file, false);
+    if (own_text) {
+        add(file, false);
+    } else {
+        layers.push_back({file, ""});
+    }
     if (!problems.empty()) {
         VassalLoad out;
         out.file = file;
@@ -1701,6 +1708,20 @@ VassalLoad load_vassal_file(const fs::path& file, const EnvLookup& env,
         return out;
     }
     return parse_vassal_layers(layers, file, env, profile);
+}
+
+} // namespace
+
+VassalLoad load_vassal_file(const fs::path& file, const EnvLookup& env,
+                            const std::string& profile) {
+    return load_with_layers(file, true, env, profile);
+}
+
+VassalLoad load_template_instance(const fs::path& tmpl, std::string_view instance,
+                                  const EnvLookup& env, const std::string& profile) {
+    std::string name = tmpl.filename().string(); // "shop@.toml"
+    name.insert(name.size() - 5, instance);
+    return load_with_layers(tmpl.parent_path() / name, false, env, profile);
 }
 
 bool is_vassal_file_name(std::string_view name) {

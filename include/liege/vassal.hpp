@@ -258,6 +258,12 @@ VassalLoad parse_vassal_layers(const std::vector<VassalLayer>& layers,
 VassalLoad load_vassal_file(const std::filesystem::path& file, const EnvLookup& env = process_env(),
                             const std::string& profile = "");
 
+// Loads the instance INSTANCE of the template `tmpl` (NAME@.toml) as if NAME@INSTANCE.toml
+// existed and were empty: how liege check sees a template that no instance uses yet.
+VassalLoad load_template_instance(const std::filesystem::path& tmpl, std::string_view instance,
+                                  const EnvLookup& env = process_env(),
+                                  const std::string& profile = "");
+
 // The vassal's name of a vassal file ("shop@x" for "shop@x.toml"), its template's file name
 // ("shop@.toml") or "" when it is no instance.
 std::string template_file_name(std::string_view vassal_name);

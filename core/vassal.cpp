@@ -265,9 +265,12 @@ fs::path Vassal::working_dir(const PlaceholderValues& values) const {
 
 namespace {
 
-constexpr std::array<std::string_view, 17> kTopKeys = {
-    "type",   "command", "workers", "concurrency", "hosts", "path",    "cwd",   "env",  "socket",
-    "health", "queue",   "reload",  "stop",        "tls",   "profile", "after", "watch"};
+constexpr std::array<std::string_view, 18> kTopKeys = {
+    "type",   "command", "workers", "concurrency", "hosts", "path",    "cwd",   "env",   "socket",
+    "health", "queue",   "reload",  "stop",        "tls",   "profile", "after", "watch", "recycle"};
+constexpr std::array<std::string_view, 3> kWorkersKeys = {"min", "max", "idle"};
+constexpr std::array<std::string_view, 3> kRecycleKeys = {"max_requests", "max_rss",
+                                                          "request_timeout"};
 constexpr std::array<std::string_view, 3> kWatchKeys = {"paths", "ignore", "debounce"};
 // Keys whose strings are filled per worker (${PORT}, ${SOCKET}, ${WORKER} allowed); every other
 // string is filled when the file is loaded.
@@ -541,6 +544,9 @@ public:
         if (auto* table = section(root, "tls", kTlsKeys)) {
             tls(*table, v);
         }
+        if (auto* table = section(root, "recycle", kRecycleKeys)) {
+            recycle(*table, v);
+        }
         if (auto* table = section(root, "stop", kStopKeys)) {
             if (auto* node = table->get("signal")) {
                 stop_signal(*node, v);
@@ -637,6 +643,9 @@ private:
         }
         if (in(kQueueKeys)) {
             return "queue";
+        }
+        if (in(kRecycleKeys)) {
+            return "recycle";
         }
         return std::nullopt;
     }
@@ -895,8 +904,89 @@ private:
         }
     }
 
+    // [recycle]: max_requests a count, max_rss a size, request_timeout a duration.
+    void recycle(const toml::table& table, Vassal& v) {
+        if (auto* node = table.get("max_requests")) {
+            if (auto n = bounded_integer(*node, "recycle.max_requests", 0, 1'000'000'000)) {
+                v.recycle.max_requests = static_cast<uint64_t>(*n);
+            }
+        }
+        if (auto* node = table.get("max_rss")) {
+            if (auto s = string_value(*node, "recycle.max_rss", "a size like \"512MiB\"")) {
+                try {
+                    v.recycle.max_rss = parse_size(*s);
+                    if (v.recycle.max_rss == 0) {
+                        error(*node,
+                              "recycle.max_rss: expected a size above zero, got " + in_quotes(*s));
+                    }
+                } catch (const std::invalid_argument& e) {
+                    error(*node, "recycle.max_rss: " + std::string(e.what()));
+                }
+            }
+        }
+        duration(table, "recycle.request_timeout", "request_timeout", v.recycle.request_timeout,
+                 false);
+        if (daemon_) {
+            for (std::string_view key : {"max_requests", "request_timeout"}) {
+                if (auto* node = table.get(key)) {
+                    error(*node, "recycle." + std::string(key) +
+                                     ": a daemon (type = \"daemon\") gets no requests; only "
+                                     "max_rss recycles it");
+                }
+            }
+        }
+    }
+
+    // `workers = { min, max, idle }`: a pool that scales with demand.
+    void scaled_workers(const toml::table& table, Vassal& v) {
+        check_keys(table, "workers", kWorkersKeys);
+        if (daemon_) {
+            error(table, "workers: a daemon (type = \"daemon\") gets no requests to scale "
+                         "with; give it a number of workers");
+            return;
+        }
+        ScalePolicy scale;
+        scale.scaled = true;
+        bool ok = true;
+        if (auto* node = table.get("min")) {
+            if (auto n = bounded_integer(*node, "workers.min", 0, kMaxWorkers)) {
+                scale.min = static_cast<int>(*n);
+            } else {
+                ok = false;
+            }
+        }
+        if (auto* node = table.get("max")) {
+            if (auto n = bounded_integer(*node, "workers.max", 1, kMaxWorkers)) {
+                scale.max = static_cast<int>(*n);
+                if (ok && scale.max < scale.min) {
+                    error(*node, "workers.max: expected at least min (" +
+                                     std::to_string(scale.min) + "), got " +
+                                     std::to_string(scale.max));
+                    ok = false;
+                }
+            } else {
+                ok = false;
+            }
+        } else {
+            error(table, "workers: expected 'max', the most workers the pool grows to, like "
+                         "{ min = 0, max = 8, idle = \"5m\" }");
+            ok = false;
+        }
+        duration(table, "workers.idle", "idle", scale.idle, false);
+        if (ok) {
+            v.scale = scale;
+            // The emperor does not scale pools yet: it keeps `workers`, so an on-demand pool
+            // (min 0) runs one worker rather than none that nothing would start.
+            v.workers = std::max(scale.min, 1);
+        }
+    }
+
     void workers(const toml::node& node, Vassal& v) {
         if (reported_.count(&node) != 0) {
+            return;
+        }
+        if (const auto* table = node.as_table()) {
+            scaled_workers(*table, v);
             return;
         }
         auto n = integer_of(node);
@@ -912,6 +1002,7 @@ private:
                             " workers, got " + std::to_string(count));
         } else {
             v.workers = static_cast<int>(count);
+            v.scale.min = v.scale.max = v.workers;
         }
     }
 

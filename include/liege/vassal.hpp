@@ -12,6 +12,10 @@
 //                                    ${SOCKET} are errors for it
 //   command = ["prog", "arg", ...]   required, non-empty array of strings; placeholders allowed
 //   workers = N                      [1] pool size, 1..1024
+//   workers = { min, max, idle }     instead of a number: the pool scales with demand between
+//                                    min (0..1024, [1]; 0 = on demand: no process until the
+//                                    first request) and max (required, ≥ min and ≥ 1); a
+//                                    worker idle for `idle` ["5m"] is stopped. Web vassals only.
 //   concurrency = N                  [0] requests one worker is sent at once, 0..1024; 0 = no
 //                                    limit. The router keeps the rest in the vassal's queue.
 //   hosts   = ["a.test", "*.b.test", "*"]   required for web vassals: Host patterns. "*" makes
@@ -45,6 +49,10 @@
 //            chosen by SNI among the vassal's hosts (a vassal without hosts cannot have one);
 //            key [in the cert file]; redirect [false]: plain HTTP for the hosts gets 308 to
 //            https; acme [false] is rejected (automatic certificates are not available yet)
+//   [recycle] max_requests [0 = never] replace a worker after about this many requests (each
+//            worker draws its own limit within ±10%); max_rss ["" = never] a size like "512MiB",
+//            the worker with its child processes; request_timeout ["" = none] a request running
+//            longer gets 504 and its worker is replaced. A daemon takes only max_rss.
 //   [stop]   signal ["SIGTERM"] (a name: SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2,
 //            SIGKILL, SIGWINCH, SIGABRT, SIGALRM; the "SIG" may be left out), timeout ["10s"]
 //
@@ -153,6 +161,22 @@ struct WatchPolicy {
     Millis debounce{300};            // quiet time after the last change before the reload
 };
 
+// `workers = { min, max, idle }`: the pool scales with demand. A fixed `workers = N` is
+// min = max = N, scaled = false.
+struct ScalePolicy {
+    bool scaled = false;
+    int min = 1;
+    int max = 1;
+    Millis idle{300'000};
+};
+
+// [recycle]: when a worker is replaced by a fresh one. Zero = never.
+struct RecyclePolicy {
+    uint64_t max_requests = 0;
+    uint64_t max_rss = 0; // bytes, the worker with its child processes
+    Millis request_timeout{0};
+};
+
 struct StopPolicy {
     int signal = 15;        // SIGTERM; sent to the worker's process group
     Millis timeout{10'000}; // then SIGKILL
@@ -177,7 +201,9 @@ struct Vassal {
 
     VassalType type = VassalType::Web; // a daemon gets no port and no route
     std::vector<std::string> command;  // unexpanded: placeholders are filled per worker
-    int workers = 1;
+    int workers = 1; // the pool size at start: `workers = N`, or `min` of a scaled pool
+    ScalePolicy scale;
+    RecyclePolicy recycle;
     int concurrency = 0;            // requests one worker is sent at once; 0 = no limit
     std::vector<std::string> hosts; // lower-cased, no duplicates; empty for a daemon
     std::string path = "/";

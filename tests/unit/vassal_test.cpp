@@ -374,7 +374,8 @@ TEST_F(VassalParse, UnknownKeysSuggestTheClosestOne) {
         {"size = 10\n", "2:1: unknown key 'size'; did you mean 'size' in [queue]?"},
         {"frobnicate = true\n",
          "2:1: unknown key 'frobnicate'; expected one of type, command, workers, concurrency, "
-         "hosts, path, cwd, env, socket, health, queue, reload, stop, tls, profile, after, watch"},
+         "hosts, path, cwd, env, socket, health, queue, reload, stop, tls, profile, after, watch, "
+         "recycle"},
         {"[stop]\nsignal = \"SIGTERM\"\ngrace = \"1s\"\n",
          "4:1: unknown key 'grace' in [stop]; expected one of signal, timeout"},
         {"[queue]\nlength = 10\n",
@@ -899,4 +900,76 @@ TEST_F(VassalParse, StartOrderReportsUnknownNamesAndCycles) {
     EXPECT_TRUE(liege::check_start_order({&b, &e}).size() == 1u) << "b's 'c' is unknown here";
     Vassal c2 = load("c", "[]");
     EXPECT_TRUE(liege::check_start_order({&a, &b, &c2, &e}).empty());
+}
+
+TEST_F(VassalParse, ScaledWorkersAndRecycle) {
+    VassalLoad load = parse("command = [\"app\"]\n"
+                            "workers = { min = 0, max = 8, idle = \"5m\" }\n"
+                            "[recycle]\nmax_requests = 1000\nmax_rss = \"512MiB\"\n"
+                            "request_timeout = \"60s\"\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    const Vassal& v = *load.vassal;
+    EXPECT_TRUE(v.scale.scaled);
+    EXPECT_EQ(v.scale.min, 0);
+    EXPECT_EQ(v.scale.max, 8);
+    EXPECT_EQ(v.scale.idle, 300s);
+    EXPECT_EQ(v.workers, 1); // the emperor does not scale yet: at least one runs
+    EXPECT_EQ(v.recycle.max_requests, 1000u);
+    EXPECT_EQ(v.recycle.max_rss, 512u * 1024 * 1024);
+    EXPECT_EQ(v.recycle.request_timeout, 60s);
+
+    load = parse("command = [\"app\"]\nworkers = { max = 3 }\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_EQ(load.vassal->scale.min, 1);
+    EXPECT_EQ(load.vassal->scale.idle, 300s);
+    EXPECT_EQ(load.vassal->workers, 1);
+
+    load = parse("command = [\"app\"]\nworkers = 3\n");
+    ASSERT_TRUE(load.ok());
+    EXPECT_FALSE(load.vassal->scale.scaled);
+    EXPECT_EQ(load.vassal->scale.min, 3);
+    EXPECT_EQ(load.vassal->scale.max, 3);
+    EXPECT_EQ(load.vassal->recycle.max_requests, 0u);
+    EXPECT_EQ(load.vassal->recycle.max_rss, 0u);
+    EXPECT_EQ(load.vassal->recycle.request_timeout, 0ms);
+}
+
+TEST_F(VassalParse, BadScaledWorkersAndRecycleNameLineColumn) {
+    const std::string cmd = "command = [\"app\"]\n";
+    EXPECT_EQ(only_error(cmd + "workers = { min = 0 }\n"),
+              "2:11: workers: expected 'max', the most workers the pool grows to, like "
+              "{ min = 0, max = 8, idle = \"5m\" }");
+    EXPECT_EQ(only_error(cmd + "workers = { min = 4, max = 2 }\n"),
+              "2:28: workers.max: expected at least min (4), got 2");
+    EXPECT_EQ(only_error(cmd + "workers = { min = -1, max = 2 }\n"),
+              "2:19: workers.min: expected an integer from 0 to 1024, got -1");
+    EXPECT_EQ(only_error(cmd + "workers = { max = 0 }\n"),
+              "2:19: workers.max: expected an integer from 1 to 1024, got 0");
+    EXPECT_EQ(only_error(cmd + "workers = { max = 2, idle = \"0s\" }\n"),
+              "2:29: workers.idle: expected a duration above zero, got \"0s\"");
+    EXPECT_EQ(only_error(cmd + "workers = { max = 2, idel = \"1m\" }\n"),
+              "2:22: unknown key 'idel' in [workers]; did you mean 'idle'?");
+    EXPECT_EQ(only_error(cmd + "[recycle]\nmax_rss = \"lots\"\n"),
+              "3:11: recycle.max_rss: invalid size 'lots': expected a number of bytes with an "
+              "optional k, M or G");
+    EXPECT_EQ(only_error(cmd + "[recycle]\nmax_requests = -5\n"),
+              "3:16: recycle.max_requests: expected an integer from 0 to 1000000000, got -5");
+    EXPECT_EQ(
+        only_error(cmd + "[recycle]\nrequest_timeout = \"soon\"\n"),
+        "3:19: recycle.request_timeout: " + [] {
+            try {
+                liege::parse_duration("soon");
+            } catch (const std::invalid_argument& e) {
+                return std::string(e.what());
+            }
+            return std::string();
+        }());
+    EXPECT_EQ(only_error(cmd + "max_rss = \"1G\"\n"),
+              "2:1: unknown key 'max_rss'; did you mean 'max_rss' in [recycle]?");
+    EXPECT_EQ(only_error("type = \"daemon\"\n" + cmd + "workers = { max = 2 }\n"),
+              "3:11: workers: a daemon (type = \"daemon\") gets no requests to scale with; give "
+              "it a number of workers");
+    EXPECT_EQ(only_error("type = \"daemon\"\n" + cmd + "[recycle]\nrequest_timeout = \"1s\"\n"),
+              "4:19: recycle.request_timeout: a daemon (type = \"daemon\") gets no requests; "
+              "only max_rss recycles it");
 }

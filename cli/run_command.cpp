@@ -33,6 +33,7 @@ struct RunArgs {
     std::vector<std::string> router_opts;
     std::string admin; // empty: default_admin()
     unsigned threads = 0;
+    int max_workers = 0;
     std::string profile;
     std::string env_name; // --env, the old spelling of --profile
     std::string log_dir;
@@ -61,6 +62,9 @@ void add_run_command(CLI::App& app, int& exit_code) {
                     "Router timeout or limit as KEY=VALUE (e.g. body_max=10MiB); repeatable");
     cmd->add_option("--admin", args->admin, "Admin API address (default: " + default_admin() + ")");
     cmd->add_option("--threads", args->threads, "Router threads (default: number of cores)");
+    cmd->add_option("--max-workers", args->max_workers,
+                    "Cap on worker processes across all vassals (default: none)")
+        ->check(CLI::Range(1, 1'000'000));
     cmd->add_option("--profile", args->profile,
                     "Apply each vassal's [profile.NAME]; workers get LIEGE_PROFILE=NAME");
     cmd->add_option("--env", args->env_name, "Replaced by --profile (still accepted)");
@@ -125,6 +129,7 @@ void add_run_command(CLI::App& app, int& exit_code) {
             }
         }
         o.threads = args->threads;
+        o.max_workers = args->max_workers;
         o.env_name = args->profile;
         if (!args->env_name.empty()) {
             if (!args->profile.empty() && args->profile != args->env_name) {

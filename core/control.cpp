@@ -16,6 +16,9 @@ std::string encode(const RoutesMessage& m) {
                                 {"worker", b.worker},
                                 {"draining", b.draining},
                                 {"generation", b.generation}});
+            if (b.max_requests != 0) {
+                backends.back()["max_requests"] = b.max_requests;
+            }
         }
         routes.push_back({{"vassal", r.vassal},
                           {"generation", r.generation},
@@ -27,6 +30,9 @@ std::string encode(const RoutesMessage& m) {
                           {"queue_timeout_ms", r.queue_timeout_ms},
                           {"failed", r.failed},
                           {"last_error", r.last_error}});
+        if (r.request_timeout_ms != 0) {
+            routes.back()["request_timeout_ms"] = r.request_timeout_ms;
+        }
         if (!r.tls_cert.empty() || r.tls_redirect) {
             routes.back()["tls"] = {
                 {"cert", r.tls_cert}, {"key", r.tls_key}, {"redirect", r.tls_redirect}};
@@ -42,6 +48,31 @@ std::string encode_hello() {
 
 std::string encode(const DrainedMessage& m) {
     json j = {{"type", "drained"}, {"address", m.address}, {"generation", m.generation}};
+    return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+std::string_view to_string(RecycleReason r) {
+    switch (r) {
+    case RecycleReason::MaxRequests:
+        return "max_requests";
+    case RecycleReason::MaxRss:
+        return "max_rss";
+    case RecycleReason::RequestTimeout:
+        return "request_timeout";
+    }
+    return "unknown";
+}
+
+std::string encode(const RecycleMessage& m) {
+    json j = {{"type", "recycle"},
+              {"address", m.address},
+              {"generation", m.generation},
+              {"reason", std::string(to_string(m.reason))}};
+    return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+std::string encode(const DemandMessage& m) {
+    json j = {{"type", "demand"}, {"vassal", m.vassal}};
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
@@ -61,6 +92,7 @@ std::string encode(const StatsMessage& m) {
              {"responses", std::vector<uint64_t>(v.responses, v.responses + 6)},
              {"router_errors", v.router_errors},
              {"in_flight", v.in_flight},
+             {"in_flight_peak", v.in_flight_peak},
              {"latency_bounds_ms", v.latency_bounds_ms},
              {"latency_buckets", v.latency_buckets},
              {"latency_sum_us", v.latency_sum_us},
@@ -68,7 +100,10 @@ std::string encode(const StatsMessage& m) {
              {"rejected", std::vector<uint64_t>(v.rejected, v.rejected + kRejections)},
              {"queue_wait_bounds_ms", v.queue_wait_bounds_ms},
              {"queue_wait_buckets", v.queue_wait_buckets},
-             {"queue_wait_sum_us", v.queue_wait_sum_us}});
+             {"queue_wait_sum_us", v.queue_wait_sum_us},
+             {"cold_start_bounds_ms", v.cold_start_bounds_ms},
+             {"cold_start_buckets", v.cold_start_buckets},
+             {"cold_start_sum_us", v.cold_start_sum_us}});
     }
     json j = {{"type", "stats"},
               {"connections", m.connections},
@@ -120,6 +155,9 @@ void add_each(std::vector<T>& into, const std::vector<T>& past, Key T::*key, Add
         }
         T gone = p;
         gone.in_flight = 0;
+        if constexpr (requires { gone.in_flight_peak; }) {
+            gone.in_flight_peak = 0;
+        }
         if constexpr (requires { gone.queued; }) {
             gone.queued = 0;
         }
@@ -161,6 +199,9 @@ StatsMessage add_counters(const StatsMessage& past, const StatsMessage& now) {
                  into.queue_wait_sum_us += v.queue_wait_sum_us;
                  add_buckets(into.queue_wait_buckets, into.queue_wait_bounds_ms,
                              v.queue_wait_buckets, v.queue_wait_bounds_ms);
+                 into.cold_start_sum_us += v.cold_start_sum_us;
+                 add_buckets(into.cold_start_buckets, into.cold_start_bounds_ms,
+                             v.cold_start_buckets, v.cold_start_bounds_ms);
              });
     return sum;
 }
@@ -187,6 +228,7 @@ RoutesMessage decode_routes(const json& j) {
         spec.queue_timeout_ms = r.value("queue_timeout_ms", int64_t{30'000});
         spec.failed = r.value("failed", false);
         spec.last_error = r.value("last_error", std::string());
+        spec.request_timeout_ms = r.value("request_timeout_ms", int64_t{0});
         if (auto t = r.find("tls"); t != r.end()) {
             spec.tls_cert = t->value("cert", std::string());
             spec.tls_key = t->value("key", std::string());
@@ -194,8 +236,8 @@ RoutesMessage decode_routes(const json& j) {
         }
         for (const auto& b : r.at("backends")) {
             spec.backends.push_back({b.at("address").get<std::string>(), b.value("worker", 0),
-                                     b.value("draining", false),
-                                     b.value("generation", uint64_t{0})});
+                                     b.value("draining", false), b.value("generation", uint64_t{0}),
+                                     b.value("max_requests", uint64_t{0})});
         }
         m.routes.push_back(std::move(spec));
     }
@@ -204,6 +246,24 @@ RoutesMessage decode_routes(const json& j) {
 
 DrainedMessage decode_drained(const json& j) {
     return {j.at("address").get<std::string>(), j.value("generation", uint64_t{0})};
+}
+
+RecycleMessage decode_recycle(const json& j) {
+    RecycleMessage m;
+    m.address = j.at("address").get<std::string>();
+    m.generation = j.value("generation", uint64_t{0});
+    const std::string reason = j.at("reason").get<std::string>();
+    for (int i = 0; i < kRecycleReasons; ++i) {
+        if (to_string(static_cast<RecycleReason>(i)) == reason) {
+            m.reason = static_cast<RecycleReason>(i);
+            return m;
+        }
+    }
+    throw std::invalid_argument("recycle message with an unknown reason '" + reason + "'");
+}
+
+DemandMessage decode_demand(const json& j) {
+    return {j.at("vassal").get<std::string>()};
 }
 
 StatsMessage decode_stats(const json& j) {
@@ -234,6 +294,7 @@ StatsMessage decode_stats(const json& j) {
         }
         f.router_errors = v.value("router_errors", uint64_t{0});
         f.in_flight = v.value("in_flight", int64_t{0});
+        f.in_flight_peak = v.value("in_flight_peak", int64_t{0});
         f.latency_bounds_ms = v.value("latency_bounds_ms", std::vector<double>{});
         f.latency_buckets = v.value("latency_buckets", std::vector<uint64_t>{});
         f.latency_sum_us = v.value("latency_sum_us", uint64_t{0});
@@ -245,6 +306,9 @@ StatsMessage decode_stats(const json& j) {
         f.queue_wait_bounds_ms = v.value("queue_wait_bounds_ms", std::vector<double>{});
         f.queue_wait_buckets = v.value("queue_wait_buckets", std::vector<uint64_t>{});
         f.queue_wait_sum_us = v.value("queue_wait_sum_us", uint64_t{0});
+        f.cold_start_bounds_ms = v.value("cold_start_bounds_ms", std::vector<double>{});
+        f.cold_start_buckets = v.value("cold_start_buckets", std::vector<uint64_t>{});
+        f.cold_start_sum_us = v.value("cold_start_sum_us", uint64_t{0});
         m.vassals.push_back(std::move(f));
     }
     return m;

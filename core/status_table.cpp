@@ -129,10 +129,11 @@ std::string format_rate(double per_second) {
 }
 
 std::string format_vassal_table(const json& status, const TableStyle& style) {
-    // QUEUED comes after the columns earlier versions printed, which keep their places.
+    // QUEUED and SCALE come after the columns earlier versions printed, which keep their
+    // places. SCALE is a pool's MIN-MAX workers (WORKERS has those ready of those it runs now).
     static const std::vector<std::string> kHeads = {"VASSAL",   "STATE", "GEN",    "WORKERS",
                                                     "REQUESTS", "REQ/S", "ERRORS", "RESTARTS",
-                                                    "QUEUED",   "RSS",   "UPTIME"};
+                                                    "QUEUED",   "RSS",   "UPTIME", "SCALE"};
     std::vector<std::vector<Cell>> rows;
     for (const json& v : array(status, "vassals")) {
         const std::string state = text(v, "state", "?");
@@ -149,6 +150,10 @@ std::string format_vassal_table(const json& status, const TableStyle& style) {
         const int64_t errors = integer(v, "errors");
         const int64_t queued = integer(v, "queued");
         const char* workers_colour = ready >= total ? nullptr : ready == 0 ? kRed : kYellow;
+        std::string scale = "-";
+        if (v.contains("scale") && v["scale"].is_object()) {
+            scale = fmt::format("{}-{}", integer(v["scale"], "min"), integer(v["scale"], "max"));
+        }
         rows.push_back({
             {text(v, "name", "?"), nullptr, false},
             {state, state_colour(state), false},
@@ -162,6 +167,7 @@ std::string format_vassal_table(const json& status, const TableStyle& style) {
             {std::to_string(queued), queued > 0 ? kYellow : nullptr, true},
             {format_bytes(v.contains("rss_bytes") ? integer(v, "rss_bytes") : -1), nullptr, true},
             {format_uptime(integer(v, "uptime_seconds")), nullptr, true},
+            {scale, nullptr, true},
         });
     }
     std::vector<size_t> width(kHeads.size());

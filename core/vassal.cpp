@@ -975,9 +975,7 @@ private:
         duration(table, "workers.idle", "idle", scale.idle, false);
         if (ok) {
             v.scale = scale;
-            // The emperor does not scale pools yet: it keeps `workers`, so an on-demand pool
-            // (min 0) runs one worker rather than none that nothing would start.
-            v.workers = std::max(scale.min, 1);
+            v.workers = scale.min; // the pool at start; the emperor grows it with demand
         }
     }
 

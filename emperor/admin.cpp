@@ -718,7 +718,10 @@ json AdminServer::Impl::status_document() const {
         int ready = 0;
         for (json& w : v["workers"]) {
             const int pid = w.value("pid", 0);
-            const int64_t rss = pid > 0 ? process_rss_bytes(pid) : -1;
+            // The emperor's sample counts the worker's whole process group; a worker started
+            // since the last sample has its own figure.
+            const int64_t sampled = w.value("rss_bytes", int64_t{0});
+            const int64_t rss = sampled > 0 ? sampled : pid > 0 ? process_rss_bytes(pid) : -1;
             w["rss_bytes"] = rss >= 0 ? json(rss) : json(nullptr);
             rss_total += std::max<int64_t>(rss, 0);
             restarts += w.value("restarts", 0);
@@ -740,7 +743,7 @@ json AdminServer::Impl::status_document() const {
         if (auto it = runtime.find(name); it != runtime.end()) {
             const emperor::VassalRt& rt = *it->second;
             const emperor::Generation* g = rt.active != nullptr ? rt.active.get() : rt.next.get();
-            v["workers_total"] = g != nullptr ? g->config.workers : 0;
+            v["workers_total"] = g != nullptr ? rt.pool_size : 0;
             // Ready means serving: a bluegreen generation still starting beside the active one
             // is not counted until the router has it.
             int serving = 0;

@@ -28,6 +28,15 @@ backends_by_address(const control::StatsMessage& stats) {
     return out;
 }
 
+nlohmann::json recycles_json(const VassalRt& v) {
+    nlohmann::json out = nlohmann::json::object();
+    for (int i = 0; i < control::kRecycleReasons; ++i) {
+        out[std::string(control::to_string(static_cast<control::RecycleReason>(i)))] =
+            v.recycles[i];
+    }
+    return out;
+}
+
 } // namespace
 
 Emperor::Emperor(uv_loop_t* loop, EmperorOptions options)
@@ -35,6 +44,8 @@ Emperor::Emperor(uv_loop_t* loop, EmperorOptions options)
       router_(loop, options_,
               {[this] { publish_routes(); },
                [this](const control::DrainedMessage& m) { on_drained(m); },
+               [this](const control::RecycleMessage& m) { on_recycle(m); },
+               [this](const control::DemandMessage& m) { on_demand(m); },
                [this] { router_stats_arrived(); }, [this](ExitStatus st) { router_exited(st); }}) {
     uv_idle_init(loop_, graveyard_idle_.get());
     graveyard_idle_->data = this;
@@ -303,9 +314,19 @@ GenerationPtr Emperor::new_generation(VassalRt& v, Vassal config) {
     return g;
 }
 
-void Emperor::add_worker(VassalRt& v, const GenerationPtr& g, int slot) {
+WorkerProc* Emperor::add_worker(VassalRt& v, const GenerationPtr& g, int slot, StartReason why) {
     v.workers.push_back(std::make_unique<WorkerProc>(*this, v.name, g, slot));
-    v.workers.back()->spawn();
+    WorkerProc* w = v.workers.back().get();
+    w->set_start_reason(why);
+    if (const uint64_t n = g->config.recycle.max_requests; n != 0) {
+        // Each worker draws its own limit within ±10%, so a pool started together is not due
+        // together (and one at a time is recycled anyway).
+        std::uniform_real_distribution<double> jitter(0.9, 1.1);
+        w->set_request_limit(
+            std::max<uint64_t>(1, static_cast<uint64_t>(static_cast<double>(n) * jitter(rng_))));
+    }
+    w->spawn();
+    return w;
 }
 
 void Emperor::start_vassal(VassalRt& v, Vassal config) {
@@ -315,11 +336,20 @@ void Emperor::start_vassal(VassalRt& v, Vassal config) {
 
 void Emperor::run_active(VassalRt& v, std::string_view what) {
     v.state = VassalState::Starting;
-    spdlog::info("vassal {}: {} {} worker(s), generation {}", v.name, what,
-                 v.active->config.workers, v.active->id);
+    v.pool_size = wanted_size(v, v.active->config);
+    reset_scaler(v);
+    spdlog::info("vassal {}: {} {} worker(s), generation {}{}", v.name, what, v.pool_size,
+                 v.active->id,
+                 v.pool_size == 0 ? " (on demand: a worker starts at the first request)" : "");
     fill_active(v);
     publish_routes();
     watch_code(v);
+    if (v.pool_size == 0) {
+        // Nothing to wait for: ready for requests now.
+        v.update_state();
+        v.settle_first_start(loop_, nullptr);
+        post(loop_, [this] { start_waiting(); });
+    }
 }
 
 std::string Emperor::waiting_for(const VassalRt& v, const Vassal& config) const {
@@ -460,14 +490,6 @@ bool Emperor::needed_by_others(const std::string& name) const {
     return false;
 }
 
-void Emperor::fill_active(VassalRt& v) {
-    for (int slot = 1; slot <= v.active->config.workers; ++slot) {
-        if (v.member(v.active.get(), slot) == nullptr) {
-            add_worker(v, v.active, slot);
-        }
-    }
-}
-
 void Emperor::remove_vassal(VassalRt& v) {
     v.removing = true;
     v.state = VassalState::Stopping;
@@ -575,6 +597,11 @@ void Emperor::begin_reload(VassalRt& v, Vassal config) {
     if (v.next != nullptr) {
         abandon_reload(v, "superseded by a newer change of the file");
     }
+    const int size = wanted_size(v, config);
+    if (size == 0 && v.pool().empty()) {
+        switch_idle_pool(v, std::move(config)); // an on-demand pool with no worker now
+        return;
+    }
     if (config.reload.strategy == ReloadStrategy::Restart) {
         begin_restart(v, std::move(config));
         return;
@@ -593,10 +620,12 @@ void Emperor::begin_reload(VassalRt& v, Vassal config) {
                           }
                       },
                       [this] { publish_routes(); }};
-    v.plan = std::make_unique<ReloadPlan>(g.config.reload.strategy, g.config.workers,
-                                          std::move(steps), steady_now_ms);
+    // A scaled pool reloads at the size it has now (within the new bounds), at least one.
+    const int workers = std::max(size, 1);
+    v.plan = std::make_unique<ReloadPlan>(g.config.reload.strategy, workers, std::move(steps),
+                                          steady_now_ms);
     spdlog::info("vassal {}: {} reload to generation {} ({} worker(s))", v.name,
-                 to_string(g.config.reload.strategy), g.id, g.config.workers);
+                 to_string(g.config.reload.strategy), g.id, workers);
     v.plan->begin();
 }
 
@@ -637,9 +666,12 @@ void Emperor::finish_reload(VassalRt& v) {
         retire_generation(v, v.active.get(), true);
     }
     const int64_t took = v.plan->elapsed_ms();
+    v.pool_size = static_cast<int>(v.members(v.next.get()).size());
+    v.recycling = nullptr; // drained with the old generation
     v.active = std::move(v.next);
     v.next = nullptr;
     v.plan = nullptr;
+    reset_scaler(v);
     v.state = VassalState::Running;
     spdlog::info("vassal {}: generation {} serving ({} ms after the reload began)", v.name,
                  v.active->id, took);
@@ -692,6 +724,10 @@ void Emperor::worker_ready(WorkerProc& w) {
         return;
     }
     w.route();
+    if (WorkerProc* old = v.recycling;
+        old != nullptr && old != &w && !old->retiring() && &w.generation() == v.active.get()) {
+        old->retire(true); // its replacement serves: it drains
+    }
     v.update_state();
     publish_routes();
     v.settle_first_start(loop_, nullptr);
@@ -731,6 +767,13 @@ void Emperor::worker_exited(WorkerProc& w, ExitStatus st) {
         return;
     }
     const bool was_serving = w.serving();
+    if (w.recycled()) {
+        spdlog::info("vassal {}: worker {} (pid {}), being recycled, exited: {}", v.name, w.slot(),
+                     w.pid(), st.str());
+        w.retire(false); // its replacement is on its way
+        publish_routes();
+        return;
+    }
     auto delay = w.back_off();
     failed(v, "worker " + std::to_string(w.slot()) + " exited: " + st.str());
     spdlog::error("vassal {}: worker {} (pid {}) exited unexpectedly: {}; restarting in {} ms{}",
@@ -759,6 +802,12 @@ void Emperor::worker_gone(WorkerProc& w) {
     if (it == v.workers.end()) {
         return;
     }
+    if (w.recycled()) {
+        spdlog::info("vassal {}: worker {} recycled ({})", v.name, w.slot(), w.recycled_for());
+    }
+    if (v.recycling == &w) {
+        v.recycling = nullptr;
+    }
     graveyard_.push_back(std::move(*it));
     v.workers.erase(it);
     uv_idle_start(graveyard_idle_.get(), [](uv_idle_t* h) {
@@ -766,6 +815,8 @@ void Emperor::worker_gone(WorkerProc& w) {
         uv_idle_stop(h);
     });
     publish_routes();
+    grant_slots();
+    start_due_recycle(v);
     start_restarted(v);
     maybe_erase(v);
 }
@@ -815,10 +866,11 @@ void Emperor::publish_routes() {
         r.tls_cert = shown->config.tls.cert.string();
         r.tls_key = shown->config.tls.key.string();
         r.tls_redirect = shown->config.tls.redirect;
+        r.request_timeout_ms = shown->config.recycle.request_timeout.count();
         for (const WorkerProc* w : v->in_order()) {
             if (w->serving() || w->phase() == WorkerPhase::Draining) {
-                r.backends.push_back(
-                    {w->address().str(), w->slot(), !w->serving(), w->generation().id});
+                r.backends.push_back({w->address().str(), w->slot(), !w->serving(),
+                                      w->generation().id, w->request_limit()});
             }
         }
         m.routes.push_back(std::move(r));
@@ -844,6 +896,8 @@ void Emperor::router_stats_arrived() {
             }
         }
     }
+    check_recycles();
+    size_pools();
     if (stats_listener_) {
         stats_listener_();
     }
@@ -974,6 +1028,8 @@ nlohmann::json Emperor::status() const {
             auto it = w->daemon() ? by_address.end() : by_address.find(w->address().str());
             jw["requests"] = it != by_address.end() ? it->second->requests : 0;
             jw["in_flight"] = it != by_address.end() ? it->second->in_flight : 0;
+            jw["reason"] = std::string(to_string(w->start_reason()));
+            jw["rss_bytes"] = w->rss_bytes();
             workers.push_back(std::move(jw));
         }
         const Generation* g = v->active != nullptr ? v->active.get() : v->next.get();
@@ -987,6 +1043,13 @@ nlohmann::json Emperor::status() const {
             {"path", g != nullptr ? g->config.path : std::string("/")},
             {"concurrency", g != nullptr ? g->config.concurrency : 0},
             {"workers", std::move(workers)},
+            {"scale",
+             {{"workers", v->pool().size()},
+              {"min", g == nullptr ? 0 : g->config.scale.min},
+              {"max", g == nullptr ? 0 : g->config.scale.max},
+              {"scale_events", {{"up", v->scale_events[0]}, {"down", v->scale_events[1]}}},
+              {"cold_starts", v->cold_starts},
+              {"recycles", recycles_json(*v)}}},
             {"reloads", v->reloads},
             {"failed_reloads", v->failed_reloads},
             {"last_error", v->last_error.empty() ? json(nullptr) : json(v->last_error)},
@@ -1020,6 +1083,7 @@ nlohmann::json Emperor::status() const {
                            {"path", "/"},
                            {"concurrency", 0},
                            {"workers", json::array()},
+                           {"scale", {{"workers", 0}, {"min", 0}, {"max", 0}}},
                            {"reloads", 0},
                            {"failed_reloads", 0},
                            {"last_error", nullptr},

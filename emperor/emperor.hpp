@@ -19,8 +19,10 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -97,7 +99,8 @@ private:
     void on_changes(const std::vector<DirChange>& changes);
     void apply_file(const std::string& name, const std::filesystem::path& file);
     GenerationPtr new_generation(VassalRt& v, Vassal config);
-    void add_worker(VassalRt& v, const GenerationPtr& g, int slot);
+    WorkerProc* add_worker(VassalRt& v, const GenerationPtr& g, int slot,
+                           StartReason why = StartReason::Min);
     void start_vassal(VassalRt& v, Vassal config);
     // The active generation's workers start (the first start, or after a restart's stop).
     void run_active(VassalRt& v, std::string_view what);
@@ -114,7 +117,46 @@ private:
     void code_changed(const std::string& name, const std::string& changed);
     // Whether another vassal still running lists `name` in `after` (it stops first).
     bool needed_by_others(const std::string& name) const;
-    void fill_active(VassalRt& v);
+    // The pool (emperor/pool.cpp): scaling with demand, --max-workers, recycling.
+    //
+    // The size a pool of `config` starts at (a reload keeps a scaled pool's size within the new
+    // bounds).
+    int wanted_size(const VassalRt& v, const Vassal& config) const;
+    int min_size(const VassalRt& v) const;
+    // Starts active workers (at the lowest free slots) until the pool has pool_size. Beyond the
+    // pool's floor, only below --max-workers: else it waits for a slot (awaiting_slot).
+    void fill_active(VassalRt& v, StartReason why = StartReason::Min);
+    // A new generation is active: its scaler, its size.
+    void reset_scaler(VassalRt& v);
+    // One more worker (the scaling rule, a cold start). False when it must wait at the cap.
+    bool grow(VassalRt& v, StartReason why, scaling::Reason rule);
+    void shrink(VassalRt& v, int slot);
+    // Runs the scaling rule on what is known of the pool now (`queued` waiting, `peak` in
+    // flight at once since the last observation).
+    void observe_pool(VassalRt& v, int queued, int64_t peak);
+    void size_pools();
+    int worker_processes() const;
+    bool at_cap() const;
+    // At the cap: drains the longest-idle worker of another vassal above its min, so that `v`
+    // can start one once it is gone. False when there is none.
+    bool reclaim_slot_for(VassalRt& v);
+    // Vassals waiting at the cap get the slots that are free now.
+    void grant_slots();
+    // Replaces `w` (max_requests, max_rss): its replacement first, then it drains. One at a
+    // time per vassal; false when another recycle of the vassal is under way.
+    bool recycle(VassalRt& v, WorkerProc& w, control::RecycleReason why, const std::string& detail);
+    // request_timeout: `w` is stopped now; a replacement starts first when the pool is at min.
+    void recycle_hung(VassalRt& v, WorkerProc& w);
+    // Samples every worker's RSS; starts the recycle of one worker per vassal that is due.
+    void check_recycles();
+    void start_due_recycle(VassalRt& v);
+    void on_recycle(const control::RecycleMessage& m);
+    void on_demand(const control::DemandMessage& m);
+    // The worker `address`/`generation` names, and its vassal.
+    std::pair<VassalRt*, WorkerProc*> find_worker(const std::string& address, uint64_t generation);
+    // Reloads a scaled pool that runs no worker: the new generation is active at once.
+    void switch_idle_pool(VassalRt& v, Vassal config);
+
     void begin_reload(VassalRt& v, Vassal config);
     // strategy = "restart": stop the old workers, then start_restarted() once they are gone.
     void begin_restart(VassalRt& v, Vassal config);
@@ -152,6 +194,7 @@ private:
     UvHandle<uv_idle_t> graveyard_idle_;
     RouterSupervisor router_;
     uint64_t routes_version_ = 0;
+    std::mt19937_64 rng_{std::random_device{}()}; // each worker's max_requests draw
     std::function<void()> stats_listener_;
     int64_t started_unix_ = 0;
 

@@ -272,6 +272,54 @@ std::string prometheus_text(const json& status, const control::StatsMessage& sta
         }
     }
 
+    // Scaling and recycling, from the emperor's counts in each vassal's "scale".
+    auto scale_count = [](const json& v, std::string_view group, std::string_view key) {
+        const json* j = &v;
+        for (std::string_view k : {std::string_view("scale"), group}) {
+            if (k.empty()) {
+                continue;
+            }
+            auto it = j->find(k);
+            if (it == j->end() || !it->is_object()) {
+                return uint64_t{0};
+            }
+            j = &*it;
+        }
+        auto it = j->find(key);
+        return it != j->end() && it->is_number_unsigned() ? it->get<uint64_t>() : uint64_t{0};
+    };
+    e.family("liege_scale_events_total", "counter",
+             "Workers a vassal's pool added (up: demand, a cold start) or stopped (down: idle, or "
+             "its slot taken under --max-workers).");
+    for (const auto& v : vassals) {
+        for (const char* direction : {"up", "down"}) {
+            e.sample("liege_scale_events_total",
+                     {"vassal", v.value("name", std::string()), "direction", direction},
+                     scale_count(v, "scale_events", direction));
+        }
+    }
+    e.family("liege_worker_recycles_total", "counter",
+             "Workers of a vassal replaced by [recycle], by reason.");
+    for (const auto& v : vassals) {
+        for (int r = 0; r < control::kRecycleReasons; ++r) {
+            const std::string_view reason =
+                control::to_string(static_cast<control::RecycleReason>(r));
+            e.sample("liege_worker_recycles_total",
+                     {"vassal", v.value("name", std::string()), "reason", std::string(reason)},
+                     scale_count(v, "recycles", reason));
+        }
+    }
+    e.family("liege_cold_starts_total", "counter",
+             "Workers started for a request that found none of its vassal's running.");
+    for (const auto& v : vassals) {
+        e.sample("liege_cold_starts_total", {"vassal", v.value("name", std::string())},
+                 scale_count(v, "", "cold_starts"));
+    }
+    histograms("liege_cold_start_seconds",
+               "Time from the arrival of a request held for a cold start to its forwarding.",
+               {&Figures::cold_start_bounds_ms, &Figures::cold_start_buckets,
+                &Figures::cold_start_sum_us});
+
     // Workers are labelled with their generation too: during a reload, worker 1 of the old and
     // of the new generation both exist, and two series may not share their labels.
     auto each_worker = [&](auto&& fn) {

@@ -113,6 +113,10 @@ void RouterSupervisor::on_line(const std::string& line) {
             events_.hello();
         } else if (type == "drained") {
             events_.drained(control::decode_drained(j));
+        } else if (type == "recycle") {
+            events_.recycle(control::decode_recycle(j));
+        } else if (type == "demand") {
+            events_.demand(control::decode_demand(j));
         } else if (type == "stats") {
             stats_ = control::add_counters(stats_past_, control::decode_stats(j));
             events_.stats();
@@ -135,6 +139,8 @@ void RouterSupervisor::keep_counters(const std::set<std::string>& live_backends,
     }
     for (auto& f : stats_.vassals) {
         f.in_flight = 0;
+        f.in_flight_peak = 0;
+        f.queued = 0;
     }
     stats_past_ = stats_;
 }

@@ -25,6 +25,8 @@ public:
     struct Events {
         std::function<void()> hello; // a (re)started router wants the route set
         std::function<void(const control::DrainedMessage&)> drained;
+        std::function<void(const control::RecycleMessage&)> recycle;
+        std::function<void(const control::DemandMessage&)> demand;
         std::function<void()> stats;            // after each stats message
         std::function<void(ExitStatus)> exited; // before the restart is scheduled
     };

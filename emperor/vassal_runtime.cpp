@@ -50,6 +50,12 @@ WorkerProc* VassalRt::member(const Generation* g, int slot) const {
     return nullptr;
 }
 
+std::vector<WorkerProc*> VassalRt::pool() const {
+    auto out = members(active.get());
+    std::erase(out, recycling);
+    return out;
+}
+
 int VassalRt::ready_count(const Generation* g) const {
     auto m = members(g);
     return static_cast<int>(std::count_if(m.begin(), m.end(), [](auto* w) { return w->ready(); }));
@@ -112,7 +118,7 @@ void VassalRt::update_state() {
     }
     if (worst >= kFailedAfter) {
         state = VassalState::Failed;
-    } else if (ready_count(active.get()) == active->config.workers) {
+    } else if (ready_count(active.get()) >= pool_size) {
         state = VassalState::Running;
     } else if (state != VassalState::Running && state != VassalState::Failed) {
         state = VassalState::Starting;
@@ -144,7 +150,7 @@ void VassalRt::settle_first_start(uv_loop_t* loop, const std::string* failure) {
     const std::string gen = "generation " + std::to_string(active->id);
     if (failure != nullptr) {
         notify(loop, false, gen + " failed to start: " + *failure);
-    } else if (ready_count(active.get()) == active->config.workers) {
+    } else if (ready_count(active.get()) >= pool_size) {
         notify(loop, true, "started " + gen);
     }
 }

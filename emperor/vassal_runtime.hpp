@@ -17,7 +17,9 @@
 
 #include "code_watcher.hpp"
 #include "generation.hpp"
+#include "liege/control.hpp"
 #include "liege/reload_plan.hpp"
+#include "liege/scaling.hpp"
 #include "worker_proc.hpp"
 
 namespace liege::emperor {
@@ -44,6 +46,26 @@ struct VassalRt {
     std::unique_ptr<ReloadPlan> plan; // next's
     std::vector<std::unique_ptr<WorkerProc>> workers;
     uint64_t next_generation = 1;
+
+    // The pool (emperor/pool.cpp). How many workers of the active generation it wants: a fixed
+    // pool's `workers`; a scaled one's between min and max, as `scaler` decides.
+    int pool_size = 0;
+    std::optional<scaling::Scaler> scaler; // a scaled active generation's
+    // The one recycle at a time: the worker being replaced. It serves until another worker of
+    // the active generation is ready, then drains.
+    WorkerProc* recycling = nullptr;
+    // The pool must grow but --max-workers is reached: it waits for a slot another vassal's
+    // worker frees (or for one of its own requests to need none).
+    bool awaiting_slot = false;
+    StartReason awaiting_reason = StartReason::Demand;
+    bool cap_reported = false;         // said once that it waits at the cap
+    uint64_t scale_events[2] = {0, 0}; // up, down
+    uint64_t cold_starts = 0;
+    uint64_t recycles[control::kRecycleReasons] = {0, 0, 0};
+    // The workers that count towards the pool: the active generation's, not the one being
+    // recycled.
+    std::vector<WorkerProc*> pool() const;
+
     std::string last_error;
     int64_t last_error_unix = 0;
     uint64_t reloads = 0;

@@ -110,6 +110,18 @@ WorkerProc::~WorkerProc() {
     }
 }
 
+std::string_view to_string(StartReason r) {
+    switch (r) {
+    case StartReason::Min:
+        return "min";
+    case StartReason::Demand:
+        return "demand";
+    case StartReason::Replacement:
+        return "replacement";
+    }
+    return "min";
+}
+
 WorkerState WorkerProc::state() const {
     switch (phase_) {
     case P::Starting:
@@ -350,6 +362,7 @@ bool WorkerProc::uptime_only() const {
 
 void WorkerProc::became_ready() {
     set_state(P::Standby);
+    last_busy_ms_ = steady_now_ms(); // idle from now, as the scaling rule counts it
     spdlog::info("vassal {}: worker {} ready in {} ms", vassal_, slot_, ready_ms_ - started_ms_);
     if (!uptime_only()) {
         arm(static_cast<uint64_t>(generation_->config.health.interval.count()));
@@ -362,7 +375,13 @@ void WorkerProc::router_report(const control::BackendStats& stats) {
     for (uint64_t n : stats.responses) {
         responses += n;
     }
-    activity_.report(stats.requests, responses, stats.in_flight, steady_now_ms());
+    const int64_t now = steady_now_ms();
+    activity_.report(stats.requests, responses, stats.in_flight, now);
+    if (stats.in_flight > 0 || stats.requests != requests_) {
+        last_busy_ms_ = now;
+    }
+    requests_ = stats.requests;
+    in_flight_ = stats.in_flight;
 }
 
 void WorkerProc::on_probe(const ProbeResult& result) {

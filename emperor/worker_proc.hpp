@@ -48,6 +48,11 @@ class WorkerProc;
 enum class WorkerState { Starting, Ready, Draining, Stopped, Backoff };
 std::string_view to_string(WorkerState s);
 
+// Why a worker was started, as /status gives it: the pool's floor (`min`, or a fixed pool's
+// size), demand (the scaling rule, a cold start), or in place of one being recycled.
+enum class StartReason { Min, Demand, Replacement };
+std::string_view to_string(StartReason r); // "min", "demand", "replacement"
+
 enum class WorkerPhase {
     Starting,
     Standby,
@@ -121,6 +126,7 @@ public:
     }
     const std::string& vassal() const { return vassal_; }
     const Generation& generation() const { return *generation_; }
+    const GenerationPtr& generation_ptr() const { return generation_; }
     int slot() const { return slot_; }
     const Address& address() const { return address_; }
     bool daemon() const { return generation_->config.daemon(); }
@@ -131,6 +137,26 @@ public:
     std::string tag() const { return vassal_ + "/" + std::to_string(slot_); }
     // The child's last output lines, each on its own indented line, for failure reports.
     std::string last_lines() const;
+
+    // Scaling and recycling (emperor/pool.cpp). The router's figures for the worker, as of its
+    // latest report: requests it was sent, in flight now, and when it last had one in flight
+    // (or became ready).
+    StartReason start_reason() const { return start_reason_; }
+    void set_start_reason(StartReason r) { start_reason_ = r; }
+    uint64_t request_limit() const { return request_limit_; } // [recycle] max_requests drawn
+    void set_request_limit(uint64_t n) { request_limit_ = n; }
+    uint64_t requests() const { return requests_; }
+    int64_t in_flight() const { return in_flight_; }
+    int64_t last_busy_ms() const { return last_busy_ms_; }
+    uint64_t rss_bytes() const { return rss_bytes_; } // with its process group; 0 = not known
+    void set_rss_bytes(uint64_t n) { rss_bytes_ = n; }
+    // Being replaced, and why: logged once it is gone.
+    bool recycled() const { return recycled_; }
+    const std::string& recycled_for() const { return recycled_for_; }
+    void mark_recycled(std::string reason) {
+        recycled_ = true;
+        recycled_for_ = std::move(reason);
+    }
 
 private:
     void set_state(WorkerPhase next);
@@ -181,6 +207,14 @@ private:
     Check check_;
     std::string last_probe_error_; // of the latest readiness check that failed
     UvHandle<uv_timer_t> timer_;
+    StartReason start_reason_ = StartReason::Min;
+    uint64_t request_limit_ = 0;
+    uint64_t requests_ = 0;
+    int64_t in_flight_ = 0;
+    int64_t last_busy_ms_ = 0;
+    uint64_t rss_bytes_ = 0;
+    bool recycled_ = false;
+    std::string recycled_for_;
 };
 
 } // namespace liege::emperor

@@ -262,7 +262,7 @@ int ClientConn::headers_complete() {
         return -1;
     }
     ex_.pool = ex_.snapshot->pools[route->index].get();
-    ex_.pool->stats->in_flight.fetch_add(1, std::memory_order_relaxed);
+    ex_.pool->stats->enter();
     if (ex_.pool->tls_redirect && !tls_ && !is_acme_challenge(target.path)) {
         redirect_to_https(target);
         return -1;
@@ -405,7 +405,10 @@ bool ClientConn::send_to(const std::shared_ptr<Backend>& bep, int index) {
     Backend& be = *bep;
     ex_.backend = &be;
     ex_.backend_index = index;
-    be.requests.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t sent = be.requests.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (sent == be.max_requests.load(std::memory_order_relaxed)) {
+        thread_.shared().report_recycle(be, control::RecycleReason::MaxRequests);
+    }
     ex_.text.backend = be.name;
     ex_.backend_generation = be.generation;
     ex_.upstream_start_ns = uv_hrtime();
@@ -413,9 +416,13 @@ bool ClientConn::send_to(const std::shared_ptr<Backend>& bep, int index) {
     if (!std::exchange(ex_.fresh_only, false)) {
         idle = thread_.idle().take(&be, ex_.idempotent, uv_now(thread_.loop()));
     }
+    const uint64_t timeout = ex_.pool->request_timeout_ms;
     if (idle != nullptr) {
         up_ = idle;
         idle->attach(this);
+        if (timeout != 0) {
+            up_->set_request_deadline(uv_now(thread_.loop()) + timeout);
+        }
         write_pending_upstream();
         if (ex_.done) {
             up_->arm_response_timer();
@@ -425,6 +432,9 @@ bool ClientConn::send_to(const std::shared_ptr<Backend>& bep, int index) {
     int err = 0;
     up_ = Upstream::connect(thread_, bep, this, &err);
     if (up_ != nullptr) {
+        if (timeout != 0) {
+            up_->set_request_deadline(uv_now(thread_.loop()) + timeout);
+        }
         return true;
     }
     if (is_no_socket(err)) {
@@ -460,8 +470,12 @@ void ClientConn::wait_in_queue() {
     w->since_ms = steady_now_ms();
     w->deadline_ms = w->since_ms + q->timeout_ms();
     w->since_ns = uv_hrtime();
+    w->cold = !ex_.pool->has_workers;
     switch (q->join(w)) {
     case VassalQueue::Joined::Waiting:
+        if (w->cold) {
+            thread_.shared().report_demand(q->vassal()); // an on-demand vassal starts a worker
+        }
         waiter_ = w;
         thread_.add_waiter(std::move(w));
         return;
@@ -497,6 +511,10 @@ void ClientConn::leave_queue() {
 
 void ClientConn::dispatch(std::shared_ptr<Backend> backend) {
     const std::shared_ptr<VassalQueue>& q = ex_.pool->queue;
+    if (backend != nullptr && waiter_ != nullptr && waiter_->cold) {
+        ex_.pool->stats->cold_start.record(static_cast<double>(uv_hrtime() - waiter_->since_ns) /
+                                           1e6);
+    }
     stop_waiting();
     if (backend == nullptr) {
         reject(control::Rejection::Failed,

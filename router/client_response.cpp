@@ -86,6 +86,13 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
     const int failed_idx = ex_.backend_index;
     if (ex_.backend != nullptr) {
         Backend& be = *ex_.backend;
+        if (why == UpstreamFailure::RequestTimeout) {
+            spdlog::warn("backend {}: {} \"{}\" ran past request_timeout ({} ms); the worker is "
+                         "replaced",
+                         be.name, peer_, or_dash(ex_.text.request_line),
+                         ex_.pool->request_timeout_ms);
+            thread_.shared().report_recycle(be, control::RecycleReason::RequestTimeout);
+        }
         if (d.mark_backend_down) {
             const int64_t cool = be.mark_failed(steady_now_ms());
             spdlog::warn("backend {} {}; down for {} ms", be.name, failure_text(why), cool);

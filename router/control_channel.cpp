@@ -20,11 +20,19 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
         std::shared_ptr<VassalStats> stats;
         std::shared_ptr<VassalQueue> queue;
         bool tls_redirect = false;
+        uint64_t request_timeout_ms = 0;
     };
     std::vector<PoolSpec> pools;
     std::vector<RouteEntry> entries;
     for (const auto& r : m.routes) {
-        PoolSpec pool{r.vassal, r.generation, {}, {}, nullptr, nullptr, r.tls_redirect};
+        PoolSpec pool{r.vassal,
+                      r.generation,
+                      {},
+                      {},
+                      nullptr,
+                      nullptr,
+                      r.tls_redirect,
+                      static_cast<uint64_t>(std::max<int64_t>(r.request_timeout_ms, 0))};
         auto vit = vassals_.find(r.vassal);
         pool.stats = vit != vassals_.end() ? vit->second : std::make_shared<VassalStats>();
         next_vassals[r.vassal] = pool.stats;
@@ -49,6 +57,7 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
             }
             next_backends[key] = be;
             be->concurrency.store(std::max(r.concurrency, 0), std::memory_order_relaxed);
+            be->max_requests.store(b.max_requests, std::memory_order_relaxed);
             if (b.draining) {
                 // Marked on the Backend only once every thread has stopped picking it.
                 if (!be->draining.load()) {
@@ -97,6 +106,9 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
             snap->pools.push_back(std::make_unique<Pool>(p.vassal, p.generation, policy_,
                                                          p.backends, p.draining, p.stats, p.queue));
             snap->pools.back()->tls_redirect = p.tls_redirect;
+            snap->pools.back()->request_timeout_ms = p.request_timeout_ms;
+            snap->pools.back()->has_workers =
+                std::find(p.draining.begin(), p.draining.end(), 0) != p.draining.end();
             for (size_t i = 0; i < p.backends.size(); ++i) {
                 if (p.draining[i] == 0) {
                     snap->serving.push_back(p.backends[i].get());
@@ -130,8 +142,10 @@ control::StatsMessage RouteBuilder::stats() const {
         }
         f.router_errors = st->router_errors.load(std::memory_order_relaxed);
         f.in_flight = st->in_flight.load(std::memory_order_relaxed);
+        f.in_flight_peak = std::max(st->in_flight_peak.exchange(f.in_flight), f.in_flight);
         st->latency.report(f.latency_bounds_ms, f.latency_buckets, f.latency_sum_us);
         st->queue_wait.report(f.queue_wait_bounds_ms, f.queue_wait_buckets, f.queue_wait_sum_us);
+        st->cold_start.report(f.cold_start_bounds_ms, f.cold_start_buckets, f.cold_start_sum_us);
         for (int i = 0; i < control::kRejections; ++i) {
             f.rejected[i] = st->rejected[i].load(std::memory_order_relaxed);
         }
@@ -271,12 +285,22 @@ void ControlChannel::check_drains() {
 
 void ControlChannel::send_drained() {
     std::vector<control::DrainedMessage> drained;
+    std::vector<control::RecycleMessage> recycles;
+    std::vector<std::string> demands;
     {
         std::lock_guard lock(shared_.drained_mu);
         drained.swap(shared_.drained);
+        recycles.swap(shared_.recycles);
+        demands.swap(shared_.demands);
     }
     for (const auto& m : drained) {
         send(control::encode(m));
+    }
+    for (const auto& m : recycles) {
+        send(control::encode(m));
+    }
+    for (const auto& v : demands) {
+        send(control::encode(control::DemandMessage{v}));
     }
 }
 

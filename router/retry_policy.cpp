@@ -16,6 +16,8 @@ const char* failure_text(UpstreamFailure why) {
         return "response timed out";
     case UpstreamFailure::SendTimeout:
         return "the backend stopped reading the request body";
+    case UpstreamFailure::RequestTimeout:
+        return "the request ran past its request_timeout";
     case UpstreamFailure::BadResponse:
         return "malformed response";
     case UpstreamFailure::NoSocket:
@@ -65,6 +67,7 @@ RetryDecision decide_retry(const AttemptFacts& f) {
     switch (f.why) {
     case UpstreamFailure::Timeout:
     case UpstreamFailure::SendTimeout:
+    case UpstreamFailure::RequestTimeout:
         d.status = 504;
         break;
     case UpstreamFailure::NoSocket:

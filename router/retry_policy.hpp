@@ -22,6 +22,9 @@ enum class UpstreamFailure {
     Reset,       // the connection closed or failed before a complete response
     Timeout,     // no response byte for upstream_timeout
     SendTimeout, // the backend took no byte of the request body for upstream_timeout
+    // The worker has not answered in full within the vassal's [recycle] request_timeout: never
+    // retried (it would hang another worker), and the worker is replaced.
+    RequestTimeout,
     BadResponse,
     NoSocket,
 };

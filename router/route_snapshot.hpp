@@ -54,8 +54,10 @@ struct VassalStats {
     std::atomic<uint64_t> responses[6] = {}; // by status class
     std::atomic<uint64_t> router_errors{0};  // 502/503/504 the router made itself
     std::atomic<int64_t> in_flight{0};
-    LatencyHistogram latency;    // every response, from its request's first byte
-    LatencyHistogram queue_wait; // every request that waited in the vassal's queue
+    std::atomic<int64_t> in_flight_peak{0}; // the most in flight at once since the last report
+    LatencyHistogram latency;               // every response, from its request's first byte
+    LatencyHistogram queue_wait;            // every request that waited in the vassal's queue
+    LatencyHistogram cold_start; // those that waited with no worker serving, to their forwarding
     std::atomic<uint64_t> rejected[control::kRejections] = {}; // 503s by control::Rejection
 
     void record(int status, double ms) {
@@ -63,6 +65,14 @@ struct VassalStats {
             responses[status / 100].fetch_add(1, std::memory_order_relaxed);
         }
         latency.record(ms);
+    }
+    // A request joins (queued or not): counted in flight, and in the peak.
+    void enter() {
+        const int64_t n = in_flight.fetch_add(1, std::memory_order_relaxed) + 1;
+        int64_t peak = in_flight_peak.load(std::memory_order_relaxed);
+        while (n > peak &&
+               !in_flight_peak.compare_exchange_weak(peak, n, std::memory_order_relaxed)) {
+        }
     }
     void reject(control::Rejection why) {
         rejected[static_cast<int>(why)].fetch_add(1, std::memory_order_relaxed);
@@ -81,6 +91,8 @@ struct Pool {
     std::shared_ptr<VassalStats> stats;
     std::shared_ptr<VassalQueue> queue; // the vassal's, shared by every snapshot and thread
     bool tls_redirect = false;          // [tls] redirect: plain HTTP gets 308 to https
+    uint64_t request_timeout_ms = 0;    // [recycle] request_timeout; 0 = none
+    bool has_workers = false;           // some backend is not draining
 };
 
 struct RouteSnapshot {

@@ -5,6 +5,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -47,8 +48,29 @@ struct Shared {
             uv_async_send(drained_async);
         }
     }
+    // A worker to replace: it reached its max_requests, or a request on it timed out.
+    void report_recycle(const Backend& b, control::RecycleReason why) {
+        std::lock_guard lock(drained_mu);
+        recycles.push_back({b.name, b.generation, why});
+        if (drained_async != nullptr) {
+            uv_async_send(drained_async);
+        }
+    }
+    // A request of `vassal` waits with no worker serving it.
+    void report_demand(const std::string& vassal) {
+        std::lock_guard lock(drained_mu);
+        if (std::find(demands.begin(), demands.end(), vassal) == demands.end()) {
+            demands.push_back(vassal);
+        }
+        if (drained_async != nullptr) {
+            uv_async_send(drained_async);
+        }
+    }
+    // What goes back to the emperor, under drained_mu.
     std::mutex drained_mu;
     std::vector<control::DrainedMessage> drained;
+    std::vector<control::RecycleMessage> recycles;
+    std::vector<std::string> demands;
     uv_async_t* drained_async = nullptr; // the control thread's; null without an emperor
 };
 

@@ -137,15 +137,47 @@ void Upstream::fail(UpstreamFailure why) {
 }
 
 // A failure waiting to be reported owns the deadline (due at once): nothing moves it.
+// The request deadline, when there is one, bounds every other wait of the exchange.
 void Upstream::set_deadline(uint64_t ms) {
     if (!has_pending_failure_) {
-        stream_.set_deadline(ms);
+        stream_.set_deadline(std::min(ms, request_time_left()));
     }
 }
 
 void Upstream::clear_deadline() {
-    if (!has_pending_failure_) {
+    if (has_pending_failure_) {
+        return;
+    }
+    if (const uint64_t left = request_time_left(); left != UINT64_MAX) {
+        stream_.set_deadline(left);
+    } else {
         stream_.clear_deadline();
+    }
+}
+
+uint64_t Upstream::request_time_left() const {
+    if (request_deadline_ms_ == 0 || client_ == nullptr || tunnel_) {
+        return UINT64_MAX;
+    }
+    const uint64_t now = uv_now(thread_.loop());
+    return request_deadline_ms_ > now ? request_deadline_ms_ - now : 0;
+}
+
+void Upstream::set_request_deadline(uint64_t at_ms) {
+    request_deadline_ms_ = at_ms;
+    switch (state_) {
+    case UpstreamState::Connecting:
+        set_deadline(static_cast<uint64_t>(thread_.options().connect_timeout.count()));
+        break;
+    case UpstreamState::Active:
+        if (response_timer_) {
+            arm_response_timer();
+        } else {
+            clear_deadline();
+        }
+        break;
+    default:
+        break;
     }
 }
 
@@ -176,6 +208,7 @@ void Upstream::on_stream_connected(int status) {
 
 void Upstream::attach(Client* client) {
     client_ = client;
+    request_deadline_ms_ = 0;
     reused_ = true;
     got_bytes_ = false;
     message_done_ = false;
@@ -194,6 +227,7 @@ bool Upstream::reusable() const {
 
 void Upstream::detach(bool reusable) {
     client_ = nullptr;
+    request_deadline_ms_ = 0;
     if (!reusable || thread_.shutting_down() || !thread_.routes()->serves(backend_.get()) ||
         over_connection_limit()) {
         close();
@@ -252,6 +286,15 @@ void Upstream::on_stream_deadline() {
         has_pending_failure_ = false;
         fail(pending_failure_);
         return;
+    }
+    const bool exchange = state_ == UpstreamState::Connecting || state_ == UpstreamState::Active;
+    if (exchange && request_time_left() == 0) {
+        request_deadline_ms_ = 0;
+        if (client_ == nullptr || !client_->response_paused()) {
+            fail(UpstreamFailure::RequestTimeout);
+            return;
+        }
+        // The client holds the response back, not the worker: the usual stall rules apply.
     }
     switch (state_) {
     case UpstreamState::Connecting:

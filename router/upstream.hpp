@@ -113,6 +113,9 @@ public:
     size_t queued() const { return stream_.queued(); }
     bool write_queue_high() const;
     void arm_response_timer();
+    // [recycle] request_timeout: the exchange fails with RequestTimeout at loop time `at_ms`
+    // unless the response is complete (or a tunnel began) by then; 0 = none.
+    void set_request_deadline(uint64_t at_ms);
     void update_reading();
     void start_tunnel();
     void shutdown_write(); // tunnel: pass the client's half-close on
@@ -126,6 +129,8 @@ private:
     void fail_later(UpstreamFailure why);
     void set_deadline(uint64_t ms);
     void clear_deadline();
+    // What is left of the request deadline, in ms; UINT64_MAX for none.
+    uint64_t request_time_left() const;
     void process(Chunk* chunk);
     int count_trailer(size_t len); // llhttp callback result
 
@@ -155,8 +160,9 @@ private:
     http::HeadCollector* head_ = nullptr; // the response head being parsed
     Chunk* parsing_ = nullptr;            // the chunk llhttp is parsing, for zero-copy bodies
     size_t trailer_bytes_ = 0;
-    int64_t keepalive_ms_ = -1;  // the backend's announced idle timeout; -1 = none
-    uint64_t idle_since_ms_ = 0; // loop time it turned Idle
+    int64_t keepalive_ms_ = -1;        // the backend's announced idle timeout; -1 = none
+    uint64_t idle_since_ms_ = 0;       // loop time it turned Idle
+    uint64_t request_deadline_ms_ = 0; // loop time; 0 = none (set_request_deadline)
     bool has_pending_failure_ = false;
     UpstreamFailure pending_failure_ = UpstreamFailure::Reset;
     bool reused_ = false;

@@ -43,6 +43,7 @@ struct Waiter {
     int64_t since_ms = 0; // steady clock
     int64_t deadline_ms = 0;
     uint64_t since_ns = 0; // uv_hrtime(), for the wait it reports
+    bool cold = false;     // it came when no worker of the vassal served (a cold start)
     // Under the queue's lock:
     bool listed = false;
     // The slot the queue took for it; null with `listed` false means it was refused (the

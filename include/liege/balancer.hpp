@@ -39,6 +39,7 @@ struct Backend {
     std::atomic<int64_t> down_until_ms{0}; // steady-clock ms; 0 = up
     std::atomic<int> consecutive_failures{0};
     std::atomic<uint64_t> requests{0};
+    std::atomic<uint64_t> max_requests{0}; // [recycle] as the worker drew it; 0 = no limit
     std::atomic<uint64_t> failures{0};
     std::atomic<uint64_t> responses[6] = {}; // by status class, [2] = 2xx
 

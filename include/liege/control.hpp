@@ -22,6 +22,9 @@ struct BackendSpec {
     int worker = 0;
     bool draining = false;   // no new requests; report "drained" once none is in flight
     uint64_t generation = 0; // the vassal generation the worker belongs to; 0 = static backend
+    // [recycle] max_requests as this worker drew it: the router says so (RecycleMessage) when
+    // it has been sent this many requests; 0 = no limit.
+    uint64_t max_requests = 0;
 };
 
 struct RouteSpec {
@@ -44,6 +47,9 @@ struct RouteSpec {
     std::string tls_cert;
     std::string tls_key;       // empty = in tls_cert
     bool tls_redirect = false; // plain HTTP for the hosts gets 308 to https
+    // [recycle] request_timeout: a request a worker has not answered in full by then gets 504
+    // (or, once its response has begun, its connection closed) and is reported; 0 = none.
+    int64_t request_timeout_ms = 0;
 };
 
 // Emperor → router.
@@ -56,6 +62,22 @@ struct RoutesMessage {
 struct DrainedMessage {
     std::string address;
     uint64_t generation = 0; // as the backend's BackendSpec said
+};
+
+// Router → emperor: a worker is due to be replaced.
+enum class RecycleReason { MaxRequests, MaxRss, RequestTimeout };
+constexpr int kRecycleReasons = 3;
+std::string_view to_string(RecycleReason r); // "max_requests", "max_rss", "request_timeout"
+struct RecycleMessage {
+    std::string address;
+    uint64_t generation = 0;
+    RecycleReason reason = RecycleReason::MaxRequests; // max_requests or request_timeout
+};
+
+// Router → emperor: a request of the vassal waits and no worker of it serves (an on-demand
+// vassal, or its last worker stopping): start one. Sent once per such wait, at once.
+struct DemandMessage {
+    std::string vassal;
 };
 
 struct BackendStats {
@@ -76,6 +98,9 @@ struct VassalFigures {
     uint64_t responses[6] = {0, 0, 0, 0, 0, 0}; // by status class
     uint64_t router_errors = 0;                 // 502/503/504 made by the router
     int64_t in_flight = 0;
+    // The most requests in flight at once since the previous stats message (those waiting
+    // included), for the scaling rule.
+    int64_t in_flight_peak = 0;
     std::vector<double> latency_bounds_ms; // histogram bucket upper bounds
     std::vector<uint64_t> latency_buckets; // counts per bucket (not cumulative), last = +Inf
     uint64_t latency_sum_us = 0;
@@ -85,6 +110,10 @@ struct VassalFigures {
     std::vector<double> queue_wait_bounds_ms;
     std::vector<uint64_t> queue_wait_buckets;
     uint64_t queue_wait_sum_us = 0;
+    // Requests that waited for a vassal with no worker serving: from arrival to forwarding.
+    std::vector<double> cold_start_bounds_ms;
+    std::vector<uint64_t> cold_start_buckets;
+    uint64_t cold_start_sum_us = 0;
 };
 
 // Router → emperor, once a second: load figures for /status and /metrics.
@@ -108,13 +137,17 @@ std::string encode_hello();
 StatsMessage add_counters(const StatsMessage& past, const StatsMessage& now);
 std::string encode(const RoutesMessage& m);
 std::string encode(const DrainedMessage& m);
+std::string encode(const RecycleMessage& m);
+std::string encode(const DemandMessage& m);
 std::string encode(const StatsMessage& m);
 
-// The "type" of a decoded line: "routes", "hello", "drained", "stats"; throws
+// The "type" of a decoded line: "routes", "hello", "drained", "stats", "recycle", "demand"; throws
 // nlohmann::json::exception or std::invalid_argument on a malformed line.
 nlohmann::json parse_line(std::string_view line);
 RoutesMessage decode_routes(const nlohmann::json& j);
 DrainedMessage decode_drained(const nlohmann::json& j);
+RecycleMessage decode_recycle(const nlohmann::json& j); // throws on an unknown reason
+DemandMessage decode_demand(const nlohmann::json& j);
 StatsMessage decode_stats(const nlohmann::json& j);
 
 // Accumulates bytes from a stream and hands out complete lines.

@@ -26,6 +26,10 @@ struct EmperorOptions {
     std::vector<std::string> trusted_proxies; // --trusted-proxy, validated, for the router
     std::vector<std::string> router_opts;     // --router-opt KEY=VALUE, validated, for the router
     RouterOptions router;                     // the router's settings they give (for /status)
+    // --max-workers: worker processes across all vassals. A pool grows beyond its `min`, and a
+    // replacement starts, only below it (taking an idle worker of another vassal's when it is
+    // reached); 0 = no cap.
+    int max_workers = 0;
 };
 
 // Runs until SIGTERM/SIGINT and a graceful stop; returns the exit code.

@@ -37,7 +37,7 @@ json sample_status() {
              "workers_total": 2, "queued": 3, "requests": 1200, "requests_per_second": 55.5,
              "errors": 0,
              "restarts": 0, "rss_bytes": 31457280, "uptime_seconds": 3700,
-             "last_error": null, "workers": []},
+             "scale": {"workers": 2, "min": 1, "max": 4}, "last_error": null, "workers": []},
             {"name": "static-files", "state": "failed", "generation": 1, "workers_ready": 0,
              "workers_total": 1, "requests": 34, "requests_per_second": 0, "errors": 34,
              "restarts": 7, "rss_bytes": 0, "uptime_seconds": 59,
@@ -72,12 +72,12 @@ TEST(StatusTable, OneAlignedRowPerVassal) {
     auto lines = lines_of(format_vassal_table(sample_status(), {}));
     ASSERT_EQ(lines.size(), 3u);
     EXPECT_EQ(lines[0], "VASSAL        STATE    GEN  WORKERS  REQUESTS  REQ/S  ERRORS  RESTARTS"
-                        "  QUEUED       RSS  UPTIME");
+                        "  QUEUED       RSS  UPTIME  SCALE");
     EXPECT_EQ(lines[1], "hello         running    3      2/2      1200   55.5       0         0"
-                        "       3  30.0 MiB   1h01m");
-    // A vassal without "queued" (from an older emperor) shows 0.
+                        "       3  30.0 MiB   1h01m    1-4");
+    // A vassal without "queued" or "scale" (from an older emperor) shows 0 and "-".
     EXPECT_EQ(lines[2], "static-files  failed     1      0/1        34      0      34         7"
-                        "       0       0 B     59s");
+                        "       0       0 B     59s      -");
     // Every line is as wide as the header: the columns line up.
     for (const auto& l : lines) {
         EXPECT_EQ(l.size(), lines[0].size()) << l;

@@ -913,7 +913,7 @@ TEST_F(VassalParse, ScaledWorkersAndRecycle) {
     EXPECT_EQ(v.scale.min, 0);
     EXPECT_EQ(v.scale.max, 8);
     EXPECT_EQ(v.scale.idle, 300s);
-    EXPECT_EQ(v.workers, 1); // the emperor does not scale yet: at least one runs
+    EXPECT_EQ(v.workers, 0); // the pool at start: min, none for an on-demand pool
     EXPECT_EQ(v.recycle.max_requests, 1000u);
     EXPECT_EQ(v.recycle.max_rss, 512u * 1024 * 1024);
     EXPECT_EQ(v.recycle.request_timeout, 60s);

@@ -126,10 +126,18 @@ void Emperor::fill_active(VassalRt& v, StartReason why) {
         if (static_cast<int>(pool.size()) >= v.pool_size) {
             return;
         }
-        if (why != StartReason::Min && at_cap()) {
-            v.awaiting_slot = true;
-            v.awaiting_reason = why;
-            return;
+        if (at_cap()) {
+            if (why != StartReason::Min) {
+                v.awaiting_slot = true;
+                v.awaiting_reason = why;
+                return;
+            }
+            if (!v.cap_reported) {
+                v.cap_reported = true;
+                spdlog::warn("vassal {}: its min workers take it beyond --max-workers {}: the cap "
+                             "does not hold back a pool's min",
+                             v.name, options_.max_workers);
+            }
         }
         // The lowest slot no worker of the generation holds (the one being recycled included).
         const auto members = v.members(v.active.get());
@@ -168,7 +176,7 @@ bool Emperor::grow(VassalRt& v, StartReason why, scaling::Reason rule) {
         return false;
     }
     v.cap_reported = false;
-    ++v.pool_size;
+    v.pool_size = static_cast<int>(v.pool().size()) + 1;
     ++v.scale_events[kUp];
     if (rule == scaling::Reason::ColdStart) {
         ++v.cold_starts;
@@ -187,7 +195,7 @@ void Emperor::shrink(VassalRt& v, int slot) {
     if (w == nullptr || w == v.recycling) {
         return;
     }
-    --v.pool_size;
+    v.pool_size = static_cast<int>(v.pool().size()) - 1;
     ++v.scale_events[kDown];
     spdlog::info("vassal {}: scaling down to {} worker(s): worker {} idle for {} ms", v.name,
                  v.pool_size, slot, steady_now_ms() - w->last_busy_ms());

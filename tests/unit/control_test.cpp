@@ -220,3 +220,70 @@ TEST(Control, RoutesCarryTheVassalsCertificateAndRedirect) {
     EXPECT_EQ(line.find("\"tls\"", line.find("plain")), std::string::npos)
         << "a route without TLS settings carries none";
 }
+
+TEST(Control, RecycleAndDemandRoundTrip) {
+    using liege::control::RecycleReason;
+    for (auto why :
+         {RecycleReason::MaxRequests, RecycleReason::MaxRss, RecycleReason::RequestTimeout}) {
+        std::string line =
+            liege::control::encode(liege::control::RecycleMessage{"127.0.0.1:9", 4, why});
+        auto j = liege::control::parse_line(line.substr(0, line.size() - 1));
+        EXPECT_EQ(j["type"], "recycle");
+        auto m = liege::control::decode_recycle(j);
+        EXPECT_EQ(m.address, "127.0.0.1:9");
+        EXPECT_EQ(m.generation, 4u);
+        EXPECT_EQ(m.reason, why);
+    }
+    EXPECT_EQ(liege::control::to_string(RecycleReason::MaxRss), "max_rss");
+    EXPECT_THROW(liege::control::decode_recycle(liege::control::parse_line(
+                     R"({"type":"recycle","address":"a:1","reason":"boredom"})")),
+                 std::invalid_argument);
+    std::string line = liege::control::encode(liege::control::DemandMessage{"shop"});
+    auto j = liege::control::parse_line(line.substr(0, line.size() - 1));
+    EXPECT_EQ(j["type"], "demand");
+    EXPECT_EQ(liege::control::decode_demand(j).vassal, "shop");
+}
+
+TEST(Control, RoutesCarryRequestTimeoutAndEachBackendsRequestLimit) {
+    liege::control::RoutesMessage m;
+    liege::control::RouteSpec r;
+    r.vassal = "shop";
+    r.request_timeout_ms = 60'000;
+    r.backends.push_back({"127.0.0.1:1", 1, false, 2, 987});
+    r.backends.push_back({"127.0.0.1:2", 2, false, 2, 0});
+    m.routes.push_back(r);
+    auto back =
+        liege::control::decode_routes(liege::control::parse_line(liege::control::encode(m)));
+    ASSERT_EQ(back.routes.size(), 1u);
+    EXPECT_EQ(back.routes[0].request_timeout_ms, 60'000);
+    EXPECT_EQ(back.routes[0].backends.at(0).max_requests, 987u);
+    EXPECT_EQ(back.routes[0].backends.at(1).max_requests, 0u);
+    liege::control::RouteSpec plain;
+    plain.vassal = "plain";
+    m.routes = {plain};
+    EXPECT_EQ(liege::control::encode(m).find("request_timeout_ms"), std::string::npos)
+        << "absent unless set";
+}
+
+TEST(Control, ColdStartHistogramCarriesOverAndThePeakIsAGauge) {
+    auto with = [](uint64_t cold, int64_t peak) {
+        StatsMessage m;
+        VassalFigures f;
+        f.vassal = "app";
+        f.in_flight_peak = peak;
+        f.cold_start_bounds_ms = {10, 100};
+        f.cold_start_buckets = {0, cold, 0};
+        f.cold_start_sum_us = cold * 50'000;
+        m.vassals.push_back(f);
+        return m;
+    };
+    StatsMessage sum = add_counters(with(2, 9), with(1, 3));
+    EXPECT_EQ(sum.vassals[0].cold_start_buckets, (std::vector<uint64_t>{0, 3, 0}));
+    EXPECT_EQ(sum.vassals[0].cold_start_sum_us, 150'000u);
+    EXPECT_EQ(sum.vassals[0].in_flight_peak, 3) << "the running router's alone";
+    auto round =
+        liege::control::decode_stats(liege::control::parse_line(liege::control::encode(sum)));
+    EXPECT_EQ(round.vassals[0].in_flight_peak, 3);
+    EXPECT_EQ(round.vassals[0].cold_start_bounds_ms, (std::vector<double>{10, 100}));
+    EXPECT_EQ(round.vassals[0].cold_start_buckets, (std::vector<uint64_t>{0, 3, 0}));
+}

@@ -59,6 +59,9 @@ StatsMessage stats_for_app() {
     f.queue_wait_bounds_ms = {5, 100};
     f.queue_wait_buckets = {4, 1, 2}; // last = +Inf
     f.queue_wait_sum_us = 2'250'000;
+    f.cold_start_bounds_ms = {25, 250};
+    f.cold_start_buckets = {0, 2, 0}; // last = +Inf
+    f.cold_start_sum_us = 180'000;
     s.vassals.push_back(f);
     return s;
 }
@@ -232,4 +235,27 @@ TEST(AdminPaths, ReloadTarget) {
     EXPECT_EQ(reload_target("/vassals/bad%2/reload"), std::nullopt);
     EXPECT_EQ(reload_target("/vassals/bad%zz/reload"), std::nullopt);
     EXPECT_EQ(reload_target("/reload"), std::nullopt);
+}
+
+TEST(Prometheus, ScaleEventsRecyclesAndColdStarts) {
+    json status = status_with_app();
+    status["vassals"][0]["scale"] = json::parse(R"({"workers": 2, "min": 0, "max": 4,
+        "scale_events": {"up": 5, "down": 3}, "cold_starts": 2,
+        "recycles": {"max_requests": 7, "max_rss": 1, "request_timeout": 0}})");
+    std::string text = prometheus_text(status, stats_for_app());
+    EXPECT_TRUE(has_line(text, "# TYPE liege_scale_events_total counter")) << text;
+    EXPECT_TRUE(has_line(text, R"(liege_scale_events_total{vassal="app",direction="up"} 5)"));
+    EXPECT_TRUE(has_line(text, R"(liege_scale_events_total{vassal="app",direction="down"} 3)"));
+    EXPECT_TRUE(
+        has_line(text, R"(liege_worker_recycles_total{vassal="app",reason="max_requests"} 7)"));
+    EXPECT_TRUE(has_line(text, R"(liege_worker_recycles_total{vassal="app",reason="max_rss"} 1)"));
+    EXPECT_TRUE(
+        has_line(text, R"(liege_worker_recycles_total{vassal="app",reason="request_timeout"} 0)"));
+    EXPECT_TRUE(has_line(text, R"(liege_cold_starts_total{vassal="app"} 2)"));
+    EXPECT_TRUE(has_line(text, "# TYPE liege_cold_start_seconds histogram"));
+    EXPECT_TRUE(has_line(text, R"(liege_cold_start_seconds_bucket{vassal="app",le="0.25"} 2)"));
+    EXPECT_TRUE(has_line(text, R"(liege_cold_start_seconds_sum{vassal="app"} 0.18)"));
+    // A vassal from an emperor without scaling has zeros.
+    std::string old = prometheus_text(status_with_app(), stats_for_app());
+    EXPECT_TRUE(has_line(old, R"(liege_cold_starts_total{vassal="app"} 0)")) << old;
 }

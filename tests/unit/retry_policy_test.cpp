@@ -75,16 +75,19 @@ TEST(RetryPolicy, EveryFailureHasItsOwnText) {
     EXPECT_STREQ(failure_text(UpstreamFailure::BadResponse), "malformed response");
     EXPECT_STREQ(failure_text(UpstreamFailure::NoSocket),
                  "the router is out of file descriptors or socket memory");
+    EXPECT_STREQ(failure_text(UpstreamFailure::RequestTimeout),
+                 "the request ran past its request_timeout");
 }
 
 TEST(RetryPolicy, FailureTextsAreDistinct) {
     std::set<std::string> texts;
-    for (auto why : {UpstreamFailure::Connect, UpstreamFailure::ConnectTimeout,
-                     UpstreamFailure::Reset, UpstreamFailure::Timeout, UpstreamFailure::SendTimeout,
-                     UpstreamFailure::BadResponse, UpstreamFailure::NoSocket}) {
+    for (auto why :
+         {UpstreamFailure::Connect, UpstreamFailure::ConnectTimeout, UpstreamFailure::Reset,
+          UpstreamFailure::Timeout, UpstreamFailure::SendTimeout, UpstreamFailure::BadResponse,
+          UpstreamFailure::NoSocket, UpstreamFailure::RequestTimeout}) {
         texts.insert(failure_text(why));
     }
-    EXPECT_EQ(texts.size(), 7u);
+    EXPECT_EQ(texts.size(), 8u);
 }
 
 TEST(RetryPolicy, UnknownFailureValueFallsBackToFailed) {
@@ -420,4 +423,28 @@ TEST(RetryPolicy, NoSocketOnAReusedConnectionIsNotRetriedOnTheSameBackend) {
                                       .replay_head = false,
                                       .same_backend_ok = false,
                                       .status = 503});
+}
+
+// --- request_timeout ------------------------------------------------------------------------
+
+TEST(RetryPolicy, ARequestPastItsRequestTimeoutGets504AndIsNeverRetried) {
+    // Even an idempotent request with tries left: sent again, it would hang another worker.
+    AttemptFacts f = first_try(UpstreamFailure::RequestTimeout);
+    f.idempotent = true;
+    f.head_kept = true;
+    f.max_tries = 3;
+    expect_decision(decide_retry(f), {.outcome = AttemptOutcome::Respond,
+                                      .mark_backend_down = false,
+                                      .replay_head = false,
+                                      .same_backend_ok = false,
+                                      .log_broken_response = false,
+                                      .status = 504});
+}
+
+TEST(RetryPolicy, ARequestTimeoutAfterTheResponseBeganEndsTheConnection) {
+    AttemptFacts f = first_try(UpstreamFailure::RequestTimeout);
+    f.got_response_bytes = true;
+    f.response_reached_client = true;
+    EXPECT_EQ(decide_retry(f).outcome, AttemptOutcome::CloseNow);
+    EXPECT_FALSE(decide_retry(f).mark_backend_down);
 }

@@ -42,6 +42,9 @@
 //   /count              200, `requests=R connections=C open=O`: requests read (this one
 //                       included), TCP connections accepted, connections open now
 //   /env?name=VAR       200, body = the value of the environment variable VAR; 404 if unset
+//   /alloc?mb=N         allocates N MiB and writes to every page of it, so that it counts in
+//                       the process's RSS, and keeps it for the life of the process (never
+//                       freed); 200, body = `allocated N MiB`
 //
 // Every response carries `X-Backend: NAME`.
 #include <atomic>
@@ -86,6 +89,8 @@ std::atomic<uint64_t> g_requests{0};
 std::atomic<uint64_t> g_connections{0};
 std::atomic<int64_t> g_open{0};
 std::mutex g_stdout_mutex;
+std::mutex g_allocated_mutex;
+std::vector<char*> g_allocated; // what /alloc took: kept (never freed) for the life of the process
 
 // The pattern bytes every generated body is cut from.
 const std::string& window() {
@@ -799,6 +804,22 @@ bool handle(Conn& conn, const Request& req) {
         const char* value = name.empty() ? nullptr : std::getenv(name.c_str());
         return value != nullptr ? respond(conn, req, 200, value)
                                 : respond(conn, req, 404, "no variable " + name + "\n");
+    }
+    if (p == "/alloc") {
+        // For tests of a memory limit: the pages stay resident until the process exits.
+        const uint64_t mb = req.param("mb", 0);
+        const std::size_t bytes = static_cast<std::size_t>(mb) << 20;
+        auto* block = static_cast<char*>(std::malloc(bytes == 0 ? 1 : bytes));
+        if (block == nullptr) {
+            return respond(conn, req, 500, "cannot allocate " + std::to_string(mb) + " MiB\n");
+        }
+        const long page = ::sysconf(_SC_PAGESIZE);
+        for (std::size_t i = 0; i < bytes; i += static_cast<std::size_t>(page)) {
+            block[i] = 1;
+        }
+        std::lock_guard lock(g_allocated_mutex);
+        g_allocated.push_back(block);
+        return respond(conn, req, 200, "allocated " + std::to_string(mb) + " MiB");
     }
     if (p == "/count") {
         return respond(conn, req, 200,

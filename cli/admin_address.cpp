@@ -24,9 +24,32 @@ std::string client_admin(const std::string& flag) {
     return default_admin();
 }
 
+namespace {
+
+// One client command runs per process: its --admin-token-file, for admin_request().
+std::string& token_file_flag() {
+    static std::string file;
+    return file;
+}
+
+} // namespace
+
 void add_admin_option(CLI::App& cmd, std::string& admin) {
     cmd.add_option("--admin", admin,
                    "Admin API address (default: $LIEGE_ADMIN, else " + default_admin() + ")");
+    cmd.add_option("--admin-token-file", token_file_flag(),
+                   "File with the admin API's bearer token, as given to liege run (default: "
+                   "$LIEGE_ADMIN_TOKEN_FILE)");
+}
+
+std::string client_admin_token_file() {
+    if (!token_file_flag().empty()) {
+        return token_file_flag();
+    }
+    if (const char* env = std::getenv("LIEGE_ADMIN_TOKEN_FILE"); env != nullptr && *env != '\0') {
+        return env;
+    }
+    return {};
 }
 
 } // namespace liege::cli

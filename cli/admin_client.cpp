@@ -12,7 +12,9 @@
 
 #include <fmt/format.h>
 
+#include "commands.hpp"
 #include "liege/address.hpp"
+#include "liege/admin_token.hpp"
 
 namespace liege::cli {
 
@@ -99,10 +101,20 @@ AdminReply admin_request(const std::string& address, std::string_view method, st
             throw unreachable(std::strerror(err));
         }
     }
+    // Over TCP the admin API checks Host against its address and asks for the token.
+    std::string authorization;
+    const std::string token_file = client_admin_token_file();
+    if (!token_file.empty()) {
+        try {
+            authorization = "Authorization: Bearer " + read_admin_token(token_file) + "\r\n";
+        } catch (const std::invalid_argument& e) {
+            throw AdminError(e.what());
+        }
+    }
     const std::string request =
-        fmt::format("{} {} HTTP/1.1\r\nHost: liege\r\nUser-Agent: liege-cli\r\n"
+        fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\n{}User-Agent: liege-cli\r\n"
                     "Accept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    method, path);
+                    method, path, addr.is_unix() ? std::string("localhost") : where, authorization);
     std::string_view rest = request;
     while (!rest.empty()) {
         ssize_t n = ::send(fd.get(), rest.data(), rest.size(), MSG_NOSIGNAL);
@@ -160,6 +172,12 @@ AdminReply admin_request(const std::string& address, std::string_view method, st
         if (n == 0) {
             throw AdminError("the admin API at " + where + " closed the connection early");
         }
+    }
+    if (parsed.status == 401) {
+        throw AdminError(fmt::format(
+            "the admin API at {} {}: give --admin-token-file FILE or set LIEGE_ADMIN_TOKEN_FILE "
+            "to the file liege run was given",
+            where, token_file.empty() ? "needs a token" : "refused the token in " + token_file));
     }
     return {parsed.status, std::move(parsed.body)};
 }

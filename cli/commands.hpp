@@ -23,8 +23,11 @@ void add_vassal_commands(CLI::App& app, int& exit_code); // stop, start, logs
 std::string default_admin();
 // What a client talks to: `flag` (--admin) when given, else $LIEGE_ADMIN, else default_admin().
 std::string client_admin(const std::string& flag);
-// Adds `--admin` to a client command, stored in `admin`.
+// Adds `--admin` to a client command, stored in `admin`, and `--admin-token-file`.
 void add_admin_option(CLI::App& cmd, std::string& admin);
+// The token file a client sends the token of: --admin-token-file, else
+// $LIEGE_ADMIN_TOKEN_FILE; empty for none.
+std::string client_admin_token_file();
 // Colour on `fd` only for a terminal, and never when NO_COLOR is set (https://no-color.org).
 bool use_colour(int fd);
 // GET /status, parsed; nullopt and *error (a message for the user) on any failure.

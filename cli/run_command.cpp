@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "commands.hpp"
+#include "liege/admin_token.hpp"
 #include "liege/emperor.hpp"
 #include "liege/log.hpp"
 #include "liege/router.hpp"
@@ -32,6 +33,7 @@ struct RunArgs {
     std::vector<std::string> trusted_proxies;
     std::vector<std::string> router_opts;
     std::string admin; // empty: default_admin()
+    std::string admin_token_file;
     unsigned threads = 0;
     int max_workers = 0;
     std::string profile;
@@ -61,6 +63,9 @@ void add_run_command(CLI::App& app, int& exit_code) {
     cmd->add_option("--router-opt", args->router_opts,
                     "Router timeout or limit as KEY=VALUE (e.g. body_max=10MiB); repeatable");
     cmd->add_option("--admin", args->admin, "Admin API address (default: " + default_admin() + ")");
+    cmd->add_option("--admin-token-file", args->admin_token_file,
+                    "File (mode 0600) with the bearer token the admin API requires; needed for a "
+                    "TCP --admin");
     cmd->add_option("--threads", args->threads, "Router threads (default: number of cores)");
     cmd->add_option("--max-workers", args->max_workers,
                     "Cap on worker processes across all vassals (default: none)")
@@ -113,6 +118,21 @@ void add_run_command(CLI::App& app, int& exit_code) {
             if (std::string bad = check_certificate(o.tls_cert, o.tls_key); !bad.empty()) {
                 throw CLI::ValidationError(bad);
             }
+        }
+        if (!args->admin_token_file.empty()) {
+            try {
+                o.admin_token = read_admin_token(args->admin_token_file);
+            } catch (const std::invalid_argument& e) {
+                throw CLI::ValidationError(e.what());
+            }
+        } else if (!o.admin.is_unix()) {
+            // Anyone who can connect could reload, stop and start every vassal, and a web page
+            // could try through the browser: no TCP admin API without a token.
+            throw CLI::ValidationError(fmt::format(
+                "--admin {} is a TCP address, which needs --admin-token-file FILE (a file only "
+                "you can read, holding a token: openssl rand -hex 32 > FILE; chmod 600 FILE); "
+                "or use a unix socket, --admin unix:PATH",
+                o.admin.str()));
         }
         if (args->admin.empty()) {
             // The per-user runtime directory's own: only its user may enter it.

@@ -13,6 +13,7 @@
 // hangs up while its reload runs is simply not answered.
 #include "liege/admin.hpp"
 
+#include <arpa/inet.h>
 #include <llhttp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -25,6 +26,7 @@
 #include <map>
 
 #include "emperor.hpp"
+#include "liege/admin_token.hpp"
 #include "liege/clock.hpp"
 #include "liege/http_head.hpp"
 #include "liege/log.hpp"
@@ -131,6 +133,40 @@ std::optional<std::string> reload_target(std::string_view path) {
     return vassal_target(path, "/reload");
 }
 
+bool admin_host_allowed(std::string_view host, std::string_view admin_host) {
+    std::string_view name = host;
+    std::string_view port;
+    if (host.starts_with('[')) {
+        auto close = host.find(']');
+        if (close == std::string_view::npos) {
+            return false;
+        }
+        name = host.substr(1, close - 1);
+        std::string_view rest = host.substr(close + 1);
+        if (!rest.empty()) {
+            if (rest[0] != ':') {
+                return false;
+            }
+            port = rest.substr(1);
+        }
+    } else if (auto colon = host.find(':'); colon != std::string_view::npos) {
+        name = host.substr(0, colon);
+        port = host.substr(colon + 1);
+    }
+    if (name.empty() ||
+        !std::all_of(port.begin(), port.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+        return false;
+    }
+    if (http::iequals(name, "localhost") || http::iequals(name, admin_host)) {
+        return true;
+    }
+    // An address literal cannot be rebound by someone else's DNS; any name but ours could be.
+    const std::string literal(name);
+    unsigned char buf[sizeof(in6_addr)];
+    return ::inet_pton(AF_INET, literal.c_str(), buf) == 1 ||
+           (host.starts_with('[') && ::inet_pton(AF_INET6, literal.c_str(), buf) == 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct AdminServer::Impl {
@@ -141,6 +177,8 @@ struct AdminServer::Impl {
     emperor::Emperor& emperor;
     uv_loop_t* loop;
     Address bound;
+    std::string configured_host; // the host --admin named, which Host may name too
+    std::string token;           // --admin-token-file's token; required when not empty
     UvHandle<uv_tcp_t> tcp;
     UvHandle<uv_pipe_t> pipe;
     bool listening = false;
@@ -157,6 +195,9 @@ struct AdminServer::Impl {
     void accept(uv_stream_t* server);
     void close_conn(Conn& c);
     void dispatch(Conn& c);
+    // Answers a request that the admin API's guards refuse (Host, token, Origin); false when it
+    // may go on.
+    bool refuse(Conn& c);
     void respond(Conn& c, int status, const json& body,
                  std::vector<std::pair<std::string, std::string>> headers = {});
     void respond_raw(Conn& c, int status, std::string_view content_type, std::string body,
@@ -186,6 +227,13 @@ struct AdminServer::Impl::Conn : std::enable_shared_from_this<Conn> {
     size_t head_bytes = 0;
     size_t body_bytes = 0;
     int reject = 0; // 413 or 431 once a limit is passed
+    // The headers the guards look at (refuse()), and the one being read.
+    std::string field;
+    std::string value;
+    std::string host;
+    std::string authorization;
+    std::string origin;
+    int hosts = 0;
     bool complete = false;
     // After it.
     bool keep_alive = false;
@@ -312,6 +360,12 @@ int AdminServer::Impl::start(const Address& address) {
         c->body_bytes = 0;
         c->reject = 0;
         c->complete = false;
+        c->field.clear();
+        c->value.clear();
+        c->host.clear();
+        c->authorization.clear();
+        c->origin.clear();
+        c->hosts = 0;
         return 0;
     };
     settings.on_url = [](llhttp_t* p, const char* at, size_t n) {
@@ -324,7 +378,7 @@ int AdminServer::Impl::start(const Address& address) {
         }
         return 0;
     };
-    auto count_head = [](llhttp_t* p, const char*, size_t n) {
+    static constexpr auto count_head = [](llhttp_t* p, const char*, size_t n) {
         auto* c = static_cast<Conn*>(p->data);
         c->head_bytes += n;
         if (c->head_bytes > kMaxHead) {
@@ -333,8 +387,30 @@ int AdminServer::Impl::start(const Address& address) {
         }
         return 0;
     };
-    settings.on_header_field = count_head;
-    settings.on_header_value = count_head;
+    settings.on_header_field = [](llhttp_t* p, const char* at, size_t n) {
+        auto* c = static_cast<Conn*>(p->data);
+        c->field.append(at, n);
+        return count_head(p, at, n);
+    };
+    settings.on_header_value = [](llhttp_t* p, const char* at, size_t n) {
+        auto* c = static_cast<Conn*>(p->data);
+        c->value.append(at, n);
+        return count_head(p, at, n);
+    };
+    settings.on_header_value_complete = [](llhttp_t* p) {
+        auto* c = static_cast<Conn*>(p->data);
+        if (http::iequals(c->field, "host")) {
+            c->host = c->value;
+            ++c->hosts;
+        } else if (http::iequals(c->field, "authorization")) {
+            c->authorization = c->value;
+        } else if (http::iequals(c->field, "origin")) {
+            c->origin = c->value;
+        }
+        c->field.clear();
+        c->value.clear();
+        return 0;
+    };
     settings.on_body = [](llhttp_t* p, const char*, size_t n) {
         auto* c = static_cast<Conn*>(p->data);
         c->body_bytes += n;
@@ -351,7 +427,12 @@ int AdminServer::Impl::start(const Address& address) {
         c->complete = true;
         return static_cast<int>(HPE_PAUSED);
     };
-    if (!is_loopback(bound)) {
+    if (!bound.is_unix() && token.empty()) {
+        // `liege run` refuses this; a caller that does not is told.
+        spdlog::warn("admin API on {} without a token: whoever can reach it can reload every "
+                     "vassal",
+                     bound.str());
+    } else if (!is_loopback(bound)) {
         spdlog::warn("admin API on {}, not a loopback address: whoever can reach it can reload "
                      "every vassal",
                      bound.str());
@@ -530,7 +611,49 @@ void AdminServer::Impl::respond_raw(
     }
 }
 
+bool AdminServer::Impl::refuse(Conn& c) {
+    const bool safe = c.method == "GET" || c.method == "HEAD" || c.method == "OPTIONS";
+    if (!bound.is_unix()) {
+        // DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 reaches
+        // this port with "Host: evil.example".
+        if (c.hosts != 1 || !admin_host_allowed(c.host, configured_host)) {
+            spdlog::warn("admin API: refused {} {} for Host '{}', not the admin address", c.method,
+                         c.url, c.host);
+            respond(c, 421,
+                    {{"error", fmt::format("Host '{}' is not this admin API's address", c.host)}});
+            return true;
+        }
+    }
+    if (!token.empty()) {
+        auto given = bearer_token(c.authorization);
+        if (!given || !token_matches(token, *given)) {
+            spdlog::warn("admin API: refused {} {}: {}", c.method, c.url,
+                         c.authorization.empty() ? "no bearer token" : "wrong bearer token");
+            respond(c, 401,
+                    {{"error", c.authorization.empty()
+                                   ? "this admin API needs Authorization: Bearer TOKEN (the "
+                                     "token in --admin-token-file)"
+                                   : "wrong admin token"}},
+                    {{"WWW-Authenticate", "Bearer realm=\"liege\""}});
+            return true;
+        }
+    }
+    // A browser adds Origin to a cross-site POST; liege's own clients never send one.
+    if (!safe && !c.origin.empty()) {
+        spdlog::warn("admin API: refused {} {} from Origin '{}'", c.method, c.url, c.origin);
+        respond(c, 403,
+                {{"error", fmt::format("{} with an Origin header ('{}') is refused: the admin API "
+                                       "takes no requests from web pages",
+                                       c.method, c.origin)}});
+        return true;
+    }
+    return false;
+}
+
 void AdminServer::Impl::dispatch(Conn& c) {
+    if (refuse(c)) {
+        return;
+    }
     std::string_view path = c.url;
     path = path.substr(0, path.find('?'));
     const bool get = c.method == "GET" || c.method == "HEAD";
@@ -767,7 +890,9 @@ AdminServer::~AdminServer() {
     impl_->close();
 }
 
-int AdminServer::start(const Address& address) {
+int AdminServer::start(const Address& address, std::string token) {
+    impl_->token = std::move(token);
+    impl_->configured_host = address.is_unix() ? "" : address.host;
     return impl_->start(address);
 }
 

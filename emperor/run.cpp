@@ -75,7 +75,7 @@ int run_emperor(const EmperorOptions& options) {
                 signo);
         }
         // Bound before anything starts, so a second `liege run` on the same socket stops here.
-        if (admin.start(options.admin) != 0) {
+        if (admin.start(options.admin, options.admin_token) != 0) {
             exit_code = 1;
             emperor.shutdown([] {});
         } else if (int rc = emperor.start(); rc != 0) {

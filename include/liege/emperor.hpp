@@ -15,6 +15,7 @@ struct EmperorOptions {
     std::filesystem::path vassals_dir = "vassals.d";
     std::vector<Address> listen;     // default 127.0.0.1:8080
     Address admin;                   // default: default_admin_address() (liege/address.hpp)
+    std::string admin_token;         // from --admin-token-file; required over a TCP --admin
     unsigned threads = 0;            // router threads; 0 = cores
     std::string env_name;            // --profile: selects [profile.NAME]; workers get LIEGE_PROFILE
     std::filesystem::path log_dir;   // empty = everything to stderr

@@ -557,8 +557,9 @@ TEST_F(Admin, UnknownVassalsAndPaths) {
 
     // Keep-alive and pipelining: three requests in one write, answered in order.
     HttpClient k(admin_port_);
-    k.send(build_request("GET", "/status") + build_request("GET", "/nothing") +
-           build_request("GET", "/metrics"));
+    k.send(build_request("GET", "/status", {admin_authorization()}) +
+           build_request("GET", "/nothing", {admin_authorization()}) +
+           build_request("GET", "/metrics", {admin_authorization()}));
     EXPECT_EQ(k.read_response().status, 200);
     EXPECT_EQ(k.read_response().status, 404);
     EXPECT_EQ(k.read_response().status, 200);
@@ -594,6 +595,119 @@ TEST_F(Admin, CommandsSayClearlyWhenTheAdminAddressCannotBeReached) {
     c = run_cli({"status", "--admin", "nonsense"});
     EXPECT_EQ(c.exit_code, 1);
     EXPECT_TRUE(contains(c.err, "invalid address 'nonsense'")) << c.err;
+}
+
+// Over TCP, anyone who can connect, a web page included (its cross-site POST, or DNS rebinding
+// for a read), would drive the emperor: the token, the Host check and the Origin check.
+TEST_F(Admin, OverTcpEveryRequestNeedsTheTokenTheAdminHostAndNoOrigin) {
+    write_vassal("app", backend_vassal(1));
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_TRUE(wait_running("app", 1));
+    const std::string here = "127.0.0.1:" + std::to_string(admin_port_);
+    auto ask = [&](const std::string& method, const std::string& target,
+                   std::vector<std::pair<std::string, std::string>> headers) {
+        HttpClient c(admin_port_);
+        headers.emplace_back("Connection", "close");
+        return c.request(method, target, headers);
+    };
+    Response r = ask("GET", "/status", {{"Host", here}});
+    EXPECT_EQ(r.status, 401) << r.body;
+    EXPECT_EQ(r.header("WWW-Authenticate"), "Bearer realm=\"liege\"");
+    EXPECT_FALSE(contains(r.body, "\"vassals\"")) << r.body;
+    r = ask("POST", "/reload", {{"Host", here}});
+    EXPECT_EQ(r.status, 401) << r.body;
+    r = ask("GET", "/status", {{"Host", here}, {"Authorization", "Bearer " + admin_token_ + "x"}});
+    EXPECT_EQ(r.status, 401) << r.body;
+    r = ask("GET", "/metrics", {{"Host", here}, {"Authorization", "Basic " + admin_token_}});
+    EXPECT_EQ(r.status, 401) << r.body;
+    r = ask("GET", "/status", {{"Host", here}, admin_authorization()});
+    EXPECT_EQ(r.status, 200) << r.body;
+    r = ask("GET", "/status",
+            {{"Host", "localhost:" + std::to_string(admin_port_)},
+             {"Authorization", "bearer " + admin_token_}});
+    EXPECT_EQ(r.status, 200) << r.body;
+
+    // DNS rebinding: the right token would not be there, but the Host is refused first anyway.
+    for (const std::string& host :
+         {"evil.example:" + std::to_string(admin_port_), std::string("evil.example"),
+          std::string("127.0.0.1.nip.io"), std::string("")}) {
+        r = ask("GET", "/status", {{"Host", host}, admin_authorization()});
+        EXPECT_EQ(r.status, 421) << host << ": " << r.body;
+        EXPECT_FALSE(contains(r.body, "\"vassals\"")) << r.body;
+    }
+
+    // A cross-site POST carries Origin; even with the token it changes nothing.
+    const json generation = vassal("app")["generation"];
+    r = ask("POST", "/reload",
+            {{"Host", here}, admin_authorization(), {"Origin", "http://evil.example"}});
+    EXPECT_EQ(r.status, 403) << r.body;
+    r = ask("POST", "/vassals/app/stop",
+            {{"Host", here}, admin_authorization(), {"Origin", "http://" + here}});
+    EXPECT_EQ(r.status, 403) << r.body;
+    EXPECT_EQ(vassal("app")["generation"], generation);
+    EXPECT_EQ(vassal("app")["state"], "running");
+    // A read with an Origin is no state change.
+    r = ask("GET", "/status", {{"Host", here}, admin_authorization(), {"Origin", "http://x"}});
+    EXPECT_EQ(r.status, 200) << r.body;
+    r = ask("POST", "/vassals/app/reload", {{"Host", here}, admin_authorization()});
+    EXPECT_EQ(r.status, 200) << r.body;
+
+    // The commands read the same file: from LIEGE_ADMIN_TOKEN_FILE (set by the fixture), from
+    // --admin-token-file, and say what is missing without either.
+    Cli c = run_cli({"status", "--json", "--admin", admin_text_});
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_EQ(json::parse(c.out)["vassals"][0]["name"], "app");
+    c = run_cli(
+        {"reload", "app", "--admin", admin_text_, "--admin-token-file", admin_token_file_.string()},
+        kStart, {"LIEGE_ADMIN_TOKEN_FILE="});
+    EXPECT_EQ(c.exit_code, 0) << c.err;
+    c = run_cli({"status", "--admin", admin_text_}, kStart, {"LIEGE_ADMIN_TOKEN_FILE="});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_TRUE(contains(c.err, "the admin API at " + admin_text_ + " needs a token")) << c.err;
+    EXPECT_TRUE(contains(c.err, "--admin-token-file")) << c.err;
+    const fs::path open_file = root_ / "open.token";
+    write_file(open_file, admin_token_ + "\n");
+    fs::permissions(open_file, fs::perms::owner_read | fs::perms::owner_write |
+                                   fs::perms::group_read | fs::perms::others_read);
+    c = run_cli({"stop", "app", "--admin", admin_text_, "--admin-token-file", open_file.string()});
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_TRUE(contains(c.err, "chmod 600 " + open_file.string())) << c.err;
+    EXPECT_EQ(vassal("app")["state"], "running");
+}
+
+TEST_F(Admin, ATcpAdminAddressWithoutAGoodTokenFileIsRefusedAtStart) {
+    const std::vector<std::string> base = {
+        "run", "--vassals", vassals_.string(), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"};
+    Cli c = run_cli(base);
+    EXPECT_NE(c.exit_code, 0);
+    EXPECT_TRUE(contains(c.err, "--admin 127.0.0.1:0 is a TCP address, which needs "
+                                "--admin-token-file FILE"))
+        << c.err;
+    EXPECT_FALSE(contains(c.err, "admin API on")) << c.err;
+
+    const fs::path loose = root_ / "loose.token";
+    write_file(loose, admin_token_ + "\n");
+    fs::permissions(loose, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+    auto with = [&](const fs::path& file) {
+        auto args = base;
+        args.push_back("--admin-token-file");
+        args.push_back(file.string());
+        return run_cli(args);
+    };
+    c = with(loose);
+    EXPECT_NE(c.exit_code, 0);
+    EXPECT_TRUE(contains(c.err, "admin token file " + loose.string() +
+                                    ": mode 0640 lets its group or others at it; chmod 600"))
+        << c.err;
+    c = with(root_ / "missing.token");
+    EXPECT_NE(c.exit_code, 0);
+    EXPECT_TRUE(contains(c.err, "missing.token: No such file or directory")) << c.err;
+    const fs::path shorty = root_ / "short.token";
+    write_file(shorty, "abc\n");
+    fs::permissions(shorty, fs::perms::owner_read | fs::perms::owner_write);
+    c = with(shorty);
+    EXPECT_NE(c.exit_code, 0);
+    EXPECT_TRUE(contains(c.err, "at least 16 characters")) << c.err;
 }
 
 TEST_F(Admin, StatusAndTopOverTheUnixSocket) {

@@ -1433,6 +1433,15 @@ void LiegeRunFixture::SetUp() {
     vassals_ = root_ / "vassals.d";
     std::filesystem::create_directories(vassals_);
     marker_ = root_.string(); // unique while the test runs
+    // A TCP admin API needs a token (liege run --admin-token-file); the commands a test runs
+    // find it as a user's shell would, in LIEGE_ADMIN_TOKEN_FILE.
+    admin_token_ = "test-token-" + std::to_string(::getpid()) + "-" +
+                   std::to_string(std::hash<std::string>{}(marker_));
+    admin_token_file_ = root_ / "admin.token";
+    write_file(admin_token_file_, admin_token_ + "\n");
+    std::filesystem::permissions(admin_token_file_, std::filesystem::perms::owner_read |
+                                                        std::filesystem::perms::owner_write);
+    ::setenv("LIEGE_ADMIN_TOKEN_FILE", admin_token_file_.c_str(), 1);
 }
 
 void LiegeRunFixture::TearDown() {
@@ -1450,6 +1459,7 @@ void LiegeRunFixture::TearDown() {
         }
         emperor_.reset();
     }
+    ::unsetenv("LIEGE_ADMIN_TOKEN_FILE");
     std::error_code ec;
     std::filesystem::remove_all(root_, ec);
 }
@@ -1471,6 +1481,11 @@ void LiegeRunFixture::start_liege(const Options& options) {
                                      "--admin",    options.admin,
                                      "--threads",  std::to_string(options.threads)};
     argv.insert(argv.end(), options.extra.begin(), options.extra.end());
+    if (!options.admin.starts_with("unix:") &&
+        std::find(argv.begin(), argv.end(), "--admin-token-file") == argv.end()) {
+        argv.push_back("--admin-token-file");
+        argv.push_back(admin_token_file_.string());
+    }
     for (std::size_t i = 0; i + 1 < argv.size(); ++i) {
         if (argv[i] == "--log-dir") {
             log_dir_ = argv[i + 1];
@@ -1602,7 +1617,7 @@ Response LiegeRunFixture::admin(const std::string& method, const std::string& ta
         throw HttpError("the admin API is not on a TCP port");
     }
     HttpClient c(admin_port_);
-    return c.request(method, target, {{"Connection", "close"}});
+    return c.request(method, target, {{"Connection", "close"}, admin_authorization()});
 }
 
 std::optional<nlohmann::json> LiegeRunFixture::status() const {

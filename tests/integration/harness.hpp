@@ -560,8 +560,13 @@ protected:
     // Every error-level line of the log.
     std::vector<std::string> error_lines() const;
 
-    // One request to the admin API on its own connection (TCP admin addresses only).
+    // One request to the admin API on its own connection (TCP admin addresses only), with the
+    // token.
     Response admin(const std::string& method, const std::string& target) const;
+    // The Authorization header the admin API wants over TCP.
+    std::pair<std::string, std::string> admin_authorization() const {
+        return {"Authorization", "Bearer " + admin_token_};
+    }
     // GET /status, or nullopt if it cannot be had.
     std::optional<nlohmann::json> status() const;
     // The vassal's entry in /status, or null.
@@ -579,6 +584,10 @@ protected:
     uint16_t port_ = 0;
     uint16_t admin_port_ = 0; // 0 with a unix admin socket
     std::string admin_text_;  // the admin address as /status and the commands spell it
+    // Given to a TCP admin API (unless Options::extra has its own --admin-token-file), and in
+    // LIEGE_ADMIN_TOKEN_FILE for the commands tests run.
+    std::string admin_token_;
+    std::filesystem::path admin_token_file_;
 
 private:
     // What the instance runs now: the emperor's descendants and what /status reports.

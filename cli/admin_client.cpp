@@ -101,9 +101,11 @@ AdminReply admin_request(const std::string& address, std::string_view method, st
             throw unreachable(std::strerror(err));
         }
     }
-    // Over TCP the admin API checks Host against its address and asks for the token.
+    // Over TCP the admin API checks Host against its address and asks for the token; a unix
+    // socket's file mode is its guard, so no token is read for one (a token file the caller
+    // cannot read does not stand in the way of a socket it may use).
     std::string authorization;
-    const std::string token_file = client_admin_token_file();
+    const std::string token_file = addr.is_unix() ? std::string() : client_admin_token_file();
     if (!token_file.empty()) {
         try {
             authorization = "Authorization: Bearer " + read_admin_token(token_file) + "\r\n";

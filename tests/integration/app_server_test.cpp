@@ -97,15 +97,6 @@ bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
 }
 
-// A TOML array of literal strings (no escapes: none of the arguments here holds a quote).
-std::string toml_list(const std::vector<std::string>& items) {
-    std::string out;
-    for (const auto& item : items) {
-        out += (out.empty() ? "['" : ", '") + item + "'";
-    }
-    return out + "]";
-}
-
 std::string without_newline(std::string s) {
     while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) {
         s.pop_back();
@@ -180,130 +171,6 @@ std::size_t coexisting(const std::set<unsigned>& before, const std::set<unsigned
 
 // ---- load --------------------------------------------------------------------------------------
 
-// `count` keep-alive clients of the router, each on its own thread with its own connection,
-// sending requests back to back and cycling through `targets` (each from its own offset, so the
-// mix is the same at every moment). They start together: every thread connects, then all send
-// their first request at once. With `per_client` > 0 each stops after that many requests (a
-// burst); with 0 they go on until stop(). Every response must be a 200: any other status, a
-// reset or a timeout is a failure, after which that client reconnects. `observe` sees every 200.
-class Clients {
-public:
-    using Observer = std::function<void(const Response&)>;
-
-    Clients(uint16_t port, int count, std::vector<std::string> targets, int per_client,
-            Observer observe = {})
-        : port_(port), targets_(std::move(targets)), per_client_(per_client),
-          observe_(std::move(observe)), connected_(count) {
-        for (int i = 0; i < count; ++i) {
-            threads_.emplace_back([this, i] { run(static_cast<std::size_t>(i)); });
-        }
-    }
-    Clients(const Clients&) = delete;
-    Clients& operator=(const Clients&) = delete;
-    ~Clients() { stop(); }
-
-    // Asks every client to stop after its current request, and joins them.
-    void stop() {
-        stop_ = true;
-        for (auto& t : threads_) {
-            if (t.joinable()) {
-                t.join();
-            }
-        }
-    }
-
-    // Every client has sent all of its `per_client` requests.
-    bool wait_finished(Millis timeout = kStart) const {
-        return poll_until([&] { return finished_.load() == threads_.size(); }, timeout);
-    }
-    // At least `n` more requests have been answered (or failed).
-    bool wait_requests(uint64_t n, Millis timeout = kStart) const {
-        const uint64_t target = done() + n;
-        return poll_until([&] { return done() >= target; }, timeout);
-    }
-
-    uint64_t ok() const { return ok_.load(); }
-    uint64_t failed() const { return failed_.load(); }
-    uint64_t done() const { return ok() + failed(); }
-
-    // What went wrong, the first 20 failures and a count per kind.
-    std::string failures() const {
-        std::lock_guard lock(mutex_);
-        std::string out;
-        for (const auto& f : first_failures_) {
-            out += "\n  " + f;
-        }
-        for (const auto& [kind, n] : failure_kinds_) {
-            out += "\n  " + std::to_string(n) + " x " + kind;
-        }
-        return out;
-    }
-
-private:
-    void run(std::size_t index) {
-        std::optional<HttpClient> connection;
-        auto connect = [&]() -> std::string {
-            try {
-                connection.emplace(port_, kWait);
-                return {};
-            } catch (const HttpError& e) {
-                return e.what();
-            }
-        };
-        std::string error = connect();
-        connected_.arrive_and_wait();
-        for (int sent = 0; !stop_ && (per_client_ == 0 || sent < per_client_); ++sent) {
-            const std::string& target =
-                targets_[(index + static_cast<std::size_t>(sent)) % targets_.size()];
-            std::string kind;
-            if (connection || (error = connect()).empty()) {
-                try {
-                    Response r = connection->get(target, kWait);
-                    if (r.status == 200) {
-                        ++ok_;
-                        if (observe_) {
-                            std::lock_guard lock(mutex_);
-                            observe_(r);
-                        }
-                        if (r.closes_connection()) {
-                            connection.reset();
-                        }
-                        continue;
-                    }
-                    kind = "status " + std::to_string(r.status) + ": " +
-                           without_newline(r.body.substr(0, 120));
-                } catch (const HttpError& e) {
-                    kind = e.what();
-                }
-            } else {
-                kind = error;
-            }
-            connection.reset();
-            ++failed_;
-            std::lock_guard lock(mutex_);
-            ++failure_kinds_[kind];
-            if (first_failures_.size() < 20) {
-                first_failures_.push_back("GET " + target + ": " + kind);
-            }
-        }
-        ++finished_;
-    }
-
-    uint16_t port_;
-    std::vector<std::string> targets_;
-    int per_client_;
-    Observer observe_;
-    std::latch connected_;
-    std::atomic<bool> stop_{false};
-    std::atomic<uint64_t> ok_{0};
-    std::atomic<uint64_t> failed_{0};
-    std::atomic<std::size_t> finished_{0};
-    mutable std::mutex mutex_;
-    std::vector<std::string> first_failures_;
-    std::map<std::string, uint64_t> failure_kinds_;
-    std::vector<std::thread> threads_;
-};
-
 // ---- the fixture -------------------------------------------------------------------------------
 
 class AppServer : public LiegeRunFixture {
@@ -328,7 +195,7 @@ protected:
         std::vector<std::string> argv = {LIEGE_TEST_BACKEND, "--listen", "127.0.0.1:${PORT}",
                                          "--name", "${NAME}-${WORKER}"};
         argv.insert(argv.end(), more.begin(), more.end());
-        return "command = " + toml_list(argv) + "\n";
+        return "command = " + toml_array(argv) + "\n";
     }
 
     // `workers` ready and a 200 for GET `target` through the router (a route reaches the
@@ -356,15 +223,7 @@ protected:
     std::optional<Response> get(const std::string& target, std::string* error = nullptr,
                                 const std::string& host = "app.test",
                                 Millis timeout = kWait) const {
-        try {
-            HttpClient c(port_, timeout);
-            return c.request("GET", target, {{"Host", host}, {"Connection", "close"}}, {}, timeout);
-        } catch (const HttpError& e) {
-            if (error != nullptr) {
-                *error = e.what();
-            }
-            return std::nullopt;
-        }
+        return get_once(host, target, error, timeout);
     }
 
     std::string metrics() const {
@@ -520,7 +379,7 @@ protected:
         if (k.logs_requests && log_requests) {
             argv.push_back("--log-requests");
         }
-        std::string text = kAnyHost + "command = " + toml_list(argv) + "\nworkers = 2\n";
+        std::string text = kAnyHost + "command = " + toml_array(argv) + "\nworkers = 2\n";
         if (k.concurrency > 0) {
             text += "concurrency = " + std::to_string(k.concurrency) + "\n";
         }
@@ -567,7 +426,7 @@ TEST_P(AppServerKind, BurstAndRequestsAfterAnIdleSpellAllSucceedAndNoWorkerResta
 
     // 50 keep-alive clients at once, 4 requests each: every one a 200.
     {
-        Clients burst(port_, 50, load_targets(), 4);
+        LoadClients burst(port_, 50, load_targets(), {.per_client = 4});
         EXPECT_TRUE(burst.wait_finished()) << "the burst did not end within " << kStart.count()
                                            << " ms: " << burst.done() << " of 200 done";
         burst.stop();
@@ -619,7 +478,7 @@ TEST_P(AppServerKind, BurstAndRequestsAfterAnIdleSpellAllSucceedAndNoWorkerResta
 
 TEST_P(AppServerKind, RollingAndBlueGreenReloadsUnderABurstFailNothing) {
     ASSERT_NO_FATAL_FAILURE(start_app("v1"));
-    Clients load(port_, 50, load_targets(), 0);
+    LoadClients load(port_, 50, load_targets(), {});
     ASSERT_TRUE(load.wait_requests(100)) << load.done() << " done:" << load.failures();
 
     int generation = 1;
@@ -677,9 +536,9 @@ TEST_F(AppServer, RequestSentWhileTheOnlyWorkerStartsGets200OnceItIsReady) {
     // worker binds its port 2 s after it starts.
     write_vassal("early", backend_command() + "hosts = ['early.test']\n");
     write_vassal("late", "command = " +
-                             toml_list({"sh", "-c",
-                                        "sleep 2; exec " + std::string(LIEGE_TEST_BACKEND) +
-                                            " --listen 127.0.0.1:${PORT} --name ${NAME}-1"}) +
+                             toml_array({"sh", "-c",
+                                         "sleep 2; exec " + std::string(LIEGE_TEST_BACKEND) +
+                                             " --listen 127.0.0.1:${PORT} --name ${NAME}-1"}) +
                              "\nhosts = ['late.test']\n");
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_TRUE(poll_until(
@@ -845,8 +704,8 @@ TEST_F(AppServer, GunicornWithFourThreadsIsSentNoMoreThanConcurrencyRequestsAtOn
     // gunicorn could run four requests at once here; liege must send it two. Two router threads,
     // so the limit must hold across them.
     write_vassal("app", kAnyHost + "command = " +
-                            toml_list({"gunicorn", "-k", "gthread", "--threads", "4", "-b",
-                                       "127.0.0.1:${PORT}", "app:application"}) +
+                            toml_array({"gunicorn", "-k", "gthread", "--threads", "4", "-b",
+                                        "127.0.0.1:${PORT}", "app:application"}) +
                             "\nconcurrency = 2\nenv = { PYTHONDONTWRITEBYTECODE = '1' }\n"
                             // No liveness check during the test: its connection is not the
                             // router's.
@@ -874,9 +733,10 @@ TEST_F(AppServer, GunicornWithFourThreadsIsSentNoMoreThanConcurrencyRequestsAtOn
     });
     int most_inside = 0;
     {
-        Clients hammer(port_, 20, {"/slow?ms=50"}, 3, [&](const Response& r) {
-            most_inside = std::max(most_inside, inside_of(r.body));
-        });
+        LoadClients hammer(port_, 20, {"/slow?ms=50"},
+                           {.per_client = 3, .observe = [&](const Response& r) {
+                                most_inside = std::max(most_inside, inside_of(r.body));
+                            }});
         EXPECT_TRUE(hammer.wait_finished()) << hammer.done() << " of 60 done";
         hammer.stop();
         EXPECT_EQ(hammer.ok(), 60u) << hammer.failed() << " failed:" << hammer.failures();

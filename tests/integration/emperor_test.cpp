@@ -50,26 +50,6 @@ using Headers = std::vector<std::pair<std::string, std::string>>;
 
 // ---- TOML text ------------------------------------------------------------------------------
 
-// A TOML basic string holding `s`.
-std::string toml_str(std::string_view s) {
-    std::string out = "\"";
-    for (char c : s) {
-        if (c == '"' || c == '\\') {
-            out += '\\';
-        }
-        out += c;
-    }
-    return out + "\"";
-}
-
-std::string toml_array(const std::vector<std::string>& items) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < items.size(); ++i) {
-        out += (i == 0 ? "" : ", ") + toml_str(items[i]);
-    }
-    return out + "]";
-}
-
 // `command = [...]` running the test backend on ${PORT}, answering GET /id with `name` (which
 // may hold placeholders).
 std::string backend_command(const std::string& name = "${NAME}-${WORKER}",

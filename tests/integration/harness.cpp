@@ -567,6 +567,25 @@ std::string slurp(const std::filesystem::path& path) {
     return s.str();
 }
 
+std::string toml_str(std::string_view s) {
+    std::string out = "\"";
+    for (char c : s) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+        }
+        out += c;
+    }
+    return out + "\"";
+}
+
+std::string toml_array(const std::vector<std::string>& items) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        out += (i == 0 ? "" : ", ") + toml_str(items[i]);
+    }
+    return out + "]";
+}
+
 std::size_t count_of(std::string_view haystack, std::string_view needle, std::size_t from) {
     std::size_t n = 0;
     for (auto pos = haystack.find(needle, from); pos != std::string_view::npos;
@@ -1620,6 +1639,20 @@ Response LiegeRunFixture::admin(const std::string& method, const std::string& ta
     return c.request(method, target, {{"Connection", "close"}, admin_authorization()});
 }
 
+std::optional<Response> LiegeRunFixture::get_once(const std::string& host,
+                                                  const std::string& target, std::string* error,
+                                                  Millis timeout) const {
+    try {
+        HttpClient c(port_, timeout);
+        return c.request("GET", target, {{"Host", host}, {"Connection", "close"}}, {}, timeout);
+    } catch (const HttpError& e) {
+        if (error != nullptr) {
+            *error = e.what();
+        }
+        return std::nullopt;
+    }
+}
+
 std::optional<nlohmann::json> LiegeRunFixture::status() const {
     try {
         Response r = admin("GET", "/status");
@@ -1742,6 +1775,105 @@ Cli run_cli(std::vector<std::string> args, Millis timeout,
     r.out = p.out().text();
     r.err = p.err().text();
     return r;
+}
+
+} // namespace liege::test
+
+namespace liege::test {
+
+LoadClients::LoadClients(uint16_t port, int count, std::vector<std::string> targets,
+                         Options options)
+    : port_(port), targets_(std::move(targets)), options_(std::move(options)),
+      count_(static_cast<std::size_t>(count)), connected_(count) {
+    for (int i = 0; i < count; ++i) {
+        threads_.emplace_back([this, i] { run(static_cast<std::size_t>(i)); });
+    }
+}
+
+void LoadClients::stop() {
+    stop_ = true;
+    for (auto& t : threads_) {
+        if (t.joinable()) {
+            t.join();
+        }
+    }
+}
+
+bool LoadClients::wait_finished(Millis timeout) const {
+    return poll_until([&] { return finished_.load() == count_; }, timeout);
+}
+
+bool LoadClients::wait_requests(uint64_t n, Millis timeout) const {
+    const uint64_t target = done() + n;
+    return poll_until([&] { return done() >= target; }, timeout);
+}
+
+std::string LoadClients::failures() const {
+    std::lock_guard lock(mutex_);
+    std::string out;
+    for (const auto& f : first_failures_) {
+        out += "\n  " + f;
+    }
+    for (const auto& [kind, n] : failure_kinds_) {
+        out += "\n  " + std::to_string(n) + " x " + kind;
+    }
+    return out;
+}
+
+void LoadClients::run(std::size_t index) {
+    std::optional<HttpClient> connection;
+    auto connect = [&]() -> std::string {
+        try {
+            connection.emplace(port_, options_.timeout);
+            return {};
+        } catch (const HttpError& e) {
+            return e.what();
+        }
+    };
+    std::string error = connect();
+    connected_.arrive_and_wait(); // they start together
+    for (int sent = 0; !stop_ && (options_.per_client == 0 || sent < options_.per_client); ++sent) {
+        const std::string& target =
+            targets_[(index + static_cast<std::size_t>(sent)) % targets_.size()];
+        std::string kind;
+        if (connection || (error = connect()).empty()) {
+            try {
+                std::vector<std::pair<std::string, std::string>> headers;
+                if (!options_.host.empty()) {
+                    headers.emplace_back("Host", options_.host);
+                }
+                Response r = connection->request("GET", target, headers, {}, options_.timeout);
+                if (r.status == 200) {
+                    ++ok_;
+                    if (options_.observe) {
+                        std::lock_guard lock(mutex_);
+                        options_.observe(r);
+                    }
+                    if (r.closes_connection()) {
+                        connection.reset();
+                    }
+                    continue;
+                }
+                std::string body = r.body.substr(0, 120);
+                while (!body.empty() && (body.back() == '\n' || body.back() == '\r')) {
+                    body.pop_back();
+                }
+                kind = "status " + std::to_string(r.status) + ": " + body;
+            } catch (const HttpError& e) {
+                kind = e.what();
+            }
+        } else {
+            kind = error;
+        }
+        connection.reset();
+        ++failed_;
+        std::lock_guard lock(mutex_);
+        ++failure_kinds_[kind];
+        if (first_failures_.size() < 20) {
+            first_failures_.push_back("GET " + target + ": " + kind);
+        }
+    }
+    ++finished_;
 }
 
 } // namespace liege::test

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <latch>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -160,6 +161,10 @@ std::string slurp(const std::filesystem::path& path);
 
 // How many times `needle` occurs in `haystack` from byte `from` on, without overlaps.
 std::size_t count_of(std::string_view haystack, std::string_view needle, std::size_t from = 0);
+
+// A TOML basic string holding `s`, and an array of them, for vassal files tests write.
+std::string toml_str(std::string_view s);
+std::string toml_array(const std::vector<std::string>& items);
 
 // The port in the first "<prefix>127.0.0.1:PORT" of `text`.
 std::optional<uint16_t> port_after(std::string_view text, std::string_view prefix);
@@ -432,6 +437,58 @@ private:
 
 // Samples a process's VmRSS on a background thread (every 5 ms) until stopped; reports the
 // largest value seen.
+// `count` keep-alive clients of the router on `port`, each on its own thread with its own
+// connection, sending GET requests back to back, each to the next of `targets` in turn (each
+// client starting at another one, so the mix is the same at every moment). They start together:
+// every thread connects, then all send their first request at once. With `per_client` > 0 each
+// stops after that many requests (a burst); with 0 they go on until stop(). Every response must
+// be a 200: any other status, a reset or a timeout is a failure, after which that client
+// reconnects.
+class LoadClients {
+public:
+    struct Options {
+        int per_client = 0;
+        std::string host = {};  // the Host header; "" = the client's own default
+        Millis timeout = kWait; // for each request (it may wait in the queue, or for a worker)
+        std::function<void(const Response&)> observe = {}; // sees every 200, one at a time
+    };
+
+    LoadClients(uint16_t port, int count, std::vector<std::string> targets, Options options);
+    LoadClients(const LoadClients&) = delete;
+    LoadClients& operator=(const LoadClients&) = delete;
+    ~LoadClients() { stop(); }
+
+    // Asks every client to stop after its current request, and joins them.
+    void stop();
+    // Every client has sent all of its `per_client` requests.
+    bool wait_finished(Millis timeout = kStart) const;
+    // At least `n` more requests have been answered (or failed).
+    bool wait_requests(uint64_t n, Millis timeout = kStart) const;
+
+    uint64_t ok() const { return ok_.load(); }
+    uint64_t failed() const { return failed_.load(); }
+    uint64_t done() const { return ok() + failed(); }
+    // What went wrong, the first 20 failures and a count per kind.
+    std::string failures() const;
+
+private:
+    void run(std::size_t index);
+
+    uint16_t port_;
+    std::vector<std::string> targets_;
+    Options options_;
+    std::size_t count_;
+    std::latch connected_; // every client has connected (or failed to)
+    std::atomic<bool> stop_{false};
+    std::atomic<uint64_t> ok_{0};
+    std::atomic<uint64_t> failed_{0};
+    std::atomic<std::size_t> finished_{0};
+    mutable std::mutex mutex_;
+    std::vector<std::string> first_failures_;
+    std::map<std::string, uint64_t> failure_kinds_;
+    std::vector<std::thread> threads_;
+};
+
 class RssSampler {
 public:
     explicit RssSampler(pid_t pid);
@@ -567,6 +624,10 @@ protected:
     std::pair<std::string, std::string> admin_authorization() const {
         return {"Authorization", "Bearer " + admin_token_};
     }
+    // One GET with `host` on a connection of its own to the router; nullopt (with `error` set)
+    // when it failed at the HTTP level.
+    std::optional<Response> get_once(const std::string& host, const std::string& target,
+                                     std::string* error = nullptr, Millis timeout = kWait) const;
     // GET /status, or nullopt if it cannot be had.
     std::optional<nlohmann::json> status() const;
     // The vassal's entry in /status, or null.

@@ -59,26 +59,6 @@ namespace {
 
 // ---- TOML text ------------------------------------------------------------------------------
 
-// A TOML basic string holding `s`.
-std::string toml_str(std::string_view s) {
-    std::string out = "\"";
-    for (char c : s) {
-        if (c == '"' || c == '\\') {
-            out += '\\';
-        }
-        out += c;
-    }
-    return out + "\"";
-}
-
-std::string toml_array(const std::vector<std::string>& items) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < items.size(); ++i) {
-        out += (i == 0 ? "" : ", ") + toml_str(items[i]);
-    }
-    return out + "]";
-}
-
 // A web vassal for `host` running liege-test-backend on ${PORT} (answering /id with
 // NAME-WORKER), with `keys` (its `workers`, `concurrency`, a [recycle] table) after the rest.
 std::string backend_vassal(const std::string& host, const std::string& keys) {
@@ -202,106 +182,6 @@ std::vector<int> sizes_logged(const std::string& text, const std::string& vassal
     return out;
 }
 
-// ---- load -------------------------------------------------------------------------------------
-
-// `count` keep-alive clients of the router for `host`, each on its own thread with its own
-// connection, sending GET `target` back to back: `per_client` requests each, or with 0 until
-// stop(). Every response must be a 200; another status, a reset or a timeout is a failure, after
-// which that client reconnects. Each request may take `timeout` (it may wait in the queue while a
-// worker starts).
-class Load {
-public:
-    Load(uint16_t port, std::string host, std::string target, int count, int per_client = 0,
-         Millis timeout = kWait)
-        : port_(port), host_(std::move(host)), target_(std::move(target)), per_client_(per_client),
-          timeout_(timeout) {
-        for (int i = 0; i < count; ++i) {
-            threads_.emplace_back([this] { run(); });
-        }
-    }
-    Load(const Load&) = delete;
-    Load& operator=(const Load&) = delete;
-    ~Load() { stop(); }
-
-    // Asks every client to stop after its current request, and joins them.
-    void stop() {
-        stop_ = true;
-        for (auto& t : threads_) {
-            if (t.joinable()) {
-                t.join();
-            }
-        }
-    }
-
-    // Every client has sent its `per_client` requests.
-    bool wait_finished(Millis timeout) const {
-        return poll_until([&] { return finished_.load() == threads_.size(); }, timeout, 50ms);
-    }
-    // At least `n` more requests have been answered (or failed).
-    bool wait_requests(uint64_t n, Millis timeout = kStart) const {
-        const uint64_t target = done() + n;
-        return poll_until([&] { return done() >= target; }, timeout);
-    }
-
-    uint64_t ok() const { return ok_.load(); }
-    uint64_t failed() const { return failed_.load(); }
-    uint64_t done() const { return ok() + failed(); }
-
-    // The first 20 failures, one line each.
-    std::string failures() const {
-        std::lock_guard lock(mutex_);
-        std::string out;
-        for (const auto& f : failures_) {
-            out += "\n  " + f;
-        }
-        return out;
-    }
-
-private:
-    void run() {
-        std::optional<HttpClient> connection;
-        for (int sent = 0; !stop_ && (per_client_ == 0 || sent < per_client_); ++sent) {
-            std::string error;
-            try {
-                if (!connection) {
-                    connection.emplace(port_, timeout_);
-                }
-                Response r = connection->request("GET", target_, {{"Host", host_}}, {}, timeout_);
-                if (r.status == 200) {
-                    ++ok_;
-                    if (r.closes_connection()) {
-                        connection.reset();
-                    }
-                    continue;
-                }
-                error = "status " + std::to_string(r.status) + ": " + r.body.substr(0, 200);
-            } catch (const HttpError& e) {
-                error = e.what();
-            }
-            connection.reset();
-            ++failed_;
-            std::lock_guard lock(mutex_);
-            if (failures_.size() < 20) {
-                failures_.push_back("GET " + target_ + ": " + error);
-            }
-        }
-        ++finished_;
-    }
-
-    uint16_t port_;
-    std::string host_;
-    std::string target_;
-    int per_client_;
-    Millis timeout_;
-    std::atomic<bool> stop_{false};
-    std::atomic<uint64_t> ok_{0};
-    std::atomic<uint64_t> failed_{0};
-    std::atomic<std::size_t> finished_{0};
-    mutable std::mutex mutex_;
-    std::vector<std::string> failures_;
-    std::vector<std::thread> threads_;
-};
-
 // Calls `sample` every `interval` on a thread of its own until stopped (or destroyed): for what
 // must hold at every moment of a test, not only at the moments its main thread looks.
 class Sampler {
@@ -369,15 +249,7 @@ protected:
     // the HTTP level. The bound is generous: the request may wait for a worker to start.
     std::optional<Response> get(const std::string& host, const std::string& target,
                                 std::string* error = nullptr, Millis timeout = kStart) const {
-        try {
-            HttpClient c(port_, timeout);
-            return c.request("GET", target, {{"Host", host}, {"Connection", "close"}}, {}, timeout);
-        } catch (const HttpError& e) {
-            if (error != nullptr) {
-                *error = e.what();
-            }
-            return std::nullopt;
-        }
+        return get_once(host, target, error, timeout);
     }
 
     // Asserts one GET gets a 200; returns its X-Backend (the worker's NAME-WORKER).
@@ -590,7 +462,7 @@ TEST_F(Scaling, PoolGrowsUnderLoadUpToMaxAndShrinksBackToMinAfterIt) {
         100ms);
 
     const auto from = mark();
-    Load load(port_, "app.test", "/slow?ms=400", 12, 0, kStart);
+    LoadClients load(port_, 12, {"/slow?ms=400"}, {.host = "app.test", .timeout = kStart});
     v = wait_vassal("app", [](const json& j) { return scale_workers(j) >= 2; });
     EXPECT_GE(scale_workers(v), 2) << "the pool did not grow under load: " << v.dump(2);
     EXPECT_TRUE(wait_log("vassal app: scaling up to 2 worker", kWait, from));
@@ -653,7 +525,7 @@ TEST_F(Scaling, SteadyLoadDoesNotMakeThePoolScaleUpAndDownAgainAndAgain) {
     ASSERT_EQ(scale_workers(wait_scale("app", 1)), 1);
     expect_200("app.test", "/id");
 
-    Load load(port_, "app.test", "/slow?ms=400", 3, 0, kStart);
+    LoadClients load(port_, 3, {"/slow?ms=400"}, {.host = "app.test", .timeout = kStart});
 
     // Settled: grown past min, then `scale.workers` unchanged for 3 s in a row (within 40 s).
     int current = -1;
@@ -663,7 +535,7 @@ TEST_F(Scaling, SteadyLoadDoesNotMakeThePoolScaleUpAndDownAgainAndAgain) {
         [&] {
             const int now = scale_workers(vassal("app"));
             if (now != current) {
-                history += " " + std::to_string(now);
+                history.append(" ").append(std::to_string(now));
                 current = now;
                 since = Clock::now();
             }
@@ -687,7 +559,7 @@ TEST_F(Scaling, SteadyLoadDoesNotMakeThePoolScaleUpAndDownAgainAndAgain) {
         [&] {
             const int now = scale_workers(vassal("app"));
             if (now != last) {
-                history += " " + std::to_string(now);
+                history.append(" ").append(std::to_string(now));
                 last = now;
             }
             return Clock::now() >= until;
@@ -730,7 +602,7 @@ TEST_F(Scaling, WorkersPastMaxRequestsAreRecycledOneAtATimeWithoutAFailedRequest
     const auto from = mark();
     // 4 clients x 150 requests; 20 ms each keeps the 2 workers busy for a few seconds, so the
     // recycles happen while requests flow.
-    Load load(port_, "app.test", "/slow?ms=20", 4, 150);
+    LoadClients load(port_, 4, {"/slow?ms=20"}, {.per_client = 150, .host = "app.test"});
     EXPECT_TRUE(load.wait_finished(90s)) << load.done() << " of 600 done";
     load.stop();
     EXPECT_EQ(load.ok(), 600u) << load.failed() << " failed:" << load.failures();
@@ -887,7 +759,7 @@ TEST_F(Scaling, MaxWorkersCapsTheWorkersOfAllVassalsAndAGrowingPoolTakesAnIdleSl
         50ms);
 
     {
-        Load load(port_, "a.test", "/slow?ms=400", 4, 0, kStart);
+        LoadClients load(port_, 4, {"/slow?ms=400"}, {.host = "a.test", .timeout = kStart});
         json a = wait_scale("a", 2);
         EXPECT_EQ(scale_workers(a), 2) << "a did not grow to 2 under load: " << a.dump(2);
         load.stop();
@@ -955,7 +827,7 @@ TEST_F(Scaling, FiveHundredOnDemandVassalsLoadWithoutStartingAWorker) {
             ++without_scale;
         }
         if (!worker_pids(v).empty()) {
-            running += " " + v.value("name", std::string("?"));
+            running.append(" ").append(v.value("name", std::string("?")));
         }
     }
     EXPECT_EQ(without_scale, 0u) << "vassals whose scale.workers is not 0";

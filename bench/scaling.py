@@ -140,19 +140,29 @@ class Liege:
         self.port, self.admin = free_port(), free_port()
         self.log_path = os.path.join(os.path.dirname(vdir), "liege.log")
         self.log = open(self.log_path, "w")
+        # A TCP admin API needs a bearer token from a file only its owner can read.
+        self.token = os.urandom(16).hex()
+        token_file = os.path.join(os.path.dirname(vdir), "admin.token")
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, self.token.encode() + b"\n")
+        os.close(fd)
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [liege, "run", "--vassals", vdir, "--listen", f"127.0.0.1:{self.port}",
-             "--admin", f"127.0.0.1:{self.admin}", "--access-log", "off", *extra],
+             "--admin", f"127.0.0.1:{self.admin}", "--admin-token-file", token_file,
+             "--access-log", "off", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=pinned(cpus))
         self.seen = {}  # pid -> start time of every process seen under it, for stop()
+
+    def auth(self):
+        return {"Authorization": "Bearer " + self.token}
 
     def status(self, timeout=5.0):
         """GET /status as a dict; None while the admin API does not answer."""
         try:
             c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=timeout)
-            c.request("GET", "/status")
+            c.request("GET", "/status", headers=self.auth())
             r = c.getresponse()
             body = r.read()
             c.close()
@@ -162,7 +172,7 @@ class Liege:
 
     def metrics(self):
         c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
-        c.request("GET", "/metrics")
+        c.request("GET", "/metrics", headers=self.auth())
         body = c.getresponse().read().decode()
         c.close()
         return body

@@ -2,7 +2,6 @@
 // would load them. Errors go to stderr as FILE:LINE:COL: error: MESSAGE and make the exit code
 // 1; a clean run prints one summary line per vassal to stdout. Two vassals that claim the same
 // host and path are reported as warnings (one of them can never be reached) without failing.
-#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -64,12 +63,7 @@ void warn_case_variants(const std::string& dir, int& failures) {
     std::error_code ec;
     for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
         const std::string name = it->path().filename().string();
-        std::string lower = name;
-        for (char& c : lower) {
-            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        }
-        if (lower.ends_with(".toml") && !name.ends_with(".toml") && name.front() != '.' &&
-            name.front() != '_') {
+        if (is_miscased_vassal_file_name(name)) {
             const std::string fixed = name.substr(0, name.size() - 5) + ".toml";
             std::fprintf(stderr,
                          "%s:1:1: error: not a vassal file: only names ending in \".toml\" "

@@ -25,6 +25,7 @@
 #include <tuple>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <toml++/toml.h>
@@ -1658,32 +1659,56 @@ VassalLoad parse_vassal(std::string_view text, const fs::path& file, const EnvLo
     return parse_vassal_layers({{file, std::string(text)}}, file, env, profile);
 }
 
-namespace {
-
-// The whole file, or errno.
-int read_file(const fs::path& file, std::string& bytes) {
-    int err = 0;
-    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+int read_vassal_bytes(const fs::path& file, std::string& bytes) {
+    bytes.clear();
+    // O_NONBLOCK: a FIFO under a vassal's name must not hang the emperor until a writer comes.
+    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         return errno;
     }
+    int err = 0;
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+        err = errno;
+    } else if (S_ISDIR(st.st_mode)) {
+        err = EISDIR;
+    } else if (!S_ISREG(st.st_mode)) {
+        err = EINVAL;
+    }
+    // Reads up to one byte past the limit: that byte tells a file of exactly the limit from a
+    // larger one without trusting st_size (a file may grow while it is read).
     char buf[16384];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
+    while (err == 0 && bytes.size() <= kMaxVassalFileBytes) {
+        std::size_t want = std::min(sizeof buf, kMaxVassalFileBytes + 1 - bytes.size());
+        ssize_t n = ::read(fd, buf, want);
         if (n > 0) {
             bytes.append(buf, static_cast<size_t>(n));
         } else if (n == 0) {
             break;
         } else if (errno != EINTR) {
             err = errno;
-            break;
         }
     }
     ::close(fd);
+    if (err == 0 && bytes.size() > kMaxVassalFileBytes) {
+        err = EFBIG;
+    }
     return err;
 }
 
-} // namespace
+std::string read_error_message(int err) {
+    switch (err) {
+    case EFBIG:
+        return "larger than " + std::to_string(kMaxVassalFileBytes >> 20) +
+               " MiB, the limit of a vassal file";
+    case EISDIR:
+        return "a directory, not a file";
+    case EINVAL:
+        return "not a regular file";
+    default:
+        return strerror(err);
+    }
+}
 
 std::vector<Diagnostic> check_start_order(const std::vector<const Vassal*>& vassals) {
     std::map<std::string, const Vassal*> by_name;
@@ -1758,9 +1783,10 @@ VassalLoad load_with_layers(const fs::path& file, bool own_text, const EnvLookup
         if (optional && !fs::exists(path, ec)) {
             return;
         }
-        if (int err = read_file(path, bytes); err != 0) {
+        if (int err = read_vassal_bytes(path, bytes); err != 0) {
             problems.push_back({path.string(), SourcePosition{},
-                                "cannot read file: " + std::string(strerror(err))});
+                                err == EFBIG ? read_error_message(err)
+                                             : "cannot read file: " + read_error_message(err)});
             return;
         }
         layers.push_back({path, std::move(bytes)});
@@ -1827,6 +1853,16 @@ bool is_vassal_layer_file_name(std::string_view name) {
     }
     return name.size() > 6 && name.ends_with("@.toml") && name.front() != '.' &&
            name.front() != '_';
+}
+
+bool is_miscased_vassal_file_name(std::string_view name) {
+    if (name.size() <= 5 || name.front() == '.' || name.front() == '_' || name.ends_with(".toml")) {
+        return false;
+    }
+    std::string_view suffix = name.substr(name.size() - 5);
+    return std::equal(suffix.begin(), suffix.end(), ".toml", [](char a, char b) {
+        return std::tolower(static_cast<unsigned char>(a)) == b;
+    });
 }
 
 std::vector<fs::path> list_vassal_files(const fs::path& dir, std::error_code& ec) {

@@ -69,6 +69,7 @@
 // later wins, tables merge key by key.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -259,6 +260,22 @@ struct VassalLoad {
 // 64-bit FNV-1a of the bytes.
 uint64_t content_hash(std::string_view bytes);
 
+// The largest vassal file (or layer: _defaults.toml, a template) liege reads: 1 MiB. A vassal
+// is a screenful of TOML; a file beyond this is a mistake (a log or a dump saved under the wrong
+// name), and reading and hashing it at every change would stall the emperor's loop.
+inline constexpr std::size_t kMaxVassalFileBytes = std::size_t{1} << 20;
+
+// Reads a vassal file or layer, never more than kMaxVassalFileBytes + 1 bytes of it, into
+// `bytes` (replacing what it held). Returns 0; a positive errno when it cannot be read; EISDIR
+// for a directory; EINVAL for anything else that is no regular file (a FIFO is never waited
+// on); or EFBIG when the file is larger than kMaxVassalFileBytes, `bytes` then holding its first
+// kMaxVassalFileBytes + 1 bytes.
+int read_vassal_bytes(const std::filesystem::path& file, std::string& bytes);
+
+// What read_vassal_bytes()'s error means to a user: "larger than 1 MiB, the limit of a vassal
+// file", "a directory, not a file", or strerror() for the rest.
+std::string read_error_message(int err);
+
 // Parses and validates TOML text as the vassal file `file` (used for the name, the diagnostics
 // and the base of `cwd`; the file itself is not read). `env` resolves ${env:VAR} checks;
 // `profile` selects the file's [profile.NAME] table.
@@ -305,6 +322,10 @@ std::vector<Diagnostic> check_start_order(const std::vector<const Vassal*>& vass
 // Whether a directory entry with this file name is a vassal file: "*.toml", not starting with
 // "." or "_", not an editor leftover ("~" suffix, ".swp"), not a template ("NAME@.toml").
 bool is_vassal_file_name(std::string_view file_name);
+
+// Whether a file name would be a vassal file's but for the case of its ".toml" ("Shop.TOML"):
+// liege does not load it, which is never what its author meant.
+bool is_miscased_vassal_file_name(std::string_view file_name);
 
 // The vassal files of a directory (regular files or symlinks to them), sorted by name.
 std::vector<std::filesystem::path> list_vassal_files(const std::filesystem::path& dir,

@@ -4,9 +4,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <string>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "liege/vassal.hpp"
 
@@ -580,6 +585,80 @@ TEST(VassalFiles, ContentHashTellsContentFromMtime) {
     dir.write("a.toml", "command = [\"app2\"]\n");
     EXPECT_NE(liege::load_vassal_file(file, fake_env()).content_hash, before);
     EXPECT_NE(liege::content_hash(""), liege::content_hash(" "));
+}
+
+// Bytes this process has read with read(2) and its kin so far.
+uint64_t bytes_read_so_far() {
+    std::ifstream io("/proc/self/io");
+    std::string key;
+    uint64_t value = 0;
+    while (io >> key >> value) {
+        if (key == "rchar:") {
+            return value;
+        }
+    }
+    ADD_FAILURE() << "no rchar in /proc/self/io";
+    return 0;
+}
+
+TEST(VassalFiles, AFileOverOneMebibyteIsAnErrorNamingIt) {
+    constexpr std::size_t kMiB = std::size_t{1} << 20;
+    TempDir dir;
+    const std::string head = "command = [\"app\"]\nhosts = [\"a.test\"]\n";
+    std::string text = head + "#" + std::string(kMiB - head.size() - 2, 'x') + "\n";
+    ASSERT_EQ(text.size(), kMiB);
+    fs::path file = dir.write("big.toml", text);
+    VassalLoad at_limit = liege::load_vassal_file(file, fake_env());
+    EXPECT_TRUE(at_limit.ok()) << (at_limit.errors.empty() ? "" : at_limit.errors[0].str());
+
+    text.insert(text.size() - 1, "x");
+    dir.write("big.toml", text);
+    VassalLoad over = liege::load_vassal_file(file, fake_env());
+    EXPECT_FALSE(over.ok());
+    ASSERT_EQ(over.errors.size(), 1u);
+    EXPECT_EQ(over.errors[0].str(),
+              file.string() + ":1:1: error: larger than 1 MiB, the limit of a vassal file");
+
+    // A layer is held to it too, and named.
+    dir.write("_defaults.toml", text);
+    dir.write("small.toml", head);
+    VassalLoad layered = liege::load_vassal_file(dir.path() / "small.toml", fake_env());
+    EXPECT_FALSE(layered.ok());
+    ASSERT_EQ(layered.errors.size(), 1u);
+    EXPECT_EQ(layered.errors[0].str(), (dir.path() / "_defaults.toml").string() +
+                                           ":1:1: error: larger than 1 MiB, the limit of a vassal "
+                                           "file");
+}
+
+TEST(VassalFiles, AHugeFileIsRefusedAfterReadingOneByteBeyondTheLimit) {
+    TempDir dir;
+    fs::path file = dir.write("huge.toml", "command = [\"app\"]\n");
+    fs::resize_file(file, std::uintmax_t{64} << 20); // sparse: 64 MiB of NUL bytes to read
+    const uint64_t before = bytes_read_so_far();
+    VassalLoad load = liege::load_vassal_file(file, fake_env());
+    const uint64_t read = bytes_read_so_far() - before;
+    EXPECT_FALSE(load.ok());
+    ASSERT_EQ(load.errors.size(), 1u);
+    EXPECT_NE(load.errors[0].message.find("larger than 1 MiB"), std::string::npos)
+        << load.errors[0].str();
+    EXPECT_LE(read, (uint64_t{1} << 20) + 1 + 4096) << "read beyond the limit";
+}
+
+TEST(VassalFiles, AFifoIsRefusedWithoutWaitingForAWriter) {
+    TempDir dir;
+    fs::path fifo = dir.path() / "pipe.toml";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    auto loading =
+        std::async(std::launch::async, [&] { return liege::load_vassal_file(fifo, fake_env()); });
+    if (loading.wait_for(10s) != std::future_status::ready) {
+        ADD_FAILURE() << "the loader waits for a writer of the FIFO";
+        ::close(::open(fifo.c_str(), O_WRONLY)); // that writer, so that the test ends
+    }
+    VassalLoad load = loading.get();
+    EXPECT_FALSE(load.ok());
+    ASSERT_EQ(load.errors.size(), 1u);
+    EXPECT_EQ(load.errors[0].str(),
+              fifo.string() + ":1:1: error: cannot read file: not a regular file");
 }
 
 TEST_F(VassalParse, TlsCertAndKeyAreResolvedAgainstTheVassalDirectory) {

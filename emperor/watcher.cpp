@@ -6,6 +6,15 @@
 // What is reported is therefore always the difference between two real states of the directory,
 // never a replay of events, and a file rewritten with the same bytes is no change at all.
 //
+// Reading is what costs, so a scan reads a file only when it may have changed: an inotify event
+// named it (or named nothing: an overflow), or stat() shows another size, mtime or inode than
+// at its last read. Anything else keeps its last hash, so the periodic rescan of an idle
+// directory is one stat() per file. What stat() cannot tell apart and no event names (a
+// symlink's target edited outside the directory to the same size within the mtime tick of the
+// last read, or with its mtime put back) waits for SIGHUP, which reads everything. An edit
+// through the directory while a file is read raises an event that lands after the scan, so it
+// is never lost to the stamp taken before the read.
+//
 // The inotify watch follows an inode, not a path: a directory that is removed, or replaced by a
 // rename, leaves the watch on a dead or foreign inode. Each scan checks the directory's device
 // and inode and re-arms the watch when they differ. While the directory does not exist, the
@@ -15,6 +24,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
+#include <optional>
+#include <set>
 #include <utility>
 
 #include <fcntl.h>
@@ -61,32 +73,74 @@ std::vector<DirChange> diff_snapshots(const fs::path& dir, const DirSnapshot& be
 
 namespace {
 
-// Reads a whole file; 0 or a positive errno.
-int read_file(const fs::path& file, std::string& out) {
-    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return errno;
+// strerror() as the middle of a sentence: "permission denied".
+std::string lowercase_first(std::string text) {
+    if (!text.empty() && text[0] >= 'A' && text[0] <= 'Z' &&
+        (text.size() < 2 || !(text[1] >= 'A' && text[1] <= 'Z'))) {
+        text[0] = static_cast<char>(text[0] - 'A' + 'a');
     }
-    out.clear();
-    char buf[16384];
-    while (true) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            int e = errno;
-            ::close(fd);
-            return e;
-        }
-        if (n == 0) {
-            break;
-        }
-        out.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(fd);
-    return 0;
+    return text;
 }
+
+} // namespace
+
+std::vector<std::pair<std::string, std::string>> newly_skipped(const SkippedFiles& before,
+                                                               const SkippedFiles& now) {
+    std::vector<std::pair<std::string, std::string>> news;
+    for (const auto& [name, reason] : now) {
+        auto was = before.find(name);
+        if (was == before.end() || was->second != reason) {
+            news.emplace_back(name, reason);
+        }
+    }
+    return news;
+}
+
+std::string skip_reason(int stat_err, unsigned mode, bool symlink) {
+    switch (stat_err) {
+    case 0:
+        break;
+    case ELOOP:
+        return "a symlink that loops";
+    case ENOENT:
+        return "a dangling symlink";
+    default:
+        return "cannot stat it: " + lowercase_first(std::strerror(stat_err));
+    }
+    const char* what = nullptr;
+    if (S_ISREG(mode)) {
+        return "";
+    } else if (S_ISDIR(mode)) {
+        what = "a directory";
+    } else if (S_ISFIFO(mode)) {
+        what = "a FIFO";
+    } else if (S_ISSOCK(mode)) {
+        what = "a socket";
+    } else if (S_ISCHR(mode) || S_ISBLK(mode)) {
+        what = "a device";
+    } else {
+        what = "no regular file";
+    }
+    return std::string(symlink ? "a symlink to " : "") + what + ", not a file";
+}
+
+namespace {
+
+// What stat() says of a file, enough to tell that it was not written since it was last read:
+// writing changes its mtime or size; a save through a rename brings another inode.
+struct FileStamp {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    int64_t mtime_ns = 0;
+
+    bool operator==(const FileStamp&) const = default;
+
+    static FileStamp of(const struct stat& st) {
+        return {st.st_dev, st.st_ino, st.st_size,
+                static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+    }
+};
 
 // The directory without a trailing separator, so that its file name and parent are right.
 fs::path normalized(const fs::path& dir) {
@@ -120,6 +174,7 @@ public:
     DirWatcherImpl& operator=(const DirWatcherImpl&) = delete;
 
     void rescan() override {
+        read_all_ = true; // SIGHUP: what stat() cannot tell apart is read too
         if (first_reported_) {
             uv_timer_stop(scan_timer_.get());
         }
@@ -191,6 +246,9 @@ private:
             return false;
         }
         target_ = target;
+        if (target == Target::Dir) {
+            read_all_ = true; // maybe another directory than the one last read
+        }
         return true;
     }
 
@@ -201,6 +259,11 @@ private:
             relevant = relevant || is_vassal_file_name(name) || is_vassal_layer_file_name(name);
         }
         if (relevant) {
+            if (target_ == Target::Dir && status >= 0 && !name.empty() && name != dir_name_) {
+                events_.insert(std::string(name));
+            } else {
+                read_all_ = true; // an overflow, or the directory itself: names say nothing
+            }
             schedule();
         }
     }
@@ -220,39 +283,89 @@ private:
         uv_timer_start(scan_timer_.get(), on_scan_timer, debounce_ms_, 0);
     }
 
-    DirSnapshot read_snapshot() {
-        std::error_code ec;
-        std::vector<fs::path> files = list_vassal_files(dir_, ec);
-        if (!ec) {
-            // The layers vassals are made from (_defaults.toml, templates) are watched too.
-            std::error_code layer_ec;
-            for (const auto& entry : fs::directory_iterator(dir_, layer_ec)) {
-                std::error_code type_ec;
-                if (is_vassal_layer_file_name(entry.path().filename().string()) &&
-                    entry.is_regular_file(type_ec)) {
-                    files.push_back(entry.path());
-                }
-            }
+    // The directory's entries by name, or nullopt (with `ec`) when it cannot be listed whole.
+    std::optional<std::vector<std::string>> list_names(std::error_code& ec) const {
+        std::vector<std::string> names;
+        fs::directory_iterator it(dir_, ec);
+        for (const fs::directory_iterator end; !ec && it != end; it.increment(ec)) {
+            names.push_back(it->path().filename().string());
         }
-        if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory) {
-            // Unreadable for now (permissions, I/O): report nothing rather than remove all.
-            spdlog::warn("cannot list vassal directory {}: {}", dir_.string(), ec.message());
-            return snapshot_;
+        if (ec) {
+            return std::nullopt;
+        }
+        return names;
+    }
+
+    // Lists the directory, reads what may have changed, and logs what is newly skipped.
+    DirSnapshot read_snapshot() {
+        const bool read_all = std::exchange(read_all_, false);
+        const std::set<std::string> events = std::exchange(events_, {});
+        std::error_code ec;
+        std::optional<std::vector<std::string>> names = list_names(ec);
+        if (!names) {
+            if (ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory) {
+                // Unreadable for now (permissions, I/O): report nothing rather than remove all.
+                spdlog::warn("cannot list vassal directory {}: {}", dir_.string(), ec.message());
+                read_all_ = true; // what the events named is still to be read
+                return snapshot_;
+            }
+            names.emplace();
         }
         DirSnapshot now;
+        std::map<std::string, FileStamp> stamps;
+        SkippedFiles skipped;
         std::string bytes;
-        for (const fs::path& file : files) {
-            std::string name = file.filename().string();
-            int err = read_file(file, bytes);
-            if (err == 0) {
+        for (const std::string& name : *names) {
+            if (!is_vassal_file_name(name) && !is_vassal_layer_file_name(name)) {
+                if (is_miscased_vassal_file_name(name)) {
+                    skipped[name] = "only names ending in \".toml\" (lower case) are vassal files";
+                }
+                continue;
+            }
+            const fs::path file = dir_ / name;
+            struct stat st {};
+            const int stat_err = ::stat(file.c_str(), &st) == 0 ? 0 : errno;
+            // lstat() only to say why an entry is skipped: an unchanged file costs one stat().
+            struct stat lst {};
+            const bool symlink = (stat_err != 0 || !S_ISREG(st.st_mode)) &&
+                                 ::lstat(file.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode);
+            if (stat_err == ENOENT && !symlink) {
+                continue; // gone since it was listed
+            }
+            if (std::string why = skip_reason(stat_err, st.st_mode, symlink); !why.empty()) {
+                if (stat_err == ENOENT) {
+                    std::error_code link_ec;
+                    why += " to " + fs::read_symlink(file, link_ec).string();
+                }
+                skipped[name] = std::move(why);
+                continue;
+            }
+            const FileStamp stamp = FileStamp::of(st);
+            auto known = snapshot_.find(name);
+            auto last = stamps_.find(name);
+            if (!read_all && events.count(name) == 0 && known != snapshot_.end() &&
+                last != stamps_.end() && last->second == stamp) {
+                now[name] = known->second; // not written since it was read
+                stamps[name] = stamp;
+                continue;
+            }
+            // An oversized file is reported like any other: its loader names the limit.
+            int err = read_vassal_bytes(file, bytes);
+            if (err == 0 || err == EFBIG) {
                 now[name] = content_hash(bytes);
+                stamps[name] = stamp;
             } else if (err != ENOENT) {
-                // Keep what we knew; a new file that cannot be read is reported with hash 0 so
-                // that its loader reports why.
-                auto known = snapshot_.find(name);
+                // Keep what we knew, and read it again at the next scan; a new file that cannot
+                // be read is reported with hash 0 so that its loader reports why.
+                skipped[name] = "unreadable: " + lowercase_first(read_error_message(err));
                 now[name] = known != snapshot_.end() ? known->second : 0;
             }
         }
+        for (const auto& [name, why] : newly_skipped(skipped_, skipped)) {
+            spdlog::warn("emperor: skipping {}: {}", (dir_ / name).string(), why);
+        }
+        skipped_ = std::move(skipped);
+        stamps_ = std::move(stamps);
         return now;
     }
 
@@ -288,6 +401,10 @@ private:
     uint64_t pending_since_ = 0;
 
     DirSnapshot snapshot_;
+    std::map<std::string, FileStamp> stamps_; // of the files of snapshot_ at their last read
+    SkippedFiles skipped_;                    // as logged
+    std::set<std::string> events_;            // files inotify named since the last scan
+    bool read_all_ = false;                   // read every file at the next scan
     bool first_reported_ = false;
 };
 

@@ -1,6 +1,6 @@
 // The vassal directory watcher against a real directory: the first report, add, change and
 // remove reported once each and within a second, saves through temporary files, ignored names,
-// rescans, and a directory that appears, or goes and comes back.
+// rescans, a directory that appears, or goes and comes back, and which scans read a file.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -202,6 +202,72 @@ TEST_F(Watch, ARemovedAndRecreatedDirectoryIsWatchedAgain) {
     write_file(dir_ / "app.toml", "a = 3\n"); // the new directory's inode is watched
     ASSERT_TRUE(wait_reports(seen + 1));
     EXPECT_EQ(only_change(seen).kind, liege::DirChange::Kind::Changed);
+}
+
+// The periodic rescan reads only what stat() says may have changed. Files here are symlinks to
+// files outside the directory, so editing them raises no inotify event in it and only the
+// rescan can see an edit: one that keeps size and mtime goes unread (a rescan that read and
+// hashed every file would report it), one that changes either is read.
+TEST_F(Watch, APeriodicRescanReadsOnlyFilesWhoseSizeOrMtimeChanged) {
+    const fs::path real = root_ / "real";
+    fs::create_directory(real);
+    write_file(real / "app.toml", "workers = 1\n");
+    write_file(real / "other.toml", "workers = 1\n");
+    fs::create_symlink(real / "app.toml", dir_ / "app.toml");
+    fs::create_symlink(real / "other.toml", dir_ / "other.toml");
+    start(dir_, 100ms);
+    ASSERT_TRUE(wait_reports(1));
+    ASSERT_EQ(reports_[0].size(), 2u);
+
+    // Same size, the mtime put back, the same inode (written in place): unread.
+    const auto mtime = fs::last_write_time(real / "app.toml");
+    write_file(real / "app.toml", "workers = 2\n");
+    fs::last_write_time(real / "app.toml", mtime);
+    // Another size: read. Its report is the next one, and holds only this file.
+    write_file(real / "other.toml", "workers = 10\n");
+    ASSERT_TRUE(wait_reports(2, 5s));
+    ASSERT_EQ(reports_[1].size(), 1u) << "app.toml was read though its stat did not change";
+    EXPECT_EQ(reports_[1][0].name, "other");
+    EXPECT_EQ(reports_[1][0].content_hash, liege::content_hash("workers = 10\n"));
+
+    // Another mtime alone: read, and its new bytes reported.
+    fs::last_write_time(real / "app.toml", mtime + 1h);
+    ASSERT_TRUE(wait_reports(3, 5s));
+    ASSERT_EQ(reports_[2].size(), 1u);
+    EXPECT_EQ(reports_[2][0].name, "app");
+    EXPECT_EQ(reports_[2][0].kind, liege::DirChange::Kind::Changed);
+    EXPECT_EQ(reports_[2][0].content_hash, liege::content_hash("workers = 2\n"));
+}
+
+// An inotify event for a file has it read, whatever stat() says: a same-size write within one
+// mtime tick is still seen.
+TEST_F(Watch, AnEventForAFileHasItReadWhateverItsStat) {
+    write_file(dir_ / "app.toml", "workers = 1\n");
+    start(dir_); // no periodic rescan within the test: inotify alone
+    ASSERT_TRUE(wait_reports(1));
+    const auto mtime = fs::last_write_time(dir_ / "app.toml");
+    write_file(dir_ / "app.toml", "workers = 2\n");
+    fs::last_write_time(dir_ / "app.toml", mtime);
+    ASSERT_TRUE(wait_reports(2));
+    EXPECT_EQ(only_change(1).kind, liege::DirChange::Kind::Changed);
+    EXPECT_EQ(only_change(1).content_hash, liege::content_hash("workers = 2\n"));
+    expect_no_report_before_a_marker(2);
+}
+
+// SIGHUP reads every file, for what neither an event nor stat() can show.
+TEST_F(Watch, AnExplicitRescanReadsEveryFile) {
+    const fs::path real = root_ / "real";
+    fs::create_directory(real);
+    write_file(real / "app.toml", "workers = 1\n");
+    fs::create_symlink(real / "app.toml", dir_ / "app.toml");
+    start(dir_);
+    ASSERT_TRUE(wait_reports(1));
+    const auto mtime = fs::last_write_time(real / "app.toml");
+    write_file(real / "app.toml", "workers = 2\n");
+    fs::last_write_time(real / "app.toml", mtime);
+    watcher_->rescan();
+    ASSERT_EQ(reports_.size(), 2u);
+    EXPECT_EQ(only_change(1).content_hash, liege::content_hash("workers = 2\n"));
 }
 
 TEST_F(Watch, TheCallbackMayDestroyTheWatcher) {

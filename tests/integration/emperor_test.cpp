@@ -36,6 +36,7 @@
 #include <tuple>
 #include <vector>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -361,6 +362,27 @@ protected:
                 return r && r->status == 200 && backend_of(*r).rfind(backend_prefix, 0) == 0;
             },
             timeout, 50ms);
+    }
+
+    // Starts liege with one vassal, "app": one worker, answering "good-1"; sets `worker`. Use
+    // with ASSERT_NO_FATAL_FAILURE.
+    void start_with_one_good_app(WorkerProcess& worker) {
+        write_vassal("app", kAnyHost + backend_command("good-${WORKER}"));
+        ASSERT_NO_FATAL_FAILURE(start());
+        ASSERT_TRUE(wait_served_by("app.test", "good-"));
+        auto ws = workers("app");
+        ASSERT_EQ(ws.size(), 1u);
+        worker = ws[0];
+    }
+
+    // Nothing that runs of "app" changed: `worker` serves it, alone.
+    void expect_app_untouched(const WorkerProcess& worker) const {
+        auto r = get("app.test", "/id");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(backend_of(*r), "good-1");
+        auto now = workers("app");
+        ASSERT_EQ(now.size(), 1u);
+        EXPECT_EQ(now[0].proc.pid, worker.proc.pid);
     }
 
     // The set of backends that answer `requests` fresh GETs.
@@ -814,6 +836,112 @@ TEST_F(LiegeRun, InvalidNewFileStartsNothingAndIsReported) {
     EXPECT_TRUE(std::regex_search(*line, std::regex(R"(broken\.toml:1:\d+: error: )"))) << *line;
     EXPECT_TRUE(workers("broken").empty());
     EXPECT_TRUE(emperor_->running());
+}
+
+// Entries named like vassal files that cannot be one are each logged once with why: not at every
+// rescan, but again when the reason changes or the file was valid in between.
+TEST_F(LiegeRun, SkippedEntriesAreLoggedOnceEachWithTheirReason) {
+    fs::create_directory(vassals_ / "x.toml");
+    fs::create_symlink("loop.toml", vassals_ / "loop.toml");
+    fs::create_symlink("../nowhere", vassals_ / "gone.toml");
+    ASSERT_EQ(::mkfifo((vassals_ / "pipe.toml").c_str(), 0600), 0);
+    write_file(vassals_ / "Shop.TOML", kAnyHost + backend_command());
+    // Its target appears outside the directory, which only a periodic rescan can see.
+    fs::create_symlink("../later-target", vassals_ / "later.toml");
+    ASSERT_NO_FATAL_FAILURE(start());
+
+    auto line = [&](const std::string& name, const std::string& why) {
+        return "emperor: skipping " + (vassals_ / name).string() + ": " + why;
+    };
+    const std::vector<std::string> lines = {
+        line("x.toml", "a directory, not a file"),
+        line("loop.toml", "a symlink that loops"),
+        line("gone.toml", "a dangling symlink to ../nowhere"),
+        line("pipe.toml", "a FIFO, not a file"),
+        line("Shop.TOML", "only names ending in \".toml\" (lower case) are vassal files"),
+        line("later.toml", "a dangling symlink to ../later-target"),
+    };
+    for (const auto& l : lines) {
+        EXPECT_TRUE(wait_log(l)) << l;
+    }
+
+    // Rescans: two SIGHUPs (each reads everything), then periodic ones, until later.toml's
+    // target is seen and its vassal runs.
+    for (int i = 0; i < 2; ++i) {
+        auto from = mark();
+        emperor_->signal(SIGHUP);
+        ASSERT_TRUE(wait_log("emperor: SIGHUP, rescanning the vassal directory", kStart, from));
+    }
+    write_file(root_ / "later-target", kAnyHost + backend_command("later"));
+    ASSERT_TRUE(wait_ready("later", 1));
+    for (const auto& l : lines) {
+        EXPECT_EQ(count_log(l), 1u) << l;
+    }
+
+    // Another reason is news.
+    auto from = mark();
+    fs::remove(vassals_ / "x.toml");
+    fs::create_symlink("x.toml", vassals_ / "x.toml");
+    EXPECT_TRUE(wait_log(line("x.toml", "a symlink that loops"), kStart, from));
+
+    // So is the same reason after the file was valid: later.toml dangles again.
+    from = mark();
+    fs::remove(root_ / "later-target");
+    EXPECT_TRUE(wait_log(lines.back(), kStart, from));
+    EXPECT_EQ(count_log(lines.back()), 2u);
+    EXPECT_TRUE(
+        wait_log("vassal later: " + (vassals_ / "later.toml").string() + " removed", kStart, from));
+}
+
+// A vassal file that can no longer be read is logged once; what runs of it is left alone.
+TEST_F(LiegeRun, AFileThatTurnsUnreadableIsLoggedOnceAndItsGenerationKeepsServing) {
+    WorkerProcess old;
+    ASSERT_NO_FATAL_FAILURE(start_with_one_good_app(old));
+
+    // A file nobody can read, root included: read(2) of /proc/self/mem at offset 0 fails (EIO).
+    auto from = mark();
+    fs::create_symlink("/proc/self/mem", vassals_ / ".app.toml.tmp");
+    fs::rename(vassals_ / ".app.toml.tmp", vassals_ / "app.toml");
+    const std::string line = "emperor: skipping " + (vassals_ / "app.toml").string() +
+                             ": unreadable: input/output error";
+    ASSERT_TRUE(wait_log(line, kStart, from));
+    for (int i = 0; i < 2; ++i) {
+        auto hup = mark();
+        emperor_->signal(SIGHUP);
+        ASSERT_TRUE(wait_log("emperor: SIGHUP, rescanning the vassal directory", kStart, hup));
+    }
+    write_vassal("marker", "hosts = [\"marker.test\"]\n" + backend_command("marker"));
+    ASSERT_TRUE(wait_log("vassal marker: ", kStart, from)); // after the rescans' lines
+    EXPECT_EQ(count_log(line, from), 1u);
+
+    expect_app_untouched(old);
+}
+
+// A vassal file is at most 1 MiB. A larger one is an invalid file like any other: an error that
+// names it, for the emperor (which keeps the running generation) and for `liege check`.
+TEST_F(LiegeRun, AVassalFileOverOneMebibyteIsRefusedAndTheOldGenerationKeepsServing) {
+    expect_error_line({"vassals.d/app.toml:1:1: error: larger than 1 MiB"});
+    WorkerProcess old;
+    ASSERT_NO_FATAL_FAILURE(start_with_one_good_app(old));
+
+    auto from = mark();
+    const std::string big =
+        kAnyHost + backend_command("big-${WORKER}") + "# " + std::string(1 << 20, 'x') + "\n";
+    write_vassal("app", big);
+    EXPECT_TRUE(wait_log((vassals_ / "app.toml").string() +
+                             ":1:1: error: larger than 1 MiB, the limit of a vassal file",
+                         kStart, from));
+    EXPECT_TRUE(wait_log("vassal app: invalid file, generation 1 keeps serving", kStart, from));
+    expect_app_untouched(old);
+
+    for (const std::string& path : {vassals_.string(), (vassals_ / "app.toml").string()}) {
+        Cli check = run_cli({"check", path});
+        EXPECT_EQ(check.exit_code, 1) << path;
+        EXPECT_NE(check.err.find((vassals_ / "app.toml").string() +
+                                 ":1:1: error: larger than 1 MiB, the limit of a vassal file"),
+                  std::string::npos)
+            << check.err;
+    }
 }
 
 TEST_F(LiegeRun, NewGenerationThatExitsAtOnceIsAbandoned) {

@@ -2,6 +2,7 @@
 // would load them. Errors go to stderr as FILE:LINE:COL: error: MESSAGE and make the exit code
 // 1; a clean run prints one summary line per vassal to stdout. Two vassals that claim the same
 // host and path are reported as warnings (one of them can never be reached) without failing.
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -9,6 +10,8 @@
 #include <string>
 #include <system_error>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "commands.hpp"
 #include "liege/route_table.hpp"
@@ -52,9 +55,13 @@ std::string summary(const Vassal& v) {
     }
     const std::string concurrency =
         v.concurrency != 0 ? " concurrency=" + std::to_string(v.concurrency) : "";
-    return v.name + ": workers=" + std::to_string(v.workers) + concurrency + " hosts=" + hosts +
-           " path=" + v.path + " socket=" + std::string(to_string(v.socket)) +
-           " command=" + command;
+    // A scaled pool: its bounds, and how long a worker may stay idle ("workers=0-8 idle=300s").
+    const std::string workers =
+        v.scale.scaled ? fmt::format("{}-{} idle={}s", v.scale.min, v.scale.max,
+                                     std::chrono::duration<double>(v.scale.idle).count())
+                       : std::to_string(v.workers);
+    return v.name + ": workers=" + workers + concurrency + " hosts=" + hosts + " path=" + v.path +
+           " socket=" + std::string(to_string(v.socket)) + " command=" + command;
 }
 
 // A file whose name ends in ".toml" but for case ("Static.TOML") is not a vassal file: the

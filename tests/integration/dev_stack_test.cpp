@@ -404,15 +404,18 @@ TEST_F(DevStack, TheExampleVassalsStartCleanly) {
     Cli c = run_cli({"check", vassals_.string()});
     EXPECT_EQ(c.exit_code, 0) << c.out << c.err;
     EXPECT_NE(c.out.find("heartbeat: daemon workers=1"), std::string::npos) << c.out;
+    EXPECT_NE(c.out.find("static: workers=0-2 idle=300s"), std::string::npos) << c.out;
     ASSERT_NO_FATAL_FAILURE(start());
     EXPECT_EQ(running_pids("hello", 2).size(), 2u);
-    EXPECT_EQ(running_pids("static", 1).size(), 1u);
     EXPECT_EQ(running_pids("heartbeat", 1).size(), 1u);
+    // static is on demand: it runs nothing until its first request, which starts a worker.
+    EXPECT_EQ(running_pids("static", 0).size(), 0u);
     for (const char* host : {"hello.localhost", "static.localhost", "anything.example"}) {
         auto r = get(host, "/");
         ASSERT_TRUE(r) << host;
         EXPECT_EQ(r->status, 200) << host << ": " << r->body;
     }
+    EXPECT_EQ(running_pids("static", 1).size(), 1u);
     EXPECT_TRUE(wait_log("heartbeat from heartbeat"));
 }
 

@@ -37,6 +37,7 @@ const std::vector<Setting>& settings() {
         {"body_max", Kind::Size, nullptr, &RouterOptions::max_body_size, nullptr, 0},
         {"max_tries", Kind::Count, nullptr, nullptr, &RouterOptions::max_tries, 1},
         {"idle_upstream_max", Kind::Count, nullptr, nullptr, &RouterOptions::max_idle_upstream, 0},
+        {"max_conns_per_ip", Kind::Count, nullptr, nullptr, &RouterOptions::max_conns_per_ip, 0},
     };
     return table;
 }

@@ -57,6 +57,22 @@ void ClientConn::accept(RouterThread& thread, int fd, bool is_unix, bool tls) {
         c->stream_.start_tls(thread.shared().tls->snapshot());
     }
     c->trusted_peer_ = peer_name(fd, c->peer_, sizeof(c->peer_), thread.options().trusted_proxies);
+    ConnsPerAddress& per_address = thread.shared().per_address;
+    if (per_address.enabled() && !is_unix) {
+        switch (per_address.admit(c->peer_)) {
+        case ConnsPerAddress::Admit::Yes:
+            c->counted_ = true;
+            break;
+        case ConnsPerAddress::Admit::NoFirst:
+            spdlog::warn("client {}: max_conns_per_ip ({}) reached; its further connections are "
+                         "closed at once while it holds that many",
+                         c->peer_, thread.options().max_conns_per_ip);
+            [[fallthrough]];
+        case ConnsPerAddress::Admit::No:
+            c->close_now();
+            return;
+        }
+    }
     llhttp_init(&c->parser_, HTTP_REQUEST, settings());
     c->parser_.data = c;
     c->set_phase(ClientPhase::Idle);
@@ -401,6 +417,9 @@ void ClientConn::close_now() {
 }
 
 void ClientConn::on_stream_closed() {
+    if (counted_) {
+        thread_.shared().per_address.release(peer_);
+    }
     thread_.client_closed(&node);
     delete this;
 }

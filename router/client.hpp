@@ -170,6 +170,7 @@ private:
     bool out_blocked_ = false;  // backpressure: ours to the client is (response_paused)
     bool trusted_peer_ = false; // a --trusted-proxy: its X-Forwarded-* headers are kept
     bool tls_ = false;          // an HTTPS client
+    bool counted_ = false;      // in Shared::per_address (max_conns_per_ip)
     size_t blocked_left_ = 0;   // stream_.not_taken() when last looked at while blocked
 
     // Input not yet parsed (pipelined requests wait here while a response is in progress).

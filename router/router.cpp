@@ -67,8 +67,7 @@ int run_router(const RouterOptions& options) {
         spdlog::error("router: nothing to listen on");
         return 2;
     }
-    auto shared = std::make_unique<Shared>();
-    shared->options = options;
+    auto shared = std::make_unique<Shared>(options);
     unsigned threads =
         options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
     shared->options.threads = threads;

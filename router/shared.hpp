@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "access_log.hpp"
+#include "conns_per_address.hpp"
 #include "liege/balancer.hpp"
 #include "liege/control.hpp"
 #include "liege/router.hpp"
@@ -24,7 +25,10 @@ namespace liege::router {
 class RouterThread;
 
 struct Shared {
+    explicit Shared(RouterOptions o)
+        : options(std::move(o)), per_address(options.max_conns_per_ip) {}
     RouterOptions options;
+    ConnsPerAddress per_address; // max_conns_per_ip
     std::atomic<uint64_t> requests{0};
     std::atomic<int64_t> connections{0};
     std::vector<RouterThread*> threads; // every thread by index, filled before any starts

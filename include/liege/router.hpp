@@ -39,6 +39,7 @@ struct RouterOptions {
     uint64_t max_body_size = 0;           // 0 = unlimited; larger gets 413
     unsigned max_tries = 3;               // attempts for a request that never reached a backend
     unsigned max_idle_upstream = 64;      // idle pooled connections per backend and thread
+    unsigned max_conns_per_ip = 0;        // connections one client address holds at once; 0 = any
     std::string access_log = "-";         // "-" (stderr), "off", or a file path
     std::string
         access_log_dir;  // one DIR/VASSAL.access.log per vassal (with routes from an emperor)

@@ -97,6 +97,16 @@ int connect_loopback(uint16_t port, Millis timeout, const ClientSocketOptions& o
         ::close(fd);
         return -err;
     }
+    if (!options.source_address.empty()) {
+        sockaddr_in from{};
+        from.sin_family = AF_INET;
+        if (::inet_pton(AF_INET, options.source_address.c_str(), &from.sin_addr) != 1 ||
+            ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) {
+            int err = errno != 0 ? errno : EINVAL;
+            ::close(fd);
+            return -err;
+        }
+    }
     sockaddr_in sin = loopback(port);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) != 0) {
         if (errno != EINPROGRESS) {

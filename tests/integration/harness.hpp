@@ -221,6 +221,9 @@ struct ClientSocketOptions {
     // the kernel sizes for the router's side small (it scales with the segment size), so that
     // a client that reads slowly makes the router queue bytes itself. 0 keeps the default.
     int max_segment = 0;
+    // The client's own loopback address, e.g. "127.0.0.2" to be another client host; "" = the
+    // kernel's choice (127.0.0.1).
+    std::string source_address = {};
 };
 
 // A blocking HTTP/1.1 client over one TCP connection. Every call is bounded by a deadline;

@@ -157,3 +157,43 @@ TEST_F(RouterLimits, NoDescriptorForAUnixBackendConnectionGets503AndTheRouterRec
     ASSERT_FALSE(HasFailure());
     expect_503_then_recovery(address, "local");
 }
+
+// --router-opt max_conns_per_ip=N: one client address holds at most N connections at once, so a
+// host that floods the router with idle keep-alive connections cannot lock out the others.
+TEST_F(RouterLimits, OneAddressHoldsAtMostMaxConnsPerIpAndOtherAddressesStillGetIn) {
+    TestBackend backend("b");
+    ASSERT_NO_FATAL_FAILURE(start_router({backend.address()},
+                                         {"--threads", "2", "--router-opt", "max_conns_per_ip=3"}));
+    // Three connections from 127.0.0.1, each proven held by an answered request.
+    std::vector<std::unique_ptr<HttpClient>> held;
+    for (int i = 0; i < 3; ++i) {
+        held.push_back(std::make_unique<HttpClient>(port()));
+        ASSERT_EQ(held.back()->get("/id").status, 200) << "connection " << i + 1;
+    }
+    // A fourth from the same address is closed at once, its request never answered, and that
+    // is logged once.
+    for (int i = 0; i < 2; ++i) {
+        HttpClient over(port());
+        over.send("GET /id HTTP/1.1\r\nHost: h\r\n\r\n");
+        EXPECT_TRUE(over.wait_closed()) << "a connection over the cap is closed";
+    }
+    EXPECT_TRUE(log_has_line_with({"warning", "client 127.0.0.1: max_conns_per_ip (3) reached"}));
+    EXPECT_EQ(count_of(router().describe(1000), "max_conns_per_ip (3) reached"), 1u)
+        << "logged once while the address stays at the cap";
+    // Another client address is not affected.
+    ClientSocketOptions other;
+    other.source_address = "127.0.0.2";
+    HttpClient elsewhere(port(), other);
+    EXPECT_EQ(elsewhere.get("/id").status, 200);
+    // The held connections still work, and once one closes the address may open another.
+    EXPECT_EQ(held[0]->get("/id").status, 200);
+    held.pop_back();
+    ASSERT_TRUE(poll_until([&] {
+        try {
+            HttpClient again(port());
+            return again.get("/id", 1s).status == 200;
+        } catch (const HttpError&) {
+            return false; // still counted: the router has not seen the close yet
+        }
+    }));
+}

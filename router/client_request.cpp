@@ -547,6 +547,17 @@ void ClientConn::queue_timed_out() {
 
 void ClientConn::reject(control::Rejection why, std::string_view text) {
     ex_.pool->stats->reject(why);
+    switch (why) {
+    case control::Rejection::QueueFull:
+        ex_.refusal = "queue full";
+        break;
+    case control::Rejection::QueueTimeout:
+        ex_.refusal = "queue timeout";
+        break;
+    case control::Rejection::Failed:
+        ex_.refusal = "vassal failed";
+        break;
+    }
     ex_.retry_after = why == control::Rejection::Failed ? 10 : 1;
     ex_.text.error_body.assign(text);
     for (char& ch : ex_.text.error_body) {

@@ -346,9 +346,18 @@ void ClientConn::respond_error(int status, std::string_view detail, bool detail_
     out_client_.add(c, c->data, c->len);
     thread_.chunks().unref(c);
     ex_.resp_bytes = c->len;
-    spdlog::log(status < 400 ? spdlog::level::debug : spdlog::level::warn,
-                "{} {} for {} \"{}\": {}", status, reason, peer_, or_dash(ex_.text.request_line),
-                detail);
+    if (status == 503) {
+        // Refusals come in floods (a full queue, a failed vassal): one line a second per vassal.
+        thread_.shared().log_refusal(ex_.pool != nullptr ? std::string_view(ex_.pool->vassal)
+                                                         : std::string_view(),
+                                     ex_.refusal != nullptr ? ex_.refusal : "no backend",
+                                     fmt::format("{} {} for {} \"{}\": {}", status, reason, peer_,
+                                                 or_dash(ex_.text.request_line), detail));
+    } else {
+        spdlog::log(status < 400 ? spdlog::level::debug : spdlog::level::warn,
+                    "{} {} for {} \"{}\": {}", status, reason, peer_,
+                    or_dash(ex_.text.request_line), detail);
+    }
     flush_client();
     if (closed()) {
         return;

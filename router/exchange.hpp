@@ -63,7 +63,8 @@ struct Exchange {
     bool resp_rechunk = false;
     bool resp_close = false;
     int status = 0;
-    int retry_after = 0; // seconds, for an error response the router makes; 0 = no header
+    int retry_after = 0;           // seconds, for an error response the router makes; 0 = no header
+    const char* refusal = nullptr; // why a 503 refused it ("queue full"), as its warning counts it
     uint64_t resp_bytes = 0;
 
     uint64_t start_ns = 0;

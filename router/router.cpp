@@ -281,6 +281,7 @@ int run_router(const RouterOptions& options) {
     joiner.join();
     close_loop(&loop, "router control thread");
     router_threads.clear();
+    shared->log_refusal_summaries(true); // the refusals of the last second
     if (log_fd > STDERR_FILENO) {
         ::close(log_fd);
     }

@@ -73,6 +73,7 @@ void RouterThread::start(bool accept_now) {
 
 void RouterThread::on_housekeeping() {
     flush_logs();
+    shared().log_refusal_summaries();
     if (accepting_paused_ && !shutting_down_ &&
         uv_now(&loop_) - static_cast<uint64_t>(paused_at_) >= kAcceptPauseMs) {
         resume_accepting();

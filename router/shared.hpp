@@ -13,11 +13,15 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "access_log.hpp"
 #include "conns_per_address.hpp"
 #include "liege/balancer.hpp"
+#include "liege/clock.hpp"
 #include "liege/control.hpp"
 #include "liege/router.hpp"
+#include "refusal_log.hpp"
 #include "tls_context.hpp"
 
 namespace liege::router {
@@ -76,6 +80,33 @@ struct Shared {
     std::vector<control::RecycleMessage> recycles;
     std::vector<std::string> demands;
     uv_async_t* drained_async = nullptr; // the control thread's; null without an emperor
+
+    // The warning of a request refused with 503 (`line`): logged now if it is the first of a
+    // quiet second for its vassal, else counted in the summary (refusal_log.hpp).
+    void log_refusal(std::string_view vassal, std::string_view reason, std::string_view line) {
+        std::optional<std::string> now;
+        {
+            std::lock_guard lock(refusals_mu);
+            now = refusals.refused(vassal, reason, line, steady_now_ms());
+        }
+        if (now) {
+            spdlog::warn("{}", *now);
+        }
+    }
+    // The summaries of the seconds that are over; every router thread asks now and then, and
+    // the router once more for all of them (`all`) when it stops.
+    void log_refusal_summaries(bool all = false) {
+        std::vector<std::string> lines;
+        {
+            std::lock_guard lock(refusals_mu);
+            lines = refusals.due(steady_now_ms(), all);
+        }
+        for (const auto& l : lines) {
+            spdlog::warn("{}", l);
+        }
+    }
+    std::mutex refusals_mu;
+    RefusalLog refusals;
 };
 
 } // namespace liege::router

@@ -659,6 +659,63 @@ TEST_F(AppServer, FailedVassalGetsAnImmediate503NamingItsError) {
         << m;
 }
 
+TEST_F(AppServer, RefusalWarningsAreOneSummaryLinePerVassalPerSecond) {
+    expect_error_line({"vassal crash: worker 1 (pid ", ") exited unexpectedly: exit code 3"});
+    write_vassal("crash", "command = ['sh', '-c', 'exit 3']\nhosts = ['crash.test']\n");
+    // With --log-dir, stderr keeps the warnings: that is where a flood of them would land.
+    ASSERT_NO_FATAL_FAILURE(start({"--log-dir", (root_ / "logs").string()}));
+    json v = wait_vassal("crash", [](const json& j) { return j["state"] == "failed"; });
+    ASSERT_EQ(v.value("state", ""), "failed") << v.dump(2);
+
+    const std::size_t from = emperor_->err().text().size();
+    constexpr int kRequests = 40;
+    const auto began = Clock::now();
+    for (int i = 0; i < kRequests; ++i) {
+        std::string error;
+        auto r = get("/?n=" + std::to_string(i), &error, "crash.test");
+        ASSERT_TRUE(r) << error;
+        ASSERT_EQ(r->status, 503) << r->body;
+    }
+    const long took = elapsed_ms(began);
+
+    // Every refusal is in stderr, the first of a quiet second as its own line, the others in
+    // the summary of their second; once each second's summary is out, they add up.
+    std::vector<std::string> lines;
+    uint64_t told = 0;
+    const std::regex summary(R"(vassal crash: (\d+) more requests? refused in the last [^(]+ )"
+                             R"(\(vassal failed: (\d+)\); last: 503 Service Unavailable for )");
+    bool complete = poll_until(
+        [&] {
+            lines.clear();
+            told = 0;
+            std::istringstream in(emperor_->err().text().substr(from));
+            for (std::string line; std::getline(in, line);) {
+                if (!contains(line, "503 Service Unavailable for")) {
+                    continue;
+                }
+                lines.push_back(line);
+                std::smatch m;
+                if (std::regex_search(line, m, summary)) {
+                    told += std::stoull(m[1]);
+                    EXPECT_EQ(m[1], m[2]) << line;
+                } else {
+                    ++told;
+                    EXPECT_TRUE(contains(line, "\"GET /?n=")) << line;
+                }
+            }
+            return told >= kRequests;
+        },
+        kWait, 50ms);
+    EXPECT_TRUE(complete) << told << " of " << kRequests << " refusals in stderr:\n"
+                          << emperor_->err().text().substr(from);
+    EXPECT_EQ(told, static_cast<uint64_t>(kRequests));
+    // At most an immediate line and a summary for each second the requests took.
+    const std::size_t bound = 2 * (static_cast<std::size_t>(took) / 1000 + 2);
+    EXPECT_LE(lines.size(), std::min<std::size_t>(bound, kRequests - 1))
+        << "requests took " << took << " ms:\n"
+        << emperor_->err().text().substr(from);
+}
+
 TEST_F(AppServer, ClientThatLeavesWhileQueuedIsDroppedFromTheQueue) {
     write_vassal("app", kAnyHost + backend_command({"--log-requests"}) + "concurrency = 1\n");
     ASSERT_NO_FATAL_FAILURE(start());

@@ -79,6 +79,49 @@ const char* state_colour(const std::string& state) {
     return nullptr;
 }
 
+std::string ago(const json& v, const char* key, const TableStyle& style) {
+    if (style.now_unix == 0 || integer(v, key) == 0) {
+        return "";
+    }
+    return format_uptime(style.now_unix - integer(v, key)) + " ago";
+}
+
+// Worker output can hold anything: control characters (escape sequences) are not passed to the
+// terminal.
+std::string printable(std::string s) {
+    for (char& c : s) {
+        if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) {
+            c = '?';
+        }
+    }
+    return s;
+}
+
+// "shop: last error (3m ago): ..." in red, or once a later generation (or the worker itself)
+// serves again, "shop: resolved error (15m ago, resolved 14m ago): ..." dimmed: an error that is
+// over is kept, but not shown as the vassal's present.
+std::string format_last_error(const json& v, const std::string& name, const std::string& error,
+                              const TableStyle& style) {
+    const bool resolved = v.is_object() && v.value("last_error_resolved", false);
+    const std::string when = ago(v, "last_error_time", style);
+    std::string age;
+    if (resolved) {
+        const std::string fixed = ago(v, "last_error_resolved_time", style);
+        if (!when.empty() || !fixed.empty()) {
+            age = " (" + when + (when.empty() || fixed.empty() ? "" : ", ") +
+                  (fixed.empty() ? "" : "resolved " + fixed) + ")";
+        }
+    } else if (!when.empty()) {
+        age = " (" + when + ")";
+    }
+    if (resolved) {
+        const std::string line = fmt::format("{}: resolved error{}: {}", name, age, error);
+        return style.colour ? kDim + line + kReset + "\n" : line + "\n";
+    }
+    return fmt::format("{}{}{}: last error{}: {}\n", style.colour ? kRed : "", name,
+                       style.colour ? kReset : "", age, error);
+}
+
 } // namespace
 
 std::string format_bytes(int64_t bytes) {
@@ -255,19 +298,24 @@ std::string format_status(const json& status, const TableStyle& style) {
     bool first = true;
     for (const json& v : array(status, "vassals")) {
         const std::string error = text(v, "last_error");
-        if (error.empty()) {
+        const json& output = array(v, "last_output");
+        if (error.empty() && output.empty()) {
             continue;
         }
         if (first) {
             out += '\n';
             first = false;
         }
-        std::string age;
-        if (style.now_unix != 0 && integer(v, "last_error_time") != 0) {
-            age = " (" + format_uptime(style.now_unix - integer(v, "last_error_time")) + " ago)";
+        const std::string name = text(v, "name", "?");
+        if (!error.empty()) {
+            out += format_last_error(v, name, error, style);
         }
-        out += fmt::format("{}{}{}: last error{}: {}\n", style.colour ? kRed : "",
-                           text(v, "name", "?"), style.colour ? kReset : "", age, error);
+        // A failed vassal's workers' last words: why it does not start, without `liege logs`.
+        for (const json& line : output) {
+            if (line.is_string()) {
+                out += "  " + printable(line.get<std::string>()) + "\n";
+            }
+        }
     }
     return out;
 }

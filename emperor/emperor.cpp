@@ -191,9 +191,8 @@ VassalRt& Emperor::vassal_of(const WorkerProc& w) {
     return *vassals_.at(w.vassal());
 }
 
-void Emperor::failed(VassalRt& v, std::string error) {
-    v.last_error = std::move(error);
-    v.last_error_unix = unix_now();
+void Emperor::failed(VassalRt& v, std::string error, uint64_t generation) {
+    v.set_error(std::move(error), generation, unix_now());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,7 +275,7 @@ void Emperor::apply_file(const std::string& name, const fs::path& file) {
                          v->active->id);
         }
         v->content_hash = load.content_hash;
-        failed(*v, first);
+        failed(*v, first, v->next_generation); // resolved by the generation of a valid file
         publish_failure(*v);
         v->notify(loop_, false, "invalid vassal file: " + first);
         report_blocked_starts();
@@ -286,6 +285,11 @@ void Emperor::apply_file(const std::string& name, const fs::path& file) {
     const Generation* latest = v->next != nullptr ? v->next.get() : v->active.get();
     if (latest != nullptr && latest->config.content_hash == config.content_hash) {
         spdlog::debug("vassal {}: effective configuration unchanged", name);
+        if (v->next == nullptr && v->last_error_generation > latest->id) {
+            // The file says again what runs (a bad edit undone): what failed is asked for no more.
+            v->last_error_generation = latest->id;
+            v->resolve_error(unix_now());
+        }
         return; // the same effective vassal (a layer's edit that does not reach it): no reload
     }
     v->content_hash = config.content_hash;
@@ -470,7 +474,7 @@ void Emperor::report_blocked_starts() {
                 fmt::format("waiting for {}, which failed: {}", dep, it->second->last_error);
             if (v->last_error != why) {
                 spdlog::error("vassal {}: {}; it starts once {} is ready", name, why, dep);
-                failed(*v, std::move(why));
+                failed(*v, std::move(why), v->next_generation);
             }
             break;
         }
@@ -572,7 +576,7 @@ void Emperor::reload(const std::string& name, VassalRt::Waiter done) {
     VassalLoad load = load_vassal_file(v.file, process_env(), options_.env_name);
     if (!load.ok()) {
         std::string msg = load.errors.empty() ? "unreadable file" : load.errors.front().str();
-        failed(v, msg);
+        failed(v, msg, v.next_generation);
         publish_failure(v);
         post(loop_, [done = std::move(done), msg] { done(false, "invalid vassal file: " + msg); });
         return;
@@ -673,6 +677,7 @@ void Emperor::finish_reload(VassalRt& v) {
     v.plan = nullptr;
     reset_scaler(v);
     v.state = VassalState::Running;
+    v.resolve_error(unix_now());
     spdlog::info("vassal {}: generation {} serving ({} ms after the reload began)", v.name,
                  v.active->id, took);
     publish_routes();
@@ -700,7 +705,7 @@ void Emperor::abandon_reload(VassalRt& v, const std::string& why) {
     const uint64_t id = v.next->id;
     spdlog::error("vassal {}: reload to generation {} abandoned: {}", v.name, id, why);
     ++v.failed_reloads;
-    failed(v, "reload to generation " + std::to_string(id) + " failed: " + why);
+    failed(v, "reload to generation " + std::to_string(id) + " failed: " + why, id);
     retire_generation(v, v.next.get(), true);
     v.next = nullptr;
     v.plan = nullptr;
@@ -745,7 +750,7 @@ void Emperor::worker_failed(WorkerProc& w, const std::string& why) {
     }
     // An active worker that could not start (or stopped answering): stop it, back off, retry.
     const bool was_serving = w.serving();
-    failed(v, "worker " + std::to_string(w.slot()) + ": " + why);
+    failed(v, "worker " + std::to_string(w.slot()) + ": " + why, w.generation().id);
     spdlog::error("vassal {}: worker {}: {}{}", v.name, w.slot(), why, lines);
     const std::string failure = v.last_error + lines;
     w.restart();
@@ -775,7 +780,7 @@ void Emperor::worker_exited(WorkerProc& w, ExitStatus st) {
         return;
     }
     auto delay = w.back_off();
-    failed(v, "worker " + std::to_string(w.slot()) + " exited: " + st.str());
+    failed(v, "worker " + std::to_string(w.slot()) + " exited: " + st.str(), w.generation().id);
     spdlog::error("vassal {}: worker {} (pid {}) exited unexpectedly: {}; restarting in {} ms{}",
                   v.name, w.slot(), w.pid(), st.str(), delay.count(), lines);
     const std::string failure = v.last_error + lines;
@@ -1002,6 +1007,19 @@ void Emperor::maybe_finish_shutdown() {
 // ---------------------------------------------------------------------------------------------
 // /status
 
+nlohmann::json Emperor::last_output(const VassalRt& v) const {
+    nlohmann::json out = nlohmann::json::array();
+    if (v.state != VassalState::Failed) {
+        return out;
+    }
+    if (auto lines = logs(v.name, 0, kLastOutputLines)) {
+        for (const LogLine& l : *lines) {
+            out.push_back("[" + l.worker + "] " + l.text);
+        }
+    }
+    return out;
+}
+
 nlohmann::json Emperor::status() const {
     using nlohmann::json;
     const control::StatsMessage& stats = router_.stats();
@@ -1053,8 +1071,11 @@ nlohmann::json Emperor::status() const {
             {"reloads", v->reloads},
             {"failed_reloads", v->failed_reloads},
             {"last_error", v->last_error.empty() ? json(nullptr) : json(v->last_error)},
-            {"last_error_time",
-             v->last_error_unix != 0 ? json(v->last_error_unix) : json(nullptr)}};
+            {"last_error_time", v->last_error_unix != 0 ? json(v->last_error_unix) : json(nullptr)},
+            {"last_error_resolved", v->last_error_resolved_unix != 0},
+            {"last_error_resolved_time",
+             v->last_error_resolved_unix != 0 ? json(v->last_error_resolved_unix) : json(nullptr)},
+            {"last_output", last_output(*v)}};
         uint64_t requests = 0;
         uint64_t errors = 0;
         int64_t queued = 0;
@@ -1088,6 +1109,9 @@ nlohmann::json Emperor::status() const {
                            {"failed_reloads", 0},
                            {"last_error", nullptr},
                            {"last_error_time", nullptr},
+                           {"last_error_resolved", false},
+                           {"last_error_resolved_time", nullptr},
+                           {"last_output", json::array()},
                            {"requests", 0},
                            {"errors", 0},
                            {"queued", 0}});

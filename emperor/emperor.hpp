@@ -71,6 +71,7 @@ public:
         std::string text;
     };
     static constexpr size_t kLogRing = 1000;
+    static constexpr size_t kLastOutputLines = 10; // /status shows a failed vassal's last lines
     // Lines with seq above `after`, at most the last `n`; nullopt for a name never seen.
     std::optional<std::vector<LogLine>> logs(const std::string& name, uint64_t after,
                                              size_t n) const;
@@ -176,7 +177,10 @@ private:
     void publish_failure(VassalRt& v);
     void router_exited(ExitStatus st);
     void maybe_finish_shutdown();
-    void failed(VassalRt& v, std::string error);
+    // Records `error` as the vassal's last_error, about generation `generation` (see VassalRt).
+    void failed(VassalRt& v, std::string error, uint64_t generation);
+    // A failed vassal's workers' last lines of output ("[app/1] text"), for /status.
+    nlohmann::json last_output(const VassalRt& v) const;
 
     uv_loop_t* loop_;
     EmperorOptions options_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "liege/clock.hpp"
 #include "liege/uv.hpp"
 
 namespace liege::emperor {
@@ -114,7 +115,9 @@ void VassalRt::update_state() {
     }
     int worst = 0;
     for (const WorkerProc* w : members(active.get())) {
-        worst = std::max(worst, w->failures());
+        if (!w->ready()) {
+            worst = std::max(worst, w->failures());
+        }
     }
     if (worst >= kFailedAfter) {
         state = VassalState::Failed;
@@ -123,6 +126,29 @@ void VassalRt::update_state() {
     } else if (state != VassalState::Running && state != VassalState::Failed) {
         state = VassalState::Starting;
     }
+    resolve_error(unix_now());
+}
+
+void VassalRt::set_error(std::string error, uint64_t generation, int64_t now_unix) {
+    last_error = std::move(error);
+    last_error_unix = now_unix;
+    last_error_generation = generation;
+    last_error_resolved_unix = 0;
+}
+
+void VassalRt::resolve_error(int64_t now_unix) {
+    if (last_error.empty() || last_error_resolved_unix != 0 || state != VassalState::Running ||
+        active == nullptr || active->id < last_error_generation) {
+        return;
+    }
+    // Running is also what a vassal stays while one worker backs off after a crash: resolved
+    // means that every worker of the generation serves again.
+    const auto m = members(active.get());
+    if (static_cast<int>(m.size()) < pool_size ||
+        !std::all_of(m.begin(), m.end(), [](const WorkerProc* w) { return w->ready(); })) {
+        return;
+    }
+    last_error_resolved_unix = now_unix;
 }
 
 bool VassalRt::refused() const {

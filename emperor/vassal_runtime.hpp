@@ -66,8 +66,14 @@ struct VassalRt {
     // recycled.
     std::vector<WorkerProc*> pool() const;
 
+    // The last failure, kept with its time after it is resolved: once a generation at least as
+    // new as the one it concerns (`last_error_generation`) serves with every worker ready. For
+    // a worker of the active generation that is the same generation recovering; for a reload,
+    // an invalid file or a start that waits, a later one (or the file back to what runs).
     std::string last_error;
     int64_t last_error_unix = 0;
+    uint64_t last_error_generation = 0;
+    int64_t last_error_resolved_unix = 0; // 0: not resolved
     uint64_t reloads = 0;
     uint64_t failed_reloads = 0;
     int64_t started_unix = 0;
@@ -96,8 +102,15 @@ struct VassalRt {
     // start after.
     std::vector<std::string> needs() const;
 
-    // Derives `state` from the generations and the active workers' failures.
+    // Derives `state` from the generations and the failures of the active workers not serving
+    // now (a worker serving again after its backoff counts as healthy at once, though its
+    // backoff only forgets its failures after a minute); then resolve_error().
     void update_state();
+    // Records a failure of generation `generation` at `now_unix`.
+    void set_error(std::string error, uint64_t generation, int64_t now_unix);
+    // Marks last_error resolved if the vassal runs, every worker of its active generation ready,
+    // a generation the error does not concern.
+    void resolve_error(int64_t now_unix);
     // Whether the router refuses its requests at once (503 naming last_error) instead of
     // queueing them: the vassal is failed and none of its workers serves. A failed vassal with a
     // worker still serving keeps being routed to it.

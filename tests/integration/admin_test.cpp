@@ -325,6 +325,102 @@ TEST_F(Admin, RouterThreadsHoldAnEvenShareOfKeepAliveConnections) {
     }
 }
 
+// ---- what /status says of failures, and for how long ----------------------------------------
+
+// `/bin/sh -c SCRIPT` as a vassal's command.
+std::string shell_vassal(const std::string& script) {
+    return kAnyHost + "command = [\"/bin/sh\", \"-c\", " + toml_str(script) + "]\n";
+}
+
+TEST_F(Admin, AWorkerServingAgainAfterItsBackoffIsRunningAtOnceAndResolvesItsError) {
+    expect_error_line({"vassal app: worker 1 (pid ", ") exited unexpectedly: exit code 3"});
+    // The worker cannot start until the file `fixed` exists.
+    const fs::path fixed = root_ / "fixed";
+    write_vassal("app",
+                 shell_vassal("[ -e " + fixed.string() +
+                              " ] || { echo not yet >&2; exit 3; }; exec " + LIEGE_TEST_BACKEND +
+                              " --listen 127.0.0.1:${PORT} --name ${NAME}-${WORKER}"));
+    start();
+    json v = wait_vassal("app", [](const json& j) { return j["state"] == "failed"; });
+    ASSERT_EQ(v["state"], "failed") << v.dump(2);
+    EXPECT_EQ(v["last_error_resolved"], false) << v.dump(2);
+    EXPECT_TRUE(v["last_error_resolved_time"].is_null()) << v.dump(2);
+
+    // Fixed: its next spawn after the backoff (at most 12.8 s away by now) serves. Its backoff
+    // forgets the failures only after a minute healthy; /status must not wait for that.
+    write_file(fixed, "");
+    v = wait_vassal(
+        "app",
+        [](const json& j) {
+            return j["workers"].size() == 1 && j["workers"][0]["state"] == "ready";
+        },
+        60s);
+    ASSERT_EQ(v["workers"][0]["state"], "ready") << v.dump(2);
+    v = wait_vassal(
+        "app", [](const json& j) { return j["state"] == "running"; }, kWait);
+    EXPECT_EQ(v["state"], "running") << "its worker serves again: " << v.dump(2);
+    EXPECT_EQ(v["last_error_resolved"], true) << v.dump(2);
+    EXPECT_TRUE(v["last_error_resolved_time"].is_number()) << v.dump(2);
+    EXPECT_TRUE(contains(v.value("last_error", ""), "exit code 3")) << "kept: " << v.dump(2);
+    EXPECT_TRUE(v["last_error_time"].is_number()) << v.dump(2);
+    EXPECT_EQ(v["last_output"], json::array()) << "only a failed vassal shows its output";
+    EXPECT_EQ(get("/id"), 200);
+    Cli c = run_cli({"status", "--admin", admin_text_});
+    EXPECT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_TRUE(contains(c.out, "app: resolved error (")) << c.out;
+    EXPECT_FALSE(contains(c.out, "app: last error")) << "shown as current: " << c.out;
+}
+
+TEST_F(Admin, ALaterGenerationThatServesResolvesTheLastError) {
+    expect_error_line(
+        {"vassal app: reload to generation 2 abandoned: worker 1 exited: exit code 3"});
+    write_vassal("app", backend_vassal(1));
+    start();
+    ASSERT_TRUE(wait_serving("app", 1));
+    write_vassal("app", shell_vassal("exit 3"));
+    json v = wait_vassal("app", [](const json& j) { return j["failed_reloads"] == 1; });
+    ASSERT_EQ(v["failed_reloads"], 1) << v.dump(2);
+    EXPECT_EQ(v["last_error_resolved"], false) << "generation 1 serving fixes nothing of 2";
+    Cli c = run_cli({"status", "--admin", admin_text_});
+    EXPECT_TRUE(contains(c.out, "app: last error (")) << c.out;
+
+    // The fixed deploy: generation 3 serves.
+    write_vassal("app", backend_vassal(1) + "env = { FIXED = \"1\" }\n");
+    v = wait_vassal("app",
+                    [](const json& j) { return j["generation"] == 3 && j["state"] == "running"; });
+    ASSERT_EQ(v["generation"], 3) << v.dump(2);
+    EXPECT_EQ(v["last_error_resolved"], true) << v.dump(2);
+    ASSERT_TRUE(v["last_error_resolved_time"].is_number()) << v.dump(2);
+    EXPECT_GE(v["last_error_resolved_time"].get<int64_t>(), v["last_error_time"].get<int64_t>());
+    EXPECT_TRUE(contains(v.value("last_error", ""), "reload to generation 2 failed")) << v.dump(2);
+    c = run_cli({"status", "--admin", admin_text_});
+    EXPECT_TRUE(contains(c.out, "app: resolved error (")) << c.out;
+    EXPECT_FALSE(contains(c.out, "app: last error")) << c.out;
+}
+
+TEST_F(Admin, AFailedStartShowsItsWorkersLastOutput) {
+    expect_error_line({"vassal crash: worker 1 (pid ", ") exited unexpectedly: exit code 3"});
+    write_vassal("crash", shell_vassal("echo 'Traceback: no module named app' >&2; exit 3"));
+    start();
+    json v = wait_vassal("crash", [](const json& j) {
+        return j["state"] == "failed" && j.contains("last_output") && !j["last_output"].empty();
+    });
+    ASSERT_EQ(v["state"], "failed") << v.dump(2);
+    ASSERT_TRUE(v["last_output"].is_array() && !v["last_output"].empty()) << v.dump(2);
+    EXPECT_EQ(v["last_output"].back(), "[crash/1] Traceback: no module named app") << v.dump(2);
+    EXPECT_LE(v["last_output"].size(), 10u) << "a few lines, not the whole log";
+
+    Cli c = run_cli({"status", "--admin", admin_text_});
+    EXPECT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_TRUE(contains(c.out, "crash: last error (")) << c.out;
+    EXPECT_TRUE(contains(c.out, "\n  [crash/1] Traceback: no module named app\n")) << c.out;
+    c = run_cli({"status", "--json", "--admin", admin_text_});
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    json doc = json::parse(c.out);
+    EXPECT_EQ(doc["vassals"][0]["last_output"].back(), "[crash/1] Traceback: no module named app")
+        << c.out;
+}
+
 // ---- GET /metrics ----------------------------------------------------------------------------
 
 TEST_F(Admin, MetricsInPrometheusFormatFollowTheTraffic) {

@@ -131,3 +131,32 @@ TEST(StatusTable, ToleratesMissingFieldsAndNoVassals) {
     EXPECT_NE(rows[1].find("1/2"), std::string::npos) << rows[1];
     EXPECT_NE(rows[1].find(" - "), std::string::npos) << "unknown RSS: " << rows[1];
 }
+
+TEST(StatusTable, AResolvedErrorIsNotShownAsCurrent) {
+    json s = sample_status();
+    json& v = s["vassals"][1];
+    v["last_error_resolved"] = true;
+    v["last_error_resolved_time"] = 1000 + 60;
+    auto lines = lines_of(format_status(s, {false, 1000 + 125}));
+    EXPECT_EQ(lines.back(), "static-files: resolved error (2m05s ago, resolved 1m05s ago): worker "
+                            "1 exited: exit code 3");
+    std::string coloured = format_status(s, {true, 1000 + 125});
+    EXPECT_EQ(coloured.find("\033[31mstatic-files"), std::string::npos) << "not red: " << coloured;
+    EXPECT_NE(coloured.find("\033[2mstatic-files: resolved error"), std::string::npos) << coloured;
+    // Without a clock, no ages.
+    EXPECT_EQ(lines_of(format_status(s, {})).back(),
+              "static-files: resolved error: worker 1 exited: exit code 3");
+}
+
+TEST(StatusTable, AFailedVassalShowsItsWorkersLastOutput) {
+    json s = sample_status();
+    s["vassals"][1]["last_output"] = {"[static-files/1] Traceback (most recent call last):",
+                                      "[static-files/1] OSError: [Errno 98] Address in use\033[2J"};
+    auto lines = lines_of(format_status(s, {false, 1000 + 125}));
+    ASSERT_GE(lines.size(), 3u);
+    EXPECT_EQ(lines[lines.size() - 3],
+              "static-files: last error (2m05s ago): worker 1 exited: exit code 3");
+    EXPECT_EQ(lines[lines.size() - 2], "  [static-files/1] Traceback (most recent call last):");
+    EXPECT_EQ(lines.back(), "  [static-files/1] OSError: [Errno 98] Address in use?[2J")
+        << "no escape sequence reaches the terminal";
+}

@@ -277,8 +277,8 @@ constexpr std::array<std::string_view, 3> kWatchKeys = {"paths", "ignore", "debo
 // string is filled when the file is loaded.
 constexpr std::array<std::string_view, 4> kPerWorkerKeys = {"command", "cwd", "env",
                                                             "health.command"};
-constexpr std::array<std::string_view, 6> kHealthKeys = {"path",     "tcp",     "command",
-                                                         "interval", "timeout", "start_timeout"};
+constexpr std::array<std::string_view, 7> kHealthKeys = {
+    "path", "tcp", "command", "interval", "timeout", "start_timeout", "notify"};
 constexpr std::array<std::string_view, 2> kQueueKeys = {"size", "timeout"};
 constexpr std::array<std::string_view, 2> kReloadKeys = {"strategy", "drain_timeout"};
 constexpr std::array<std::string_view, 2> kStopKeys = {"signal", "timeout"};
@@ -286,8 +286,9 @@ constexpr std::array<std::string_view, 4> kTlsKeys = {"cert", "key", "acme", "re
 constexpr std::array<std::string_view, 6> kPlaceholderNames = {"PORT",   "SOCKET",   "NAME",
                                                                "WORKER", "INSTANCE", "PROFILE"};
 // Set by the emperor for every worker; a vassal cannot override them.
-constexpr std::array<std::string_view, 6> kReservedEnv = {
-    "PORT", "LIEGE_VASSAL", "LIEGE_WORKER", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"};
+constexpr std::array<std::string_view, 7> kReservedEnv = {
+    "PORT",       "LIEGE_VASSAL",   "LIEGE_WORKER", "LISTEN_FDS",
+    "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"};
 constexpr int kMaxWorkers = 1024;
 constexpr int kMaxConcurrency = 1024;
 constexpr int kMaxQueueSize = 100'000;
@@ -521,7 +522,16 @@ public:
             duration(*table, "health.timeout", "timeout", v.health.timeout, false);
             duration(*table, "health.start_timeout", "start_timeout", v.health.start_timeout,
                      false);
+            if (auto* node = table->get("notify")) {
+                if (auto b = node->as_boolean()) {
+                    v.health.notify = b->get();
+                } else {
+                    error(*node, "health.notify: expected true or false, got " +
+                                     std::string(type_name(*node)));
+                }
+            }
         }
+        inherit_readiness(root, v);
         if (auto* table = section(root, "queue", kQueueKeys)) {
             if (auto* node = table->get("size")) {
                 if (auto n = bounded_integer(*node, "queue.size", 0, kMaxQueueSize)) {
@@ -903,6 +913,25 @@ private:
         if (auto* node = table.get("command")) {
             string_array(*node, "health.command", v.health.command);
         }
+    }
+
+    // socket = "inherit": the emperor's socket is listening before the app is, so the kernel
+    // completes a connect to it whether or not the app ever starts. Readiness must come from
+    // the app: an HTTP answer (health.path) or its READY=1 (health.notify).
+    void inherit_readiness(const toml::table& root, const Vassal& v) {
+        const toml::node* node = root.get("socket");
+        if (daemon_ || v.socket != SocketKind::Inherit || node == nullptr ||
+            !v.health.path.empty() || v.health.notify) {
+            return;
+        }
+        if (const toml::node* health = root.get("health");
+            health != nullptr && health->is_table() && health->as_table()->get("path")) {
+            return; // an invalid health.path, reported already
+        }
+        error(*node, "socket: with \"inherit\" a connect is answered by the kernel on the "
+                     "emperor's socket even before the app runs, so it proves nothing; add "
+                     "[health] path = \"/healthz\" (a GET the app answers) or [health] "
+                     "notify = true (the app sends READY=1 to $NOTIFY_SOCKET)");
     }
 
     // [recycle]: max_requests a count, max_rss a size, request_timeout a duration.

@@ -31,7 +31,10 @@
 //                                    unix: a unix socket path in ${SOCKET};
 //                                    inherit: systemd-style socket activation, the emperor binds
 //                                    a loopback TCP socket and passes it as fd 3 (LISTEN_FDS=1,
-//                                    LISTEN_PID); PORT / ${PORT} still name its port.
+//                                    LISTEN_PID); PORT / ${PORT} still name its port. A web
+//                                    vassal needs health.path or health.notify with it: the
+//                                    kernel accepts connects on the emperor's socket whether or
+//                                    not the app is up, so a connect proves nothing.
 //   after   = ["redis", ...]         [[]] vassals of the directory that must be ready before
 //                                    this one starts; it stops before them
 //   [queue]  size [100] requests that may wait for a free worker slot (or a first ready
@@ -39,7 +42,9 @@
 //            longer gets 503
 //   [health] one check: path ["" = TCP connect to the worker] (web vassals), tcp = "HOST:PORT"
 //            (a connect there), or command = [...] (exit 0 = healthy; placeholders allowed);
-//            a daemon without one is ready after 1 s up. interval ["2s"], timeout ["1s"],
+//            a daemon without one is ready after 1 s up. notify [false]: ready when the worker
+//            sends READY=1 to $NOTIFY_SOCKET (sd_notify), whatever the check; the check, if
+//            any, is then for liveness only. interval ["2s"], timeout ["1s"],
 //            start_timeout ["30s"]
 //   [reload] strategy "rolling"|"bluegreen"|"restart" ["rolling"] (restart: stop the old
 //            workers, then start the new ones), drain_timeout ["30s"]
@@ -141,6 +146,7 @@ struct HealthCheck {
     Millis interval{2'000};           // liveness check period
     Millis timeout{1'000};            // per check
     Millis start_timeout{30'000};     // a new worker must be ready within this
+    bool notify = false;              // ready on sd_notify READY=1, not on the check
 };
 
 // Requests of a vassal waiting in the router for a free worker slot; beyond `size`, or after

@@ -285,7 +285,7 @@ TEST_F(VassalParse, TypeErrorsNameLineColumnAndWhatWasExpected) {
          "2:10: socket: expected \"tcp\", \"unix\" or \"inherit\", got integer"},
         {cmd + "health = \"/healthz\"\n",
          "2:10: health: expected a table ([health] with path, tcp, command, interval, timeout, "
-         "start_timeout), got string"},
+         "start_timeout, notify), got string"},
         {cmd + "[health]\npath = \"healthz\"\n",
          "3:8: health.path: expected a path starting with \"/\", got \"healthz\""},
         {cmd + "[health]\ninterval = 2\n",
@@ -1051,4 +1051,64 @@ TEST_F(VassalParse, BadScaledWorkersAndRecycleNameLineColumn) {
     EXPECT_EQ(only_error("type = \"daemon\"\n" + cmd + "[recycle]\nrequest_timeout = \"1s\"\n"),
               "4:19: recycle.request_timeout: a daemon (type = \"daemon\") gets no requests; "
               "only max_rss recycles it");
+}
+
+// ---- socket = "inherit" readiness, sd_notify (hardening, defect 9) ----
+
+TEST_F(VassalParse, InheritedSocketNeedsAnHttpCheckOrNotify) {
+    const std::string what =
+        "socket: with \"inherit\" a connect is answered by the kernel on the emperor's socket "
+        "even before the app runs, so it proves nothing; add [health] path = \"/healthz\" (a GET "
+        "the app answers) or [health] notify = true (the app sends READY=1 to $NOTIFY_SOCKET)";
+    EXPECT_EQ(only_error("command = ['gunicorn', 'app:app']\nsocket = 'inherit'\n"),
+              "2:10: " + what);
+    // A connect elsewhere or a command says nothing about the app behind the emperor's socket
+    // either, as far as liege can tell: only an HTTP answer or READY=1 will do.
+    EXPECT_EQ(only_error("command = ['x']\nsocket = 'inherit'\n[health]\ntcp = '127.0.0.1:9'\n"),
+              "2:10: " + what);
+    EXPECT_EQ(only_error("command = ['x']\nsocket = 'inherit'\n[health]\nstart_timeout = '5s'\n"),
+              "2:10: " + what);
+    EXPECT_TRUE(parse("command = ['x']\nsocket = 'inherit'\n[health]\npath = '/'\n").ok());
+    VassalLoad load = parse("command = ['x']\nsocket = 'inherit'\n[health]\nnotify = true\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_TRUE(load.vassal->health.notify);
+    EXPECT_EQ(load.vassal->socket, liege::SocketKind::Inherit);
+    // An invalid health.path is reported as itself, not once more as a missing check.
+    EXPECT_EQ(
+        only_error("command = ['x']\nsocket = 'inherit'\n[health]\npath = 'x'\n").substr(0, 17),
+        "4:8: health.path:");
+}
+
+TEST_F(VassalParse, InheritedSocketFromALayerIsReportedWhereItIsWritten) {
+    VassalLoad load = liege::parse_vassal_layers(
+        {{dir_.path() / "_defaults.toml", "hosts = ['*']\nsocket = 'inherit'\n"},
+         {dir_.path() / "app.toml", "command = ['x']\n"}},
+        dir_.path() / "app.toml", fake_env({}));
+    ASSERT_EQ(load.errors.size(), 1u);
+    EXPECT_EQ(load.errors[0].str().substr(0, (dir_.path() / "_defaults.toml").string().size() + 26),
+              (dir_.path() / "_defaults.toml").string() + ":2:10: error: socket: with");
+}
+
+TEST_F(VassalParse, NotifyIsOfferedToEveryVassal) {
+    VassalLoad load = parse("command = ['x', '${PORT}']\n[health]\nnotify = true\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_TRUE(load.vassal->health.notify);
+    EXPECT_TRUE(load.vassal->health.path.empty());
+
+    load = parse("type = 'daemon'\ncommand = ['x']\n[health]\nnotify = true\n"
+                 "command = ['x-ping']\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_TRUE(load.vassal->health.notify) << "notify for readiness, the command for liveness";
+    EXPECT_EQ(load.vassal->health.command, (std::vector<std::string>{"x-ping"}));
+
+    load = parse("command = ['x', '${PORT}']\n");
+    ASSERT_TRUE(load.ok());
+    EXPECT_FALSE(load.vassal->health.notify) << "off by default";
+
+    EXPECT_EQ(only_error("command = ['x']\n[health]\nnotify = 'yes'\n"),
+              "3:10: health.notify: expected true or false, got string");
+    EXPECT_EQ(only_error("command = ['x']\n[health]\nnotfy = true\n"),
+              "3:1: unknown key 'notfy' in [health]; did you mean 'notify'?");
+    EXPECT_EQ(only_error("command = ['x']\nenv = { NOTIFY_SOCKET = '/tmp/x' }\n"),
+              "2:9: env.NOTIFY_SOCKET: NOTIFY_SOCKET is set by liege for every worker");
 }

@@ -763,8 +763,10 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
     // socket-activation variables (they describe the emperor's fds, not the child's).
     const char* path_env = nullptr;
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        // NOTIFY_SOCKET too: the emperor's own (systemd's) is not a worker's to write to; a
+        // worker with [health] notify gets its own through spec.env.
         bool drop = env_name_is(*e, "LISTEN_FDS") || env_name_is(*e, "LISTEN_PID") ||
-                    env_name_is(*e, "LISTEN_FDNAMES");
+                    env_name_is(*e, "LISTEN_FDNAMES") || env_name_is(*e, "NOTIFY_SOCKET");
         for (const auto& [name, value] : spec.env) {
             drop = drop || env_name_is(*e, name);
         }

@@ -254,6 +254,24 @@ void WorkerProc::spawn() {
     check_.env = spec.env;
     check_.cwd = spec.cwd;
     spec.listen_fd = cfg.socket == SocketKind::Inherit ? listen_fd_ : -1;
+    if (cfg.health.notify) {
+        // A socket of this run only: nothing a previous process sent can make this one ready,
+        // and no worker that goes later (one of the same slot that never started) can remove
+        // the file of another.
+        static uint64_t notify_sockets = 0;
+        const std::string path =
+            (host_.runtime_dir() /
+             (cfg.name + "-" + std::to_string(generation_->id) + "-" + std::to_string(slot_) + "-" +
+              std::to_string(++notify_sockets) + ".notify"))
+                .string();
+        if (int rc = notify_.open(host_.loop(), path, [this] { notified(); }); rc != 0) {
+            spawn_error_ = "cannot make the notify socket " + path + ": " + std::strerror(-rc);
+            started_ms_ = steady_now_ms();
+            arm(0);
+            return;
+        }
+        spec.env.emplace_back("NOTIFY_SOCKET", path);
+    }
     spec.tag = tag();
     int err = 0;
     WorkerHost* host = &host_;
@@ -266,6 +284,7 @@ void WorkerProc::spawn() {
     started_ms_ = steady_now_ms();
     start_deadline_ms_ = started_ms_ + cfg.health.start_timeout.count();
     if (child_ == nullptr) {
+        notify_.close();
         spawn_error_ = std::string("cannot start ") + (spec.argv.empty() ? "" : spec.argv[0]) +
                        ": " + std::strerror(-err);
         arm(0);
@@ -279,6 +298,10 @@ void WorkerProc::spawn() {
                      child_->pid(), generation_->id, address_.str());
     }
     readiness_poll_ms_ = kFirstReadinessPollMs;
+    if (cfg.health.notify) {
+        arm(static_cast<uint64_t>(cfg.health.start_timeout.count())); // READY=1 or fail then
+        return;
+    }
     arm(uptime_only() ? static_cast<uint64_t>(kDaemonUptimeMs) : readiness_poll_ms_);
 }
 
@@ -306,16 +329,21 @@ void WorkerProc::on_timer() {
         if (steady_now_ms() >= start_deadline_ms_) {
             host_.worker_failed(*this, "not ready after " +
                                            format_duration(cfg.health.start_timeout) +
-                                           (last_probe_error_.empty()
+                                           (cfg.health.notify ? " (no READY=1 on NOTIFY_SOCKET)"
+                                            : last_probe_error_.empty()
                                                 ? std::string()
                                                 : " (last check: " + last_probe_error_ + ")"));
+            return;
+        }
+        if (cfg.health.notify) {
+            arm(static_cast<uint64_t>(start_deadline_ms_ - steady_now_ms()));
             return;
         }
         probe_now();
         break;
     case P::Standby:
     case P::Serving:
-        if (uptime_only()) {
+        if (!probes_liveness()) {
             break; // alive while its process runs: the reaper reports an exit
         }
         probe_now();
@@ -360,14 +388,32 @@ void WorkerProc::probe_now() {
 
 bool WorkerProc::uptime_only() const {
     const Vassal& cfg = generation_->config;
-    return cfg.daemon() && cfg.health.tcp.empty() && cfg.health.command.empty();
+    return cfg.daemon() && !cfg.health.notify && cfg.health.tcp.empty() &&
+           cfg.health.command.empty();
+}
+
+bool WorkerProc::probes_liveness() const {
+    const HealthCheck& h = generation_->config.health;
+    if (h.notify) {
+        return !h.path.empty() || !h.tcp.empty() || !h.command.empty();
+    }
+    return !uptime_only();
+}
+
+void WorkerProc::notified() {
+    if (phase_ != P::Starting || !has_process()) {
+        return; // READY=1 again, or a late one from a worker that failed already
+    }
+    became_ready();
 }
 
 void WorkerProc::became_ready() {
+    disarm(); // a notify worker's start_timeout
     set_state(P::Standby);
     last_busy_ms_ = steady_now_ms(); // idle from now, as the scaling rule counts it
-    spdlog::info("vassal {}: worker {} ready in {} ms", vassal_, slot_, ready_ms_ - started_ms_);
-    if (!uptime_only()) {
+    spdlog::info("vassal {}: worker {} ready in {} ms{}", vassal_, slot_, ready_ms_ - started_ms_,
+                 generation_->config.health.notify ? " (READY=1)" : "");
+    if (probes_liveness()) {
         arm(static_cast<uint64_t>(generation_->config.health.interval.count()));
     }
     host_.worker_ready(*this);
@@ -426,6 +472,7 @@ void WorkerProc::on_probe(const ProbeResult& result) {
 
 void WorkerProc::exited(ExitStatus st) {
     disarm();
+    notify_.close();
     switch (phase_) {
     case P::Draining:
     case P::Retiring:

@@ -36,6 +36,7 @@
 #include "liege/address.hpp"
 #include "liege/control.hpp"
 #include "liege/health.hpp"
+#include "liege/notify_socket.hpp"
 #include "liege/restart_backoff.hpp"
 #include "liege/spawner.hpp"
 #include "liege/uv.hpp"
@@ -173,8 +174,13 @@ private:
     void backoff_after_restart();
     // Stopped with no exit to report it: worker_gone from the loop.
     void stopped_without_process();
-    // A daemon without a check: ready after a second up, alive while its process runs.
+    // A daemon without a check or notify: ready after a second up, alive while its process runs.
     bool uptime_only() const;
+    // Whether a ready worker is probed for liveness: not when it has no check of its own and
+    // its readiness was uptime or READY=1; then it is alive while its process runs.
+    bool probes_liveness() const;
+    // [health] notify: READY=1 arrived on the worker's NOTIFY_SOCKET.
+    void notified();
     // Starting → Standby, liveness checks armed, the host told.
     void became_ready();
 
@@ -186,7 +192,8 @@ private:
     WorkerState shown_ = WorkerState::Starting; // what /status says while Restarting/Retiring
     std::unique_ptr<Child> child_;
     Address address_;
-    int listen_fd_ = -1; // socket activation: the emperor's copy
+    int listen_fd_ = -1;  // socket activation: the emperor's copy
+    NotifySocket notify_; // [health] notify: this run's NOTIFY_SOCKET
     std::string spawn_error_;
     bool signalled_ = false;
     int restarts_ = 0;

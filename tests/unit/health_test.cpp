@@ -4,6 +4,7 @@
 #include <string>
 
 #include "liege/health.hpp"
+#include "liege/notify_socket.hpp"
 
 TEST(HttpStatusLine, ParsesTheStatus) {
     EXPECT_EQ(liege::parse_http_status_line("HTTP/1.1 200 OK\r\n"), 200);
@@ -106,4 +107,24 @@ TEST(RouterActivity, ChecksMoreOftenThanReportsUseTheLatestFreshReport) {
     EXPECT_TRUE(a.busy(2000 + 2 * liege::RouterActivity::kReportMs));
     // A router that stopped reporting excuses nothing.
     EXPECT_FALSE(a.busy(2001 + 2 * liege::RouterActivity::kReportMs));
+}
+
+// sd_notify datagrams (systemd's protocol): newline-separated KEY=VALUE, READY=1 among them.
+TEST(NotifyDatagram, ReadyIsALineOfItsOwn) {
+    EXPECT_TRUE(liege::notify_says_ready("READY=1"));
+    EXPECT_TRUE(liege::notify_says_ready("READY=1\n"));
+    EXPECT_TRUE(liege::notify_says_ready("STATUS=listening on fd 3\nREADY=1\nMAINPID=42\n"));
+    EXPECT_TRUE(liege::notify_says_ready("\n\nREADY=1\r\n"));
+    EXPECT_TRUE(liege::notify_says_ready(std::string("X=\0\nREADY=1", 11)));
+}
+
+TEST(NotifyDatagram, OtherKeysAreNotReady) {
+    EXPECT_FALSE(liege::notify_says_ready(""));
+    EXPECT_FALSE(liege::notify_says_ready("STATUS=starting"));
+    EXPECT_FALSE(liege::notify_says_ready("STATUS=READY=1"));
+    EXPECT_FALSE(liege::notify_says_ready("READY=0"));
+    EXPECT_FALSE(liege::notify_says_ready("READY=10"));
+    EXPECT_FALSE(liege::notify_says_ready("XREADY=1\nWATCHDOG=1"));
+    EXPECT_FALSE(liege::notify_says_ready(" READY=1"));
+    EXPECT_FALSE(liege::notify_says_ready("RELOADING=1\nSTOPPING=1\n"));
 }

@@ -91,8 +91,11 @@ void NotifySocket::readable() {
         }
         if (notify_says_ready(std::string_view(buf.data(), static_cast<std::size_t>(n))) &&
             on_ready_) {
-            auto on_ready = on_ready_; // it may close() this socket, and so clear on_ready_
+            // It may close() this socket or destroy its owner: touch nothing after it. Any
+            // datagram left keeps the fd readable, so the next poll reads on.
+            auto on_ready = on_ready_;
             on_ready();
+            return;
         }
     }
 }

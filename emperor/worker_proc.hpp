@@ -3,7 +3,8 @@
 // Its whole lifecycle is the phase below; every change goes through set_state(), which aborts
 // on a transition this table does not list.
 //
-//   Starting   → Standby     readiness probe answered (host: worker_ready)
+//   Starting   → Standby     readiness probe answered, or with [health] notify READY=1 came on
+//                            its NOTIFY_SOCKET (host: worker_ready)
 //              → Restarting  not ready by start_timeout, or the spawn failed (host: restart())
 //              → Backoff     exited on its own (host: back_off())
 //   Standby    → Serving     routed: at once, or when its generation is complete (host: route())

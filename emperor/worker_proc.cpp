@@ -327,12 +327,11 @@ void WorkerProc::on_timer() {
             return;
         }
         if (steady_now_ms() >= start_deadline_ms_) {
-            host_.worker_failed(*this, "not ready after " +
-                                           format_duration(cfg.health.start_timeout) +
-                                           (cfg.health.notify ? " (no READY=1 on NOTIFY_SOCKET)"
-                                            : last_probe_error_.empty()
-                                                ? std::string()
-                                                : " (last check: " + last_probe_error_ + ")"));
+            host_.worker_failed(
+                *this, "not ready after " + format_duration(cfg.health.start_timeout) +
+                           (cfg.health.notify           ? " (no READY=1 on NOTIFY_SOCKET)"
+                            : last_probe_error_.empty() ? std::string()
+                                                        : " (last check: " + last_check() + ")"));
             return;
         }
         if (cfg.health.notify) {
@@ -384,6 +383,24 @@ void WorkerProc::probe_now() {
     } else {
         cancel_probe_ = probe(host_.loop(), address_, h.path, h.timeout, done);
     }
+}
+
+std::string WorkerProc::last_check() const {
+    const HealthCheck& h = generation_->config.health;
+    std::string what;
+    if (!check_.argv.empty()) {
+        what = "the check command " + check_.argv[0];
+    } else if (!h.tcp.empty()) {
+        what = "a connect to " + h.tcp;
+    } else if (!h.path.empty()) {
+        what = "GET " + h.path + " on " + address_.str();
+    } else {
+        what = "a connect to " + address_.str();
+    }
+    // A refused connect: the app never listened where the emperor looks (a port of its own
+    // choosing instead of ${PORT}, or a crash before it bound).
+    const bool refused = check_.argv.empty() && last_probe_error_ == uv_strerror(UV_ECONNREFUSED);
+    return what + ": " + last_probe_error_ + (refused ? ", so nothing listened there" : "");
 }
 
 bool WorkerProc::uptime_only() const {

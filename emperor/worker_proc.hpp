@@ -180,6 +180,10 @@ private:
     // Whether a ready worker is probed for liveness: not when it has no check of its own and
     // its readiness was uptime or READY=1; then it is alive while its process runs.
     bool probes_liveness() const;
+    // The latest failed readiness check, what it probed and how it failed, for the report of a
+    // worker not ready by start_timeout: "a connect to 127.0.0.1:4001: connection refused, so
+    // nothing listened there".
+    std::string last_check() const;
     // [health] notify: READY=1 arrived on the worker's NOTIFY_SOCKET.
     void notified();
     // Starting → Standby, liveness checks armed, the host told.

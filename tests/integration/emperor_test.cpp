@@ -1007,6 +1007,10 @@ TEST_F(LiegeRun, NewGenerationNeverReadyIsAbandonedAtStartTimeout) {
     auto line = wait_log("vassal app: reload to generation 2 abandoned: ", kStart, from);
     ASSERT_TRUE(line);
     EXPECT_NE(line->find("not ready after 1s"), std::string::npos) << *line;
+    // It says where the emperor looked, and that nothing listened there.
+    EXPECT_NE(line->find("(last check: a connect to 127.0.0.1:"), std::string::npos) << *line;
+    EXPECT_NE(line->find("connection refused, so nothing listened there)"), std::string::npos)
+        << *line;
     auto abandoned_at = log().find(*line, from);
     EXPECT_NE(log().find("| listening on 127.0.0.1:", abandoned_at), std::string::npos)
         << "the app's last output comes with the failure:\n"

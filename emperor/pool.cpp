@@ -12,9 +12,10 @@
 //   - Recycling, one worker of a vassal at a time: max_requests (the router says when a worker
 //     reaches the limit it drew) and max_rss (sampled here each second, with the worker's process
 //     group) start the replacement first, route to it, then drain the old worker. At the cap the
-//     old one drains first and the replacement takes its slot. request_timeout is not graceful:
-//     the hung worker gets its stop signal at once (SIGKILL after stop.timeout), and a replacement
-//     starts first when the pool is at its `min`.
+//     old one drains first and the replacement takes its slot. request_timeout does not wait for
+//     a replacement: the hung worker leaves the route set at once, gets its stop signal as soon
+//     as the router has no request on it (SIGKILL after stop.timeout), and a replacement starts
+//     at once when the pool is at its `min`.
 #include <dirent.h>
 #include <unistd.h>
 
@@ -359,7 +360,10 @@ void Emperor::recycle_hung(VassalRt& v, WorkerProc& w) {
     }
     w.mark_recycled(reason);
     const bool member = &w.generation() == v.active.get() && !w.retiring();
-    w.retire(false);
+    // Out of the route set first: the router has cut the hung request, so the worker drains at
+    // once (other requests on it are bounded by their own request_timeout), and no request is
+    // sent to a process about to be killed. Then the stop signal, SIGKILL after stop.timeout.
+    w.retire(true);
     if (member && !replaced && !v.removing && v.next == nullptr) {
         if (static_cast<int>(v.pool().size()) >= min_size(v)) {
             --v.pool_size; // above min: the scaling rule adds one back if it is needed

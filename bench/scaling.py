@@ -364,7 +364,11 @@ def cold_start(a, out):
                     print(f"[scaling] cold {r}/{a.cold_rounds} {app}: alone accept "
                           f"{accepted * 1e3:.1f} ms, response {alone * 1e3:.1f} ms; through "
                           f"liege {first * 1e3:.1f} ms", file=sys.stderr, flush=True)
-            time.sleep(1.5)  # the router's figures reach the emperor once a second
+            # The router's figures reach the emperor once a second: wait for every cold request.
+            def complete():
+                h = cold_start_histogram(emp.metrics())
+                return all(h.get(app, (0, 0))[1] >= a.cold_rounds for app in apps)
+            wait_for(complete, 10, 0.1)
             histo = cold_start_histogram(emp.metrics())
         finally:
             emp.stop()

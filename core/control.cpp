@@ -33,6 +33,12 @@ std::string encode(const RoutesMessage& m) {
         if (r.request_timeout_ms != 0) {
             routes.back()["request_timeout_ms"] = r.request_timeout_ms;
         }
+        if (r.request_buffering != "auto") {
+            routes.back()["request_buffering"] = r.request_buffering;
+        }
+        if (r.trace) {
+            routes.back()["trace"] = true;
+        }
         if (!r.tls_cert.empty() || r.tls_redirect) {
             routes.back()["tls"] = {
                 {"cert", r.tls_cert}, {"key", r.tls_key}, {"redirect", r.tls_redirect}};
@@ -229,6 +235,8 @@ RoutesMessage decode_routes(const json& j) {
         spec.failed = r.value("failed", false);
         spec.last_error = r.value("last_error", std::string());
         spec.request_timeout_ms = r.value("request_timeout_ms", int64_t{0});
+        spec.request_buffering = r.value("request_buffering", std::string("auto"));
+        spec.trace = r.value("trace", false);
         if (auto t = r.find("tls"); t != r.end()) {
             spec.tls_cert = t->value("cert", std::string());
             spec.tls_key = t->value("key", std::string());

@@ -72,6 +72,18 @@ std::string_view to_string(ReloadStrategy strategy) {
     return "?";
 }
 
+std::string_view to_string(RequestBuffering buffering) {
+    switch (buffering) {
+    case RequestBuffering::Auto:
+        return "auto";
+    case RequestBuffering::Always:
+        return "always";
+    case RequestBuffering::Off:
+        return "off";
+    }
+    return "auto";
+}
+
 std::string_view to_string(VassalType type) {
     return type == VassalType::Web ? "web" : "daemon";
 }
@@ -266,9 +278,13 @@ fs::path Vassal::working_dir(const PlaceholderValues& values) const {
 
 namespace {
 
-constexpr std::array<std::string_view, 18> kTopKeys = {
-    "type",   "command", "workers", "concurrency", "hosts", "path",    "cwd",   "env",   "socket",
-    "health", "queue",   "reload",  "stop",        "tls",   "profile", "after", "watch", "recycle"};
+constexpr std::array<std::string_view, 23> kTopKeys = {
+    "type",   "command", "workers", "concurrency", "hosts",        "path",   "cwd",     "env",
+    "socket", "health",  "queue",   "reload",      "stop",         "tls",    "profile", "after",
+    "watch",  "recycle", "user",    "group",       "no_new_privs", "limits", "upstream"};
+constexpr std::array<std::string_view, 6> kLimitsKeys = {"nofile", "nproc", "core",
+                                                         "memory", "cpu",   "pids"};
+constexpr std::array<std::string_view, 2> kUpstreamKeys = {"request_buffering", "trace"};
 constexpr std::array<std::string_view, 3> kWorkersKeys = {"min", "max", "idle"};
 constexpr std::array<std::string_view, 3> kRecycleKeys = {"max_requests", "max_rss",
                                                           "request_timeout"};
@@ -523,11 +539,8 @@ public:
             duration(*table, "health.start_timeout", "start_timeout", v.health.start_timeout,
                      false);
             if (auto* node = table->get("notify")) {
-                if (auto b = node->as_boolean()) {
-                    v.health.notify = b->get();
-                } else {
-                    error(*node, "health.notify: expected true or false, got " +
-                                     std::string(type_name(*node)));
+                if (auto b = boolean(*node, "health.notify")) {
+                    v.health.notify = *b;
                 }
             }
         }
@@ -564,6 +577,13 @@ public:
             }
             duration(*table, "stop.timeout", "timeout", v.stop.timeout, true);
         }
+        identity(root, v);
+        if (auto* table = section(root, "limits", kLimitsKeys)) {
+            limits(*table, v);
+        }
+        if (auto* table = section(root, "upstream", kUpstreamKeys)) {
+            upstream(*table, v);
+        }
     }
 
 private:
@@ -590,20 +610,22 @@ private:
             error(*node, "tls.key: needs tls.cert, the certificate it belongs to");
         }
         if (const toml::node* node = table.get("redirect")) {
-            if (auto b = node->as_boolean()) {
-                v.tls.redirect = b->get();
-            } else {
-                error(*node,
-                      "tls.redirect: expected true or false, got " + std::string(type_name(*node)));
+            if (auto b = boolean(*node, "tls.redirect")) {
+                v.tls.redirect = *b;
             }
         }
         if (const toml::node* node = table.get("acme")) {
-            if (!node->is_boolean()) {
-                error(*node,
-                      "tls.acme: expected true or false, got " + std::string(type_name(*node)));
-            } else if (node->as_boolean()->get()) {
-                error(*node, "tls.acme: automatic certificates are not available in this "
-                             "version; give tls.cert (and tls.key)");
+            if (auto b = boolean(*node, "tls.acme")) {
+                v.tls.acme = *b;
+            }
+            if (v.tls.acme && !v.tls.cert.empty()) {
+                error(*node, "tls.acme: obtains the certificate itself; give either acme = true "
+                             "or tls.cert, not both");
+            } else if (v.tls.acme && std::none_of(v.hosts.begin(), v.hosts.end(),
+                                                  [](auto& h) { return !h.starts_with("*"); })) {
+                error(*node, "tls.acme: needs an exact name in hosts (like \"shop.example\"): "
+                             "a certificate authority issues no certificate for \"*\", and "
+                             "wildcards need a DNS challenge");
             }
         }
         if (!v.tls.cert.empty() &&
@@ -935,25 +957,173 @@ private:
     }
 
     // [recycle]: max_requests a count, max_rss a size, request_timeout a duration.
+    // A size above zero ("512MiB") at `local` of `table`, when it is there.
+    void positive_size(const toml::table& table, std::string_view key, std::string_view local,
+                       std::string_view example, uint64_t& out) {
+        const toml::node* node = table.get(local);
+        if (node == nullptr) {
+            return;
+        }
+        auto s = string_value(*node, key, "a size like \"" + std::string(example) + "\"");
+        if (!s) {
+            return;
+        }
+        try {
+            out = parse_size(*s);
+            if (out == 0) {
+                error(*node,
+                      std::string(key) + ": expected a size above zero, got " + in_quotes(*s));
+            }
+        } catch (const std::invalid_argument& e) {
+            error(*node, std::string(key) + ": " + e.what());
+        }
+    }
+
+    std::optional<bool> boolean(const toml::node& node, std::string_view key) {
+        if (auto b = node.as_boolean()) {
+            return b->get();
+        }
+        error(node,
+              std::string(key) + ": expected true or false, got " + std::string(type_name(node)));
+        return std::nullopt;
+    }
+
+    // user, group, no_new_privs. Whether the user exists, and whether this emperor may become
+    // it, is the spawner's to know: here only the spelling.
+    void identity(const toml::table& root, Vassal& v) {
+        auto name = [&](std::string_view key, std::string& out, bool owner_ok) {
+            const toml::node* node = root.get(key);
+            if (node == nullptr) {
+                return;
+            }
+            const std::string what = owner_ok ? "a user name, a numeric uid or \"@owner\""
+                                              : "a group name or a numeric gid";
+            auto s = string_value(*node, key, what);
+            if (!s) {
+                return;
+            }
+            if (owner_ok && *s == "@owner") {
+                out = *s;
+                return;
+            }
+            // POSIX portable names, and the '$' of machine accounts at the end.
+            const bool ok = !s->empty() && s->size() <= 32 && (*s)[0] != '-' &&
+                            std::all_of(s->begin(), s->end(),
+                                        [](char c) {
+                                            return std::isalnum(static_cast<unsigned char>(c)) ||
+                                                   c == '_' || c == '-' || c == '.' || c == '$';
+                                        }) &&
+                            s->find('$') >= s->size() - 1;
+            if (!ok) {
+                std::string message =
+                    std::string(key) + ": expected " + what + ", got " + in_quotes(*s);
+                if (owner_ok && s->starts_with("@")) {
+                    message += "; did you mean \"@owner\"?";
+                }
+                error(*node, std::move(message));
+                return;
+            }
+            out = *s;
+        };
+        name("user", v.identity.user, true);
+        name("group", v.identity.group, false);
+        if (const toml::node* node = root.get("no_new_privs")) {
+            if (auto b = boolean(*node, "no_new_privs")) {
+                v.identity.no_new_privs = *b;
+            }
+        }
+    }
+
+    // [limits]: rlimits (integers or "unlimited") and cgroup limits.
+    void limits(const toml::table& table, Vassal& v) {
+        auto rlimit = [&](std::string_view local, std::optional<uint64_t>& out, bool size) {
+            const toml::node* node = table.get(local);
+            if (node == nullptr || reported_.count(node) != 0) {
+                return;
+            }
+            const std::string key = "limits." + std::string(local);
+            const std::string expected = size ? "a size like \"0\" or \"1GiB\", or \"unlimited\""
+                                              : "an integer from 1 to 1073741824, or \"unlimited\"";
+            const auto* text = node->as_string();
+            if (text != nullptr && text->get() == "unlimited") {
+                out = Limits::kUnlimited;
+                return;
+            }
+            const auto n = integer_of(*node);
+            if (n && *n >= (size ? 0 : 1) && *n <= (1 << 30)) {
+                out = static_cast<uint64_t>(*n);
+                return;
+            }
+            if (text != nullptr && size) {
+                try {
+                    out = parse_size(text->get());
+                    return;
+                } catch (const std::invalid_argument&) {
+                }
+            }
+            error(*node, key + ": expected " + expected + ", got " +
+                             (n ? std::to_string(*n) : shown(*node)));
+        };
+        rlimit("nofile", v.limits.nofile, false);
+        rlimit("nproc", v.limits.nproc, false);
+        rlimit("core", v.limits.core, true);
+        positive_size(table, "limits.memory", "memory", "1GiB", v.limits.memory);
+        if (auto* node = table.get("cpu")) {
+            if (auto s = string_value(*node, "limits.cpu",
+                                      "a share of one CPU like \"50%\" or \"200%\"")) {
+                uint32_t percent = 0;
+                const bool digits = s->size() >= 2 && s->back() == '%' &&
+                                    std::all_of(s->begin(), s->end() - 1, [](char c) {
+                                        return std::isdigit(static_cast<unsigned char>(c));
+                                    });
+                if (digits && s->size() <= 7) {
+                    percent = static_cast<uint32_t>(std::stoul(s->substr(0, s->size() - 1)));
+                }
+                if (percent == 0 || percent > 102'400) {
+                    error(*node, "limits.cpu: expected a share of one CPU from \"1%\" to "
+                                 "\"102400%\", like \"50%\", got " +
+                                     in_quotes(*s));
+                } else {
+                    v.limits.cpu = percent;
+                }
+            }
+        }
+        if (auto* node = table.get("pids")) {
+            if (auto n = bounded_integer(*node, "limits.pids", 1, 4'194'304)) {
+                v.limits.pids = static_cast<uint64_t>(*n);
+            }
+        }
+    }
+
+    // [upstream]: how requests reach the workers.
+    void upstream(const toml::table& table, Vassal& v) {
+        if (daemon_) {
+            error(table, "upstream: a daemon (type = \"daemon\") gets no requests; remove "
+                         "[upstream] or make it a web vassal");
+            return;
+        }
+        if (auto* node = table.get("request_buffering")) {
+            if (auto s = enum_value(*node, "upstream.request_buffering",
+                                    std::array<std::string_view, 3>{"auto", "always", "off"})) {
+                v.upstream.request_buffering = *s == "auto"     ? RequestBuffering::Auto
+                                               : *s == "always" ? RequestBuffering::Always
+                                                                : RequestBuffering::Off;
+            }
+        }
+        if (auto* node = table.get("trace")) {
+            if (auto b = boolean(*node, "upstream.trace")) {
+                v.upstream.trace = *b;
+            }
+        }
+    }
+
     void recycle(const toml::table& table, Vassal& v) {
         if (auto* node = table.get("max_requests")) {
             if (auto n = bounded_integer(*node, "recycle.max_requests", 0, 1'000'000'000)) {
                 v.recycle.max_requests = static_cast<uint64_t>(*n);
             }
         }
-        if (auto* node = table.get("max_rss")) {
-            if (auto s = string_value(*node, "recycle.max_rss", "a size like \"512MiB\"")) {
-                try {
-                    v.recycle.max_rss = parse_size(*s);
-                    if (v.recycle.max_rss == 0) {
-                        error(*node,
-                              "recycle.max_rss: expected a size above zero, got " + in_quotes(*s));
-                    }
-                } catch (const std::invalid_argument& e) {
-                    error(*node, "recycle.max_rss: " + std::string(e.what()));
-                }
-            }
-        }
+        positive_size(table, "recycle.max_rss", "max_rss", "512MiB", v.recycle.max_rss);
         duration(table, "recycle.request_timeout", "request_timeout", v.recycle.request_timeout,
                  false);
         if (daemon_) {
@@ -1851,7 +2021,18 @@ VassalLoad load_with_layers(const fs::path& file, bool own_text, const EnvLookup
         }
         return out;
     }
-    return parse_vassal_layers(layers, file, env, profile);
+    VassalLoad out = parse_vassal_layers(layers, file, env, profile);
+    if (out.vassal) {
+        // The owner of the file itself, or of its template when the instance has no file.
+        const fs::path& owned =
+            own_text || layers.size() < 2 ? file : layers[layers.size() - 2].file;
+        struct stat st {};
+        if (::stat(owned.c_str(), &st) == 0) {
+            out.vassal->file_uid = st.st_uid;
+            out.vassal->file_gid = st.st_gid;
+        }
+    }
+    return out;
 }
 
 } // namespace

@@ -872,6 +872,8 @@ void Emperor::publish_routes() {
         r.tls_key = shown->config.tls.key.string();
         r.tls_redirect = shown->config.tls.redirect;
         r.request_timeout_ms = shown->config.recycle.request_timeout.count();
+        r.request_buffering = to_string(shown->config.upstream.request_buffering);
+        r.trace = shown->config.upstream.trace;
         for (const WorkerProc* w : v->in_order()) {
             if (w->serving() || w->phase() == WorkerPhase::Draining) {
                 r.backends.push_back({w->address().str(), w->slot(), !w->serving(),

@@ -8,8 +8,8 @@
 // anything is forwarded: an empty field name, obs-fold (folded()), a chunk size beyond 2^63-1,
 // an invalid Host or request target, an underscored alias of a framing header
 // (http::scan_request_headers), a head whose raw bytes, optional whitespace included, exceed
-// --max-header-size (431; 414 while still in the request line), TRACE and CONNECT (405;
-// http::refuse_request).
+// --max-header-size (431; 414 while still in the request line), CONNECT (405;
+// http::refuse_request), and TRACE (405) unless the vassal allows it ([upstream] trace).
 // llhttp pauses once the head is complete (headers_complete returns HPE_PAUSED), so that the
 // head's exact size is known before the first byte goes upstream.
 #include <algorithm>
@@ -263,6 +263,13 @@ int ClientConn::headers_complete() {
     }
     ex_.pool = ex_.snapshot->pools[route->index].get();
     ex_.pool->stats->enter();
+    if (p->method == HTTP_TRACE && !ex_.pool->trace) {
+        // TRACE echoes the request, credentials included, to whoever made a browser send it
+        // (cross-site tracing); nginx refuses it too. A vassal may allow it ([upstream] trace).
+        ex_.error_status = 405;
+        ex_.text.error_body.assign("TRACE is not allowed");
+        return -1;
+    }
     if (ex_.pool->tls_redirect && !tls_ && !is_acme_challenge(target.path)) {
         redirect_to_https(target);
         return -1;

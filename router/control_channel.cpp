@@ -21,6 +21,8 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
         std::shared_ptr<VassalQueue> queue;
         bool tls_redirect = false;
         uint64_t request_timeout_ms = 0;
+        bool buffer_bodies = false;
+        bool trace = false;
     };
     std::vector<PoolSpec> pools;
     std::vector<RouteEntry> entries;
@@ -32,7 +34,10 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
                       nullptr,
                       nullptr,
                       r.tls_redirect,
-                      static_cast<uint64_t>(std::max<int64_t>(r.request_timeout_ms, 0))};
+                      static_cast<uint64_t>(std::max<int64_t>(r.request_timeout_ms, 0)),
+                      r.request_buffering == "always" ||
+                          (r.request_buffering == "auto" && r.concurrency >= 1),
+                      r.trace};
         auto vit = vassals_.find(r.vassal);
         pool.stats = vit != vassals_.end() ? vit->second : std::make_shared<VassalStats>();
         next_vassals[r.vassal] = pool.stats;
@@ -107,6 +112,8 @@ RouteBuilder::build(const control::RoutesMessage& m, size_t threads,
                                                          p.backends, p.draining, p.stats, p.queue));
             snap->pools.back()->tls_redirect = p.tls_redirect;
             snap->pools.back()->request_timeout_ms = p.request_timeout_ms;
+            snap->pools.back()->buffer_bodies = p.buffer_bodies;
+            snap->pools.back()->trace = p.trace;
             snap->pools.back()->has_workers =
                 std::find(p.draining.begin(), p.draining.end(), 0) != p.draining.end();
             for (size_t i = 0; i < p.backends.size(); ++i) {

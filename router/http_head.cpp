@@ -423,8 +423,8 @@ Refusal refuse_request(const RequestHeaders& h, const RequestTarget& t, const Re
         return l.http_major == 0 ? Refusal{400, "HTTP/0.9 is not served"}
                                  : Refusal{505, "only HTTP/1.x is served here"};
     }
-    if (l.method == "CONNECT" || l.method == "TRACE") {
-        return {405, l.method == "TRACE" ? "TRACE is not allowed" : "CONNECT is not allowed"};
+    if (l.method == "CONNECT") {
+        return {405, "CONNECT is not allowed"};
     }
     if (h.problem != nullptr) {
         return {400, h.problem};

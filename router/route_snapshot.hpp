@@ -92,7 +92,11 @@ struct Pool {
     std::shared_ptr<VassalQueue> queue; // the vassal's, shared by every snapshot and thread
     bool tls_redirect = false;          // [tls] redirect: plain HTTP gets 308 to https
     uint64_t request_timeout_ms = 0;    // [recycle] request_timeout; 0 = none
-    bool has_workers = false;           // some backend is not draining
+    // [upstream] request_buffering resolved: a request body is read in full (to memory, then a
+    // temporary file) before a backend is chosen; WebSocket upgrades are never buffered.
+    bool buffer_bodies = false;
+    bool trace = false;       // [upstream] trace: TRACE is forwarded, not 405
+    bool has_workers = false; // some backend is not draining
 };
 
 struct RouteSnapshot {

@@ -50,6 +50,10 @@ struct RouteSpec {
     // [recycle] request_timeout: a request a worker has not answered in full by then gets 504
     // (or, once its response has begun, its connection closed) and is reported; 0 = none.
     int64_t request_timeout_ms = 0;
+    // [upstream] request_buffering: "auto" (read a body in full before a backend is chosen, when
+    // concurrency ≥ 1), "always" or "off".
+    std::string request_buffering = "auto";
+    bool trace = false; // [upstream] trace: TRACE requests are forwarded (otherwise 405)
 };
 
 // Emperor → router.

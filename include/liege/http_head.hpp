@@ -121,8 +121,7 @@ struct RequestLine {
 
 // A request the router refuses before routing it: the status (400, 405, 501 or 505) and a line for
 // the error body; status 0 when it may go on. Refused: HTTP/0.9 and versions other than 1.x,
-// CONNECT and TRACE (405: TRACE echoes credentials to whoever makes a browser send it, and
-// nginx refuses it too), a header RequestHeaders::problem names, an invalid target, an
+// CONNECT (405), a header RequestHeaders::problem names, an invalid target, an
 // HTTP/1.1 request without one valid Host (an absolute-form target carries its own), a
 // Transfer-Encoding llhttp did not frame as chunked or given twice, and (501, as nginx answers)
 // one that names a coding besides chunked ("gzip, chunked"): an app could not decode it.

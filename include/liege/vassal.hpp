@@ -53,7 +53,20 @@
 //   [tls]    cert ["" = the default certificate] PEM chain, relative to the file's directory,
 //            chosen by SNI among the vassal's hosts (a vassal without hosts cannot have one);
 //            key [in the cert file]; redirect [false]: plain HTTP for the hosts gets 308 to
-//            https; acme [false] is rejected (automatic certificates are not available yet)
+//            https; acme [false]: instead of cert and key, obtain and renew a certificate for
+//            every exact name of hosts (wildcards and "*" are not covered; at least one exact name
+//            is needed) from liege run's --acme-directory
+//   user    = "www-shop"|"@owner"    ["" = the emperor's user] whom workers run as: a name or a
+//                                    numeric uid; "@owner" is the vassal file's owner
+//   group   = "www-shop"             ["" = the user's primary group] a name or a numeric gid
+//   no_new_privs = true|false        [true] PR_SET_NO_NEW_PRIVS for every worker
+//   [limits] nofile, nproc (integers ≥ 1 or "unlimited"), core (a size like "0" or "1GiB", or
+//            "unlimited") as rlimits of every worker process; memory (a size), cpu ("150%" of
+//            one CPU), pids (an integer ≥ 1) for the worker's cgroup where cgroups are writable
+//   [upstream] request_buffering "auto"|"always"|"off" ["auto"]: whether the router reads a
+//            request body in full before a worker is chosen; auto buffers for concurrency ≥ 1
+//            (not for WebSocket upgrades); trace [false]: TRACE requests reach the app (else
+//            405)
 //   [recycle] max_requests [0 = never] replace a worker after about this many requests (each
 //            worker draws its own limit within ±10%); max_rss ["" = never] a size like "512MiB",
 //            the worker with its child processes; request_timeout ["" = none] a request running
@@ -194,6 +207,36 @@ struct TlsPolicy {
     std::filesystem::path cert; // PEM chain, absolute; empty = the router's default certificate
     std::filesystem::path key;  // PEM key; empty = in the cert file
     bool redirect = false;      // plain HTTP for the vassal's hosts gets 308 to https
+    bool acme = false;          // cert and key come from ACME, for every exact name of hosts
+};
+
+// user, group, no_new_privs: whom a worker runs as.
+struct Identity {
+    std::string user;         // "" = the emperor's own user; a name, a numeric uid, or "@owner"
+    std::string group;        // "" = the user's primary group; a name or a numeric gid
+    bool no_new_privs = true; // PR_SET_NO_NEW_PRIVS for every worker
+};
+
+// [limits]: rlimits of every worker process, and cgroup limits where cgroups are writable.
+struct Limits {
+    static constexpr uint64_t kUnlimited = UINT64_MAX;
+    std::optional<uint64_t> nofile; // RLIMIT_NOFILE (soft = hard); nullopt = inherited
+    std::optional<uint64_t> nproc;  // RLIMIT_NPROC
+    std::optional<uint64_t> core;   // RLIMIT_CORE, bytes
+    uint64_t memory = 0;            // bytes, cgroup memory.max; 0 = none
+    uint32_t cpu = 0;               // percent of one CPU, cgroup cpu.max ("150%"); 0 = none
+    uint64_t pids = 0;              // cgroup pids.max; 0 = none
+
+    bool any_cgroup() const { return memory != 0 || cpu != 0 || pids != 0; }
+};
+
+enum class RequestBuffering { Auto, Always, Off };
+std::string_view to_string(RequestBuffering buffering);
+
+// [upstream]: how the router hands requests to the vassal's workers.
+struct UpstreamPolicy {
+    RequestBuffering request_buffering = RequestBuffering::Auto;
+    bool trace = false; // TRACE reaches the app; otherwise the router answers 405
 };
 
 struct Vassal {
@@ -223,6 +266,13 @@ struct Vassal {
     StopPolicy stop;
     TlsPolicy tls;
     WatchPolicy watch;
+    Identity identity;
+    Limits limits;
+    UpstreamPolicy upstream;
+    // The owner of the vassal file itself (of the template for a template's instance without a
+    // file), for user = "@owner"; set by load_vassal_file(), nullopt for parsed text.
+    std::optional<uint32_t> file_uid;
+    std::optional<uint32_t> file_gid;
 
     // Vassals that must be ready before this one starts (and that stop only after it stopped).
     std::vector<std::string> after;

@@ -569,6 +569,29 @@ TEST_F(AppServer, RequestSentWhileTheOnlyWorkerStartsGets200OnceItIsReady) {
         << "the request was sent after the worker was ready, so it proves nothing";
 }
 
+TEST_F(AppServer, TraceReachesOnlyAVassalThatAllowsIt) {
+    write_vassal("closed", backend_command() + "hosts = ['closed.test']\n");
+    write_vassal("open", backend_command() + "hosts = ['open.test']\n[upstream]\ntrace = true\n");
+    ASSERT_NO_FATAL_FAILURE(start());
+    for (const char* host : {"closed.test", "open.test"}) {
+        ASSERT_TRUE(poll_until(
+            [&] {
+                auto r = get_once(host, "/id");
+                return r && r->status == 200;
+            },
+            kStart, 20ms))
+            << host;
+    }
+    HttpClient c(port_);
+    Response r = c.request("TRACE", "/headers", {{"Host", "closed.test"}});
+    EXPECT_EQ(r.status, 405) << r.body;
+    EXPECT_FALSE(r.header("X-Backend")) << "refused by the router, not forwarded";
+    HttpClient o(port_);
+    r = o.request("TRACE", "/headers", {{"Host", "open.test"}});
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_TRUE(r.body.starts_with("TRACE /headers HTTP/1.1\r\n")) << r.body;
+}
+
 TEST_F(AppServer, FullQueueRejectsAtOnceWith503AndRetryAfter) {
     write_vassal("app", kAnyHost + backend_command({"--log-requests"}) +
                             "concurrency = 1\n[queue]\nsize = 1\n");

@@ -265,6 +265,26 @@ TEST(Control, RoutesCarryRequestTimeoutAndEachBackendsRequestLimit) {
         << "absent unless set";
 }
 
+TEST(Control, RoutesCarryRequestBufferingAndTrace) {
+    liege::control::RoutesMessage m;
+    liege::control::RouteSpec r;
+    r.vassal = "shop";
+    r.request_buffering = "always";
+    r.trace = true;
+    liege::control::RouteSpec plain;
+    plain.vassal = "plain";
+    m.routes = {r, plain};
+    const std::string line = liege::control::encode(m);
+    auto back = liege::control::decode_routes(liege::control::parse_line(line));
+    ASSERT_EQ(back.routes.size(), 2u);
+    EXPECT_EQ(back.routes[0].request_buffering, "always");
+    EXPECT_TRUE(back.routes[0].trace);
+    EXPECT_EQ(back.routes[1].request_buffering, "auto") << "absent means the default";
+    EXPECT_FALSE(back.routes[1].trace);
+    EXPECT_EQ(line.find("request_buffering"), line.rfind("request_buffering"))
+        << "only the route that is not auto carries it";
+}
+
 TEST(Control, ColdStartHistogramCarriesOverAndThePeakIsAGauge) {
     auto with = [](uint64_t cold, int64_t peak) {
         StatsMessage m;

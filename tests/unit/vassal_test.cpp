@@ -380,7 +380,7 @@ TEST_F(VassalParse, UnknownKeysSuggestTheClosestOne) {
         {"frobnicate = true\n",
          "2:1: unknown key 'frobnicate'; expected one of type, command, workers, concurrency, "
          "hosts, path, cwd, env, socket, health, queue, reload, stop, tls, profile, after, watch, "
-         "recycle"},
+         "recycle, user, group, no_new_privs, limits, upstream"},
         {"[stop]\nsignal = \"SIGTERM\"\ngrace = \"1s\"\n",
          "4:1: unknown key 'grace' in [stop]; expected one of signal, timeout"},
         {"[queue]\nlength = 10\n",
@@ -688,11 +688,128 @@ TEST_F(VassalParse, TlsMistakesNameTheirPlace) {
               "4:12: tls.redirect: expected true or false, got string");
     EXPECT_EQ(only_error(head + "certs = \"a.pem\"\n"),
               "4:1: unknown key 'certs' in [tls]; did you mean 'cert'?");
-    EXPECT_NE(only_error(head + "acme = true\n").find("tls.acme: automatic certificates are not"),
-              std::string::npos);
+    EXPECT_EQ(only_error(head + "acme = true\ncert = \"a.pem\"\n"),
+              "4:8: tls.acme: obtains the certificate itself; give either acme = true or "
+              "tls.cert, not both");
+    EXPECT_EQ(only_error("command = [\"app\"]\nhosts = [\"*.shop.test\", \"*\"]\n[tls]\n"
+                         "acme = true\n"),
+              "4:8: tls.acme: needs an exact name in hosts (like \"shop.example\"): a "
+              "certificate authority issues no certificate for \"*\", and wildcards need a DNS "
+              "challenge");
     EXPECT_NE(only_error("command = [\"app\"]\n[tls]\ncert = \"a.pem\"\n")
                   .find("tls.cert: is chosen by the names in hosts (SNI)"),
               std::string::npos);
+}
+
+TEST_F(VassalParse, TlsAcmeTakesTheExactHosts) {
+    VassalLoad load = parse("command = [\"app\"]\nhosts = [\"shop.test\", \"*.shop.test\"]\n"
+                            "[tls]\nacme = true\nredirect = true\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_TRUE(load.vassal->tls.acme);
+    EXPECT_TRUE(load.vassal->tls.cert.empty());
+}
+
+// ---- isolation and the upstream (issue 13) ----
+
+TEST_F(VassalParse, IdentityAndLimitsDefaultToTheEmperorsAndInherited) {
+    VassalLoad load = parse("command = [\"app\"]\nhosts = [\"shop.test\"]\n");
+    ASSERT_TRUE(load.ok());
+    const liege::Vassal& v = *load.vassal;
+    EXPECT_EQ(v.identity.user, "");
+    EXPECT_EQ(v.identity.group, "");
+    EXPECT_TRUE(v.identity.no_new_privs);
+    EXPECT_FALSE(v.limits.nofile || v.limits.nproc || v.limits.core);
+    EXPECT_FALSE(v.limits.any_cgroup());
+    EXPECT_EQ(v.upstream.request_buffering, liege::RequestBuffering::Auto);
+    EXPECT_FALSE(v.upstream.trace);
+    EXPECT_FALSE(v.file_uid) << "parsed text has no file owner";
+}
+
+TEST_F(VassalParse, IdentityLimitsAndUpstreamParse) {
+    VassalLoad load = parse(R"(
+command = ["app"]
+hosts = ["shop.test"]
+user = "www-shop"
+group = "33"
+no_new_privs = false
+[limits]
+nofile = 4096
+nproc = "unlimited"
+core = "1GiB"
+memory = "512MiB"
+cpu = "150%"
+pids = 64
+[upstream]
+request_buffering = "always"
+trace = true
+)");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    const liege::Vassal& v = *load.vassal;
+    EXPECT_EQ(v.identity.user, "www-shop");
+    EXPECT_EQ(v.identity.group, "33");
+    EXPECT_FALSE(v.identity.no_new_privs);
+    EXPECT_EQ(v.limits.nofile, 4096u);
+    EXPECT_EQ(v.limits.nproc, liege::Limits::kUnlimited);
+    EXPECT_EQ(v.limits.core, uint64_t{1} << 30);
+    EXPECT_EQ(v.limits.memory, uint64_t{512} << 20);
+    EXPECT_EQ(v.limits.cpu, 150u);
+    EXPECT_EQ(v.limits.pids, 64u);
+    EXPECT_EQ(v.upstream.request_buffering, liege::RequestBuffering::Always);
+    EXPECT_EQ(liege::to_string(v.upstream.request_buffering), "always");
+    EXPECT_TRUE(v.upstream.trace);
+
+    load = parse("command = [\"app\"]\nhosts = [\"a.test\"]\nuser = \"@owner\"\n"
+                 "[limits]\ncore = 0\n");
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_EQ(load.vassal->identity.user, "@owner");
+    EXPECT_EQ(load.vassal->limits.core, 0u);
+}
+
+TEST_F(VassalParse, IdentityLimitsAndUpstreamMistakesNameTheirPlace) {
+    const std::string head = "command = [\"app\"]\nhosts = [\"shop.test\"]\n";
+    EXPECT_EQ(only_error(head + "user = \"@ownr\"\n"),
+              "3:8: user: expected a user name, a numeric uid or \"@owner\", got \"@ownr\"; did "
+              "you mean \"@owner\"?");
+    EXPECT_EQ(only_error(head + "user = \"a b\"\n"),
+              "3:8: user: expected a user name, a numeric uid or \"@owner\", got \"a b\"");
+    EXPECT_EQ(only_error(head + "group = \"@owner\"\n"),
+              "3:9: group: expected a group name or a numeric gid, got \"@owner\"");
+    EXPECT_EQ(only_error(head + "no_new_privs = 1\n"),
+              "3:16: no_new_privs: expected true or false, got integer");
+    EXPECT_EQ(only_error(head + "[limits]\nnofile = 0\n"),
+              "4:10: limits.nofile: expected an integer from 1 to 1073741824, or \"unlimited\", "
+              "got 0");
+    EXPECT_EQ(only_error(head + "[limits]\ncore = \"lots\"\n"),
+              "4:8: limits.core: expected a size like \"0\" or \"1GiB\", or \"unlimited\", got "
+              "the string \"lots\"");
+    EXPECT_EQ(only_error(head + "[limits]\ncpu = \"1.5\"\n"),
+              "4:7: limits.cpu: expected a share of one CPU from \"1%\" to \"102400%\", like "
+              "\"50%\", got \"1.5\"");
+    EXPECT_EQ(only_error(head + "[limits]\nmemory = \"0\"\n"),
+              "4:10: limits.memory: expected a size above zero, got \"0\"");
+    EXPECT_EQ(only_error(head + "[limits]\npids = 0\n"),
+              "4:8: limits.pids: expected an integer from 1 to 4194304, got 0");
+    EXPECT_EQ(only_error(head + "[limits]\nfiles = 10\n"),
+              "4:1: unknown key 'files' in [limits]; expected one of nofile, nproc, core, memory, "
+              "cpu, pids");
+    EXPECT_EQ(only_error(head + "[upstream]\nrequest_buffering = \"on\"\n"),
+              "4:21: upstream.request_buffering: expected \"auto\", \"always\" or \"off\", got "
+              "\"on\"");
+    EXPECT_EQ(only_error(head + "[upstream]\ntrace = \"yes\"\n"),
+              "4:9: upstream.trace: expected true or false, got string");
+    EXPECT_EQ(only_error("type = \"daemon\"\ncommand = [\"app\"]\n[upstream]\ntrace = true\n"),
+              "3:1: upstream: a daemon (type = \"daemon\") gets no requests; remove [upstream] "
+              "or make it a web vassal");
+}
+
+TEST(VassalFiles, TheFileOwnerIsKnownForAtOwner) {
+    TempDir dir;
+    const fs::path file = dir.path() / "shop.toml";
+    { std::ofstream(file) << "command = [\"app\"]\nhosts = [\"a.test\"]\nuser = \"@owner\"\n"; }
+    VassalLoad load = liege::load_vassal_file(file);
+    ASSERT_TRUE(load.ok()) << load.errors[0].str();
+    EXPECT_EQ(load.vassal->file_uid, ::getuid());
+    EXPECT_EQ(load.vassal->file_gid, ::getgid());
 }
 
 // ---- daemons, checks, restart (issue 12) ----

@@ -414,6 +414,11 @@ TEST_F(Scaling, RequestSentAsTheLastWorkerBeginsToStopGets200) {
 
     for (int round = 1; round <= 3; ++round) {
         SCOPED_TRACE("round " + std::to_string(round));
+        // No worker left from the round before: one that was still stopping when that round's
+        // last request came may have served it, and this round's too, and then there would be
+        // no scale-down left to wait for.
+        json v = wait_vassal("app", [](const json& j) { return scale_workers(j) == 0; });
+        ASSERT_EQ(scale_workers(v), 0) << v.dump(2);
         const auto from = mark();
         expect_200("app.test", "/id?round=" + std::to_string(round));
         ASSERT_TRUE(wait_log("vassal app: scaling down to 0", kStart, from))

@@ -31,10 +31,13 @@ const std::vector<Setting>& settings() {
         {"upstream_timeout", Kind::Duration, &RouterOptions::upstream_timeout, nullptr, nullptr, 1},
         {"upstream_idle_timeout", Kind::Duration, &RouterOptions::upstream_idle_timeout, nullptr,
          nullptr, 1},
+        {"body_timeout", Kind::Duration, &RouterOptions::body_timeout, nullptr, nullptr, 1},
         {"shutdown_timeout", Kind::Duration, &RouterOptions::shutdown_timeout, nullptr, nullptr, 0},
         // The head must hold at least a request line and a Host header.
         {"header_max", Kind::Size, nullptr, &RouterOptions::max_header_size, nullptr, 256},
         {"body_max", Kind::Size, nullptr, &RouterOptions::max_body_size, nullptr, 0},
+        {"body_buffer_size", Kind::Size, nullptr, &RouterOptions::body_buffer_size, nullptr, 0},
+        {"body_buffer_max", Kind::Size, nullptr, &RouterOptions::body_buffer_max, nullptr, 0},
         {"max_tries", Kind::Count, nullptr, nullptr, &RouterOptions::max_tries, 1},
         {"idle_upstream_max", Kind::Count, nullptr, nullptr, &RouterOptions::max_idle_upstream, 0},
         {"max_conns_per_ip", Kind::Count, nullptr, nullptr, &RouterOptions::max_conns_per_ip, 0},

@@ -143,6 +143,24 @@ private:
     size_t free_count_ = 0;
 };
 
+// Writes a chunked transfer-coding size line for `len` ("1a2b\r\n") into `out` (at least 20
+// bytes); returns its length.
+inline size_t chunk_size_line(size_t len, char* out) {
+    char hex[16];
+    int k = 0;
+    do {
+        hex[k++] = "0123456789abcdef"[len & 15];
+        len >>= 4;
+    } while (len != 0);
+    size_t n = 0;
+    while (k > 0) {
+        out[n++] = hex[--k];
+    }
+    out[n++] = '\r';
+    out[n++] = '\n';
+    return n;
+}
+
 // Gathers the bytes one parse pass produces for one destination into as few writes as possible.
 class Output {
 public:
@@ -197,20 +215,7 @@ public:
             return;
         }
         char line[24];
-        int n = 0;
-        char hex[16];
-        int k = 0;
-        size_t v = len;
-        do {
-            hex[k++] = "0123456789abcdef"[v & 15];
-            v >>= 4;
-        } while (v != 0);
-        while (k > 0) {
-            line[n++] = hex[--k];
-        }
-        line[n++] = '\r';
-        line[n++] = '\n';
-        add_copy(line, static_cast<size_t>(n));
+        add_copy(line, chunk_size_line(len, line));
         add(c, data, len);
         add_copy("\r\n", 2);
     }

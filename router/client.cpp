@@ -43,7 +43,7 @@ bool peer_name(int fd, char* out, size_t cap, const std::vector<Cidr>& trusted) 
 
 ClientConn::ClientConn(RouterThread& thread)
     : thread_(thread), stream_(thread, *this), out_up_(thread.ops(), thread.chunks()),
-      out_client_(thread.ops(), thread.chunks()) {}
+      out_client_(thread.ops(), thread.chunks()), spool_(thread.chunks()) {}
 
 void ClientConn::accept(RouterThread& thread, int fd, bool is_unix, bool tls) {
     auto* c = new ClientConn(thread);
@@ -93,6 +93,8 @@ void ClientConn::set_phase(ClientPhase p) {
         }
         break;
     case ClientPhase::Body:
+        set_body_deadline();
+        break;
     case ClientPhase::Closing: // the client has upstream_timeout to take each write
         stream_.set_deadline(o.upstream_timeout.count());
         break;
@@ -105,6 +107,15 @@ void ClientConn::set_phase(ClientPhase p) {
         stream_.clear_deadline();
         break;
     }
+}
+
+void ClientConn::set_body_deadline() {
+    // The client has body_timeout between two reads of its body, unless what it sent waits for
+    // the backend: then the backend has upstream_timeout to take some of it.
+    const bool backend_owes =
+        up_paused_ || (up_ != nullptr && up_->connected() && up_->queued() > 0);
+    stream_.set_deadline(backend_owes ? thread_.options().upstream_timeout.count()
+                                      : thread_.options().body_timeout.count());
 }
 
 void ClientConn::on_stream_deadline() {
@@ -177,7 +188,7 @@ void ClientConn::on_stream_read(ssize_t nread, Chunk* chunk) {
         in_off_ = 0;
     }
     if (phase_ == ClientPhase::Body) {
-        stream_.set_deadline(thread_.options().upstream_timeout.count());
+        set_body_deadline();
     }
     process_input();
 }
@@ -365,7 +376,9 @@ void ClientConn::update_reading() {
         break;
     case ClientPhase::Body:
     case ClientPhase::Tunnel:
-        if (up_ != nullptr && up_->connected()) {
+        if (ex_.spooling && phase_ == ClientPhase::Body) {
+            want = in_ == nullptr && !peer_eof_; // into the spool: no backend is waiting on it
+        } else if (up_ != nullptr && up_->connected()) {
             if (!up_paused_ && up_->write_queue_high()) {
                 up_paused_ = true;
             } else if (up_paused_ && up_->queued() < Stream::kLowWater) {
@@ -395,10 +408,12 @@ void ClientConn::close_now() {
     if (closed()) {
         return;
     }
-    const bool reusable = up_ != nullptr && up_->reusable() && ex_.resp_done && ex_.done;
+    const bool reusable =
+        up_ != nullptr && up_->reusable() && ex_.resp_done && ex_.done && spool_.drained();
     release_upstream(reusable);
     phase_ = ClientPhase::Closed;
     drop_upstream_output();
+    spool_.reset();
     thread_.ops().put_list(out_client_.take(), thread_.chunks());
     if (in_ != nullptr) {
         thread_.chunks().unref(in_);

@@ -35,6 +35,7 @@
 
 #include <cstdint>
 
+#include "body_spool.hpp"
 #include "buffers.hpp"
 #include "exchange.hpp"
 #include "list_node.hpp"
@@ -74,6 +75,7 @@ private:
     explicit ClientConn(RouterThread& thread);
     bool closed() const { return phase_ == ClientPhase::Closed; }
     void set_phase(ClientPhase p);
+    void set_body_deadline();
     void update_reading();
     void process_input();
     void after_parse_error();
@@ -97,6 +99,13 @@ private:
     void flush_upstream();
     void write_pending_upstream();
     void replay_head();
+    // Hands the spooled body to the connected upstream, as far as its write queue allows.
+    void pump_spool();
+    // A piece of a body that is spooled (framed again when chunked), and its end; 0, or -1 when
+    // the spool failed (the request then gets 500).
+    int spool_body(const char* at, size_t len);
+    int spool_end();
+    int spool_failed(int err);
     void drop_upstream_output(); // request bytes queued for an upstream that will never go
     // An error response the router makes: `STATUS REASON` and the exchange's error_body as the
     // body, or (detail_only) the error_body alone, as one line.
@@ -183,6 +192,7 @@ private:
 
     Output out_up_;
     Output out_client_;
+    BodySpool spool_;
     WriteOp* pending_ = nullptr; // request writes waiting for an upstream connection
     WriteOp* pending_tail_ = nullptr;
 

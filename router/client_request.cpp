@@ -275,12 +275,19 @@ int ClientConn::headers_complete() {
         return -1;
     }
     ex_.chunked = (p->flags & F_CHUNKED) != 0;
-    if (o.max_body_size != 0 && (p->flags & F_CONTENT_LENGTH) &&
-        p->content_length > o.max_body_size) {
+    ex_.upgrade = p->upgrade != 0;
+    const bool has_body = ex_.chunked || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+    ex_.spooling = ex_.pool->buffer_bodies && !ex_.upgrade && has_body;
+    ex_.body_limit = o.max_body_size;
+    if (ex_.spooling && o.body_buffer_max != 0 &&
+        (ex_.body_limit == 0 || o.body_buffer_max < ex_.body_limit)) {
+        ex_.body_limit = o.body_buffer_max;
+    }
+    if (ex_.body_limit != 0 && (p->flags & F_CONTENT_LENGTH) &&
+        p->content_length > ex_.body_limit) {
         ex_.error_status = 413;
         return -1;
     }
-    ex_.upgrade = p->upgrade != 0;
     ex_.keep_alive = llhttp_should_keep_alive(p) != 0;
     ex_.idempotent = http::is_idempotent(head_->method());
     ex_.head_method = p->method == HTTP_HEAD;
@@ -293,6 +300,7 @@ int ClientConn::headers_complete() {
     fwd.upgrade = ex_.upgrade;
     fwd.target = &target;
     fwd.drop_underscores = checked.underscores;
+    fwd.drop_expect = ex_.spooling;
     const size_t n = http::write_request_head(*head_, fwd, out->data, Chunk::kSize);
     if (n == 0) {
         thread_.chunks().unref(out);
@@ -306,7 +314,13 @@ int ClientConn::headers_complete() {
 
     thread_.return_head(head_);
     head_ = nullptr;
-    ex_.needs_upstream = true;
+    // A spooled body is read first: the attempt starts once the request is whole.
+    ex_.needs_upstream = !ex_.spooling;
+    if (ex_.spooling && checked.expect_continue && p->http_minor == 1) {
+        // The client waits for this before it sends the body; the backend is asked later.
+        out_client_.add_copy("HTTP/1.1 100 Continue\r\n\r\n", 25);
+        flush_client();
+    }
     set_phase(ClientPhase::Body);
     return HPE_PAUSED; // process_input checks the head's raw size before anything goes out
 }
@@ -319,7 +333,7 @@ int ClientConn::on_chunk_header(llhttp_t* p) {
         c->ex_.text.error_body.assign("chunk size too large");
         return -1;
     }
-    const uint64_t limit = c->thread_.options().max_body_size;
+    const uint64_t limit = c->ex_.body_limit;
     if (limit != 0 && p->content_length > limit - std::min(limit, c->ex_.body_bytes)) {
         c->ex_.error_status = 413;
         return -1;
@@ -330,10 +344,13 @@ int ClientConn::on_chunk_header(llhttp_t* p) {
 int ClientConn::on_body(llhttp_t* p, const char* at, size_t len) {
     auto* c = client_of(p);
     c->ex_.body_bytes += len;
-    const uint64_t limit = c->thread_.options().max_body_size;
+    const uint64_t limit = c->ex_.body_limit;
     if (limit != 0 && c->ex_.body_bytes > limit) {
         c->ex_.error_status = 413;
         return -1;
+    }
+    if (c->ex_.spooling) {
+        return c->spool_body(at, len);
     }
     if (c->ex_.chunked) {
         c->out_up_.add_chunk(c->parsing_, at, len);
@@ -345,7 +362,11 @@ int ClientConn::on_body(llhttp_t* p, const char* at, size_t len) {
 
 int ClientConn::on_message_complete(llhttp_t* p) {
     auto* c = client_of(p);
-    if (c->ex_.chunked) {
+    if (c->ex_.spooling) {
+        if (c->spool_end() != 0) {
+            return -1;
+        }
+    } else if (c->ex_.chunked) {
         c->out_up_.add_copy("0\r\n\r\n", 5);
     }
     c->ex_.done = true;
@@ -359,6 +380,59 @@ int ClientConn::on_message_complete(llhttp_t* p) {
     return HPE_PAUSED;
 }
 
+int ClientConn::spool_body(const char* at, size_t len) {
+    const uint64_t memory = thread_.options().body_buffer_size;
+    int err = 0;
+    if (ex_.chunked) {
+        char line[24];
+        err = spool_.append(line, chunk_size_line(len, line), memory);
+        err = err != 0 ? err : spool_.append(at, len, memory);
+        err = err != 0 ? err : spool_.append("\r\n", 2, memory);
+    } else {
+        err = spool_.append(at, len, memory);
+    }
+    return err != 0 ? spool_failed(err) : 0;
+}
+
+int ClientConn::spool_end() {
+    int err = ex_.chunked ? spool_.append("0\r\n\r\n", 5, thread_.options().body_buffer_size) : 0;
+    err = err != 0 ? err : spool_.finish();
+    if (err != 0) {
+        return spool_failed(err);
+    }
+    ex_.needs_upstream = true; // the request is whole: now a backend is chosen
+    return 0;
+}
+
+int ClientConn::spool_failed(int err) {
+    spdlog::error("client {}: cannot buffer the body of \"{}\" in a temporary file: {}", peer_,
+                  ex_.text.request_line, std::strerror(err));
+    ex_.error_status = 500;
+    ex_.text.error_body.assign("the request body could not be buffered");
+    return -1;
+}
+
+void ClientConn::pump_spool() {
+    while (ex_.spooling && !spool_.drained() && up_ != nullptr && up_->connected() &&
+           !up_->write_queue_high()) {
+        int err = 0;
+        Chunk* c = spool_.take(err);
+        if (c == nullptr) {
+            spdlog::error("client {}: cannot read the buffered body of \"{}\" back: {}", peer_,
+                          ex_.text.request_line, std::strerror(err));
+            if (ex_.resp_started) {
+                close_now();
+            } else {
+                respond_error(500, "the buffered request body could not be read");
+            }
+            return;
+        }
+        out_up_.add_ref(c, c->data, c->len);
+        thread_.chunks().unref(c);
+        flush_upstream(); // written at once, so that the write queue tells when to stop
+    }
+}
+
 void ClientConn::leave_pool() {
     if (ex_.pool != nullptr) {
         ex_.pool->stats->in_flight.fetch_sub(1, std::memory_order_relaxed);
@@ -369,6 +443,7 @@ void ClientConn::leave_pool() {
 
 void ClientConn::reset_exchange() {
     leave_pool();
+    spool_.reset();
     if (ex_.head_copy != nullptr) {
         thread_.chunks().unref(ex_.head_copy);
     }
@@ -431,7 +506,8 @@ bool ClientConn::send_to(const std::shared_ptr<Backend>& bep, int index) {
             up_->set_request_deadline(uv_now(thread_.loop()) + timeout);
         }
         write_pending_upstream();
-        if (ex_.done) {
+        pump_spool();
+        if (ex_.done && up_ != nullptr) {
             up_->arm_response_timer();
         }
         return true;
@@ -636,6 +712,7 @@ void ClientConn::replay_head() {
 
 void ClientConn::upstream_connected() {
     write_pending_upstream();
+    pump_spool();
     if (ex_.done && up_ != nullptr) {
         up_->arm_response_timer();
     }
@@ -647,6 +724,12 @@ void ClientConn::upstream_wrote() {
         // The backend is taking the body: time between client reads starts again too, so a
         // backend that reads slowly is not blamed on the client.
         stream_.set_deadline(thread_.options().upstream_timeout.count());
+    }
+    if (ex_.spooling && up_ != nullptr && !spool_.drained()) {
+        pump_spool();
+        if (up_ != nullptr) {
+            up_->arm_response_timer(); // the backend is taking the body: upstream_timeout anew
+        }
     }
     update_reading();
 }

@@ -77,7 +77,7 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
     facts.got_response_bytes = up != nullptr && up->got_response_bytes();
     facts.response_reached_client = ex_.resp_started && ex_.resp_flushed;
     facts.tunnel = phase_ == ClientPhase::Tunnel;
-    facts.body_sent = ex_.body_sent;
+    facts.body_sent = ex_.body_sent && !ex_.spooling; // a spooled body can be sent again
     facts.idempotent = ex_.idempotent;
     facts.head_kept = ex_.head_copy != nullptr;
     facts.tries = ex_.tries;
@@ -124,6 +124,13 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
     }
     if (d.outcome == AttemptOutcome::Retry) {
         if (d.replay_head) {
+            if (ex_.spooling) {
+                // Body pieces not written yet go again from the spool, after the head.
+                thread_.ops().put_list(pending_, thread_.chunks());
+                pending_ = pending_tail_ = nullptr;
+                spool_.rewind();
+                ex_.body_sent = false;
+            }
             replay_head();
         }
         if (d.same_backend_ok && failed_idx >= 0 && failed_idx < 64) {
@@ -249,7 +256,8 @@ ResponseStall ClientConn::response_stalled() {
 }
 
 void ClientConn::finish_exchange() {
-    release_upstream(up_ != nullptr && up_->reusable() && ex_.done);
+    // A response that came before the spooled body was all sent leaves the connection unusable.
+    release_upstream(up_ != nullptr && up_->reusable() && ex_.done && spool_.drained());
     record_response(false);
     log_access();
     const bool close = ex_.resp_close;

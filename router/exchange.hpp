@@ -43,7 +43,11 @@ struct Exchange {
     bool done = false;           // the whole request has been read
     bool body_sent = false;      // a byte beyond the head went to a backend: no replay
     bool needs_upstream = false; // the head was parsed: an attempt is to start
-    int error_status = 0;        // set by a parser callback that refused the request
+    // [upstream] request_buffering: the body is read into the client's BodySpool before a
+    // backend is chosen, and sent from there.
+    bool spooling = false;
+    uint64_t body_limit = 0; // largest body: body_max, and body_buffer_max when spooling; 0 = any
+    int error_status = 0;    // set by a parser callback that refused the request
 
     // Routing and attempts.
     std::shared_ptr<const RouteSnapshot> snapshot; // keeps `pool` alive for the request

@@ -406,6 +406,8 @@ RequestHeaders scan_request_headers(const HeadCollector& head) {
             r.transfer_encoding = true;
             ++r.codings_headers;
             r.chunked_only = r.chunked_only && iequals(trim(head.value(i)), "chunked");
+        } else if (iequals(name, "expect")) {
+            r.expect_continue = r.expect_continue || iequals(trim(head.value(i)), "100-continue");
         } else if (!referer && iequals(name, "referer")) {
             referer = true;
             r.referer = head.value(i);
@@ -477,7 +479,8 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
     for (size_t i = 0; i < head.header_count(); ++i) {
         std::string_view name = head.name(i);
         if (is_hop_by_hop(conn, name, fwd.upgrade) ||
-            (fwd.drop_underscores && name.find('_') != std::string_view::npos)) {
+            (fwd.drop_underscores && name.find('_') != std::string_view::npos) ||
+            (fwd.drop_expect && iequals(name, "expect"))) {
             continue;
         }
         const bool is_proto = iequals(name, "x-forwarded-proto");

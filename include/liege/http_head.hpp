@@ -80,6 +80,7 @@ struct RequestHeaders {
     bool chunked_only = true;       // each says just "chunked" (the one coding nginx takes)
     std::string_view referer;       // the first Referer header's value, empty if none
     std::string_view user_agent;    // the first User-Agent header's value, empty if none
+    bool expect_continue = false;   // Expect: 100-continue
     // A header the request must be refused for (answer 400): an invalid name, or an
     // underscored name that reads as a framing, routing or forwarding header once '_' is taken
     // for '-' (as CGI, WSGI and Rack environments do: `Transfer_Encoding` becomes
@@ -143,6 +144,9 @@ struct RequestForward {
     // its host instead of the Host header.
     const RequestTarget* target = nullptr;
     bool drop_underscores = false; // RequestHeaders::underscores: leave those headers out
+    // The router reads the body itself before a backend is chosen (request buffering): Expect is
+    // left out, since the router answered it.
+    bool drop_expect = false;
 };
 
 // Writes the request head for the upstream ("METHOD URL HTTP/1.1" and the rewritten headers)

@@ -34,13 +34,18 @@ struct RouterOptions {
     Millis connect_timeout{5'000};        // upstream connect
     Millis upstream_timeout{60'000};      // upstream silent for this long while a response is due
     Millis upstream_idle_timeout{30'000}; // pooled idle upstream connection
+    Millis body_timeout{60'000};          // a client sending a request body is silent this long
     Millis shutdown_timeout{30'000}; // graceful shutdown: wait this long for requests in flight
     uint64_t max_header_size = 32 * 1024; // request header block; larger gets 431
     uint64_t max_body_size = 0;           // 0 = unlimited; larger gets 413
-    unsigned max_tries = 3;               // attempts for a request that never reached a backend
-    unsigned max_idle_upstream = 64;      // idle pooled connections per backend and thread
-    unsigned max_conns_per_ip = 0;        // connections one client address holds at once; 0 = any
-    std::string access_log = "-";         // "-" (stderr), "off", or a file path
+    // [upstream] request_buffering: a body is kept in memory up to body_buffer_size, beyond it
+    // in a temporary file, up to body_buffer_max (larger gets 413; 0 = max_body_size alone).
+    uint64_t body_buffer_size = 64 * 1024;
+    uint64_t body_buffer_max = uint64_t{1} << 30;
+    unsigned max_tries = 3;          // attempts for a request that never reached a backend
+    unsigned max_idle_upstream = 64; // idle pooled connections per backend and thread
+    unsigned max_conns_per_ip = 0;   // connections one client address holds at once; 0 = any
+    std::string access_log = "-";    // "-" (stderr), "off", or a file path
     std::string
         access_log_dir;  // one DIR/VASSAL.access.log per vassal (with routes from an emperor)
     int control_fd = -1; // the emperor's control socket (docs/control-protocol.md); -1 = static

@@ -34,6 +34,8 @@
 //                       stall_ms, waits M ms before it starts reading the body
 //   /status?code=C      status C
 //   /slow?ms=M          waits M ms, then 200
+//   /sink-unless?name=N as /sink when NAME is N; any other backend reads the body and then
+//                       closes the connection with a RST, without answering
 //   /hang               reads the request and never answers
 //   /until?file=PATH    waits until the file PATH exists (looked for every 10 ms, for at most
 //                       60 s), then 200 `released`; 504 if it never came
@@ -717,6 +719,17 @@ bool handle(Conn& conn, const Request& req) {
         }
         return false;
     }
+    if (p == "/sink-unless") {
+        // Reads the whole body, then answers as /sink only if NAME is `name`; any other backend
+        // closes the connection with a RST instead (a worker that dies after taking a request).
+        int64_t n = body.drain();
+        if (n >= 0 && g_name == req.text_param("name")) {
+            return respond(conn, req, 200, std::to_string(n));
+        }
+        linger l{1, 0};
+        ::setsockopt(conn.fd(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        return false;
+    }
     if (p == "/reset") {
         linger l{1, 0};
         ::setsockopt(conn.fd(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
@@ -886,7 +899,7 @@ void serve(int fd) {
                 std::fflush(stdout);
             }
             bool again = handle(conn, req);
-            if (req.path == "/reset") {
+            if (req.path == "/reset" || req.path == "/sink-unless") {
                 linger = false;
             }
             if (!again || !req.keep_alive) {

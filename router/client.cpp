@@ -81,6 +81,11 @@ void ClientConn::accept(RouterThread& thread, int fd, bool is_unix, bool tls) {
 
 void ClientConn::set_phase(ClientPhase p) {
     phase_ = p;
+    if (p == ClientPhase::Idle && !first_request_) {
+        thread_.client_idle(&idle_node);
+    } else {
+        idle_node.unlink();
+    }
     const RouterOptions& o = thread_.options();
     switch (p) {
     case ClientPhase::Idle:
@@ -412,6 +417,7 @@ void ClientConn::close_now() {
         up_ != nullptr && up_->reusable() && ex_.resp_done && ex_.done && spool_.drained();
     release_upstream(reusable);
     phase_ = ClientPhase::Closed;
+    idle_node.unlink();
     drop_upstream_output();
     spool_.reset();
     thread_.ops().put_list(out_client_.take(), thread_.chunks());
@@ -432,6 +438,7 @@ void ClientConn::close_now() {
 }
 
 void ClientConn::on_stream_closed() {
+    idle_node.unlink();
     if (counted_) {
         thread_.shared().per_address.release(peer_);
     }

@@ -165,7 +165,8 @@ private:
     int headers_complete(); // on_headers_complete's work
 
 public:
-    ListNode node{this}; // the thread's list of clients
+    ListNode node{this};      // the thread's list of clients
+    ListNode idle_node{this}; // its list of idle keep-alive clients, while this is one
 
 private:
     RouterThread& thread_;

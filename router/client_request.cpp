@@ -514,6 +514,9 @@ bool ClientConn::send_to(const std::shared_ptr<Backend>& bep, int index) {
     }
     int err = 0;
     up_ = Upstream::connect(thread_, bep, this, &err);
+    if (up_ == nullptr && is_no_socket(err) && thread_.reclaim_idle_clients() > 0) {
+        up_ = Upstream::connect(thread_, bep, this, &err); // idle clients made room
+    }
     if (up_ != nullptr) {
         if (timeout != 0) {
             up_->set_request_deadline(uv_now(thread_.loop()) + timeout);

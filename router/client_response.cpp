@@ -70,6 +70,18 @@ void ClientConn::upstream_failed(UpstreamFailure why) {
     if (closed()) {
         return;
     }
+    if (why == UpstreamFailure::NoSocket && !ex_.resp_started &&
+        thread_.reclaim_idle_clients() > 0) {
+        // Idle keep-alive clients made room: the same attempt again, not counted as a try.
+        const int idx = ex_.backend_index;
+        release_upstream(false);
+        if (idx >= 0 && idx < 64) {
+            ex_.tried &= ~(1ull << idx);
+        }
+        --ex_.tries;
+        start_upstream();
+        return;
+    }
     Upstream* up = up_;
     AttemptFacts facts;
     facts.why = why;

@@ -61,14 +61,17 @@ void Listener::on_readable(uv_poll_t* handle, int status, int) {
             continue;
         }
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            const int err = errno;
+            if (l->on_exhausted_()) {
+                continue; // idle connections were closed to make room
+            }
             // The kernel keeps the connection queued; try again shortly or when one closes.
             static std::atomic<int64_t> last_warn{0};
             const int64_t now = steady_now_ms();
             if (now - last_warn.load() > 5000) {
                 last_warn = now;
-                spdlog::warn("accept: {}; pausing accepts", std::strerror(errno));
+                spdlog::warn("accept: {}; pausing accepts", std::strerror(err));
             }
-            l->on_exhausted_();
         }
         return; // EAGAIN, or paused
     }

@@ -14,9 +14,11 @@ namespace liege::router {
 class Listener {
 public:
     // on_accept(fd, is_unix, tls) for each accepted connection (tls: an HTTPS listener's);
-    // on_exhausted() when the process is out of descriptors or socket memory.
+    // on_exhausted() when the process is out of descriptors or socket memory: true when it
+    // made room (closed idle connections), and accepting goes on; false when accepting is to
+    // pause.
     using AcceptFn = std::function<void(int fd, bool is_unix, bool tls)>;
-    using ExhaustedFn = std::function<void()>;
+    using ExhaustedFn = std::function<bool()>;
 
     Listener(uv_loop_t* loop, int fd, bool owns_fd, bool is_unix, bool tls, AcceptFn on_accept,
              ExhaustedFn on_exhausted);

@@ -57,7 +57,13 @@ void RouterThread::add_listener(int fd, bool owns_fd, bool is_unix, bool tls) {
     listeners_.push_back(std::make_unique<Listener>(
         &loop_, fd, owns_fd, is_unix, tls,
         [this](int conn, bool unix, bool https) { place(conn, unix, https); },
-        [this] { pause_accepting(); }));
+        [this] {
+            if (reclaim_idle_clients() > 0) {
+                return true;
+            }
+            pause_accepting();
+            return false;
+        }));
 }
 
 void RouterThread::start(bool accept_now) {
@@ -449,6 +455,35 @@ void RouterThread::free_retired() {
     if (retired_.empty() && retired_sweep_.initialised()) {
         uv_idle_stop(retired_sweep_.get());
     }
+}
+
+void RouterThread::client_idle(ListNode* node) {
+    node->unlink();
+    idle_clients_.push_back(node); // the newest at the back: the front has waited longest
+}
+
+size_t RouterThread::reclaim_idle_clients() {
+    size_t closed = 0;
+    while (closed < kReclaimBatch && !idle_clients_.empty()) {
+        ClientConn* c = ClientConn::from_node(idle_clients_.next);
+        idle_clients_.next->unlink();
+        if (c->idle()) {
+            c->close_now(); // its descriptor is closed at once
+            ++closed;
+        }
+    }
+    if (closed > 0) {
+        reclaimed_ += closed;
+        const auto now = uv_now(&loop_);
+        if (now - reclaim_logged_at_ >= 5000 || reclaim_logged_at_ == 0) {
+            spdlog::warn("router thread {}: out of file descriptors; closed {} idle keep-alive "
+                         "connection(s), the longest idle first, to make room",
+                         index_, reclaimed_);
+            reclaimed_ = 0;
+            reclaim_logged_at_ = now;
+        }
+    }
+    return closed;
 }
 
 void RouterThread::client_opened(ListNode* node) {

@@ -77,6 +77,14 @@ public:
 
     void client_opened(ListNode* node);
     void client_closed(ListNode* node);
+    // A client connection is idle between two requests (keep-alive): `node` (its idle_node)
+    // goes to the back of the list of idle clients, which the longest idle leave first when
+    // descriptors run out, as nginx reuses its keep-alive connections.
+    void client_idle(ListNode* node);
+    // Out of descriptors: closes up to kReclaimBatch idle keep-alive clients, the longest idle
+    // first; returns how many.
+    size_t reclaim_idle_clients();
+    static constexpr size_t kReclaimBatch = 32;
     // Upstream connections by state; written by this thread only, read by the control thread.
     void count_upstream(UpstreamState state, int delta) {
         auto& n = upstreams_[static_cast<int>(state)];
@@ -148,6 +156,9 @@ private:
     std::atomic<uint64_t> requests_{0};
     std::atomic<uint64_t> routes_version_{0};
     ListNode clients_;
+    ListNode idle_clients_;          // keep-alive clients between requests, longest idle first
+    size_t reclaimed_ = 0;           // since the last warning about it
+    uint64_t reclaim_logged_at_ = 0; // loop time of that warning
     AccessLog access_log_;
     std::unordered_map<std::string, std::unique_ptr<AccessLog>> vassal_logs_;
     std::atomic<int64_t> upstreams_[kUpstreamStates] = {};

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 namespace liege::router {
 
@@ -56,6 +57,7 @@ public:
         if (--c->refs == 0) {
             if (free_count_ >= kMaxFree) {
                 delete c;
+                released_ += sizeof(Chunk);
                 return;
             }
             c->next_free = free_;
@@ -64,10 +66,15 @@ public:
         }
     }
 
+    // Bytes of chunks freed beyond the pool since the last call: the heap may keep them from
+    // the system until it is trimmed.
+    size_t take_released() { return std::exchange(released_, 0); }
+
 private:
     static constexpr size_t kMaxFree = 64;
     Chunk* free_ = nullptr;
     size_t free_count_ = 0;
+    size_t released_ = 0;
 };
 
 struct WriteOp {

@@ -1,5 +1,6 @@
 #include "router_thread.hpp"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,8 @@ namespace liege::router {
 
 namespace {
 constexpr uint64_t kHousekeepingMs = 200;
+// Chunks freed beyond the pool before the heap is trimmed: 16 MiB, 256 chunks.
+constexpr size_t kTrimAfterBytes = size_t{16} << 20;
 constexpr int64_t kAcceptPauseMs = 100;
 // While requests wait: how often their deadlines are checked and their queues pumped (a
 // worker marked down is back up once its cool-off ends, and nothing else would notice).
@@ -79,6 +82,13 @@ void RouterThread::start(bool accept_now) {
 
 void RouterThread::on_housekeeping() {
     flush_logs();
+    released_ += chunks_.take_released();
+    if (released_ >= kTrimAfterBytes) {
+        // A burst (slow readers, large bodies) has ended: give its memory back to the system,
+        // which free() alone does not do for the heap's middle.
+        released_ = 0;
+        malloc_trim(0);
+    }
     shared().log_refusal_summaries();
     if (accepting_paused_ && !shutting_down_ &&
         uv_now(&loop_) - static_cast<uint64_t>(paused_at_) >= kAcceptPauseMs) {

@@ -158,6 +158,7 @@ private:
     ListNode clients_;
     ListNode idle_clients_;          // keep-alive clients between requests, longest idle first
     size_t reclaimed_ = 0;           // since the last warning about it
+    size_t released_ = 0;            // chunk bytes freed since the heap was last trimmed
     uint64_t reclaim_logged_at_ = 0; // loop time of that warning
     AccessLog access_log_;
     std::unordered_map<std::string, std::unique_ptr<AccessLog>> vassal_logs_;

@@ -86,9 +86,12 @@ public:
     // on_stream_written follows; < 0: a libuv error (recycled).
     int send(WriteOp* op);
     // Backpressure marks for queued(): stop feeding a stream above the high one, resume below
-    // the low one (both legs use them, each for the stream it writes to).
-    static constexpr size_t kHighWater = 256 * 1024;
-    static constexpr size_t kLowWater = 64 * 1024;
+    // the low one (both legs use them, each for the stream it writes to). The kernel's send
+    // buffer (which grows to megabytes for a fast peer) holds the rest: what waits here only
+    // bridges one write's completion, and for a slow reader it is what the router holds (with
+    // the read chunk it is in, about 128 KiB), so it is kept small.
+    static constexpr size_t kHighWater = 64 * 1024;
+    static constexpr size_t kLowWater = 16 * 1024;
     size_t queued() const {
         return sock_.initialised() ? uv_stream_get_write_queue_size(sock_.stream()) : 0;
     }

@@ -1050,6 +1050,7 @@ nlohmann::json Emperor::status() const {
             jw["in_flight"] = it != by_address.end() ? it->second->in_flight : 0;
             jw["reason"] = std::string(to_string(w->start_reason()));
             jw["rss_bytes"] = w->rss_bytes();
+            jw["health_lines_dropped"] = w->health_lines_dropped();
             workers.push_back(std::move(jw));
         }
         const Generation* g = v->active != nullptr ? v->active.get() : v->next.get();

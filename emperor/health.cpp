@@ -358,4 +358,34 @@ std::function<void()> probe_command(uv_loop_t* loop, const std::vector<std::stri
     };
 }
 
+void ProbeEchoFilter::probed(int64_t now_ms) {
+    if (path_.empty()) {
+        return;
+    }
+    std::erase_if(pending_, [&](int64_t at) { return now_ms - at > kWindowMs; });
+    if (pending_.size() < 64) {
+        pending_.push_back(now_ms);
+    }
+}
+
+bool ProbeEchoFilter::drop(std::string_view line, int64_t now_ms) {
+    std::erase_if(pending_, [&](int64_t at) { return now_ms - at > kWindowMs; });
+    if (pending_.empty()) {
+        return false;
+    }
+    bool ours = line.find("liege-health") != std::string_view::npos;
+    const std::string needle = "GET " + path_;
+    for (size_t at = line.find(needle); !ours && at != std::string_view::npos;
+         at = line.find(needle, at + 1)) {
+        const size_t end = at + needle.size();
+        ours = end == line.size() || line[end] == ' ' || line[end] == '?' || line[end] == '"';
+    }
+    if (!ours) {
+        return false;
+    }
+    pending_.erase(pending_.begin());
+    ++dropped_;
+    return true;
+}
+
 } // namespace liege

@@ -275,10 +275,16 @@ void WorkerProc::spawn() {
     spec.tag = tag();
     int err = 0;
     WorkerHost* host = &host_;
+    // The app's access-log lines for GET health.path probes stay out of the log. The output
+    // callback may outlive this object (the child's pipes drain after it), hence the share.
+    probe_echo_ = std::make_shared<ProbeEchoFilter>(
+        check_.argv.empty() && cfg.health.tcp.empty() ? cfg.health.path : "");
     child_ = spawn_child(
         host_.loop(), spec,
-        [host, t = tag()](std::string_view line, bool is_stderr) {
-            host->log_line(t, line, is_stderr);
+        [host, t = tag(), echo = probe_echo_](std::string_view line, bool is_stderr) {
+            if (!echo->drop(line, steady_now_ms())) {
+                host->log_line(t, line, is_stderr);
+            }
         },
         [this](ExitStatus st) { exited(st); }, &err);
     started_ms_ = steady_now_ms();
@@ -381,6 +387,9 @@ void WorkerProc::probe_now() {
     } else if (!h.tcp.empty()) {
         cancel_probe_ = probe(host_.loop(), parse_address(h.tcp), "", h.timeout, done);
     } else {
+        if (probe_echo_ != nullptr) {
+            probe_echo_->probed(steady_now_ms());
+        }
         cancel_probe_ = probe(host_.loop(), address_, h.path, h.timeout, done);
     }
 }

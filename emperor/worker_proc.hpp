@@ -151,6 +151,10 @@ public:
     int64_t in_flight() const { return in_flight_; }
     int64_t last_busy_ms() const { return last_busy_ms_; }
     uint64_t rss_bytes() const { return rss_bytes_; } // with its process group; 0 = not known
+    // Lines of this run's output that were its health checks' access-log lines (not logged).
+    size_t health_lines_dropped() const {
+        return probe_echo_ != nullptr ? probe_echo_->dropped() : 0;
+    }
     void set_rss_bytes(uint64_t n) { rss_bytes_ = n; }
     // Being replaced, and why: logged once it is gone.
     bool recycled() const { return recycled_; }
@@ -196,6 +200,7 @@ private:
     WorkerPhase phase_ = WorkerPhase::Starting;
     WorkerState shown_ = WorkerState::Starting; // what /status says while Restarting/Retiring
     std::unique_ptr<Child> child_;
+    std::shared_ptr<ProbeEchoFilter> probe_echo_; // this run's probes' access-log lines
     Address address_;
     int listen_fd_ = -1;  // socket activation: the emperor's copy
     NotifySocket notify_; // [health] notify: this run's NOTIFY_SOCKET

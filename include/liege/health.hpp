@@ -78,6 +78,30 @@ private:
 // RouterActivity::busy() for the worker: a timeout while busy does not, every other failure does.
 bool liveness_failure_counts(const ProbeResult& result, bool busy);
 
+// Keeps liege's own health checks out of a vassal's log: an app that logs every request
+// (gunicorn's access log, uWSGI, python's http.server) writes one line per `GET path` probe,
+// every `interval`, for every worker. Each probe sent expects one such line from its worker
+// within kWindowMs; the first line that names `GET path` (followed by a space, '?', '"' or the
+// line's end), or liege's User-Agent, is taken for it and dropped. A request for the health
+// path from anyone else is dropped only when it comes while a probe's line is still expected.
+class ProbeEchoFilter {
+public:
+    static constexpr int64_t kWindowMs = 5000;
+
+    explicit ProbeEchoFilter(std::string path = "") : path_(std::move(path)) {}
+    void set_path(std::string path) { path_ = std::move(path); }
+    // A probe was sent.
+    void probed(int64_t now_ms);
+    // Whether `line` of the worker's output is a probe's access-log line (then it is dropped).
+    bool drop(std::string_view line, int64_t now_ms);
+    size_t dropped() const { return dropped_; }
+
+private:
+    std::string path_;
+    std::vector<int64_t> pending_; // when each probe whose line has not come was sent
+    size_t dropped_ = 0;
+};
+
 // Parses the status line at the start of a response ("HTTP/1.1 200 OK\r\n..."). Returns the
 // status (100..999), 0 when more bytes are needed, or -1 when this is not an HTTP/1.x response.
 int parse_http_status_line(std::string_view received);

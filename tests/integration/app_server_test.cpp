@@ -439,8 +439,20 @@ TEST_P(AppServerKind, BurstAndRequestsAfterAnIdleSpellAllSucceedAndNoWorkerResta
     // cannot answer them while the router holds an idle connection to it.
     const auto from = mark();
     const auto idle_since = Clock::now();
+    // A check is seen in the worker's output, or, for an app that logs each request it serves,
+    // counted by the emperor as a line it kept out of the log (health_lines_dropped).
+    auto dropped = [&](int worker) {
+        for (const auto& w : vassal("app").value("workers", json::array())) {
+            if (w.value("id", 0) == worker) {
+                return w.value("health_lines_dropped", std::size_t{0});
+            }
+        }
+        return std::size_t{0};
+    };
+    const std::size_t dropped_before[3] = {0, dropped(1), dropped(2)};
     auto checks = [&](int worker) {
-        return count_log("[app/" + std::to_string(worker) + "] " + k.health_line, from);
+        return count_log("[app/" + std::to_string(worker) + "] " + k.health_line, from) +
+               (dropped(worker) - dropped_before[worker]);
     };
     EXPECT_TRUE(poll_until(
         [&] { return Clock::now() - idle_since >= 3s && checks(1) >= 3 && checks(2) >= 3; },
@@ -590,6 +602,28 @@ TEST_F(AppServer, TraceReachesOnlyAVassalThatAllowsIt) {
     r = o.request("TRACE", "/headers", {{"Host", "open.test"}});
     EXPECT_EQ(r.status, 200) << r.body;
     EXPECT_TRUE(r.body.starts_with("TRACE /headers HTTP/1.1\r\n")) << r.body;
+}
+
+TEST_F(AppServer, HealthChecksStayOutOfTheVassalLog) {
+    // python's http.server logs every request it serves on stderr; the health checks, every
+    // 100 ms here, must not fill the vassal's log, while a real request's line still shows.
+    write_vassal("app", kAnyHost +
+                            "command = ['python3', '-m', 'http.server', '--bind', '127.0.0.1', "
+                            "'${PORT}']\n[health]\npath = '/'\ninterval = '100ms'\n");
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_TRUE(wait_serving("app", 1, "/?first"));
+    const auto checks_from = mark();
+    // Ten liveness checks whose lines the emperor kept out of the log.
+    json v = wait_vassal("app", [](const json& j) {
+        return j["workers"].size() == 1 && j["workers"][0].value("health_lines_dropped", 0) >= 10;
+    });
+    ASSERT_GE(v["workers"][0].value("health_lines_dropped", 0), 10) << v.dump(2);
+    auto r = get("/?real");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    ASSERT_TRUE(wait_worker_line("\"GET /?real HTTP/1.1\" 200"));
+    const std::string after = worker_log().substr(checks_from);
+    EXPECT_EQ(count_of(after, "\"GET / HTTP/1.1\""), 0u) << after;
 }
 
 TEST_F(AppServer, FullQueueRejectsAtOnceWith503AndRetryAfter) {

@@ -128,3 +128,31 @@ TEST(NotifyDatagram, OtherKeysAreNotReady) {
     EXPECT_FALSE(liege::notify_says_ready(" READY=1"));
     EXPECT_FALSE(liege::notify_says_ready("RELOADING=1\nSTOPPING=1\n"));
 }
+
+TEST(ProbeEchoFilter, DropsOneAccessLogLinePerProbeAndNothingElse) {
+    liege::ProbeEchoFilter f("/healthz");
+    const std::string gunicorn =
+        "127.0.0.1 - - [02/Dec/2026:10:00:00 +0000] \"GET /healthz HTTP/1.1\" 200 2 \"-\" \"-\"";
+    EXPECT_FALSE(f.drop(gunicorn, 0)) << "no probe sent: a request of somebody else's";
+    f.probed(1000);
+    f.probed(3000);
+    EXPECT_FALSE(f.drop("Booting worker with pid: 42", 1001));
+    EXPECT_FALSE(f.drop("\"GET /healthzone HTTP/1.1\" 200", 1002)) << "another path";
+    EXPECT_TRUE(f.drop(gunicorn, 1003));
+    // uWSGI's format, for the second probe.
+    EXPECT_TRUE(f.drop("[pid: 7|app: 0|req: 2/2] 127.0.0.1 () {28 vars in 300 bytes} [Wed Dec  2 "
+                       "10:00:03 2026] GET /healthz => generated 2 bytes in 0 msecs",
+                       3004));
+    EXPECT_FALSE(f.drop(gunicorn, 3005)) << "one line per probe";
+    EXPECT_EQ(f.dropped(), 2u);
+    // A probe whose line never came stops being expected after the window.
+    f.probed(10'000);
+    EXPECT_FALSE(f.drop(gunicorn, 10'000 + liege::ProbeEchoFilter::kWindowMs + 1));
+    f.probed(20'000);
+    EXPECT_TRUE(f.drop("GET /healthz?x=1", 20'001));
+    f.probed(21'000);
+    EXPECT_TRUE(f.drop("GET / HTTP/1.1 ... liege-health", 21'001)) << "liege's User-Agent";
+    liege::ProbeEchoFilter none("");
+    none.probed(0);
+    EXPECT_FALSE(none.drop("GET  HTTP/1.1", 1)) << "no GET path probes: nothing is expected";
+}

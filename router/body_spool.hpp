@@ -5,8 +5,8 @@
 // left behind whatever happens to the router. Memory does not grow with the body: beyond the
 // threshold one chunk gathers file writes.
 //
-// It is sent as it was spooled (the bytes after the request head, chunk framing included), in
-// pieces handed out by take(); rewind() starts it again for a retry on another backend.
+// It holds the body's bytes without chunk framing (a chunked body goes on with a Content-Length),
+// sent in pieces handed out by take(); rewind() starts it again for a retry on another backend.
 #pragma once
 
 #include <cstddef>

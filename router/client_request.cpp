@@ -14,6 +14,7 @@
 // head's exact size is known before the first byte goes upstream.
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -301,6 +302,7 @@ int ClientConn::headers_complete() {
     fwd.target = &target;
     fwd.drop_underscores = checked.underscores;
     fwd.drop_expect = ex_.spooling;
+    fwd.drop_transfer_encoding = ex_.spooling && ex_.chunked;
     const size_t n = http::write_request_head(*head_, fwd, out->data, Chunk::kSize);
     if (n == 0) {
         thread_.chunks().unref(out);
@@ -310,7 +312,12 @@ int ClientConn::headers_complete() {
     out->len = static_cast<uint32_t>(n);
     ex_.head_copy = out;
     ex_.head_len = static_cast<uint32_t>(n);
-    out_up_.add(out, out->data, n);
+    if (ex_.spooling && ex_.chunked) {
+        // Its blank line waits for the Content-Length, which the whole body will tell.
+        ex_.head_len -= 2;
+    } else {
+        out_up_.add(out, out->data, n);
+    }
 
     thread_.return_head(head_);
     head_ = nullptr;
@@ -381,24 +388,30 @@ int ClientConn::on_message_complete(llhttp_t* p) {
 }
 
 int ClientConn::spool_body(const char* at, size_t len) {
-    const uint64_t memory = thread_.options().body_buffer_size;
-    int err = 0;
-    if (ex_.chunked) {
-        char line[24];
-        err = spool_.append(line, chunk_size_line(len, line), memory);
-        err = err != 0 ? err : spool_.append(at, len, memory);
-        err = err != 0 ? err : spool_.append("\r\n", 2, memory);
-    } else {
-        err = spool_.append(at, len, memory);
-    }
+    // Without chunk framing: a spooled body goes with a Content-Length.
+    const int err = spool_.append(at, len, thread_.options().body_buffer_size);
     return err != 0 ? spool_failed(err) : 0;
 }
 
 int ClientConn::spool_end() {
-    int err = ex_.chunked ? spool_.append("0\r\n\r\n", 5, thread_.options().body_buffer_size) : 0;
-    err = err != 0 ? err : spool_.finish();
-    if (err != 0) {
+    if (int err = spool_.finish(); err != 0) {
         return spool_failed(err);
+    }
+    if (ex_.chunked) {
+        // The head gets its Content-Length and blank line, and goes out before the body.
+        char line[48];
+        const int k = std::snprintf(line, sizeof(line), "Content-Length: %llu\r\n\r\n",
+                                    static_cast<unsigned long long>(spool_.size()));
+        Chunk* h = ex_.head_copy;
+        if (ex_.head_len + static_cast<uint32_t>(k) > Chunk::kSize) {
+            ex_.error_status = 431;
+            return -1;
+        }
+        std::memcpy(h->data + ex_.head_len, line, static_cast<size_t>(k));
+        ex_.head_len += static_cast<uint32_t>(k);
+        h->len = ex_.head_len;
+        out_up_.add(h, h->data, ex_.head_len);
+        flush_upstream();
     }
     ex_.needs_upstream = true; // the request is whole: now a backend is chosen
     return 0;

@@ -480,7 +480,8 @@ size_t write_request_head(const HeadCollector& head, const RequestForward& fwd, 
         std::string_view name = head.name(i);
         if (is_hop_by_hop(conn, name, fwd.upgrade) ||
             (fwd.drop_underscores && name.find('_') != std::string_view::npos) ||
-            (fwd.drop_expect && iequals(name, "expect"))) {
+            (fwd.drop_expect && iequals(name, "expect")) ||
+            (fwd.drop_transfer_encoding && iequals(name, "transfer-encoding"))) {
             continue;
         }
         const bool is_proto = iequals(name, "x-forwarded-proto");

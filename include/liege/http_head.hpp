@@ -145,8 +145,10 @@ struct RequestForward {
     const RequestTarget* target = nullptr;
     bool drop_underscores = false; // RequestHeaders::underscores: leave those headers out
     // The router reads the body itself before a backend is chosen (request buffering): Expect is
-    // left out, since the router answered it.
+    // left out, since the router answered it, and a chunked body goes with a Content-Length the
+    // router adds once it has it all, so Transfer-Encoding is left out too (as nginx does).
     bool drop_expect = false;
+    bool drop_transfer_encoding = false;
 };
 
 // Writes the request head for the upstream ("METHOD URL HTTP/1.1" and the rewritten headers)

@@ -175,6 +175,25 @@ TEST_F(RequestBuffering, SlowUploadsHoldNoWorkerOfASyncGunicornApp) {
     }
 }
 
+TEST_F(RequestBuffering, AChunkedUploadReachesUwsgiWithItsLength) {
+    // A WSGI app reads CONTENT_LENGTH bytes; uWSGI's HTTP socket passes a chunked body on
+    // without one. Buffered, the body comes with a Content-Length.
+    write_file(vassals_ / "upload.py", kUploadApp);
+    write_vassal("app", "command = " +
+                            toml_array({"uwsgi", "--plugin", "python3", "--http11-socket",
+                                        "127.0.0.1:${PORT}", "--wsgi-file", "upload.py",
+                                        "--disable-logging"}) +
+                            "\nhosts = ['app.test']\nconcurrency = 1\n");
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_TRUE(wait_ok("app.test", "/")) << log();
+    HttpClient c(port_);
+    Response r = c.request(
+        "POST", "/upload", {{"Host", "app.test"}, {"Transfer-Encoding", "chunked"}},
+        "400\r\n" + std::string(1024, 'a') + "\r\n10\r\n" + std::string(16, 'b') + "\r\n0\r\n\r\n");
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.body, "got 1040");
+}
+
 TEST_F(RequestBuffering, ALargeBodyGoesThroughATemporaryFileWithBoundedMemory) {
     write_vassal("app", backend_vassal("app.test", "concurrency = 1\n"));
     ASSERT_NO_FATAL_FAILURE(start());
@@ -236,11 +255,21 @@ TEST_F(RequestBuffering, AChunkedBodyIsBufferedAndTheRouterAnswersExpect) {
     EXPECT_EQ(r.body.size(), body.size());
     EXPECT_EQ(r.body, body);
 
-    // The app is not asked the expectation the router answered.
-    r = c.request("POST", "/headers", {{"Host", "app.test"}, {"Expect", "100-continue"}}, "hello");
+    // The app is not asked the expectation the router answered, and it gets the chunked body
+    // with a Content-Length.
+    r = c.request(
+        "POST", "/headers",
+        {{"Host", "app.test"}, {"Expect", "100-continue"}, {"Transfer-Encoding", "chunked"}},
+        "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
     EXPECT_EQ(r.status, 200);
     EXPECT_FALSE(contains(r.body, "Expect")) << r.body;
-    EXPECT_TRUE(contains(r.body, "Content-Length: 5\r\n")) << r.body;
+    EXPECT_FALSE(contains(r.body, "Transfer-Encoding")) << r.body;
+    EXPECT_TRUE(contains(r.body, "Content-Length: 11\r\n\r\n")) << r.body;
+    r = c.request("POST", "/echo", {{"Host", "app.test"}, {"Transfer-Encoding", "chunked"}},
+                  "5\r\nhello\r\n0\r\n\r\n");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_FALSE(r.chunked) << "the app read a Content-Length body";
+    EXPECT_EQ(r.body, "hello");
 }
 
 TEST_F(RequestBuffering, AClientSilentMidBodyGets408AndOneThatLeavesSendsTheAppNothing) {

@@ -1,6 +1,6 @@
 // The router child: started with the emperor's listening sockets and one end of a control
-// socket, restarted with the worker backoff when it dies, fed the route set once it says hello
-// (docs/control-protocol.md).
+// socket, restarted when it dies (with kRouterBackoff: within a second), fed the route set once it
+// says hello (docs/control-protocol.md).
 #pragma once
 
 #include <uv.h>
@@ -64,7 +64,7 @@ private:
     std::unique_ptr<Child> child_;
     std::unique_ptr<control::ControlLink> link_;
     UvHandle<uv_timer_t> restart_timer_;
-    RestartBackoff backoff_;
+    RestartBackoff backoff_{kRouterBackoff};
     // Routes go to a router only after its hello: messages queued before it reads would be stale
     // snapshots it might briefly serve from.
     bool greeted_ = false;

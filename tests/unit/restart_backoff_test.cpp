@@ -54,4 +54,20 @@ TEST(RestartBackoff, AProcessThatNeverBecameHealthyNeverStartsOver) {
     EXPECT_EQ(b.failed(1'000'000, 0), 200ms);
 }
 
+TEST(RestartBackoff, TheRouterWaitsAtMostASecondAndTenSecondsServingMakeItHealthy) {
+    // Every app's requests wait while the router is down: a router killed again and again (a
+    // few seconds up each time) must not be left down for longer and longer.
+    RestartBackoff b(liege::kRouterBackoff);
+    int64_t now = 0;
+    std::chrono::milliseconds wait{0};
+    for (int kill = 0; kill < 9; ++kill) {
+        const int64_t started = now + wait.count();
+        now = started + 5'000;
+        wait = b.failed(now, started);
+        EXPECT_LE(wait, 1000ms) << "kill " << kill;
+    }
+    EXPECT_EQ(wait, 1000ms);
+    EXPECT_EQ(b.failed(now + 1'000 + 10'000, now + 1'000), 100ms) << "10 s up: healthy again";
+}
+
 } // namespace

@@ -500,7 +500,7 @@ void Emperor::remove_vassal(VassalRt& v) {
     v.pending.reset();
     v.code_watcher.reset();
     if (v.next != nullptr) {
-        abandon_reload(v, "the vassal file was removed");
+        abandon_reload(v, "the vassal file was removed", true);
     }
     if (v.active != nullptr) {
         retire_generation(v, v.active.get(), true);
@@ -585,7 +585,7 @@ void Emperor::reload(const std::string& name, VassalRt::Waiter done) {
     const bool restart_pending = v.next != nullptr && v.plan == nullptr;
     if (v.next != nullptr) {
         // Answer the waiters of the reload being replaced before joining those of the new one.
-        abandon_reload(v, "superseded by a newer reload");
+        abandon_reload(v, "superseded by a newer reload", true);
     }
     v.waiters.push_back(std::move(done));
     v.content_hash = load.vassal->content_hash;
@@ -599,7 +599,7 @@ void Emperor::reload(const std::string& name, VassalRt::Waiter done) {
 
 void Emperor::begin_reload(VassalRt& v, Vassal config) {
     if (v.next != nullptr) {
-        abandon_reload(v, "superseded by a newer change of the file");
+        abandon_reload(v, "superseded by a newer change of the file", true);
     }
     const int size = wanted_size(v, config);
     if (size == 0 && v.pool().empty()) {
@@ -690,7 +690,7 @@ void Emperor::finish_reload(VassalRt& v) {
     start_waiting(); // those waiting for it, which a reload may have fixed
 }
 
-void Emperor::abandon_reload(VassalRt& v, const std::string& why) {
+void Emperor::abandon_reload(VassalRt& v, const std::string& why, bool superseded) {
     if (v.next == nullptr) {
         return;
     }
@@ -703,9 +703,14 @@ void Emperor::abandon_reload(VassalRt& v, const std::string& why) {
         return;
     }
     const uint64_t id = v.next->id;
-    spdlog::error("vassal {}: reload to generation {} abandoned: {}", v.name, id, why);
-    ++v.failed_reloads;
-    failed(v, "reload to generation " + std::to_string(id) + " failed: " + why, id);
+    if (superseded) {
+        // A newer change (or the file's removal) takes over: nothing went wrong.
+        spdlog::info("vassal {}: reload to generation {} dropped: {}", v.name, id, why);
+    } else {
+        spdlog::error("vassal {}: reload to generation {} abandoned: {}", v.name, id, why);
+        ++v.failed_reloads;
+        failed(v, "reload to generation " + std::to_string(id) + " failed: " + why, id);
+    }
     retire_generation(v, v.next.get(), true);
     v.next = nullptr;
     v.plan = nullptr;
@@ -714,7 +719,9 @@ void Emperor::abandon_reload(VassalRt& v, const std::string& why) {
     }
     v.update_state();
     publish_routes();
-    v.notify(loop_, false, v.last_error);
+    v.notify(loop_, false,
+             superseded ? "reload to generation " + std::to_string(id) + " dropped: " + why
+                        : v.last_error);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -163,7 +163,8 @@ private:
     void begin_restart(VassalRt& v, Vassal config);
     void start_restarted(VassalRt& v);
     void finish_reload(VassalRt& v);
-    void abandon_reload(VassalRt& v, const std::string& why);
+    // `superseded`: a newer change or the removal of the file takes over, which is no failure.
+    void abandon_reload(VassalRt& v, const std::string& why, bool superseded = false);
     void remove_vassal(VassalRt& v);
     // The one way workers leave: every worker of `g` drains (when `drain` and serving) or stops.
     void retire_generation(VassalRt& v, const Generation* g, bool drain);

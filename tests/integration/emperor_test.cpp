@@ -1038,6 +1038,28 @@ TEST_F(LiegeRun, NewGenerationNeverReadyIsAbandonedAtStartTimeout) {
     }
 }
 
+TEST_F(LiegeRun, AReloadSupersededByANewerChangeIsNoFailure) {
+    write_vassal("app", kAnyHost + backend_command("one-${WORKER}"));
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_TRUE(wait_served_by("app.test", "one-"));
+    // Generation 2 takes 30 s to listen; generation 3 comes while it starts.
+    auto from = mark();
+    write_vassal("app", kAnyHost + "command = " +
+                            toml_array({"sh", "-c",
+                                        "sleep 30; exec " + std::string(LIEGE_TEST_BACKEND) +
+                                            " --listen 127.0.0.1:${PORT} --name two"}) +
+                            "\n");
+    ASSERT_TRUE(wait_log("worker 1 started (pid ", kStart, from));
+    write_vassal("app", kAnyHost + backend_command("three-${WORKER}"));
+    ASSERT_TRUE(wait_served_by("app.test", "three-"));
+    EXPECT_TRUE(wait_log("vassal app: reload to generation 2 dropped: superseded by a newer "
+                         "change of the file",
+                         kStart, from));
+    const auto v = vassal("app");
+    EXPECT_EQ(v.value("failed_reloads", -1), 0) << v.dump(2);
+    EXPECT_TRUE(v["last_error"].is_null()) << v.dump(2);
+}
+
 // ---- crashes ----------------------------------------------------------------------------------
 
 TEST_F(LiegeRun, KilledWorkerIsRoutedAroundAndRestarted) {

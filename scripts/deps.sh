@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages liege needs to build and test, and nothing when all are there.
-# Usage: scripts/deps.sh [--bench]   (--bench adds wrk, curl, nginx, haproxy, liburing and h2load for bench/)
+# Usage: scripts/deps.sh [--bench]   (--bench adds wrk, curl, nginx, haproxy, liburing, h2load and slowhttptest for bench/)
 set -euo pipefail
 packages=(build-essential cmake pkg-config python3 libuv1-dev node-llhttp libtomlplusplus-dev
           libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
           uwsgi uwsgi-plugin-python3 gunicorn python3-flask
           libssl-dev libcurl4-openssl-dev openssl curl pebble clang libfuzzer-14-dev)
 if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(wrk curl nginx-light haproxy procps util-linux liburing-dev nghttp2-client)
+    packages+=(wrk curl nginx-light haproxy procps util-linux liburing-dev nghttp2-client slowhttptest)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -82,6 +82,16 @@ std::string encode(const DemandMessage& m) {
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
+std::string encode(const AcmeChallengesMessage& m) {
+    json j = {{"type", "acme_challenges"}, {"version", m.version}, {"challenges", m.challenges}};
+    return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+std::string encode(const AcmeChallengesAppliedMessage& m) {
+    json j = {{"type", "acme_challenges_applied"}, {"version", m.version}};
+    return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
 std::string encode(const StatsMessage& m) {
     json backends = json::array();
     for (const auto& b : m.backends) {
@@ -272,6 +282,15 @@ RecycleMessage decode_recycle(const json& j) {
 
 DemandMessage decode_demand(const json& j) {
     return {j.at("vassal").get<std::string>()};
+}
+
+AcmeChallengesMessage decode_acme_challenges(const json& j) {
+    return {j.at("version").get<uint64_t>(),
+            j.at("challenges").get<std::map<std::string, std::string>>()};
+}
+
+AcmeChallengesAppliedMessage decode_acme_challenges_applied(const json& j) {
+    return {j.at("version").get<uint64_t>()};
 }
 
 StatsMessage decode_stats(const json& j) {

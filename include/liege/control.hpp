@@ -84,6 +84,18 @@ struct DemandMessage {
     std::string vassal;
 };
 
+// Emperor → router: the HTTP-01 challenge tokens to answer on the plain listeners, the whole
+// set every time (as routes are), token → key authorisation.
+struct AcmeChallengesMessage {
+    uint64_t version = 0;
+    std::map<std::string, std::string> challenges;
+};
+
+// Router → emperor: the challenge set of `version` is served by every router thread.
+struct AcmeChallengesAppliedMessage {
+    uint64_t version = 0;
+};
+
 struct BackendStats {
     std::string address;
     int64_t in_flight = 0;
@@ -144,8 +156,11 @@ std::string encode(const DrainedMessage& m);
 std::string encode(const RecycleMessage& m);
 std::string encode(const DemandMessage& m);
 std::string encode(const StatsMessage& m);
+std::string encode(const AcmeChallengesMessage& m);
+std::string encode(const AcmeChallengesAppliedMessage& m);
 
-// The "type" of a decoded line: "routes", "hello", "drained", "stats", "recycle", "demand"; throws
+// The "type" of a decoded line: "routes", "hello", "drained", "stats", "recycle", "demand",
+// "acme_challenges", "acme_challenges_applied"; throws
 // nlohmann::json::exception or std::invalid_argument on a malformed line.
 nlohmann::json parse_line(std::string_view line);
 RoutesMessage decode_routes(const nlohmann::json& j);
@@ -153,6 +168,8 @@ DrainedMessage decode_drained(const nlohmann::json& j);
 RecycleMessage decode_recycle(const nlohmann::json& j); // throws on an unknown reason
 DemandMessage decode_demand(const nlohmann::json& j);
 StatsMessage decode_stats(const nlohmann::json& j);
+AcmeChallengesMessage decode_acme_challenges(const nlohmann::json& j);
+AcmeChallengesAppliedMessage decode_acme_challenges_applied(const nlohmann::json& j);
 
 // Accumulates bytes from a stream and hands out complete lines.
 class LineBuffer {

@@ -110,6 +110,9 @@ private:
     // An error response the router makes: `STATUS REASON` and the exchange's error_body as the
     // body, or (detail_only) the error_body alone, as one line.
     void respond_error(int status, std::string_view detail, bool detail_only = false);
+    // A plain-HTTP request for an ACME HTTP-01 token the emperor named is answered here with its
+    // key authorisation (router/acme_challenges.cpp); false for any other request.
+    bool answer_acme_challenge(std::string_view path);
     void finish_exchange();
     void release_upstream(bool reusable);
     void close_after_writes();

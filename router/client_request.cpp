@@ -252,6 +252,9 @@ int ClientConn::headers_complete() {
         ex_.text.error_body.assign(refusal.why);
         return -1;
     }
+    if (!tls_ && answer_acme_challenge(target.path)) {
+        return HPE_PAUSED; // answered, the connection closing
+    }
     // Route first: a request nobody serves is answered without building anything.
     ex_.snapshot = thread_.routes();
     const std::string_view host = target.host;

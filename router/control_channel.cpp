@@ -218,6 +218,13 @@ void ControlChannel::on_line(const std::string& line) {
     try {
         auto j = control::parse_line(line);
         std::string type = j["type"].get<std::string>();
+        if (type == "acme_challenges") {
+            auto m = control::decode_acme_challenges(j);
+            shared_.acme_challenges.set(std::move(m.challenges));
+            // Every thread reads the one set: from now on each of them answers these tokens.
+            send(control::encode(control::AcmeChallengesAppliedMessage{m.version}));
+            return;
+        }
         if (type != "routes") {
             spdlog::warn("router: unknown control message type '{}'", type);
             return;

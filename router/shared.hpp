@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "access_log.hpp"
+#include "acme_challenges.hpp"
 #include "conns_per_address.hpp"
 #include "liege/balancer.hpp"
 #include "liege/clock.hpp"
@@ -39,6 +40,8 @@ struct Shared {
     AccessLogFiles logs;
     // The certificates, when the router has HTTPS listeners (null otherwise).
     std::unique_ptr<TlsStore> tls;
+    // The HTTP-01 tokens the emperor named (answered on the plain listeners).
+    AcmeChallenges acme_challenges;
     // The port a 308 to https names (0: the scheme's own, 443).
     uint16_t https_port = 0;
 

@@ -34,6 +34,10 @@ struct RunArgs {
     std::vector<std::string> router_opts;
     std::string admin; // empty: default_admin()
     std::string admin_token_file;
+    std::string acme_directory;
+    std::string acme_email;
+    std::string acme_ca;
+    std::string state_dir; // empty: default_state_dir()
     unsigned threads = 0;
     int max_workers = 0;
     std::string profile;
@@ -42,6 +46,12 @@ struct RunArgs {
     std::string access_log = "-";
     std::string log_level = "info";
 };
+
+// Beside the default admin socket, in the per-user runtime directory.
+std::string default_state_dir() {
+    return (std::filesystem::path(parse_address(default_admin()).path).parent_path() / "state")
+        .string();
+}
 
 } // namespace
 
@@ -62,6 +72,17 @@ void add_run_command(CLI::App& app, int& exit_code) {
                     "Peer range (CIDR) whose X-Forwarded-* headers are kept; repeatable");
     cmd->add_option("--router-opt", args->router_opts,
                     "Router timeout or limit as KEY=VALUE (e.g. body_max=10MiB); repeatable");
+    cmd->add_option("--acme-directory", args->acme_directory,
+                    "ACME server's directory URL (https://...), for vassals with [tls] acme = true "
+                    "(e.g. https://acme-v02.api.letsencrypt.org/directory)");
+    cmd->add_option("--acme-email", args->acme_email,
+                    "Contact address of the ACME account (expiry notices)");
+    cmd->add_option("--acme-ca", args->acme_ca,
+                    "CA certificate (PEM) to trust for the ACME server, e.g. a private or test CA")
+        ->check(CLI::ExistingFile);
+    cmd->add_option("--state-dir", args->state_dir,
+                    "Directory for the ACME account key and certificates (default: " +
+                        default_state_dir() + ")");
     cmd->add_option("--admin", args->admin, "Admin API address (default: " + default_admin() + ")");
     cmd->add_option("--admin-token-file", args->admin_token_file,
                     "File (mode 0600) with the bearer token the admin API requires; needed for a "
@@ -147,6 +168,24 @@ void add_run_command(CLI::App& app, int& exit_code) {
                 exit_code = 1;
                 return;
             }
+        }
+        if (!args->acme_directory.empty() && !args->acme_directory.starts_with("https://")) {
+            throw CLI::ValidationError("--acme-directory " + args->acme_directory +
+                                       ": expected an https:// URL");
+        }
+        if (args->acme_directory.empty() && (!args->acme_email.empty() || !args->acme_ca.empty())) {
+            throw CLI::ValidationError("--acme-email and --acme-ca need --acme-directory URL");
+        }
+        o.acme_directory = args->acme_directory;
+        o.acme_email = args->acme_email;
+        if (!args->acme_ca.empty()) {
+            o.acme_ca = std::filesystem::absolute(args->acme_ca).string();
+        }
+        o.state_dir = std::filesystem::absolute(args->state_dir.empty() ? default_state_dir()
+                                                                        : args->state_dir);
+        if (!o.acme_directory.empty() && o.listen_tls.empty()) {
+            spdlog::warn("--acme-directory without --listen-tls: certificates are obtained but "
+                         "not served");
         }
         o.threads = args->threads;
         o.max_workers = args->max_workers;

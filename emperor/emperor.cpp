@@ -50,6 +50,9 @@ Emperor::Emperor(uv_loop_t* loop, EmperorOptions options)
     uv_idle_init(loop_, graveyard_idle_.get());
     graveyard_idle_->data = this;
     started_unix_ = unix_now();
+    acme_ = std::make_unique<AcmeManager>(
+        loop_, AcmeSettings{options_.acme_directory, options_.acme_email, options_.acme_ca},
+        options_.state_dir, router_, [this] { publish_routes(); });
 }
 
 Emperor::~Emperor() {
@@ -852,6 +855,7 @@ void Emperor::on_drained(const control::DrainedMessage& m) {
 void Emperor::publish_routes() {
     control::RoutesMessage m;
     m.version = ++routes_version_;
+    acme_->update(vassals_);
     for (const auto& [name, v] : vassals_) {
         v->routed_failed = v->refused();
         v->routed_error = v->last_error;
@@ -878,6 +882,9 @@ void Emperor::publish_routes() {
         r.tls_cert = shown->config.tls.cert.string();
         r.tls_key = shown->config.tls.key.string();
         r.tls_redirect = shown->config.tls.redirect;
+        if (std::string acme = acme_->certificate(name); !acme.empty()) {
+            r.tls_cert = acme; // chain and key in one file
+        }
         r.request_timeout_ms = shown->config.recycle.request_timeout.count();
         r.request_buffering = to_string(shown->config.upstream.request_buffering);
         r.trace = shown->config.upstream.trace;
@@ -1086,6 +1093,9 @@ nlohmann::json Emperor::status() const {
             {"last_error_resolved_time",
              v->last_error_resolved_unix != 0 ? json(v->last_error_resolved_unix) : json(nullptr)},
             {"last_output", last_output(*v)}};
+        if (json acme = acme_->status(name); !acme.is_null()) {
+            jv["tls"] = {{"acme", std::move(acme)}};
+        }
         uint64_t requests = 0;
         uint64_t errors = 0;
         int64_t queued = 0;

@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "acme_manager.hpp"
 #include "liege/control.hpp"
 #include "liege/emperor.hpp"
 #include "liege/spawner.hpp"
@@ -198,6 +199,7 @@ private:
     std::vector<std::unique_ptr<WorkerProc>> graveyard_;
     UvHandle<uv_idle_t> graveyard_idle_;
     RouterSupervisor router_;
+    std::unique_ptr<AcmeManager> acme_; // [tls] acme = true
     uint64_t routes_version_ = 0;
     std::mt19937_64 rng_{std::random_device{}()}; // each worker's max_requests draw
     std::function<void()> stats_listener_;

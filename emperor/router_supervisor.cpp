@@ -104,6 +104,13 @@ void RouterSupervisor::send_routes(const control::RoutesMessage& m) {
     }
 }
 
+void RouterSupervisor::send_acme_challenges(const control::AcmeChallengesMessage& m) {
+    challenges_ = m;
+    if (greeted_ && link_ != nullptr) {
+        link_->send(control::encode(m));
+    }
+}
+
 void RouterSupervisor::on_line(const std::string& line) {
     try {
         auto j = control::parse_line(line);
@@ -111,12 +118,19 @@ void RouterSupervisor::on_line(const std::string& line) {
         if (type == "hello") {
             greeted_ = true;
             events_.hello();
+            if (challenges_.version != 0 && link_ != nullptr) {
+                link_->send(control::encode(challenges_));
+            }
         } else if (type == "drained") {
             events_.drained(control::decode_drained(j));
         } else if (type == "recycle") {
             events_.recycle(control::decode_recycle(j));
         } else if (type == "demand") {
             events_.demand(control::decode_demand(j));
+        } else if (type == "acme_challenges_applied") {
+            if (challenges_applied_) {
+                challenges_applied_(control::decode_acme_challenges_applied(j).version);
+            }
         } else if (type == "stats") {
             stats_ = control::add_counters(stats_past_, control::decode_stats(j));
             events_.stats();

@@ -44,6 +44,14 @@ public:
     // Sent only to a router that has said hello; one that has not gets it in answer to its hello.
     void send_routes(const control::RoutesMessage& m);
 
+    // The HTTP-01 tokens to answer: sent now to a router that has said hello, and again to
+    // every router that says hello later.
+    void send_acme_challenges(const control::AcmeChallengesMessage& m);
+    // Runs when the router confirms it serves the challenge set of a version (null: nothing).
+    void on_acme_challenges_applied(std::function<void(uint64_t)> fn) {
+        challenges_applied_ = std::move(fn);
+    }
+
     // The running router's figures plus the counters of routers that have exited.
     const control::StatsMessage& stats() const { return stats_; }
     // After an exit: counters of backends and vassals still there live on (a new worker may
@@ -71,6 +79,8 @@ private:
     bool stopping_ = false;
     int64_t started_ms_ = 0;
     control::StatsMessage stats_;
+    control::AcmeChallengesMessage challenges_;
+    std::function<void(uint64_t)> challenges_applied_;
     control::StatsMessage stats_past_; // counters of routers that have exited
 };
 

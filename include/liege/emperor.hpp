@@ -27,6 +27,13 @@ struct EmperorOptions {
     std::vector<std::string> trusted_proxies; // --trusted-proxy, validated, for the router
     std::vector<std::string> router_opts;     // --router-opt KEY=VALUE, validated, for the router
     RouterOptions router;                     // the router's settings they give (for /status)
+    // Automatic certificates ([tls] acme = true): the ACME server's directory URL (empty = none),
+    // the account's contact, a CA file to trust for the server (empty = the system's), and
+    // where account key and certificates are kept (STATE/acme/).
+    std::string acme_directory;
+    std::string acme_email;
+    std::string acme_ca;
+    std::filesystem::path state_dir;
     // --max-workers: worker processes across all vassals. A pool grows beyond its `min`, and a
     // replacement starts, only below it (taking an idle worker of another vassal's when it is
     // reached); 0 = no cap.

@@ -613,6 +613,11 @@ protected:
     // Waits until the log, from byte `from` on, has a line containing `needle`; returns it.
     std::optional<std::string> wait_log(const std::string& needle, Millis timeout = kStart,
                                         std::size_t from = 0) const;
+    // The port of the first `--listen-tls` address, once the log names it.
+    std::optional<uint16_t> wait_tls_port() const {
+        auto line = wait_log(" (https)", kWait);
+        return line ? port_after(*line, "listening on ") : std::nullopt;
+    }
     // How many times `needle` occurs in the log after `from`.
     std::size_t count_log(const std::string& needle, std::size_t from = 0) const {
         return count_of(log(), needle, from);

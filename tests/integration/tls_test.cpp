@@ -32,101 +32,12 @@
 
 #include "../tls_peer.hpp"
 #include "harness.hpp"
+#include "test_ca.hpp"
 
 using namespace liege::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-// The program `name` as found on PATH (Process runs a path, not a name).
-std::string tool(const std::string& name) {
-    const char* path = std::getenv("PATH");
-    std::string dirs = path != nullptr ? path : "/usr/bin:/bin";
-    size_t from = 0;
-    while (from <= dirs.size()) {
-        const size_t to = std::min(dirs.find(':', from), dirs.size());
-        const fs::path candidate = fs::path(dirs.substr(from, to - from)) / name;
-        if (::access(candidate.c_str(), X_OK) == 0) {
-            return candidate.string();
-        }
-        from = to + 1;
-    }
-    return name;
-}
-
-// Runs a command to its end; its exit code (or -1) and both streams.
-struct Ran {
-    int code = -1;
-    std::string out;
-    std::string err;
-};
-Ran run(std::vector<std::string> argv, Millis timeout = kWait) {
-    argv[0] = tool(argv[0]);
-    Process p(std::move(argv));
-    Ran r;
-    auto st = p.wait_exit(timeout);
-    if (st && WIFEXITED(*st)) {
-        r.code = WEXITSTATUS(*st);
-    }
-    poll_until([&] { return p.out().closed() && p.err().closed(); }, 2s);
-    r.out = p.out().text();
-    r.err = p.err().text();
-    return r;
-}
-
-// A throwaway CA in `dir` and certificates it signs.
-class TestCa {
-public:
-    explicit TestCa(fs::path dir) : dir_(std::move(dir)) {
-        fs::create_directories(dir_);
-        Ran r = run({"openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
-                     "ec_paramgen_curve:P-256", "-nodes", "-keyout", (dir_ / "ca.key").string(),
-                     "-out", ca().string(), "-days", "2", "-subj", "/CN=liege test CA"});
-        if (r.code != 0) {
-            throw std::runtime_error("openssl req (CA): " + r.err);
-        }
-    }
-    fs::path ca() const { return dir_ / "ca.pem"; }
-
-    // Writes FILE.pem and FILE.key (FILE = `file` under the CA's directory unless absolute) for
-    // `name`, with `tag` as its organisation so a test can tell two certificates apart. The key
-    // is new unless `key` names an existing one. Files are written beside and renamed into place,
-    // as a deploy tool does.
-    void issue(const std::string& name, const std::string& tag, const fs::path& pem,
-               const fs::path& key, const fs::path& reuse_key = {}) const {
-        const fs::path tmp = dir_ / ("tmp-" + tag);
-        std::vector<std::string> req = {"openssl",
-                                        "req",
-                                        "-new",
-                                        "-subj",
-                                        "/CN=" + name + "/O=" + tag,
-                                        "-out",
-                                        tmp.string() + ".csr"};
-        if (reuse_key.empty()) {
-            req.insert(req.end(), {"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                                   "-keyout", tmp.string() + ".key"});
-        } else {
-            fs::copy_file(reuse_key, tmp.string() + ".key", fs::copy_options::overwrite_existing);
-            req.insert(req.end(), {"-key", tmp.string() + ".key"});
-        }
-        Ran r = run(req);
-        if (r.code != 0) {
-            throw std::runtime_error("openssl req: " + r.err);
-        }
-        write_file(tmp.string() + ".ext", "subjectAltName=DNS:" + name + "\n");
-        r = run({"openssl", "x509", "-req", "-in", tmp.string() + ".csr", "-CA", ca().string(),
-                 "-CAkey", (dir_ / "ca.key").string(), "-CAcreateserial", "-days", "2", "-extfile",
-                 tmp.string() + ".ext", "-out", tmp.string() + ".pem"});
-        if (r.code != 0) {
-            throw std::runtime_error("openssl x509: " + r.err);
-        }
-        fs::rename(tmp.string() + ".key", key);
-        fs::rename(tmp.string() + ".pem", pem);
-    }
-
-private:
-    fs::path dir_;
-};
 
 // One TLS connection to 127.0.0.1:port, blocking, with bounded waits.
 class TlsClient {
@@ -142,15 +53,8 @@ public:
         static const unsigned char kAlpn[] = {2,   'h', '2', 8,   'h', 't',
                                               't', 'p', '/', '1', '.', '1'};
         SSL_CTX_set_alpn_protos(ctx_, kAlpn, sizeof(kAlpn));
-        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        timeval tv{10, 0};
-        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-        sockaddr_in sa{};
-        sa.sin_family = AF_INET;
-        sa.sin_port = htons(port);
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+        fd_ = connect_loopback(port);
+        if (fd_ < 0) {
             error_ = "connect failed";
             return;
         }
@@ -301,10 +205,8 @@ protected:
                    pem("default").string(), "--tls-key",   key("default").string()};
         o.extra.insert(o.extra.end(), extra.begin(), extra.end());
         ASSERT_NO_FATAL_FAILURE(start_liege(o));
-        auto line = wait_log(" (https)", kWait);
-        ASSERT_TRUE(line) << log();
-        auto port = port_after(*line, "listening on ");
-        ASSERT_TRUE(port) << *line;
+        auto port = wait_tls_port();
+        ASSERT_TRUE(port) << log();
         tls_port_ = *port;
     }
 

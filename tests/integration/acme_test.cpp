@@ -294,7 +294,7 @@ TEST_F(Acme, RenewsAShortLivedCertificateForNewConnections) {
         60s, 200ms))
         << "still serving " << first << "\n"
         << log();
-    EXPECT_NE(log().find("certificate issued"), std::string::npos);
+    EXPECT_TRUE(wait_log("certificate issued", kWait)) << log();
     const fs::path root = pebble.root();
     Ran r = curl_https("shop.test", root);
     EXPECT_EQ(r.out, "shop\n200") << r.err;
@@ -315,7 +315,7 @@ TEST_F(Acme, KeepsTheCertificateAcrossARestartWithoutANewOrder) {
     acme = wait_acme("valid", kStart);
     ASSERT_FALSE(acme.is_null()) << log();
     EXPECT_EQ(acme["serial"], serial);
-    EXPECT_NE(log().find("using the stored certificate"), std::string::npos) << log();
+    EXPECT_TRUE(wait_log("using the stored certificate", kWait)) << log();
     EXPECT_EQ(log().find("ordering a certificate"), std::string::npos) << log();
     ASSERT_TRUE(poll_until(
         [&] { return served_certificate(tls_port_, "shop.test").serial == serial; }, kWait, 50ms));
@@ -338,7 +338,7 @@ TEST_F(Acme, UnreachableServerBacksOffAndTheDefaultCertificateServes) {
     EXPECT_GE(next, ::time(nullptr) + 20) << acme.dump();
     EXPECT_LE(next, ::time(nullptr) + 31) << acme.dump();
     EXPECT_TRUE(acme["certificate"].is_null());
-    EXPECT_NE(log().find("next attempt in 30 s"), std::string::npos) << log();
+    EXPECT_TRUE(wait_log("next attempt in 30 s", kWait)) << log();
     // Meanwhile the app is served over HTTPS with the default certificate.
     Ran r = curl_https("shop.test", ca);
     EXPECT_NE(r.err.find("no alternative certificate subject name matches"), std::string::npos)

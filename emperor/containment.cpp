@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -27,15 +28,32 @@ namespace {
 
 Containment* g_current = nullptr;
 
+// errno tells why when it returns false.
 bool write_file(const std::string& path, std::string_view text) {
     int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) {
         return false;
     }
     ssize_t n = ::write(fd, text.data(), text.size());
+    const int e = errno;
     ::close(fd);
+    errno = e;
     return n == static_cast<ssize_t>(text.size());
 }
+
+// The space-separated words of a file (cgroup.controllers, cgroup.subtree_control, cgroup.procs).
+std::set<std::string> words_of(const std::string& path) {
+    std::ifstream in(path);
+    std::set<std::string> out;
+    std::string word;
+    while (in >> word) {
+        out.insert(word);
+    }
+    return out;
+}
+
+// The controllers a vassal's [limits] use, in cgroup.controllers' order.
+constexpr std::array<const char*, 3> kLimitControllers = {"cpu", "memory", "pids"};
 
 // The cgroup v2 directory this process is in ("" when there is no cgroup v2 hierarchy): the
 // cgroup2 mount point from /proc/self/mountinfo joined with the "0::" line of /proc/self/cgroup.
@@ -228,9 +246,15 @@ std::unique_ptr<Containment> Containment::install() {
         if (::mkdir(root.c_str(), 0755) == 0 || errno == EEXIST) {
             if (can_move_into(root)) {
                 c->cgroup_root_ = root;
+                c->enable_controllers(own);
             } else {
                 ::rmdir(root.c_str());
             }
+        }
+    }
+    if (c->cgroup_root_.empty()) {
+        for (const char* name : kLimitControllers) {
+            c->controller_missing_[name] = "no writable cgroup v2 hierarchy";
         }
     }
 
@@ -276,15 +300,143 @@ Containment::~Containment() {
         while (::waitpid(guard_pid_, nullptr, 0) < 0 && errno == EINTR) {
         }
     }
+    if (!own_cgroup_.empty()) {
+        // Back where we came from: the controllers off again (first below, then in our own
+        // cgroup), else the no-internal-process rule refuses the move.
+        for (const std::string& name : enabled_in_own_) {
+            write_file(cgroup_root_ + "/cgroup.subtree_control", "-" + name);
+            write_file(own_cgroup_ + "/cgroup.subtree_control", "-" + name);
+        }
+        if (write_file(own_cgroup_ + "/cgroup.procs", std::to_string(::getpid()))) {
+            ::rmdir((cgroup_root_ + "/emperor").c_str());
+        }
+    }
     if (!cgroup_root_.empty()) {
         ::rmdir(cgroup_root_.c_str());
+    }
+}
+
+void Containment::enable_controllers(const std::string& own) {
+    const std::set<std::string> available = words_of(own + "/cgroup.controllers");
+    std::vector<std::string> wanted;
+    for (const char* name : kLimitControllers) {
+        if (available.count(name) != 0) {
+            wanted.emplace_back(name);
+        } else {
+            controller_missing_[name] = std::string("controller ") + name + " not available in " +
+                                        own + " (not in its cgroup.controllers)";
+        }
+    }
+    // Returns 0, or the errno of the first controller that could not be enabled in `dir`.
+    auto enable_in = [&wanted](const std::string& dir, std::string* which) {
+        const std::string file = dir + "/cgroup.subtree_control";
+        const std::set<std::string> on = words_of(file);
+        for (const std::string& name : wanted) {
+            if (on.count(name) == 0 && !write_file(file, "+" + name)) {
+                *which = name;
+                return errno;
+            }
+        }
+        return 0;
+    };
+    std::string which;
+    int e = enable_in(own, &which);
+    const std::string me = std::to_string(::getpid());
+    if (e == EBUSY && words_of(own + "/cgroup.procs") == std::set<std::string>{me}) {
+        // The no-internal-process rule, and we are the only process in our cgroup: step into a
+        // leaf of our own (before the guard is forked, so it is born there too).
+        const std::string leaf = cgroup_root_ + "/emperor";
+        if ((::mkdir(leaf.c_str(), 0755) == 0 || errno == EEXIST) &&
+            write_file(leaf + "/cgroup.procs", me)) {
+            const std::set<std::string> before = words_of(own + "/cgroup.subtree_control");
+            e = enable_in(own, &which);
+            if (e == 0) {
+                own_cgroup_ = own;
+                for (const std::string& name : wanted) {
+                    if (before.count(name) == 0) {
+                        enabled_in_own_.push_back(name);
+                    }
+                }
+                spdlog::info("emperor: moved itself into {} to enable controllers in {}", leaf,
+                             own);
+            } else {
+                write_file(own + "/cgroup.procs", me);
+                ::rmdir(leaf.c_str());
+            }
+        } else {
+            ::rmdir(leaf.c_str());
+        }
+    }
+    std::string where = own;
+    if (e == 0) {
+        where = cgroup_root_;
+        e = enable_in(cgroup_root_, &which);
+    }
+    if (e != 0) {
+        std::string why = "cannot enable controller " + which + " in " + where +
+                          "/cgroup.subtree_control: " + std::strerror(e);
+        if (e == EBUSY) {
+            why += " (the emperor's cgroup holds other processes; run liege in a cgroup of its "
+                   "own, such as a systemd unit with Delegate=yes)";
+        }
+        for (const std::string& name : wanted) {
+            controller_missing_[name] = why;
+        }
+        return;
+    }
+    for (const std::string& name : wanted) {
+        controllers_ += (controllers_.empty() ? "" : " ") + name;
+    }
+}
+
+std::string Containment::controllers() const {
+    return controllers_;
+}
+
+std::string Containment::limits_unavailable(const Containment* c, bool memory, bool cpu,
+                                            bool pids) {
+    if (c == nullptr) {
+        return "the emperor contains no processes in cgroups here";
+    }
+    for (const auto& [asked, name] :
+         {std::pair{cpu, "cpu"}, std::pair{memory, "memory"}, std::pair{pids, "pids"}}) {
+        if (auto it = c->controller_missing_.find(name);
+            asked && it != c->controller_missing_.end()) {
+            return it->second;
+        }
+    }
+    return {};
+}
+
+std::string Containment::probe_limits(bool memory, bool cpu, bool pids) {
+    const std::string own = own_cgroup_dir();
+    if (own.empty()) {
+        return "no cgroup v2 hierarchy";
+    }
+    const std::set<std::string> available = words_of(own + "/cgroup.controllers");
+    for (const auto& [asked, name] :
+         {std::pair{cpu, "cpu"}, std::pair{memory, "memory"}, std::pair{pids, "pids"}}) {
+        if (asked && available.count(name) == 0) {
+            return std::string("controller ") + name + " not available in " + own;
+        }
+    }
+    if (::access(own.c_str(), W_OK) != 0) {
+        return "cgroup " + own + " not writable by uid " + std::to_string(::geteuid());
+    }
+    return {};
+}
+
+void Containment::discard_cgroup(const std::string& cgroup) {
+    if (!cgroup.empty()) {
+        ::rmdir(cgroup.c_str());
     }
 }
 
 std::string Containment::describe() const {
     std::string out;
     if (!cgroup_root_.empty()) {
-        out = "cgroup v2 (" + cgroup_root_ + "), ";
+        out = "cgroup v2 (" + cgroup_root_ +
+              (controllers_.empty() ? "" : "; controllers " + controllers_) + "), ";
     }
     out += "process groups";
     if (subreaper_) {

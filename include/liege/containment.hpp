@@ -13,6 +13,16 @@
 //     can leave it; a leader's exit, or a stop's SIGKILL, kills the cgroup (cgroup.kill), and
 //     the child counts as gone once the cgroup is empty.
 //
+// Limits ([limits] memory, cpu, pids of a vassal) are written into a child's cgroup before it is
+// born there, which needs the memory, cpu and pids controllers enabled down to liege.<pid>: in
+// the emperor's cgroup's cgroup.subtree_control, then in liege.<pid>'s. cgroup v2 lets a cgroup
+// other than the root hand controllers to its children only while it holds no process itself,
+// so where the emperor's cgroup holds the emperor alone (a systemd unit with Delegate=yes), the
+// emperor moves itself, and then the guard, into a leaf of its own, liege.<pid>/emperor, first.
+// Where its cgroup holds other processes too (a login shell's scope), the controllers cannot be
+// had without leaving the cgroup the emperor was put in, which would take its workers out of
+// the limits and accounting that cgroup stands for: limits are then not available, and say why.
+//
 // And the guard: a small process forked at install(), in a session of its own, which holds the
 // read end of a pipe whose write end only the emperor has. The emperor tells it each child's
 // process group and cgroup as it starts one, and forgets it once the group is gone. When the
@@ -25,6 +35,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace liege {
 
@@ -41,6 +52,16 @@ public:
     Containment& operator=(const Containment&) = delete;
 
     bool cgroups() const { return !cgroup_root_.empty(); }
+    // Whether a child's cgroup can take the limits `memory`, `cpu`, `pids` ask for (each true when
+    // asked): "" when it can, else why not ("no writable cgroup v2 hierarchy", "controller cpu
+    // not available in /sys/fs/cgroup/x"). With no containment installed, why there is none.
+    static std::string limits_unavailable(const Containment* c, bool memory, bool cpu, bool pids);
+    // Without installing anything (for `liege check`): why an emperor started here, as this
+    // user, could not apply those limits, "" when it looks as if it could (cgroup v2, the
+    // controllers offered to our cgroup, and the cgroup writable).
+    static std::string probe_limits(bool memory, bool cpu, bool pids);
+    // The controllers enabled for children ("cpu memory pids"), "" for none.
+    std::string controllers() const;
     // "cgroup v2 (/sys/fs/cgroup/liege.123), process groups, subreaper, guard pid 124"
     std::string describe() const;
 
@@ -51,6 +72,8 @@ public:
     void started(pid_t pgid, const std::string& cgroup);
     // Everything in its group and cgroup is gone (its cgroup directory is removed here).
     void gone(pid_t pgid);
+    // A cgroup from make_cgroup() that no child was started in: removed.
+    void discard_cgroup(const std::string& cgroup);
 
     // Kills everything in `cgroup` (cgroup.kill); false when it could not.
     static bool kill_cgroup(const std::string& cgroup);
@@ -70,7 +93,17 @@ private:
     Containment() = default;
     void tell_guard(char op, pid_t pgid, const std::string& cgroup);
 
+    void enable_controllers(const std::string& own);
+
     std::string cgroup_root_; // liege.<pid> under our own cgroup; "" when cgroups are not used
+    // Of cpu, memory, pids: those enabled for children, and why each other one is not.
+    std::unordered_map<std::string, std::string> controller_missing_;
+    std::string controllers_;
+    // Set when the emperor moved itself into cgroup_root_/emperor: where it came from, and what it
+    // enabled there, to undo at the end (an emperor killed by SIGKILL leaves both directories,
+    // empty, to whoever owns its cgroup: systemd removes a unit's).
+    std::string own_cgroup_;
+    std::vector<std::string> enabled_in_own_;
     std::unordered_map<pid_t, std::string> children_; // started and not gone: pgid -> cgroup
     unsigned next_cgroup_ = 0;
     bool subreaper_ = false;

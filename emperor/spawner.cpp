@@ -16,14 +16,22 @@
 //   2. Every signal disposition back to default while all signals are still blocked (the parent
 //      blocks them around fork): otherwise a signal arriving now would run the emperor's libuv
 //      handler in the child and write into the emperor's signal pipe.
-//   3. PR_SET_PDEATHSIG(SIGKILL), then getppid() against the pid the parent had before fork: if
-//      the emperor died in between, the death signal was never armed, so exit now.
-//   4. fds: every source is first duplicated above the target range (CLOEXEC), then dup2'd into
+//   3. rlimits (while still privileged: raising a hard limit needs CAP_SYS_RESOURCE), then the
+//      user: setgroups, setgid, setuid, in that order, since each drops a privilege the one
+//      before it needs; the lists were resolved before fork (initgroups reads NSS, not
+//      async-signal-safe). Then PR_SET_NO_NEW_PRIVS.
+//   4. PR_SET_PDEATHSIG(SIGKILL), then getppid() against the pid the parent had before fork: if
+//      the emperor died in between, the death signal was never armed, so exit now. After the
+//      credential change, because that change clears the death signal.
+//   5. fds: every source is first duplicated above the target range (CLOEXEC), then dup2'd into
 //      place (0 = /dev/null, 1/2 = the output pipes, 3 = listen_fd, then extra_fds), so a source
 //      that sits on another's target number cannot be clobbered. Everything above the targets is
 //      marked CLOEXEC (close_range), so no emperor fd leaks into an app.
-//   5. LISTEN_PID, chdir, unblock signals, exec each PATH candidate in turn (execvp's rules).
-//   6. On failure: errno goes to the parent through a CLOEXEC pipe that exec closes on success;
+//   6. LISTEN_PID, chdir (as the new user: a directory it cannot enter fails the spawn, rather
+//      than leaving it in a cwd it could not reach itself), unblock signals, exec each PATH
+//      candidate in turn (execvp's rules).
+//   7. On failure: the step and errno go to the parent through a CLOEXEC pipe that exec closes on
+//   success;
 //      spawn_child() blocks on that pipe for the few microseconds until exec, as libuv does.
 //
 // Exits: the Reaper (SIGCHLD through uv_signal_t) calls waitpid() for each pid in a registry of
@@ -58,6 +66,7 @@
 #include <linux/sched.h> // clone_args, CLONE_INTO_CGROUP
 #include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -564,15 +573,45 @@ std::vector<std::string> exec_candidates(const std::string& program, const char*
     return candidates;
 }
 
+bool write_cgroup_file(const std::string& path, const std::string& value) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return false;
+    }
+    const ssize_t n = ::write(fd, value.data(), value.size());
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    return n == static_cast<ssize_t>(value.size());
+}
+
 bool env_name_is(const char* entry, std::string_view name) {
     return std::strncmp(entry, name.data(), name.size()) == 0 && entry[name.size()] == '=';
 }
 
 // --- Between fork and exec: async-signal-safe only. ---
 
-[[noreturn]] void child_fail(int report_fd, int err) {
-    const char* p = reinterpret_cast<const char*>(&err);
-    std::size_t left = sizeof err;
+// What failed between fork and exec, as the report pipe carries it.
+enum class Step : int {
+    Exec,
+    Chdir,
+    Setgroups,
+    Setgid,
+    Setuid,
+    Rlimit,
+    NoNewPrivs,
+    Pdeathsig,
+    Fds
+};
+struct Report {
+    Step step;
+    int err;
+};
+
+[[noreturn]] void child_fail(int report_fd, int err, Step step = Step::Fds) {
+    const Report report{step, err};
+    const char* p = reinterpret_cast<const char*>(&report);
+    std::size_t left = sizeof report;
     while (left > 0) {
         ssize_t n = ::write(report_fd, p, left);
         if (n < 0 && errno == EINTR) {
@@ -612,6 +651,10 @@ struct ExecPlan {
     std::vector<int> sources;          // the fd that becomes fd i
     std::vector<int> temps;            // scratch for the child, sized before fork
     const char* cwd = nullptr;
+    const SpawnUser* user = nullptr;
+    std::vector<gid_t> groups; // user's, as setgroups takes them
+    std::vector<std::pair<int, rlimit>> rlimits;
+    bool no_new_privs = false;
     std::string cgroup_procs; // the child's cgroup.procs, joined first ("" = none)
     bool in_cgroup = false;   // born in its cgroup (clone3): nothing to join
     pid_t parent = 0;
@@ -671,8 +714,32 @@ pid_t fork_into(int cgroup_fd, bool* born_in) {
         }
     }
 
+    for (const auto& [resource, limit] : plan.rlimits) {
+        if (::setrlimit(static_cast<__rlimit_resource_t>(resource), &limit) != 0) {
+            child_fail(report_fd, errno, Step::Rlimit);
+        }
+    }
+    if (plan.user != nullptr) {
+        // The raw system calls: libc's wrappers broadcast the change to every thread it knows
+        // of, and a child of clone3 still has the emperor's thread list (see fork_into). The
+        // kernel's calls change this thread, the child's only one.
+        if (::syscall(SYS_setgroups, plan.groups.size(), plan.groups.data()) != 0) {
+            child_fail(report_fd, errno, Step::Setgroups);
+        }
+        const gid_t gid = plan.user->gid;
+        const uid_t uid = plan.user->uid;
+        if (::syscall(SYS_setresgid, gid, gid, gid) != 0) {
+            child_fail(report_fd, errno, Step::Setgid);
+        }
+        if (::syscall(SYS_setresuid, uid, uid, uid) != 0) {
+            child_fail(report_fd, errno, Step::Setuid);
+        }
+    }
+    if (plan.no_new_privs && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        child_fail(report_fd, errno, Step::NoNewPrivs);
+    }
     if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
-        child_fail(report_fd, errno);
+        child_fail(report_fd, errno, Step::Pdeathsig);
     }
     if (::getppid() != plan.parent) {
         ::_exit(1); // the emperor died before the death signal was armed
@@ -706,7 +773,7 @@ pid_t fork_into(int cgroup_fd, bool* born_in) {
         format_decimal(plan.listen_pid_digits, static_cast<long>(::getpid()));
     }
     if (plan.cwd != nullptr && ::chdir(plan.cwd) != 0) {
-        child_fail(report_fd, errno);
+        child_fail(report_fd, errno, Step::Chdir);
     }
     ::sigprocmask(SIG_SETMASK, &unblocked, nullptr);
 
@@ -724,10 +791,38 @@ pid_t fork_into(int cgroup_fd, bool* born_in) {
     if (saw_eacces && (err == ENOENT || err == ENOTDIR)) {
         err = EACCES;
     }
-    child_fail(report_fd, err);
+    child_fail(report_fd, err, Step::Exec);
 }
 
 // --- end of the async-signal-safe part ---
+
+// What the child's report names, for a user: "" for the exec itself.
+std::string step_text(Step step, const ExecPlan& plan) {
+    const std::string uid = plan.user != nullptr ? std::to_string(plan.user->uid) : "";
+    const std::string gid = plan.user != nullptr ? std::to_string(plan.user->gid) : "";
+    switch (step) {
+    case Step::Exec:
+        return "";
+    case Step::Chdir:
+        return std::string("chdir ") + (plan.cwd != nullptr ? plan.cwd : "") +
+               (plan.user != nullptr ? " as uid " + uid : "");
+    case Step::Setgroups:
+        return "setgroups for uid " + uid;
+    case Step::Setgid:
+        return "setgid " + gid;
+    case Step::Setuid:
+        return "setuid " + uid;
+    case Step::Rlimit:
+        return "setrlimit";
+    case Step::NoNewPrivs:
+        return "PR_SET_NO_NEW_PRIVS";
+    case Step::Pdeathsig:
+        return "PR_SET_PDEATHSIG";
+    case Step::Fds:
+        return "setting up file descriptors";
+    }
+    return "";
+}
 
 } // namespace
 
@@ -742,7 +837,10 @@ std::string format_last_lines(const Child* child) {
 }
 
 std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child::LineFn on_line,
-                                   Child::ExitFn on_exit, int* err) {
+                                   Child::ExitFn on_exit, int* err, std::string* step) {
+    if (step != nullptr) {
+        step->clear();
+    }
     auto fail = [err](int e) -> std::unique_ptr<Child> {
         if (err != nullptr) {
             *err = -e;
@@ -806,10 +904,33 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
     if (!spec.cwd.empty()) {
         plan.cwd = spec.cwd.c_str();
     }
+    if (spec.user) {
+        plan.user = &*spec.user;
+        plan.groups.assign(spec.user->groups.begin(), spec.user->groups.end());
+    }
+    plan.no_new_privs = spec.no_new_privs;
+    for (const auto& [resource, value] : spec.rlimits) {
+        plan.rlimits.emplace_back(resource,
+                                  rlimit{static_cast<rlim_t>(value), static_cast<rlim_t>(value)});
+    }
     Containment* containment = Containment::current();
     const std::string cgroup = containment != nullptr ? containment->make_cgroup() : "";
     if (!cgroup.empty()) {
         plan.cgroup_procs = cgroup + "/cgroup.procs";
+    }
+    // Limits go in before the child is born in the cgroup, so nothing it does escapes them.
+    for (const auto& [file, value] : spec.cgroup_files) {
+        const std::string path = cgroup + "/" + file;
+        if (cgroup.empty() || !write_cgroup_file(path, value)) {
+            const int e = cgroup.empty() ? ENOTSUP : errno;
+            if (step != nullptr) {
+                *step = cgroup.empty() ? "no cgroup for " + file : "write " + value + " to " + path;
+            }
+            if (containment != nullptr && !cgroup.empty()) {
+                containment->discard_cgroup(cgroup);
+            }
+            return fail(e);
+        }
     }
 
     FdGuard guard;
@@ -871,11 +992,12 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
     ::close(std::exchange(report_write, -1));
     ::close(std::exchange(dev_null, -1));
 
-    int child_errno = 0;
+    Report report{Step::Exec, 0};
     ssize_t n;
     do {
-        n = ::read(report_read, &child_errno, sizeof child_errno);
+        n = ::read(report_read, &report, sizeof report);
     } while (n < 0 && errno == EINTR);
+    const int child_errno = report.err;
     if (n > 0) {
         // exec failed: the child has _exit'ed or is about to; it is not registered, so reap it
         // here rather than leave a zombie.
@@ -883,6 +1005,9 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
         }
         if (containment != nullptr) {
             containment->gone(pid);
+        }
+        if (step != nullptr) {
+            *step = step_text(report.step, plan);
         }
         spdlog::debug("{}: cannot run {}: {}", spec.tag, spec.argv[0], std::strerror(child_errno));
         return fail(child_errno);

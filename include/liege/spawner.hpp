@@ -2,10 +2,12 @@
 //
 // Each child runs in its own process group, so a stop signal reaches everything the app forked.
 // Between fork and exec the child (async-signal-safe calls only) joins its new process group,
-// sets PR_SET_PDEATHSIG to SIGKILL and then checks getppid() against the emperor's pid, so no
-// child outlives an emperor that dies, even by SIGKILL; it moves the inherited socket to fd 3
-// with LISTEN_FDS=1 and LISTEN_PID=<its own pid>; it changes to the working directory and execs.
-// Its stdout and stderr are pipes read by the emperor's loop and delivered line by line.
+// sets its rlimits, drops to its user and groups, sets PR_SET_NO_NEW_PRIVS, then sets
+// PR_SET_PDEATHSIG to SIGKILL (after the credential change, which clears it) and checks
+// getppid() against the emperor's pid, so no child outlives an emperor that dies, even by
+// SIGKILL; it moves the inherited socket to fd 3 with LISTEN_FDS=1 and LISTEN_PID=<its own pid>;
+// it changes to the working directory (as its user) and execs. Its stdout and stderr are pipes
+// read by the emperor's loop and delivered line by line.
 #pragma once
 
 #include <uv.h>
@@ -15,12 +17,21 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace liege {
+
+// Whom a child runs as: set in the child by setgroups(groups), setgid(gid), setuid(uid), in that
+// order (each later call needs the privilege the one before it keeps).
+struct SpawnUser {
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+    std::vector<uint32_t> groups; // supplementary groups (initgroups' list, resolved before fork)
+};
 
 struct SpawnSpec {
     std::vector<std::string> argv;                        // argv[0] is looked up in PATH
@@ -29,6 +40,14 @@ struct SpawnSpec {
     int listen_fd = -1;         // socket activation: becomes fd 3 with LISTEN_FDS=1, LISTEN_PID=pid
     std::vector<int> extra_fds; // passed on as fds 3.. (after listen_fd if any), not CLOEXEC
     std::string tag;            // prefix for output lines, e.g. "hello/1"
+    std::optional<SpawnUser> user; // nullopt = the emperor's own credentials
+    bool no_new_privs = false;     // PR_SET_NO_NEW_PRIVS before exec
+    // setrlimit(resource, {value, value}) before the credential change; RLIM_INFINITY allowed.
+    std::vector<std::pair<int, uint64_t>> rlimits;
+    // Written into the child's own cgroup before it is born there ("memory.max", "1073741824").
+    // A child that gets no cgroup, or a file that cannot be written, fails the spawn: a limit
+    // asked for is never dropped silently.
+    std::vector<std::pair<std::string, std::string>> cgroup_files;
 };
 
 struct ExitStatus {
@@ -88,9 +107,11 @@ std::string format_last_lines(const Child* child);
 // is delivered when the pipe closes; a very long line is cut at 8 KiB); on_exit runs once, after
 // the process is reaped and its output pipes are drained. Returns nullptr and sets *err (negative
 // errno, e.g. -ENOENT for a missing program) when the spawn fails; an exec failure in the child
-// is reported as such too, not as an exit with a mystery code.
+// is reported as such too, not as an exit with a mystery code. `step`, when given, is set to what
+// failed other than the exec itself ("chdir /srv/app", "setuid 65534", "write memory.max"), or ""
+// when it was the exec (or nothing failed).
 std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child::LineFn on_line,
-                                   Child::ExitFn on_exit, int* err);
+                                   Child::ExitFn on_exit, int* err, std::string* step = nullptr);
 
 // Must be called once on the emperor's loop before any spawn: installs the SIGCHLD handler that
 // reaps children (waitpid) and dispatches their exits. Returns the handle owner; closing it

@@ -175,6 +175,35 @@ TEST_F(Spawn, ReportsExecAndChdirFailuresAsErrno) {
     fs::remove_all(dir);
 }
 
+TEST_F(Spawn, RunsAsTheGivenUserAndSaysWhichStepFailed) {
+    if (::geteuid() != 0) {
+        GTEST_SKIP() << "changing users needs root";
+    }
+    liege::SpawnSpec spec;
+    spec.argv = {"sh", "-c", "id -u; id -g; id -G; grep NoNewPrivs /proc/self/status"};
+    spec.user = liege::SpawnUser{65534, 65534, {65534}};
+    spec.no_new_privs = true;
+    Output out;
+    ASSERT_NE(spawn(spec, out), nullptr);
+    ASSERT_TRUE(run_until([&] { return out.exit.has_value(); }));
+    EXPECT_EQ(out.exit->exit_code, 0);
+    EXPECT_TRUE(out.has_line("65534", false)); // uid, gid, and the only group
+    EXPECT_EQ(out.lines.size(), 4u);
+    EXPECT_TRUE(out.has_line("NoNewPrivs:\t1", false));
+
+    // A working directory the user may not enter: the spawn fails and says at which step.
+    fs::path dir = make_temp_dir("liege-emperor-test"); // 0700, root's
+    spec.cwd = dir.string();
+    int err = 0;
+    std::string step;
+    auto child = liege::spawn_child(
+        loop(), spec, [](std::string_view, bool) {}, [](liege::ExitStatus) {}, &err, &step);
+    EXPECT_EQ(child, nullptr);
+    EXPECT_EQ(err, -EACCES);
+    EXPECT_EQ(step, "chdir " + dir.string() + " as uid 65534");
+    fs::remove_all(dir);
+}
+
 TEST_F(Spawn, PassesTheEnvironmentAndWorkingDirectory) {
     fs::path dir = make_temp_dir("liege-emperor-test");
     ::setenv("LIEGE_TEST_INHERITED", "from-emperor", 1);

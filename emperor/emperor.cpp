@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "liege/clock.hpp"
+#include "liege/isolation.hpp"
 #include "liege/log.hpp"
 #include "liege/logs.hpp"
 #include "liege/router_settings.hpp"
@@ -245,6 +246,10 @@ void Emperor::on_changes(const std::vector<DirChange>& changes) {
 
 void Emperor::apply_file(const std::string& name, const fs::path& file) {
     VassalLoad load = load_vassal_file(file, process_env(), options_.env_name);
+    if (std::string why = load.ok() ? check_isolation(*load.vassal) : ""; !why.empty()) {
+        load.errors.push_back({file.string(), {}, why}); // user, group: not runnable here
+        load.vassal.reset();
+    }
     auto it = vassals_.find(name);
     VassalRt* v = it != vassals_.end() ? it->second.get() : nullptr;
     if (v != nullptr && v->removing) {
@@ -1109,6 +1114,9 @@ nlohmann::json Emperor::status() const {
         jv["requests"] = requests;
         jv["errors"] = errors;
         jv["queued"] = queued;
+        if (g != nullptr) {
+            jv.update(isolation_status(g->config)); // user, uid, group, gid, no_new_privs, limits
+        }
         vassals.push_back(std::move(jv));
     }
     for (const std::string& name : held_) {

@@ -342,7 +342,8 @@ private:
 std::function<void()> probe_command(uv_loop_t* loop, const std::vector<std::string>& argv,
                                     const std::vector<std::pair<std::string, std::string>>& env,
                                     const std::string& cwd, std::chrono::milliseconds timeout,
-                                    std::function<void(const ProbeResult&)> done) {
+                                    std::function<void(const ProbeResult&)> done,
+                                    std::optional<SpawnUser> user, bool no_new_privs) {
     auto* p = new CommandProbe(loop, std::move(done));
     std::shared_ptr<ProbeControl> control = p->control();
     SpawnSpec spec;
@@ -350,6 +351,8 @@ std::function<void()> probe_command(uv_loop_t* loop, const std::vector<std::stri
     spec.env = env;
     spec.cwd = cwd;
     spec.tag = "health";
+    spec.user = std::move(user);
+    spec.no_new_privs = no_new_privs;
     p->start(loop, spec, timeout);
     return [control] {
         if (control->probe_command != nullptr) {

@@ -8,6 +8,7 @@
 
 #include "liege/clock.hpp"
 #include "liege/health.hpp"
+#include "liege/isolation.hpp"
 #include "liege/log.hpp"
 
 namespace liege::emperor {
@@ -197,6 +198,19 @@ void WorkerProc::spawn() {
     values.worker = slot_;
     values.instance = cfg.instance;
     values.profile = cfg.profile;
+    // Whom it runs as decides where its sockets go (a directory that user may write).
+    const CredentialsResult who = vassal_credentials(cfg);
+    std::string sockets;
+    if (who.credentials) {
+        sockets = socket_dir(host_.runtime_dir().string(), *who.credentials, &spawn_error_);
+    } else {
+        spawn_error_ = "cannot start " + cfg.command.front() + ": " + who.error;
+    }
+    if (sockets.empty()) {
+        started_ms_ = steady_now_ms();
+        arm(0);
+        return;
+    }
     if (cfg.daemon()) {
         address_ = Address{}; // no port, no route: only the process and its check
     } else {
@@ -209,10 +223,8 @@ void WorkerProc::spawn() {
         case SocketKind::Unix:
             address_ = Address{};
             address_.kind = Address::Kind::Unix;
-            address_.path =
-                (host_.runtime_dir() / (cfg.name + "-" + std::to_string(generation_->id) + "-" +
-                                        std::to_string(slot_) + ".sock"))
-                    .string();
+            address_.path = sockets + "/" + cfg.name + "-" + std::to_string(generation_->id) + "-" +
+                            std::to_string(slot_) + ".sock";
             ::unlink(address_.path.c_str());
             values.socket = address_.path;
             break;
@@ -247,24 +259,31 @@ void WorkerProc::spawn() {
         spec.env.emplace_back("LIEGE_ENV", host_.profile()); // the name before --profile
     }
     spec.cwd = cfg.working_dir(values).string();
+    isolate(cfg, *who.credentials, cgroup_limits_unavailable(cfg), spec);
     check_ = Check{};
     for (const auto& arg : cfg.health.command) {
         check_.argv.push_back(expand(arg, values));
     }
     check_.env = spec.env;
     check_.cwd = spec.cwd;
+    check_.user = spec.user; // a check command runs as the worker does, never as the emperor
+    check_.no_new_privs = spec.no_new_privs;
     spec.listen_fd = cfg.socket == SocketKind::Inherit ? listen_fd_ : -1;
     if (cfg.health.notify) {
         // A socket of this run only: nothing a previous process sent can make this one ready,
         // and no worker that goes later (one of the same slot that never started) can remove
         // the file of another.
         static uint64_t notify_sockets = 0;
-        const std::string path =
-            (host_.runtime_dir() /
-             (cfg.name + "-" + std::to_string(generation_->id) + "-" + std::to_string(slot_) + "-" +
-              std::to_string(++notify_sockets) + ".notify"))
-                .string();
-        if (int rc = notify_.open(host_.loop(), path, [this] { notified(); }); rc != 0) {
+        const std::string path = sockets + "/" + cfg.name + "-" + std::to_string(generation_->id) +
+                                 "-" + std::to_string(slot_) + "-" +
+                                 std::to_string(++notify_sockets) + ".notify";
+        int rc = notify_.open(host_.loop(), path, [this] { notified(); });
+        if (rc == 0 && who.credentials->change &&
+            ::chown(path.c_str(), who.credentials->uid, who.credentials->gid) != 0) {
+            rc = -errno; // the worker could not send to it
+            notify_.close();
+        }
+        if (rc != 0) {
             spawn_error_ = "cannot make the notify socket " + path + ": " + std::strerror(-rc);
             started_ms_ = steady_now_ms();
             arm(0);
@@ -274,6 +293,7 @@ void WorkerProc::spawn() {
     }
     spec.tag = tag();
     int err = 0;
+    std::string step;
     WorkerHost* host = &host_;
     // The app's access-log lines for GET health.path probes stay out of the log. The output
     // callback may outlive this object (the child's pipes drain after it), hence the share.
@@ -286,13 +306,14 @@ void WorkerProc::spawn() {
                 host->log_line(t, line, is_stderr);
             }
         },
-        [this](ExitStatus st) { exited(st); }, &err);
+        [this](ExitStatus st) { exited(st); }, &err, &step);
     started_ms_ = steady_now_ms();
     start_deadline_ms_ = started_ms_ + cfg.health.start_timeout.count();
     if (child_ == nullptr) {
         notify_.close();
         spawn_error_ = std::string("cannot start ") + (spec.argv.empty() ? "" : spec.argv[0]) +
-                       ": " + std::strerror(-err);
+                       (spec.user ? " as " + who.credentials->user : "") + ": " +
+                       (step.empty() ? "" : step + ": ") + std::strerror(-err);
         arm(0);
         return;
     }
@@ -382,8 +403,8 @@ void WorkerProc::probe_now() {
         on_probe(r);
     };
     if (!check_.argv.empty()) {
-        cancel_probe_ =
-            probe_command(host_.loop(), check_.argv, check_.env, check_.cwd, h.timeout, done);
+        cancel_probe_ = probe_command(host_.loop(), check_.argv, check_.env, check_.cwd, h.timeout,
+                                      done, check_.user, check_.no_new_privs);
     } else if (!h.tcp.empty()) {
         cancel_probe_ = probe(host_.loop(), parse_address(h.tcp), "", h.timeout, done);
     } else {

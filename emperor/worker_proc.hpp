@@ -31,6 +31,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "generation.hpp"
@@ -220,6 +221,8 @@ private:
         std::vector<std::string> argv;
         std::vector<std::pair<std::string, std::string>> env;
         std::string cwd;
+        std::optional<SpawnUser> user;
+        bool no_new_privs = false;
     };
     Check check_;
     std::string last_probe_error_; // of the latest readiness check that failed

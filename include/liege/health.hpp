@@ -14,12 +14,14 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "liege/address.hpp"
+#include "liege/spawner.hpp"
 
 namespace liege {
 
@@ -43,10 +45,13 @@ std::function<void()> probe(uv_loop_t* loop, const Address& addr, const std::str
 // when it exits 0 within `timeout`; otherwise error says "exit code 1: <its last line>", "timed
 // out" (the command is killed) or why it could not start. The same contract as probe(): the
 // callback runs once, from the loop; the cancel function kills the command and drops the callback.
+// `user` and `no_new_privs` as in SpawnSpec: a vassal's check runs as its workers do.
 std::function<void()> probe_command(uv_loop_t* loop, const std::vector<std::string>& argv,
                                     const std::vector<std::pair<std::string, std::string>>& env,
                                     const std::string& cwd, std::chrono::milliseconds timeout,
-                                    std::function<void(const ProbeResult&)> done);
+                                    std::function<void(const ProbeResult&)> done,
+                                    std::optional<SpawnUser> user = std::nullopt,
+                                    bool no_new_privs = false);
 
 // What the router's load reports (once a second) said about one worker, between two of its
 // liveness checks. Pure: the caller passes the time, from a steady clock.

@@ -14,6 +14,8 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "liege/containment.hpp"
+#include "liege/isolation.hpp"
 #include "liege/route_table.hpp"
 #include "liege/vassal.hpp"
 
@@ -41,6 +43,44 @@ std::string shell_word(const std::string& arg) {
     return out + "'";
 }
 
+// " user=www group=www nofile=4096 memory=1073741824 cpu=150% pids=64", as far as set, and
+// " no_new_privs=false" when it is off.
+std::string isolation(const Vassal& v) {
+    std::string out;
+    if (!v.identity.user.empty()) {
+        std::string user = v.identity.user;
+        if (auto r = resolve_credentials(v.identity, v.file_uid, v.file_gid, EmperorIdentity{0, 0});
+            r.credentials) {
+            user = r.credentials->user; // "@owner" as whom it stands for
+        }
+        out += " user=" + user;
+    }
+    if (!v.identity.group.empty()) {
+        out += " group=" + v.identity.group;
+    }
+    const Limits& l = v.limits;
+    for (const auto& [name, value] :
+         {std::pair{"nofile", l.nofile}, std::pair{"nproc", l.nproc}, std::pair{"core", l.core}}) {
+        if (value) {
+            out += std::string(" ") + name + "=" +
+                   (*value == Limits::kUnlimited ? "unlimited" : std::to_string(*value));
+        }
+    }
+    if (l.memory != 0) {
+        out += " memory=" + std::to_string(l.memory);
+    }
+    if (l.cpu != 0) {
+        out += " cpu=" + std::to_string(l.cpu) + "%";
+    }
+    if (l.pids != 0) {
+        out += " pids=" + std::to_string(l.pids);
+    }
+    if (!v.identity.no_new_privs) {
+        out += " no_new_privs=false";
+    }
+    return out;
+}
+
 std::string summary(const Vassal& v) {
     std::string hosts;
     for (const auto& h : v.hosts) {
@@ -61,7 +101,7 @@ std::string summary(const Vassal& v) {
                                      std::chrono::duration<double>(v.scale.idle).count())
                        : std::to_string(v.workers);
     return v.name + ": workers=" + workers + concurrency + " hosts=" + hosts + " path=" + v.path +
-           " socket=" + std::string(to_string(v.socket)) + " command=" + command;
+           " socket=" + std::string(to_string(v.socket)) + isolation(v) + " command=" + command;
 }
 
 // A file whose name ends in ".toml" but for case ("Static.TOML") is not a vassal file: the
@@ -140,6 +180,41 @@ std::vector<VassalLoad> load_all(const std::vector<std::string>& paths, const st
     return loads;
 }
 
+// What the emperor decides from the system (DESIGN.md's user, group and [limits]), as far as it
+// can be told here: the user and group exist, the tyrant rule holds (judged as a root emperor
+// would, since only root changes users), and, when `liege check` does not run as root, whether
+// an emperor running as this user could run it. cgroup limits that cannot be had here are a
+// warning, not an error: the emperor runs such a vassal without them (as systemd ignores a
+// resource-control setting its kernel lacks), and the box that checks a file (a laptop, a CI
+// container) is often not the one that runs it.
+std::vector<Diagnostic> check_isolation_here(const Vassal& v) {
+    std::vector<Diagnostic> out;
+    auto add = [&](std::string message, bool warning) {
+        out.push_back({v.file.string(), {}, std::move(message), warning});
+    };
+    const CredentialsResult as_root =
+        resolve_credentials(v.identity, v.file_uid, v.file_gid, EmperorIdentity{0, 0});
+    if (!as_root.credentials) {
+        add(as_root.error, false);
+    } else if (const EmperorIdentity me = EmperorIdentity::current(); me.uid != 0) {
+        const CredentialsResult as_me = resolve_credentials(v.identity, v.file_uid, v.file_gid, me);
+        if (!as_me.credentials) {
+            add("fine for an emperor running as root, but " + as_me.error, true);
+        }
+    }
+    const Limits& l = v.limits;
+    if (l.any_cgroup()) {
+        if (std::string why = Containment::probe_limits(l.memory != 0, l.cpu != 0, l.pids != 0);
+            !why.empty()) {
+            add("[limits] memory, cpu and pids need cgroup v2 controllers, which an emperor "
+                "started here could not use (" +
+                    why + "); it would run the vassal without them",
+                true);
+        }
+    }
+    return out;
+}
+
 void warn_shadowed(const std::vector<const Vassal*>& vassals) {
     std::vector<RouteEntry> entries;
     for (size_t i = 0; i < vassals.size(); ++i) {
@@ -189,6 +264,11 @@ void add_check_command(CLI::App& app, int& exit_code) {
             }
             for (const auto& d : load.lints) {
                 say(d);
+            }
+            if (load.vassal) {
+                for (const auto& d : check_isolation_here(*load.vassal)) {
+                    say(d);
+                }
             }
             // Without --profile, each profile a vassal declares is checked as it would run.
             if (profile->empty()) {

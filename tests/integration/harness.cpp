@@ -1521,6 +1521,11 @@ void LiegeRunFixture::start_liege(const Options& options) {
         }
     }
     admin_text_ = options.admin;
+    if (!emperor_cgroup_.empty()) {
+        // exec keeps the pid: the emperor is the only process of that cgroup.
+        argv.insert(argv.begin(), {"/bin/sh", "-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"",
+                                   emperor_cgroup_});
+    }
     emperor_ = std::make_unique<Process>(
         argv, std::vector<std::string>{std::string(kInstanceVariable) + "=" + marker_});
     ASSERT_TRUE(poll_until(

@@ -646,6 +646,9 @@ protected:
                                const std::function<bool(const nlohmann::json&)>& holds,
                                Millis timeout = kStart) const;
 
+    // A cgroup v2 directory start_liege() starts the emperor in (it moves there before it
+    // execs), as a systemd unit with Delegate=yes would put it; "" = the test's own cgroup.
+    std::string emperor_cgroup_;
     std::filesystem::path root_;
     std::filesystem::path vassals_;
     std::filesystem::path log_dir_;

@@ -100,7 +100,7 @@ std::set<std::string> words(const fs::path& path) {
     return out;
 }
 
-// A cgroup for the emperor alone, where the memory, pids and cpu controllers can be had: a new
+// A cgroup for the emperor alone, where the memory and pids controllers can be had: a new
 // child of the nearest ancestor of the test's own cgroup that hands them to its children. This is
 // what a systemd unit with Delegate=yes gives liege; the test's own cgroup holds the test, so an
 // emperor started in it cannot enable controllers (cgroup v2's no-internal-process rule).
@@ -118,7 +118,7 @@ public:
         }
         for (fs::path dir = own; !dir.empty() && dir.has_relative_path(); dir = dir.parent_path()) {
             const auto on = words(dir / "cgroup.subtree_control");
-            if (on.count("memory") != 0 && on.count("pids") != 0 && on.count("cpu") != 0) {
+            if (on.count("memory") != 0 && on.count("pids") != 0) {
                 path_ = dir / ("liege-test." + std::to_string(::getpid()) + "." +
                                std::to_string(++made_));
                 if (::mkdir(path_.c_str(), 0755) != 0) {
@@ -131,7 +131,7 @@ public:
                 break;
             }
         }
-        why_not_ = "no cgroup above " + own + " hands memory, pids and cpu to its children";
+        why_not_ = "no cgroup above " + own + " hands memory and pids to its children";
     }
     ~EmperorCgroup() {
         if (path_.empty()) {
@@ -406,8 +406,7 @@ protected:
     // Starts the emperor in `cgroup_`; skips when the box has no cgroup to give it.
     void start_in_cgroup() {
         if (cgroup_.path().empty()) {
-            GTEST_SKIP() << "no cgroup with memory, pids and cpu for the emperor: "
-                         << cgroup_.why_not();
+            GTEST_SKIP() << "no cgroup with memory and pids for the emperor: " << cgroup_.why_not();
         }
         ASSERT_NO_FATAL_FAILURE(start(cgroup_.path().string()));
     }
@@ -416,6 +415,9 @@ protected:
 
 TEST_F(CgroupLimits, MemoryPidsAndCpuAreWrittenIntoTheWorkersCgroup) {
     write_vassal("app", backend_vassal("[limits]\nmemory = '64MiB'\npids = 20\ncpu = '50%'\n"));
+    if (!cgroup_.path().empty() && words(cgroup_.path() / "cgroup.controllers").count("cpu") == 0) {
+        GTEST_SKIP() << "the cpu controller is not handed to " << cgroup_.path();
+    }
     ASSERT_NO_FATAL_FAILURE(start_in_cgroup());
     if (IsSkipped()) {
         return;

@@ -181,19 +181,23 @@ std::vector<VassalLoad> load_all(const std::vector<std::string>& paths, const st
 }
 
 // What the emperor decides from the system (DESIGN.md's user, group and [limits]), as far as it
-// can be told here: the user and group exist, the tyrant rule holds (judged as a root emperor
-// would, since only root changes users), and, when `liege check` does not run as root, whether
-// an emperor running as this user could run it. cgroup limits that cannot be had here are a
-// warning, not an error: the emperor runs such a vassal without them (as systemd ignores a
-// resource-control setting its kernel lacks), and the box that checks a file (a laptop, a CI
-// container) is often not the one that runs it.
+// can be told here: the user and group exist, the tyrant rule holds (for a vassal that names a
+// user or group, judged as a root emperor would, since only root changes users), and, when
+// `liege check` does not run as root, whether an emperor running as this user could run it. cgroup
+// limits that cannot be had here are a warning, not an error: the emperor runs such a vassal
+// without them (as systemd ignores a resource-control setting its kernel lacks), and the box that
+// checks a file (a laptop, a CI container) is often not the one that runs it.
 std::vector<Diagnostic> check_isolation_here(const Vassal& v) {
     std::vector<Diagnostic> out;
     auto add = [&](std::string message, bool warning) {
         out.push_back({v.file.string(), {}, std::move(message), warning});
     };
+    // A vassal that names nobody runs as whoever runs the emperor: judged as this user would run
+    // it (so a file of one's own checks clean), as root only when `check` runs as root.
+    const bool names = !v.identity.user.empty() || !v.identity.group.empty();
+    const EmperorIdentity judge = names ? EmperorIdentity{0, 0} : EmperorIdentity::current();
     const CredentialsResult as_root =
-        resolve_credentials(v.identity, v.file_uid, v.file_gid, EmperorIdentity{0, 0});
+        resolve_credentials(v.identity, v.file_uid, v.file_gid, judge);
     if (!as_root.credentials) {
         add(as_root.error, false);
     } else if (const EmperorIdentity me = EmperorIdentity::current(); me.uid != 0) {

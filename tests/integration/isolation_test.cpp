@@ -292,6 +292,24 @@ TEST_F(Isolation, AUnixSocketWorkerAsAnotherUserCanBindItsSocket) {
     expect_serves("app.test");
 }
 
+TEST_F(Isolation, ANotifyWorkerAsAnotherUserCanSendReady) {
+    REQUIRE_ROOT();
+    if (!fs::exists("/usr/bin/python3")) {
+        GTEST_SKIP() << "no /usr/bin/python3";
+    }
+    // The emperor binds the notify socket; the worker, as nobody, must be able to send to it.
+    write_vassal("app",
+                 "type = 'daemon'\nuser = 'nobody'\ncwd = '/'\ncommand = ['/usr/bin/python3', "
+                 "'-c', 'import os, socket, time; s = socket.socket(socket.AF_UNIX, "
+                 "socket.SOCK_DGRAM); s.sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"]); "
+                 "time.sleep(300)']\n[health]\nnotify = true\nstart_timeout = '15s'\n");
+    ASSERT_NO_FATAL_FAILURE(start());
+    const pid_t pid = ready_worker("app");
+    ASSERT_GT(pid, 0) << log();
+    EXPECT_EQ(first_number(proc_status(pid, "Uid:")),
+              static_cast<long>(system_user("nobody")->uid));
+}
+
 TEST_F(Isolation, OwnerIsTheVassalFilesOwner) {
     REQUIRE_ROOT();
     auto daemon = system_user("daemon");
@@ -514,6 +532,8 @@ TEST_F(Isolation, CheckNamesAMissingUserAndATyrantViolation) {
         Process p({LIEGE_BINARY, "check", (vassals_ / (name + ".toml")).string()});
         auto status = p.wait_exit(kStart);
         EXPECT_TRUE(status) << p.describe();
+        // Its output may still be on its way to the reader thread.
+        EXPECT_TRUE(poll_until([&] { return p.out().closed() && p.err().closed(); }));
         return std::tuple{status ? WEXITSTATUS(*status) : -1, p.out().text(), p.err().text()};
     };
     write_vassal("ghost", backend_vassal("user = 'no-such-user-liege'\n"));

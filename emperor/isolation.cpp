@@ -11,6 +11,7 @@
 #include <charconv>
 #include <climits>
 #include <cstring>
+#include <fstream>
 
 #include "liege/containment.hpp"
 #include "liege/log.hpp"
@@ -259,7 +260,15 @@ std::vector<std::pair<int, uint64_t>> rlimit_settings(const Limits& limits) {
         return v == Limits::kUnlimited ? static_cast<uint64_t>(RLIM_INFINITY) : v;
     };
     if (limits.nofile) {
-        out.emplace_back(RLIMIT_NOFILE, value(*limits.nofile));
+        // The kernel takes no infinite RLIMIT_NOFILE: "unlimited" is its ceiling, fs.nr_open.
+        uint64_t nofile = *limits.nofile;
+        if (nofile == Limits::kUnlimited) {
+            std::ifstream nr_open("/proc/sys/fs/nr_open");
+            if (!(nr_open >> nofile)) {
+                nofile = 1 << 20; // the kernel's default
+            }
+        }
+        out.emplace_back(RLIMIT_NOFILE, nofile);
     }
     if (limits.nproc) {
         out.emplace_back(RLIMIT_NPROC, value(*limits.nproc));

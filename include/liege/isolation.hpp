@@ -101,7 +101,8 @@ std::optional<CpuMax> parse_cpu_max(std::string_view text);
 
 // The cgroup files a vassal's [limits] write ("memory.max", "pids.max", "cpu.max"), in order.
 std::vector<std::pair<std::string, std::string>> cgroup_limit_files(const Limits& limits);
-// The rlimits a vassal's [limits] set, as (RLIMIT_*, value) with RLIM_INFINITY for unlimited.
+// The rlimits a vassal's [limits] set, as (RLIMIT_*, value) with RLIM_INFINITY for unlimited
+// (fs.nr_open for nofile, which cannot be infinite).
 std::vector<std::pair<int, uint64_t>> rlimit_settings(const Limits& limits);
 
 // resolve_credentials() for a loaded vassal, as this emperor runs it.

@@ -220,6 +220,12 @@ TEST(LimitFiles, OnlyTheLimitsSet) {
     using Rlimits = std::vector<std::pair<int, uint64_t>>;
     EXPECT_EQ(rlimit_settings(l), (Rlimits{{RLIMIT_NOFILE, 4096},
                                            {RLIMIT_CORE, static_cast<uint64_t>(RLIM_INFINITY)}}));
+    l.nofile = Limits::kUnlimited;
+    const auto unlimited = rlimit_settings(l);
+    ASSERT_EQ(unlimited.size(), 2u);
+    EXPECT_EQ(unlimited[0].first, RLIMIT_NOFILE);
+    EXPECT_NE(unlimited[0].second, static_cast<uint64_t>(RLIM_INFINITY)); // fs.nr_open
+    EXPECT_GE(unlimited[0].second, 1024u);
 }
 
 TEST(Isolate, SetsUserEnvironmentUnlessTheVassalDoes) {

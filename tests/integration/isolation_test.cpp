@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "harness.hpp"
+#include "liege/isolation.hpp"
 
 using namespace liege::test;
 using nlohmann::json;
@@ -428,30 +429,51 @@ protected:
         }
         ASSERT_NO_FATAL_FAILURE(start(cgroup_.path().string()));
     }
+    // The worker's own cgroup, which must be under the emperor's: liege.<pid>/cN.
+    fs::path worker_cgroup(pid_t pid) const {
+        const std::string dir = cgroup_dir(std::to_string(pid));
+        EXPECT_NE(dir.find(cgroup_.path().string() + "/liege."), std::string::npos) << dir << "\n"
+                                                                                    << log();
+        return dir;
+    }
     EmperorCgroup cgroup_;
 };
 
-TEST_F(CgroupLimits, MemoryPidsAndCpuAreWrittenIntoTheWorkersCgroup) {
-    write_vassal("app", backend_vassal("[limits]\nmemory = '64MiB'\npids = 20\ncpu = '50%'\n"));
-    if (!cgroup_.path().empty() && words(cgroup_.path() / "cgroup.controllers").count("cpu") == 0) {
-        GTEST_SKIP() << "the cpu controller is not handed to " << cgroup_.path();
-    }
+TEST_F(CgroupLimits, MemoryAndPidsAreWrittenIntoTheWorkersCgroup) {
+    write_vassal("app", backend_vassal("[limits]\nmemory = '64MiB'\npids = 20\n"));
     ASSERT_NO_FATAL_FAILURE(start_in_cgroup());
     if (IsSkipped()) {
         return;
     }
     const pid_t pid = ready_worker("app");
     ASSERT_GT(pid, 0);
-    const std::string dir = cgroup_dir(std::to_string(pid));
-    ASSERT_NE(dir.find(cgroup_.path().string() + "/liege."), std::string::npos) << dir << "\n"
-                                                                                << log();
-    EXPECT_EQ(read_text(fs::path(dir) / "memory.max"), std::to_string(64 << 20));
-    EXPECT_EQ(read_text(fs::path(dir) / "pids.max"), "20");
-    EXPECT_EQ(read_text(fs::path(dir) / "cpu.max"), "50000 100000");
+    const fs::path dir = worker_cgroup(pid);
+    EXPECT_EQ(read_text(dir / "memory.max"), std::to_string(64 << 20));
+    EXPECT_EQ(read_text(dir / "pids.max"), "20");
     json l = vassal("app")["limits"];
     EXPECT_EQ(l.value("cgroup", false), true) << l.dump();
     EXPECT_TRUE(l["reason"].is_null()) << l.dump();
+    EXPECT_EQ(l.value("memory", 0), 64 << 20) << l.dump();
+    EXPECT_EQ(l.value("pids", 0), 20) << l.dump();
     expect_serves("app.test");
+}
+
+TEST_F(CgroupLimits, CpuIsWrittenAsQuotaAndPeriod) {
+    if (!cgroup_.path().empty() && words(cgroup_.path() / "cgroup.controllers").count("cpu") == 0) {
+        GTEST_SKIP() << "the cpu controller is not handed to " << cgroup_.path();
+    }
+    write_vassal("app", backend_vassal("[limits]\ncpu = '50%'\n"));
+    ASSERT_NO_FATAL_FAILURE(start_in_cgroup());
+    if (IsSkipped()) {
+        return;
+    }
+    const pid_t pid = ready_worker("app");
+    ASSERT_GT(pid, 0);
+    auto cpu = liege::parse_cpu_max(read_text(worker_cgroup(pid) / "cpu.max"));
+    ASSERT_TRUE(cpu);
+    EXPECT_EQ(cpu->quota_us, 50000u);
+    EXPECT_EQ(cpu->period_us, 100000u);
+    EXPECT_EQ(vassal("app")["limits"].value("cpu", ""), "50%");
 }
 
 TEST_F(CgroupLimits, AWorkerAtItsPidsLimitCannotForkMore) {
@@ -467,7 +489,7 @@ TEST_F(CgroupLimits, AWorkerAtItsPidsLimitCannotForkMore) {
     }
     const pid_t pid = ready_worker("app");
     ASSERT_GT(pid, 0);
-    const fs::path dir = cgroup_dir(std::to_string(pid));
+    const fs::path dir = worker_cgroup(pid);
     EXPECT_EQ(read_text(dir / "pids.max"), "5");
     std::size_t sleeps = 0;
     std::istringstream procs(slurp(dir / "cgroup.procs"));
@@ -501,7 +523,7 @@ TEST_F(CgroupLimits, AsAnotherUserTooAndNothingOutlivesAKilledEmperor) {
         all.push_back(*read_stat(pid));
         return all.size() == 2;
     })) << describe_procs(all);
-    EXPECT_EQ(read_text(fs::path(cgroup_dir(std::to_string(pid))) / "pids.max"), "50");
+    EXPECT_EQ(read_text(worker_cgroup(pid) / "pids.max"), "50");
     emperor_->signal(SIGKILL);
     ASSERT_TRUE(emperor_->wait_exit());
     auto left = wait_gone(all, kStart);

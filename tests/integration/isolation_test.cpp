@@ -2,9 +2,10 @@
 // tyrant rule for files owned by another user), with no_new_privs, rlimits, and memory, cpu and
 // pids limits in their cgroup. See include/liege/isolation.hpp.
 //
-// Changing users needs root: those tests skip otherwise. They use the system's `nobody` and
-// `daemon` and create no user. The worker is a copy of the test backend in the test's own
-// directory, opened to everyone (0755), since the build tree may sit where `nobody` cannot reach.
+// Changing users needs root: those tests skip otherwise. They use the system's `nobody`, and a
+// throwaway system user each test that needs a file owner creates (useradd) and deletes again. The
+// worker is a copy of the test backend in the test's own directory, opened to everyone (0755),
+// since the build tree may sit where `nobody` cannot reach.
 #include <gtest/gtest.h>
 
 #include <grp.h>
@@ -181,6 +182,33 @@ std::optional<User> system_user(const char* name) {
     return User{pw->pw_uid, pw->pw_gid, pw->pw_name, pw->pw_dir};
 }
 
+// A system user made for one test (`useradd --system --user-group`), deleted with its group
+// when the test's fixture is gone (after its tear-down has stopped every process of it).
+class ThrowawayUser {
+public:
+    ThrowawayUser() : name_("liege-t" + std::to_string(::getpid())) {
+        const std::string cmd = "useradd --system --user-group --no-create-home --home-dir / "
+                                "--shell /usr/sbin/nologin " +
+                                name_ + " 2>&1";
+        if (std::system(cmd.c_str()) == 0) {
+            user_ = system_user(name_.c_str());
+        }
+    }
+    ~ThrowawayUser() {
+        if (user_) {
+            const std::string cmd = "userdel " + name_ + " >/dev/null 2>&1";
+            [[maybe_unused]] int rc = std::system(cmd.c_str());
+        }
+    }
+    ThrowawayUser(const ThrowawayUser&) = delete;
+    ThrowawayUser& operator=(const ThrowawayUser&) = delete;
+    const std::optional<User>& user() const { return user_; }
+
+private:
+    std::string name_;
+    std::optional<User> user_;
+};
+
 class Isolation : public LiegeRunFixture {
 protected:
     void SetUp() override {
@@ -240,7 +268,18 @@ protected:
         })) << (r ? r->head : error);
     }
 
+    // The test's own throwaway user, made on first use.
+    const User& throwaway() {
+        if (!throwaway_) {
+            throwaway_.emplace();
+        }
+        EXPECT_TRUE(throwaway_->user()) << "useradd failed";
+        static const User none{};
+        return throwaway_->user() ? *throwaway_->user() : none;
+    }
+
     fs::path backend_;
+    std::optional<ThrowawayUser> throwaway_; // after LiegeRunFixture: deleted after tear-down
 };
 
 #define REQUIRE_ROOT()                                                                             \
@@ -313,36 +352,36 @@ TEST_F(Isolation, ANotifyWorkerAsAnotherUserCanSendReady) {
 
 TEST_F(Isolation, OwnerIsTheVassalFilesOwner) {
     REQUIRE_ROOT();
-    auto daemon = system_user("daemon");
-    ASSERT_TRUE(daemon);
+    const User* owner = &throwaway();
+    ASSERT_NE(owner->uid, 0u);
     ASSERT_NO_FATAL_FAILURE(
-        write_owned_vassal("app", backend_vassal("user = '@owner'\n"), daemon->uid, daemon->gid));
+        write_owned_vassal("app", backend_vassal("user = '@owner'\n"), owner->uid, owner->gid));
     ASSERT_NO_FATAL_FAILURE(start());
     const pid_t pid = ready_worker("app");
     ASSERT_GT(pid, 0);
-    EXPECT_EQ(first_number(proc_status(pid, "Uid:")), static_cast<long>(daemon->uid));
-    EXPECT_EQ(first_number(proc_status(pid, "Gid:")), static_cast<long>(daemon->gid));
+    EXPECT_EQ(first_number(proc_status(pid, "Uid:")), static_cast<long>(owner->uid));
+    EXPECT_EQ(first_number(proc_status(pid, "Gid:")), static_cast<long>(owner->gid));
     expect_serves("app.test");
-    EXPECT_EQ(vassal("app").value("user", ""), "daemon");
+    EXPECT_EQ(vassal("app").value("user", ""), owner->name);
 }
 
 TEST_F(Isolation, TheTyrantRuleRefusesAFileThatNamesAnotherUser) {
     REQUIRE_ROOT();
-    auto daemon = system_user("daemon");
-    ASSERT_TRUE(daemon);
-    expect_error_line({"bad.toml", "is owned by daemon", "may run only as that user"});
+    const User* owner = &throwaway();
+    ASSERT_NE(owner->uid, 0u);
+    expect_error_line({"bad.toml", "is owned by " + owner->name, "may run only as that user"});
     write_vassal("good", backend_vassal());
     ASSERT_NO_FATAL_FAILURE(write_owned_vassal(
         "bad", backend_vassal("user = 'nobody'\n").replace(0, kAnyHost.size(), "hosts = ['bad']\n"),
-        daemon->uid, daemon->gid));
+        owner->uid, owner->gid));
     ASSERT_NO_FATAL_FAILURE(start());
     json bad = wait_vassal("bad", [](const json& j) { return j.value("state", "") == "failed"; });
     ASSERT_FALSE(bad.is_null());
     EXPECT_EQ(bad.value("state", ""), "failed") << bad.dump(2);
     const std::string error =
         bad["last_error"].is_string() ? bad["last_error"].get<std::string>() : std::string();
-    EXPECT_NE(error.find("the vassal file is owned by daemon (uid " + std::to_string(daemon->uid) +
-                         "), so it may run only as that user"),
+    EXPECT_NE(error.find("the vassal file is owned by " + owner->name + " (uid " +
+                         std::to_string(owner->uid) + "), so it may run only as that user"),
               std::string::npos)
         << bad.dump(2);
     EXPECT_NE(error.find("not as nobody"), std::string::npos) << error;

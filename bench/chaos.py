@@ -527,7 +527,8 @@ def report_soak(a, elapsed, clients, failures, actions, wrk, final, liege_log, t
         print(f"Router SIGKILL to a new router answering /status: median "
               f"{statistics.median(restarts) * 1000:.0f} ms, max {max(restarts) * 1000:.0f} ms "
               f"(in order: {', '.join(f'{x:.2f}' for x in restarts)} s; the emperor restarts a "
-              f"crashed router with the workers' backoff, which a minute healthy resets).\n")
+              f"crashed router after 100 ms doubling to at most 1 s, which 10 s of serving "
+              f"resets).\n")
     print("| vassal | clients | requests | ok | failed | in flight on a killed process | "
           "other failures | p50 ms | p99 ms | max ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

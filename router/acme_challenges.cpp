@@ -5,12 +5,6 @@
 
 namespace liege::router {
 
-namespace {
-
-constexpr std::string_view kPrefix = "/.well-known/acme-challenge/";
-
-} // namespace
-
 void AcmeChallenges::set(std::map<std::string, std::string> challenges) {
     auto next = std::make_shared<const std::map<std::string, std::string, std::less<>>>(
         std::make_move_iterator(challenges.begin()), std::make_move_iterator(challenges.end()));
@@ -19,10 +13,10 @@ void AcmeChallenges::set(std::map<std::string, std::string> challenges) {
 }
 
 std::optional<std::string> AcmeChallenges::answer(std::string_view path) const {
-    if (!path.starts_with(kPrefix)) {
+    if (!is_acme_challenge(path)) {
         return std::nullopt;
     }
-    const std::string_view token = path.substr(kPrefix.size());
+    const std::string_view token = path.substr(kAcmeChallengePrefix.size());
     std::shared_ptr<const std::map<std::string, std::string, std::less<>>> set;
     {
         std::lock_guard lock(mu_);

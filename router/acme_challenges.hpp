@@ -16,6 +16,13 @@
 
 namespace liege::router {
 
+// ACME's HTTP-01 challenge paths (RFC 8555 8.3): answered here for known tokens, and left alone
+// by a redirect to https.
+inline constexpr std::string_view kAcmeChallengePrefix = "/.well-known/acme-challenge/";
+inline bool is_acme_challenge(std::string_view path) {
+    return path.starts_with(kAcmeChallengePrefix);
+}
+
 class AcmeChallenges {
 public:
     void set(std::map<std::string, std::string> challenges);

@@ -35,6 +35,7 @@
 
 #include <cstdint>
 
+#include "acme_challenges.hpp"
 #include "body_spool.hpp"
 #include "buffers.hpp"
 #include "exchange.hpp"
@@ -46,9 +47,6 @@
 namespace liege::router {
 
 class RouterThread;
-
-// ACME's HTTP-01 challenge path, which a redirect to https must leave alone (RFC 8555 8.3).
-bool is_acme_challenge(std::string_view path);
 
 enum class ClientPhase { Idle, Head, Body, AwaitResponse, Tunnel, Closing, Lingering, Closed };
 

@@ -34,10 +34,6 @@ std::string_view without_port(std::string_view host) {
 
 } // namespace
 
-bool is_acme_challenge(std::string_view path) {
-    return path.starts_with("/.well-known/acme-challenge/");
-}
-
 void ClientConn::redirect_to_https(const http::RequestTarget& target) {
     auto& to = ex_.text.location;
     to.assign("https://").append(without_port(target.host));

@@ -340,9 +340,9 @@ TEST_F(Isolation, ANotifyWorkerAsAnotherUserCanSendReady) {
     // The emperor binds the notify socket; the worker, as nobody, must be able to send to it.
     write_vassal("app",
                  "type = 'daemon'\nuser = 'nobody'\ncwd = '/'\ncommand = ['/usr/bin/python3', "
-                 "'-c', 'import os, socket, time; s = socket.socket(socket.AF_UNIX, "
+                 "'-c', 'import os, signal, socket; s = socket.socket(socket.AF_UNIX, "
                  "socket.SOCK_DGRAM); s.sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"]); "
-                 "time.sleep(300)']\n[health]\nnotify = true\nstart_timeout = '15s'\n");
+                 "signal.pause()']\n[health]\nnotify = true\nstart_timeout = '15s'\n");
     ASSERT_NO_FATAL_FAILURE(start());
     const pid_t pid = ready_worker("app");
     ASSERT_GT(pid, 0) << log();

@@ -38,7 +38,7 @@ namespace {
 // once, tells NOTIFY_SOCKET (when set) STATUS=waiting, waits for the file $GO (when set), then
 // sends READY=1 amid other keys (unless $NEVER_READY). GET / answers `pid=P notify=PATH`;
 // GET /healthz prints "health check".
-constexpr const char* kNotifyApp = R"PY(import http.server, os, socket, threading, time
+constexpr const char* kNotifyApp = R"PY(import http.server, os, signal, socket, threading, time
 
 def notify(message):
     path = os.environ.get("NOTIFY_SOCKET")
@@ -79,7 +79,7 @@ if not os.environ.get("NEVER_READY"):
     notify("STATUS=serving\nMAINPID=%d\nREADY=1\n" % os.getpid())
     print("sent READY=1", flush=True)
 while True:
-    time.sleep(3600)
+    signal.pause()  # serve until stopped
 )PY";
 
 // An app that dies on start, like one whose import fails: up for a moment, never accepting.

@@ -38,6 +38,8 @@ import tempfile
 import threading
 import time
 
+from benchlib import free_port, read_to_close, wait_for, write_atomic
+
 WSGI_APP = '''BIG = b"x" * 262144
 
 
@@ -81,30 +83,6 @@ def stop_all():
         stop(p, timeout=10)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def write_atomic(path, text):
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
-
-
-def wait_for(cond, timeout, interval=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
-
-
 def http_once(port, host, path, timeout=5.0):
     """One GET on a fresh connection: (status or None, seconds)."""
     t0 = time.monotonic()
@@ -112,12 +90,7 @@ def http_once(port, host, path, timeout=5.0):
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.settimeout(timeout)
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_to_close(s)
     except OSError:
         return None, time.monotonic() - t0
     m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
@@ -150,12 +123,7 @@ class Liege:
                 s.settimeout(timeout)
                 s.connect(self.sock)
                 s.sendall(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-                data = b""
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+                data = read_to_close(s)
             return json.loads(data.partition(b"\r\n\r\n")[2])
         except (OSError, ValueError):
             return None

@@ -16,13 +16,7 @@ import tempfile
 import threading
 import time
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from benchlib import free_port, wait_for, write_atomic
 
 
 def http_fetch(port, host, path="/id", timeout=2.0):
@@ -62,13 +56,6 @@ timeout = "2s"
 '''
 
 
-def write_atomic(path, text):
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
-
-
 class Emperor:
     def __init__(self, liege, vdir, extra=()):
         self.log = open(os.path.join(os.path.dirname(vdir), "emperor.log"), "w")
@@ -106,15 +93,6 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(cond, timeout, interval=0.005):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
-
-
 def reload_under_load(liege, backend, strategy, seconds, every):
     with tempfile.TemporaryDirectory() as tmp:
         vdir = os.path.join(tmp, "vassals.d")
@@ -123,7 +101,7 @@ def reload_under_load(liege, backend, strategy, seconds, every):
         write_atomic(path, vassal_toml(backend, "app", "app.test", 2, strategy, "m0"))
         emp = Emperor(liege, vdir)
         try:
-            if not wait_for(lambda: http_get(emp.port, "app.test") == 200, 20):
+            if not wait_for(lambda: http_get(emp.port, "app.test") == 200, 20, 0.005):
                 raise RuntimeError("app never served")
             wrk = subprocess.Popen(
                 ["wrk", "-t1", "-c20", f"-d{seconds}s", "-H", "Host: app.test",

@@ -24,11 +24,7 @@ import sys
 import tempfile
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchlib import free_port, read_to_close
 
 
 def rss_kib(pids):
@@ -87,8 +83,7 @@ def measure(name, port, pids_of, clients, size):
     # Warm up: one full response, so that lazily made pools exist before the idle figure.
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(b"GET /bytes?n=65536 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-        while s.recv(65536):
-            pass
+        read_to_close(s)
     idle = settle(pids)
     socks = []
     for _ in range(clients):

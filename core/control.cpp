@@ -2,10 +2,57 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string_view>
+#include <type_traits>
+#include <utility>
 
 namespace liege::control {
 
 using nlohmann::json;
+
+namespace {
+
+// nlohmann converts a number to the type asked for with a plain cast, which is undefined for a
+// float beyond the type's range (a fuzzed "requests": 1e49 did it). A counter or an id must be an
+// integer that fits, or the message is refused.
+template <typename T> T number(const json& v, std::string_view key) {
+    if constexpr (std::is_floating_point_v<T>) {
+        if (!v.is_number()) {
+            throw std::invalid_argument("control message field '" + std::string(key) +
+                                        "' is not a number");
+        }
+        return v.get<T>();
+    } else {
+        if (v.is_number_unsigned() && std::in_range<T>(v.get<uint64_t>())) {
+            return static_cast<T>(v.get<uint64_t>());
+        }
+        if (v.is_number_integer() && !v.is_number_unsigned() &&
+            std::in_range<T>(v.get<int64_t>())) {
+            return static_cast<T>(v.get<int64_t>());
+        }
+        throw std::invalid_argument("control message field '" + std::string(key) +
+                                    "' is not an integer that fits");
+    }
+}
+
+template <typename T> T number(const json& obj, std::string_view key, T fallback) {
+    auto it = obj.find(key);
+    return it == obj.end() ? fallback : number<T>(*it, key);
+}
+
+template <typename T> std::vector<T> numbers(const json& obj, std::string_view key) {
+    std::vector<T> out;
+    auto it = obj.find(key);
+    if (it == obj.end()) {
+        return out;
+    }
+    for (const auto& v : it->get_ref<const json::array_t&>()) {
+        out.push_back(number<T>(v, key));
+    }
+    return out;
+}
+
+} // namespace
 
 std::string encode(const RoutesMessage& m) {
     json routes = json::array();
@@ -232,19 +279,19 @@ json parse_line(std::string_view line) {
 
 RoutesMessage decode_routes(const json& j) {
     RoutesMessage m;
-    m.version = j.value("version", uint64_t{0});
+    m.version = number(j, "version", uint64_t{0});
     for (const auto& r : j.at("routes")) {
         RouteSpec spec;
         spec.vassal = r.at("vassal").get<std::string>();
-        spec.generation = r.value("generation", uint64_t{0});
+        spec.generation = number(r, "generation", uint64_t{0});
         spec.hosts = r.value("hosts", std::vector<std::string>{"*"});
         spec.path = r.value("path", std::string("/"));
-        spec.concurrency = r.value("concurrency", 0);
-        spec.queue_size = r.value("queue_size", uint32_t{0});
-        spec.queue_timeout_ms = r.value("queue_timeout_ms", int64_t{30'000});
+        spec.concurrency = number(r, "concurrency", 0);
+        spec.queue_size = number(r, "queue_size", uint32_t{0});
+        spec.queue_timeout_ms = number(r, "queue_timeout_ms", int64_t{30'000});
         spec.failed = r.value("failed", false);
         spec.last_error = r.value("last_error", std::string());
-        spec.request_timeout_ms = r.value("request_timeout_ms", int64_t{0});
+        spec.request_timeout_ms = number(r, "request_timeout_ms", int64_t{0});
         spec.request_buffering = r.value("request_buffering", std::string("auto"));
         spec.trace = r.value("trace", false);
         if (auto t = r.find("tls"); t != r.end()) {
@@ -253,9 +300,10 @@ RoutesMessage decode_routes(const json& j) {
             spec.tls_redirect = t->value("redirect", false);
         }
         for (const auto& b : r.at("backends")) {
-            spec.backends.push_back({b.at("address").get<std::string>(), b.value("worker", 0),
-                                     b.value("draining", false), b.value("generation", uint64_t{0}),
-                                     b.value("max_requests", uint64_t{0})});
+            spec.backends.push_back({b.at("address").get<std::string>(), number(b, "worker", 0),
+                                     b.value("draining", false),
+                                     number(b, "generation", uint64_t{0}),
+                                     number(b, "max_requests", uint64_t{0})});
         }
         m.routes.push_back(std::move(spec));
     }
@@ -263,13 +311,13 @@ RoutesMessage decode_routes(const json& j) {
 }
 
 DrainedMessage decode_drained(const json& j) {
-    return {j.at("address").get<std::string>(), j.value("generation", uint64_t{0})};
+    return {j.at("address").get<std::string>(), number(j, "generation", uint64_t{0})};
 }
 
 RecycleMessage decode_recycle(const json& j) {
     RecycleMessage m;
     m.address = j.at("address").get<std::string>();
-    m.generation = j.value("generation", uint64_t{0});
+    m.generation = number(j, "generation", uint64_t{0});
     const std::string reason = j.at("reason").get<std::string>();
     for (int i = 0; i < kRecycleReasons; ++i) {
         if (to_string(static_cast<RecycleReason>(i)) == reason) {
@@ -285,28 +333,32 @@ DemandMessage decode_demand(const json& j) {
 }
 
 AcmeChallengesMessage decode_acme_challenges(const json& j) {
-    return {j.at("version").get<uint64_t>(),
+    return {number<uint64_t>(j.at("version"), "version"),
             j.at("challenges").get<std::map<std::string, std::string>>()};
 }
 
 AcmeChallengesAppliedMessage decode_acme_challenges_applied(const json& j) {
-    return {j.at("version").get<uint64_t>()};
+    return {number<uint64_t>(j.at("version"), "version")};
 }
 
 StatsMessage decode_stats(const json& j) {
     StatsMessage m;
-    m.connections = j.value("connections", int64_t{0});
-    m.requests = j.value("requests", uint64_t{0});
-    m.thread_requests = j.value("thread_requests", std::vector<uint64_t>{});
-    m.thread_connections = j.value("thread_connections", std::vector<int64_t>{});
-    m.upstream_connections = j.value("upstream_connections", std::map<std::string, int64_t>{});
+    m.connections = number(j, "connections", int64_t{0});
+    m.requests = number(j, "requests", uint64_t{0});
+    m.thread_requests = numbers<uint64_t>(j, "thread_requests");
+    m.thread_connections = numbers<int64_t>(j, "thread_connections");
+    if (auto u = j.find("upstream_connections"); u != j.end()) {
+        for (const auto& [address, count] : u->get_ref<const json::object_t&>()) {
+            m.upstream_connections[address] = number<int64_t>(count, "upstream_connections");
+        }
+    }
     for (const auto& b : j.at("backends")) {
         BackendStats s;
         s.address = b.at("address").get<std::string>();
-        s.in_flight = b.value("in_flight", int64_t{0});
-        s.requests = b.value("requests", uint64_t{0});
-        s.failures = b.value("failures", uint64_t{0});
-        auto resp = b.value("responses", std::vector<uint64_t>{});
+        s.in_flight = number(b, "in_flight", int64_t{0});
+        s.requests = number(b, "requests", uint64_t{0});
+        s.failures = number(b, "failures", uint64_t{0});
+        auto resp = numbers<uint64_t>(b, "responses");
         for (size_t i = 0; i < resp.size() && i < 6; ++i) {
             s.responses[i] = resp[i];
         }
@@ -315,27 +367,27 @@ StatsMessage decode_stats(const json& j) {
     for (const auto& v : j.value("vassals", json::array())) {
         VassalFigures f;
         f.vassal = v.at("vassal").get<std::string>();
-        auto resp = v.value("responses", std::vector<uint64_t>{});
+        auto resp = numbers<uint64_t>(v, "responses");
         for (size_t i = 0; i < resp.size() && i < 6; ++i) {
             f.responses[i] = resp[i];
         }
-        f.router_errors = v.value("router_errors", uint64_t{0});
-        f.in_flight = v.value("in_flight", int64_t{0});
-        f.in_flight_peak = v.value("in_flight_peak", int64_t{0});
-        f.latency_bounds_ms = v.value("latency_bounds_ms", std::vector<double>{});
-        f.latency_buckets = v.value("latency_buckets", std::vector<uint64_t>{});
-        f.latency_sum_us = v.value("latency_sum_us", uint64_t{0});
-        f.queued = v.value("queued", int64_t{0});
-        auto rejected = v.value("rejected", std::vector<uint64_t>{});
+        f.router_errors = number(v, "router_errors", uint64_t{0});
+        f.in_flight = number(v, "in_flight", int64_t{0});
+        f.in_flight_peak = number(v, "in_flight_peak", int64_t{0});
+        f.latency_bounds_ms = numbers<double>(v, "latency_bounds_ms");
+        f.latency_buckets = numbers<uint64_t>(v, "latency_buckets");
+        f.latency_sum_us = number(v, "latency_sum_us", uint64_t{0});
+        f.queued = number(v, "queued", int64_t{0});
+        auto rejected = numbers<uint64_t>(v, "rejected");
         for (size_t i = 0; i < rejected.size() && i < kRejections; ++i) {
             f.rejected[i] = rejected[i];
         }
-        f.queue_wait_bounds_ms = v.value("queue_wait_bounds_ms", std::vector<double>{});
-        f.queue_wait_buckets = v.value("queue_wait_buckets", std::vector<uint64_t>{});
-        f.queue_wait_sum_us = v.value("queue_wait_sum_us", uint64_t{0});
-        f.cold_start_bounds_ms = v.value("cold_start_bounds_ms", std::vector<double>{});
-        f.cold_start_buckets = v.value("cold_start_buckets", std::vector<uint64_t>{});
-        f.cold_start_sum_us = v.value("cold_start_sum_us", uint64_t{0});
+        f.queue_wait_bounds_ms = numbers<double>(v, "queue_wait_bounds_ms");
+        f.queue_wait_buckets = numbers<uint64_t>(v, "queue_wait_buckets");
+        f.queue_wait_sum_us = number(v, "queue_wait_sum_us", uint64_t{0});
+        f.cold_start_bounds_ms = numbers<double>(v, "cold_start_bounds_ms");
+        f.cold_start_buckets = numbers<uint64_t>(v, "cold_start_buckets");
+        f.cold_start_sum_us = number(v, "cold_start_sum_us", uint64_t{0});
         m.vassals.push_back(std::move(f));
     }
     return m;

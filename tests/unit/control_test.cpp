@@ -1,6 +1,9 @@
 // The emperor ⇄ router control messages: encoding, decoding, and counters across router restarts.
 #include "liege/control.hpp"
 
+#include <stdexcept>
+#include <string>
+
 #include <gtest/gtest.h>
 
 namespace {
@@ -306,4 +309,27 @@ TEST(Control, ColdStartHistogramCarriesOverAndThePeakIsAGauge) {
     EXPECT_EQ(round.vassals[0].in_flight_peak, 3);
     EXPECT_EQ(round.vassals[0].cold_start_bounds_ms, (std::vector<double>{10, 100}));
     EXPECT_EQ(round.vassals[0].cold_start_buckets, (std::vector<uint64_t>{0, 3, 0}));
+}
+
+TEST(Control, ANumberThatDoesNotFitItsFieldRefusesTheMessage) {
+    using liege::control::decode_routes;
+    using liege::control::decode_stats;
+    using liege::control::parse_line;
+    const auto stats = [](const std::string& requests) {
+        return parse_line(R"({"type":"stats","backends":[{"address":"127.0.0.1:1","requests":)" +
+                          requests + "}]}");
+    };
+    EXPECT_EQ(decode_stats(stats("18446744073709551615")).backends[0].requests,
+              18446744073709551615u);
+    EXPECT_THROW(decode_stats(stats("1e49")), std::invalid_argument) << "a float beyond uint64";
+    EXPECT_THROW(decode_stats(stats("1.5")), std::invalid_argument);
+    EXPECT_THROW(decode_stats(stats("-1")), std::invalid_argument);
+    EXPECT_THROW(decode_stats(parse_line(R"({"type":"stats","backends":[],)"
+                                         R"("upstream_connections":{"a":1e30}})")),
+                 std::invalid_argument);
+    EXPECT_THROW(
+        decode_routes(parse_line(R"({"type":"routes","routes":[{"vassal":"a",)"
+                                 R"("backends":[{"address":"x","worker":4294967296}]}]})")),
+        std::invalid_argument)
+        << "a worker index beyond int";
 }

@@ -107,10 +107,12 @@ TEST_F(Containment, ADescendantThatLeavesTheGroupIsStoppedAllTheSame) {
     ASSERT_GT(leader, 0);
     std::vector<ProcStat> escaped;
     ASSERT_TRUE(poll_until([&] {
+        // setsid(1) is found by its command line before it has called setsid(): wait for the
+        // new group, not for the process alone.
         escaped = descendants_running(leader, "sleep 778");
-        return escaped.size() == 1;
-    })) << describe_procs(descendants(leader));
-    ASSERT_NE(escaped[0].pgrp, leader) << "the sleep did not leave the worker's group";
+        return escaped.size() == 1 && escaped[0].pgrp != leader;
+    })) << "the sleep did not leave the worker's group:"
+        << describe_procs(descendants(leader));
 
     const auto from = mark();
     remove_vassal("app");

@@ -28,19 +28,6 @@ namespace {
 
 Containment* g_current = nullptr;
 
-// errno tells why when it returns false.
-bool write_file(const std::string& path, std::string_view text) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return false;
-    }
-    ssize_t n = ::write(fd, text.data(), text.size());
-    const int e = errno;
-    ::close(fd);
-    errno = e;
-    return n == static_cast<ssize_t>(text.size());
-}
-
 // The space-separated words of a file (cgroup.controllers, cgroup.subtree_control, cgroup.procs).
 std::set<std::string> words_of(const std::string& path) {
     std::ifstream in(path);
@@ -54,6 +41,18 @@ std::set<std::string> words_of(const std::string& path) {
 
 // The controllers a vassal's [limits] use, in cgroup.controllers' order.
 constexpr std::array<const char*, 3> kLimitControllers = {"cpu", "memory", "pids"};
+
+// Of those, the ones a vassal's limits ask for.
+std::vector<const char*> asked_controllers(bool memory, bool cpu, bool pids) {
+    std::vector<const char*> out;
+    for (const auto& [name, asked] :
+         {std::pair{"cpu", cpu}, std::pair{"memory", memory}, std::pair{"pids", pids}}) {
+        if (asked) {
+            out.push_back(name);
+        }
+    }
+    return out;
+}
 
 // The cgroup v2 directory this process is in ("" when there is no cgroup v2 hierarchy): the
 // cgroup2 mount point from /proc/self/mountinfo joined with the "0::" line of /proc/self/cgroup.
@@ -105,7 +104,8 @@ bool can_move_into(const std::string& root) {
         ::pause();
         ::_exit(0);
     }
-    bool ok = pid > 0 && write_file(probe + "/cgroup.procs", std::to_string(pid));
+    bool ok =
+        pid > 0 && Containment::write_cgroup_file(probe + "/cgroup.procs", std::to_string(pid));
     if (pid > 0) {
         ::kill(pid, SIGKILL);
         while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
@@ -304,10 +304,10 @@ Containment::~Containment() {
         // Back where we came from: the controllers off again (first below, then in our own
         // cgroup), else the no-internal-process rule refuses the move.
         for (const std::string& name : enabled_in_own_) {
-            write_file(cgroup_root_ + "/cgroup.subtree_control", "-" + name);
-            write_file(own_cgroup_ + "/cgroup.subtree_control", "-" + name);
+            write_cgroup_file(cgroup_root_ + "/cgroup.subtree_control", "-" + name);
+            write_cgroup_file(own_cgroup_ + "/cgroup.subtree_control", "-" + name);
         }
-        if (write_file(own_cgroup_ + "/cgroup.procs", std::to_string(::getpid()))) {
+        if (write_cgroup_file(own_cgroup_ + "/cgroup.procs", std::to_string(::getpid()))) {
             ::rmdir((cgroup_root_ + "/emperor").c_str());
         }
     }
@@ -332,7 +332,7 @@ void Containment::enable_controllers(const std::string& own) {
         const std::string file = dir + "/cgroup.subtree_control";
         const std::set<std::string> on = words_of(file);
         for (const std::string& name : wanted) {
-            if (on.count(name) == 0 && !write_file(file, "+" + name)) {
+            if (on.count(name) == 0 && !write_cgroup_file(file, "+" + name)) {
                 *which = name;
                 return errno;
             }
@@ -347,7 +347,7 @@ void Containment::enable_controllers(const std::string& own) {
         // leaf of our own (before the guard is forked, so it is born there too).
         const std::string leaf = cgroup_root_ + "/emperor";
         if ((::mkdir(leaf.c_str(), 0755) == 0 || errno == EEXIST) &&
-            write_file(leaf + "/cgroup.procs", me)) {
+            write_cgroup_file(leaf + "/cgroup.procs", me)) {
             const std::set<std::string> before = words_of(own + "/cgroup.subtree_control");
             e = enable_in(own, &which);
             if (e == 0) {
@@ -360,7 +360,7 @@ void Containment::enable_controllers(const std::string& own) {
                 spdlog::info("emperor: moved itself into {} to enable controllers in {}", leaf,
                              own);
             } else {
-                write_file(own + "/cgroup.procs", me);
+                write_cgroup_file(own + "/cgroup.procs", me);
                 ::rmdir(leaf.c_str());
             }
         } else {
@@ -398,10 +398,8 @@ std::string Containment::limits_unavailable(const Containment* c, bool memory, b
     if (c == nullptr) {
         return "the emperor contains no processes in cgroups here";
     }
-    for (const auto& [asked, name] :
-         {std::pair{cpu, "cpu"}, std::pair{memory, "memory"}, std::pair{pids, "pids"}}) {
-        if (auto it = c->controller_missing_.find(name);
-            asked && it != c->controller_missing_.end()) {
+    for (const char* name : asked_controllers(memory, cpu, pids)) {
+        if (auto it = c->controller_missing_.find(name); it != c->controller_missing_.end()) {
             return it->second;
         }
     }
@@ -414,9 +412,8 @@ std::string Containment::probe_limits(bool memory, bool cpu, bool pids) {
         return "no cgroup v2 hierarchy";
     }
     const std::set<std::string> available = words_of(own + "/cgroup.controllers");
-    for (const auto& [asked, name] :
-         {std::pair{cpu, "cpu"}, std::pair{memory, "memory"}, std::pair{pids, "pids"}}) {
-        if (asked && available.count(name) == 0) {
+    for (const char* name : asked_controllers(memory, cpu, pids)) {
+        if (available.count(name) == 0) {
             return std::string("controller ") + name + " not available in " + own;
         }
     }
@@ -497,8 +494,20 @@ void Containment::gone(pid_t pgid) {
     }
 }
 
+bool Containment::write_cgroup_file(const std::string& path, std::string_view text) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return false;
+    }
+    ssize_t n = ::write(fd, text.data(), text.size());
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    return n == static_cast<ssize_t>(text.size());
+}
+
 bool Containment::kill_cgroup(const std::string& cgroup) {
-    return !cgroup.empty() && write_file(cgroup + "/cgroup.kill", "1");
+    return !cgroup.empty() && write_cgroup_file(cgroup + "/cgroup.kill", "1");
 }
 
 bool Containment::cgroup_populated(const std::string& cgroup) {

@@ -573,18 +573,6 @@ std::vector<std::string> exec_candidates(const std::string& program, const char*
     return candidates;
 }
 
-bool write_cgroup_file(const std::string& path, const std::string& value) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return false;
-    }
-    const ssize_t n = ::write(fd, value.data(), value.size());
-    const int e = errno;
-    ::close(fd);
-    errno = e;
-    return n == static_cast<ssize_t>(value.size());
-}
-
 bool env_name_is(const char* entry, std::string_view name) {
     return std::strncmp(entry, name.data(), name.size()) == 0 && entry[name.size()] == '=';
 }
@@ -921,7 +909,7 @@ std::unique_ptr<Child> spawn_child(uv_loop_t* loop, const SpawnSpec& spec, Child
     // Limits go in before the child is born in the cgroup, so nothing it does escapes them.
     for (const auto& [file, value] : spec.cgroup_files) {
         const std::string path = cgroup + "/" + file;
-        if (cgroup.empty() || !write_cgroup_file(path, value)) {
+        if (cgroup.empty() || !Containment::write_cgroup_file(path, value)) {
             const int e = cgroup.empty() ? ENOTSUP : errno;
             if (step != nullptr) {
                 *step = cgroup.empty() ? "no cgroup for " + file : "write " + value + " to " + path;

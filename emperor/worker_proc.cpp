@@ -211,6 +211,9 @@ void WorkerProc::spawn() {
         arm(0);
         return;
     }
+    // This worker's files there: <vassal>-<generation>-<slot>.sock, and .notify with a run number.
+    const std::string stem = sockets + "/" + cfg.name + "-" + std::to_string(generation_->id) +
+                             "-" + std::to_string(slot_);
     if (cfg.daemon()) {
         address_ = Address{}; // no port, no route: only the process and its check
     } else {
@@ -223,8 +226,7 @@ void WorkerProc::spawn() {
         case SocketKind::Unix:
             address_ = Address{};
             address_.kind = Address::Kind::Unix;
-            address_.path = sockets + "/" + cfg.name + "-" + std::to_string(generation_->id) + "-" +
-                            std::to_string(slot_) + ".sock";
+            address_.path = stem + ".sock";
             ::unlink(address_.path.c_str());
             values.socket = address_.path;
             break;
@@ -274,9 +276,7 @@ void WorkerProc::spawn() {
         // and no worker that goes later (one of the same slot that never started) can remove
         // the file of another.
         static uint64_t notify_sockets = 0;
-        const std::string path = sockets + "/" + cfg.name + "-" + std::to_string(generation_->id) +
-                                 "-" + std::to_string(slot_) + "-" +
-                                 std::to_string(++notify_sockets) + ".notify";
+        const std::string path = stem + "-" + std::to_string(++notify_sockets) + ".notify";
         int rc = notify_.open(host_.loop(), path, [this] { notified(); });
         if (rc == 0 && who.credentials->change &&
             ::chown(path.c_str(), who.credentials->uid, who.credentials->gid) != 0) {

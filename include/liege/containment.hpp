@@ -34,6 +34,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -75,6 +76,9 @@ public:
     // A cgroup from make_cgroup() that no child was started in: removed.
     void discard_cgroup(const std::string& cgroup);
 
+    // Writes `text` to one cgroup interface file (cgroup.procs, memory.max, ...); false, with
+    // errno telling why, when it could not.
+    static bool write_cgroup_file(const std::string& path, std::string_view text);
     // Kills everything in `cgroup` (cgroup.kill); false when it could not.
     static bool kill_cgroup(const std::string& cgroup);
     // Whether `cgroup` still holds a process (cgroup.events says populated 1); false when it
